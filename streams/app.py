@@ -1,0 +1,146 @@
+"""The worker: one faust app, the ML state it serves, and the shared moves of every agent.
+
+Agents are plugins (entry point group `gristmill.agents`): each is a `register(pipeline)` function that
+declares its faust agents on `pipeline.app`. This module never imports a particular agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from importlib.metadata import entry_points
+from typing import Any, TypeVar
+
+import faust
+from faust.types import EventT, TopicT
+
+from streams import metrics
+from streams.chunking import Chunker
+from streams.search import Searcher
+from streams.settings import Settings
+from streams.state.encoder import OnnxEncoder
+from streams.state.registry import LocalModelRegistry, ensure_base_model
+from streams.state.store import StoreError, VectorStore
+from streams.topics import TopicNames
+from streams.validation import RawMessage, Rejected
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def open_store(settings: Settings, dim: int) -> VectorStore:
+    """qdrant-client against `QDRANT_URL` when set, else an embedded qdrant-edge shard under DATA_DIR."""
+    collection = f"{settings.namespace}-{settings.collection}" if settings.namespace else settings.collection
+    if settings.qdrant_url:
+        from streams.state.server_store import ServerVectorStore
+
+        return ServerVectorStore.connect(settings.qdrant_url, collection, dim, settings.qdrant_api_key)
+    from streams.state.edge_store import EdgeVectorStore
+
+    return EdgeVectorStore(settings.shard_dir, collection, dim)
+
+
+def raw_message(event: EventT) -> RawMessage:
+    message = event.message
+    return RawMessage(message.topic, message.partition, message.offset, message.key, message.value,
+                      message.timestamp)
+
+
+class Pipeline:
+    """Settings, topics, faust app and ML state of one worker process."""
+
+    def __init__(self, settings: Settings) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        self.settings = settings
+        self.topics = TopicNames(settings.namespace)
+        self.registry = LocalModelRegistry(settings.models_dir, settings.model_name)
+        model = ensure_base_model(self.registry)
+        self.encoder = OnnxEncoder(model, threads=settings.onnx_threads, batch_size=settings.encode_batch_size,
+                                   int8=settings.int8)
+        self.chunker = Chunker(self.encoder.tokenizer, settings.chunk_tokens, settings.chunk_overlap,
+                               model.max_tokens)
+        self.store = open_store(settings, model.dim)
+        self.searcher = Searcher(self.encoder, self.store)
+        # qdrant-edge has one writer per shard: every store write goes through this one thread.
+        self._store_writer = ThreadPoolExecutor(1, thread_name_prefix="store-writer")
+        self._readers = ThreadPoolExecutor(2, thread_name_prefix="search")
+        metrics.MODEL.info({"name": settings.model_name, "version": model.version, "provider": self.encoder.provider,
+                            "int8": str(settings.int8).lower()})
+        self.app = faust.App(
+            settings.app_id,
+            broker=f"kafka://{settings.kafka_bootstrap_servers}",
+            value_serializer="raw",
+            key_serializer="raw",
+            web_enabled=False,
+            store="memory://",
+            broker_session_timeout=settings.session_timeout_s,
+            broker_commit_interval=1.0,
+            topic_allow_declare=False,
+            topic_disable_leader=True,
+            consumer_auto_offset_reset="earliest",
+            producer_acks=-1,
+        )
+
+    def topic(self, logical: str) -> TopicT:
+        """A public topic, consumed and produced as raw bytes (validation happens in the agents)."""
+        return self.app.topic(self.topics[logical], key_serializer="raw", value_serializer="raw",
+                              allow_empty=True)
+
+    def load_agents(self) -> list[str]:
+        """Register every installed agent plugin on the app."""
+        names = []
+        for entry in sorted(entry_points(group="gristmill.agents"), key=lambda e: e.name):
+            entry.load()(self)
+            names.append(entry.name)
+        return names
+
+    async def search(self, text: str, limit: int, filter_: dict[str, Any] | None = None) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self.searcher.search, text, limit, filter_)
+
+    async def write(self, operation: Callable[[], T], what: str) -> T:
+        """Run a store write on the writer thread until it succeeds, backing off while the store fails.
+
+        The calling agent does not move on meanwhile, so its offsets are not committed and consumption
+        pauses (backpressure): nothing is dropped.
+        """
+        loop = asyncio.get_running_loop()
+        delay = 0.1
+        while True:
+            try:
+                result = await loop.run_in_executor(self._store_writer, operation)
+                metrics.STORE_UP.set(1)
+                return result
+            except StoreError as exc:
+                metrics.STORE_FAILURES.inc()
+                metrics.STORE_UP.set(0)
+                log.warning("%s failed, retrying in %.1fs: %s", what, delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.store_retry_max_s)
+
+    async def dead_letter(self, rejected: Sequence[Rejected], logical_topic: str) -> None:
+        """Write rejects to `deadletter` and wait until the broker has them (before offsets commit)."""
+        if not rejected:
+            return
+        deadletter = self.topic("deadletter")
+        pending = []
+        for reject in rejected:
+            metrics.RECORDS_INVALID.labels(logical_topic, reject.reason).inc()
+            log.info("dead-lettered %s[%d]@%d: %s", reject.message.topic, reject.message.partition,
+                     reject.message.offset, "; ".join(f"{e.loc}: {e.msg}" for e in reject.errors))
+            pending.append(await deadletter.send(key=reject.message.key,
+                                                 value=reject.dead_letter().model_dump_json().encode()))
+        await asyncio.gather(*pending)
+        metrics.DEADLETTERS_OUT.labels(logical_topic).inc(len(rejected))
+
+    def refresh_index_gauges(self) -> None:
+        metrics.INDEX_CHUNKS.set(self.store.count_chunks())
+        metrics.INDEX_DOCUMENTS.set(self.store.count_documents())
+
+    def close(self) -> None:
+        self._store_writer.shutdown(wait=True)
+        self._readers.shutdown(wait=True)
+        self.store.close()

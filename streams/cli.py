@@ -1,0 +1,253 @@
+"""`gristmill` command line: run the stack, produce documents, search, status, benchmarks."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from streams.settings import Settings
+
+app = typer.Typer(help="gristmill: a streaming pipeline that keeps a semantic-search index fresh.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+produce_app = typer.Typer(help="Produce events to gristmill's topics.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks, each against a baseline measured in the same run.", no_args_is_help=True)
+app.add_typer(produce_app, name="produce")
+app.add_typer(bench_app, name="bench")
+console = Console()
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except Exception as exc:
+        console.print(f"[red]invalid settings:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+def _running(settings: Settings) -> dict[str, Any] | None:
+    """What `gristmill up` wrote about the running stack, if it is still alive."""
+    try:
+        info = json.loads(settings.run_file.read_text(encoding="utf-8"))
+        os.kill(int(info["pid"]), 0)
+        return info
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _with_stack(settings: Settings) -> tuple[Settings, str]:
+    """Settings pointed at the running stack's broker, and its HTTP URL."""
+    info = _running(settings) or {}
+    bootstrap = settings.kafka_bootstrap_servers or info.get("kafka")
+    url = info.get("http") or f"http://{settings.http_host}:{settings.http_port}"
+    return settings.model_copy(update={"kafka_bootstrap_servers": bootstrap}), url
+
+
+def _get_json(url: str, timeout: float = 10.0) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.load(response)
+
+
+@app.command()
+def up(demo: Annotated[bool, typer.Option(help="Feed the bundled corpus and run a few searches.")] = False) -> None:
+    """Start the stack: embedded broker (unless KAFKA_BOOTSTRAP_SERVERS), topics, worker, HTTP API."""
+    from faust.worker import Worker
+
+    from streams.app import Pipeline
+    from streams.broker import EmbeddedBroker, free_port
+    from streams.http import HttpService
+    from streams.topics import create_topics
+
+    settings = _settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if _running(settings):
+        console.print(f"[red]gristmill is already running from {settings.data_dir}[/red] (see `gristmill status`)")
+        raise typer.Exit(1)
+    broker = None
+    if not settings.kafka_bootstrap_servers:
+        broker = EmbeddedBroker(settings.broker_port, log_path=settings.data_dir / "broker.log").start()
+        settings = settings.model_copy(update={"kafka_bootstrap_servers": broker.bootstrap_servers})
+    if settings.http_port == 0:
+        settings = settings.model_copy(update={"http_port": free_port(settings.http_host)})
+    pipeline = None
+    try:
+        created = create_topics(settings)
+        console.print(f"topics ready ({len(created)} created, namespace {settings.namespace!r})")
+        with console.status("loading model and index (first run exports the ONNX encoder)..."):
+            pipeline = Pipeline(settings)
+        agents = pipeline.load_agents()
+        pipeline.app.add_dependency(HttpService(pipeline))
+        http_url = f"http://{settings.http_host}:{settings.http_port}"
+        settings.run_file.write_text(json.dumps({
+            "pid": os.getpid(), "kafka": settings.kafka_bootstrap_servers, "embedded_broker": broker is not None,
+            "http": http_url, "namespace": settings.namespace, "agents": agents,
+            "model_version": pipeline.encoder.version, "started_at": time.time(),
+        }) + "\n", encoding="utf-8")
+        console.print(f"[bold green]gristmill up[/bold green]  broker [cyan]{settings.kafka_bootstrap_servers}"
+                      f"[/cyan]{' (embedded Tansu)' if broker else ''}  HTTP [cyan]{http_url}[/cyan]  "
+                      f"agents {', '.join(agents)}  model {pipeline.encoder.version} on {pipeline.encoder.provider}")
+        console.print("Ctrl-C stops everything.")
+        if demo:
+            threading.Thread(target=_demo, args=(settings, http_url), daemon=True, name="demo").start()
+        worker = Worker(pipeline.app, loglevel=os.environ.get("GRISTMILL_LOG_LEVEL", "WARNING"), quiet=True,
+                        redirect_stdouts=False)
+        for name in ("streams", "agents"):
+            logging.getLogger(name).setLevel(logging.INFO)
+        with contextlib.suppress(SystemExit):  # the worker exits by raising SystemExit after a clean stop
+            worker.execute_from_commandline()
+    finally:
+        if pipeline is not None:
+            pipeline.close()
+        if broker is not None:
+            broker.stop()
+        settings.run_file.unlink(missing_ok=True)
+        console.print("gristmill stopped")
+
+
+def _wait_indexed(url: str, documents: int, timeout_s: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    health: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        try:
+            health = _get_json(f"{url}/health")
+            if health["index"]["documents"] >= documents:
+                return health
+        except (urllib.error.URLError, ConnectionError, OSError):
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"index holds {health.get('index')} after {timeout_s}s, expected {documents} documents")
+
+
+def _demo(settings: Settings, url: str) -> None:
+    from streams.demo import CORPUS, QUERIES
+    from streams.produce import produce, read_documents
+    from streams.topics import TopicNames
+
+    try:
+        _wait_indexed(url, 0, 120)
+        count, records = read_documents(CORPUS)
+        with _progress() as progress:
+            task = progress.add_task("demo corpus -> documents", total=count)
+            produce(settings, TopicNames(settings.namespace).documents, records,
+                    lambda n: progress.advance(task, n))
+        with console.status(f"indexing {count} documents..."):
+            health = _wait_indexed(url, count, 600)
+        console.print(f"indexed {health['index']['documents']} documents as {health['index']['chunks']} chunks")
+        for query in QUERIES[:4]:
+            _print_hits(_get_json(f"{url}/search?" + urllib.parse.urlencode({"q": query, "k": 3})))
+        console.print(f"Try: gristmill search 'your question'   or   curl '{url}/search?q=open+a+file&k=3'")
+    except Exception as exc:  # the demo must never take the worker down
+        console.print(f"[red]demo failed:[/red] {exc}")
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=console)
+
+
+def _print_hits(result: dict[str, Any]) -> None:
+    table = Table(title=f"{result['query']!r}  ({result['latency_ms']:.1f} ms, model {result['model_version']})")
+    for column in ("score", "doc_id", "chunk", "text"):
+        table.add_column(column, overflow="fold" if column == "text" else "ellipsis")
+    for hit in result["hits"]:
+        text = " ".join(hit["text"].split())
+        table.add_row(f"{hit['score']:.3f}", hit["doc_id"], str(hit["chunk"]), text[:160])
+    console.print(table)
+
+
+@app.command()
+def demo() -> None:
+    """Feed the bundled corpus to the running stack and show a few searches."""
+    settings, url = _with_stack(_settings())
+    if not settings.kafka_bootstrap_servers:
+        console.print("[red]no running stack:[/red] start it with `gristmill up` or set KAFKA_BOOTSTRAP_SERVERS")
+        raise typer.Exit(1)
+    _demo(settings, url)
+
+
+@app.command()
+def status() -> None:
+    """Where the running stack is (broker, HTTP) and what it holds."""
+    settings = _settings()
+    info = _running(settings)
+    if info is None:
+        console.print(f"gristmill is not running from {settings.data_dir.resolve()}")
+        raise typer.Exit(1)
+    console.print(f"broker  {info['kafka']}{' (embedded Tansu)' if info.get('embedded_broker') else ''}")
+    console.print(f"HTTP    {info['http']}")
+    console.print(f"agents  {', '.join(info.get('agents', []))}   pid {info['pid']}")
+    try:
+        health = _get_json(f"{info['http']}/health", timeout=5)
+        console.print(f"model   {health['model_version']} on {health['encoder_provider']}")
+        console.print(f"index   {health['index']['documents']} documents, {health['index']['chunks']} chunks")
+    except (urllib.error.URLError, OSError) as exc:
+        console.print(f"[yellow]HTTP API not answering yet:[/yellow] {exc}")
+
+
+@app.command()
+def search(text: str, k: Annotated[int, typer.Option("-k", help="Number of hits.")] = 5,
+           source: Annotated[str | None, typer.Option(help="Only chunks from this source.")] = None) -> None:
+    """Search the running index over HTTP and print the hits."""
+    _, url = _with_stack(_settings())
+    params = {"q": text, "k": k, **({"source": source} if source else {})}
+    try:
+        _print_hits(_get_json(f"{url}/search?" + urllib.parse.urlencode(params)))
+    except urllib.error.HTTPError as exc:
+        console.print(f"[red]search failed ({exc.code}):[/red] {exc.read().decode(errors='replace')}")
+        raise typer.Exit(1) from exc
+    except (urllib.error.URLError, OSError) as exc:
+        console.print(f"[red]no HTTP API at {url}:[/red] {exc} (is `gristmill up` running?)")
+        raise typer.Exit(1) from exc
+
+
+@produce_app.command("documents")
+def produce_documents(
+    path: Annotated[Path, typer.Argument(help="JSONL of document events, BEIR corpus.jsonl, or a folder.")],
+    version: Annotated[int | None, typer.Option(help="Version for records without one (default: now, ms).")] = None,
+) -> None:
+    """Produce documents to the `documents` topic, with a progress bar."""
+    from streams.produce import produce, read_documents
+    from streams.topics import TopicNames
+
+    settings, _ = _with_stack(_settings())
+    if not settings.kafka_bootstrap_servers:
+        console.print("[red]no Kafka:[/red] start `gristmill up` or set KAFKA_BOOTSTRAP_SERVERS")
+        raise typer.Exit(1)
+    try:
+        count, records = read_documents(path, version)
+    except (OSError, ValueError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    topic = TopicNames(settings.namespace).documents
+    with _progress() as progress:
+        task = progress.add_task(f"{path.name} -> {topic}", total=count)
+        sent = produce(settings, topic, records, lambda n: progress.advance(task, n))
+    console.print(f"produced {sent} records to {topic} at {settings.kafka_bootstrap_servers}")
+
+
+@bench_app.command("ingest")
+def bench_ingest(
+    docs: Annotated[int, typer.Option(help="Documents in the benchmark corpus.")] = 400,
+) -> None:
+    """ONNX encoder vs sentence-transformers, and the end-to-end pipeline, on the same texts."""
+    from streams.bench import run_ingest_bench
+
+    run_ingest_bench(_settings(), docs, console)
+
+
+def main() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    app()

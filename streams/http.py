@@ -1,0 +1,137 @@
+"""HTTP API of a worker (aiohttp, 127.0.0.1 by default): search, health, documents, Prometheus metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from aiohttp import web
+from mode import Service
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from streams import metrics
+from streams.app import Pipeline
+from streams.state.store import FILTERABLE
+
+log = logging.getLogger(__name__)
+MAX_K = 100
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def build_http_app(pipeline: Pipeline) -> web.Application:
+    routes = web.RouteTableDef()
+
+    async def run_search(text: str, k: int, filter_: dict[str, Any]) -> web.Response:
+        if not text.strip():
+            return _error(400, "query text 'q' is required")
+        if not 1 <= k <= MAX_K:
+            return _error(400, f"k must be between 1 and {MAX_K}")
+        try:
+            with metrics.SEARCH_SECONDS.labels("http").time():
+                result = await pipeline.search(text, k, filter_)
+        except ValueError as exc:
+            return _error(400, str(exc))
+        return web.json_response({
+            "query": text,
+            "hits": [{"doc_id": h.doc_id, "chunk": h.chunk, "score": round(h.score, 6), "text": h.text,
+                      "source": h.source} for h in result.hits],
+            "model_version": result.model_version,
+            "index_version": result.index_version,
+            "latency_ms": round(result.latency_ms, 3),
+        })
+
+    @routes.get("/search")
+    async def search_get(request: web.Request) -> web.Response:
+        try:
+            k = int(request.query.get("k", "10"))
+        except ValueError:
+            return _error(400, "k must be an integer")
+        filter_ = {key: value for key, value in request.query.items() if key in FILTERABLE}
+        return await run_search(request.query.get("q", ""), k, filter_)
+
+    @routes.post("/search")
+    async def search_post(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _error(400, "body must be a JSON object")
+        if not isinstance(body, dict) or not isinstance(body.get("q", ""), str):
+            return _error(400, "body must be a JSON object with a string 'q'")
+        k, filter_ = body.get("k", 10), body.get("filter") or {}
+        if not isinstance(k, int) or isinstance(k, bool) or not isinstance(filter_, dict):
+            return _error(400, "'k' must be an integer and 'filter' an object")
+        return await run_search(body.get("q", ""), k, filter_)
+
+    @routes.get("/documents/{doc_id}")
+    async def document(request: web.Request) -> web.Response:
+        doc_id = request.match_info["doc_id"]
+        loop = asyncio.get_running_loop()
+        states = await loop.run_in_executor(None, pipeline.store.get_documents, [doc_id])
+        if doc_id not in states:
+            return _error(404, f"document {doc_id!r} was never indexed")
+        chunks = await loop.run_in_executor(None, pipeline.store.chunks, doc_id)
+        state = states[doc_id]
+        return web.json_response({
+            "doc_id": doc_id, "version": state.version, "deleted": state.deleted,
+            "content_hash": state.content_hash, "model_version": state.model_version,
+            "chunks": [{"chunk": c.chunk, "version": c.version, "text": c.text} for c in chunks],
+        })
+
+    @routes.get("/health")
+    async def health(request: web.Request) -> web.Response:
+        loop = asyncio.get_running_loop()
+        chunks, documents = await asyncio.gather(
+            loop.run_in_executor(None, pipeline.store.count_chunks),
+            loop.run_in_executor(None, pipeline.store.count_documents),
+        )
+        return web.json_response({
+            "status": "ok",
+            "model_version": pipeline.encoder.version,
+            "encoder_provider": pipeline.encoder.provider,
+            "index": {"chunks": chunks, "documents": documents},
+            "kafka": pipeline.settings.kafka_bootstrap_servers,
+            "namespace": pipeline.settings.namespace,
+        })
+
+    @routes.get("/metrics")
+    async def prometheus(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application(client_max_size=1024 * 1024)
+    app.add_routes(routes)
+    return app
+
+
+class HttpService(Service):
+    """Serves the HTTP API for as long as the faust worker runs; refreshes index gauges."""
+
+    def __init__(self, pipeline: Pipeline, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.pipeline = pipeline
+        self._runner: web.AppRunner | None = None
+
+    async def on_start(self) -> None:
+        settings = self.pipeline.settings
+        self._runner = web.AppRunner(build_http_app(self.pipeline), access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, settings.http_host, settings.http_port).start()
+        log.info("HTTP API on http://%s:%d", settings.http_host, settings.http_port)
+
+    async def on_stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    @Service.task
+    async def _refresh_gauges(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self.should_stop:
+            try:
+                await loop.run_in_executor(None, self.pipeline.refresh_index_gauges)
+            except Exception as exc:  # gauges must never take the worker down
+                log.debug("index gauges not refreshed: %s", exc)
+            await self.sleep(5.0)

@@ -1,0 +1,34 @@
+"""Prometheus metrics of every stage (prometheus-client, default registry, served at `/metrics`)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, Info
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+FRESHNESS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60, 300)
+
+RECORDS_IN = Counter("gristmill_records_in_total", "Records consumed", ["topic"])
+RECORDS_VALID = Counter("gristmill_records_valid_total", "Records that passed validation", ["topic"])
+RECORDS_INVALID = Counter("gristmill_records_invalid_total", "Records dead-lettered, by first reason",
+                          ["topic", "reason"])
+DEADLETTERS_OUT = Counter("gristmill_deadletters_total", "Records written to the dead-letter topic", ["topic"])
+
+BATCH_RECORDS = Histogram("gristmill_batch_records", "Records per micro-batch", ["agent"],
+                          buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
+DOCS_APPLIED = Counter("gristmill_documents_total", "Document events applied, by outcome", ["outcome"])
+CHUNKS_UPSERTED = Counter("gristmill_chunks_upserted_total", "Chunks embedded and written")
+ENCODE_SECONDS = Histogram("gristmill_encode_seconds", "Encoder time per batch", ["agent"],
+                           buckets=LATENCY_BUCKETS)
+STORE_WRITE_SECONDS = Histogram("gristmill_store_write_seconds", "Vector store write time per batch",
+                                buckets=LATENCY_BUCKETS)
+STORE_FAILURES = Counter("gristmill_store_failures_total", "Vector store operations that failed and were retried")
+STORE_UP = Gauge("gristmill_store_up", "1 when the last vector store operation succeeded")
+FRESHNESS_SECONDS = Histogram("gristmill_freshness_seconds", "Event produced -> searchable",
+                              buckets=FRESHNESS_BUCKETS)
+
+SEARCH_SECONDS = Histogram("gristmill_search_seconds", "Search latency (encode + vector search)", ["via"],
+                           buckets=LATENCY_BUCKETS)
+
+INDEX_CHUNKS = Gauge("gristmill_index_chunks", "Chunks in the serving index")
+INDEX_DOCUMENTS = Gauge("gristmill_index_documents", "Live documents in the serving index")
+MODEL = Info("gristmill_model", "Serving model")

@@ -1,0 +1,89 @@
+"""One typed settings object for the whole pipeline (env `GRISTMILL_*`, `KAFKA_BOOTSTRAP_SERVERS`, `QDRANT_URL`)."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of gristmill; read once from the environment, passed explicitly everywhere."""
+
+    model_config = SettingsConfigDict(env_prefix="GRISTMILL_", extra="ignore", frozen=True)
+
+    # Where things live
+    data_dir: Path = Field(default=Path(".gristmill"), description="State: shard, models, run files.")
+    registry_dir: Path | None = Field(default=None, description="Model registry; default DATA_DIR/models.")
+
+    # Kafka
+    kafka_bootstrap_servers: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "GRISTMILL_KAFKA_BOOTSTRAP_SERVERS"),
+        description="External Kafka; when unset `gristmill up` starts an embedded Tansu broker.",
+    )
+    broker_port: int = Field(default=0, ge=0, le=65535, description="Embedded broker port; 0 picks a free one.")
+    namespace: str = Field(default="", pattern=r"^[A-Za-z0-9._-]*$", description="Topic name prefix.")
+    partitions: int = Field(default=4, ge=1, description="Partitions of every topic gristmill creates.")
+    replication_factor: int = Field(default=1, ge=1)
+    session_timeout_s: float = Field(default=8.0, gt=0)
+
+    # Vector store
+    qdrant_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("QDRANT_URL", "GRISTMILL_QDRANT_URL"),
+        description="Qdrant server; when unset an embedded qdrant-edge shard under DATA_DIR is used.",
+    )
+    qdrant_api_key: str | None = None
+    collection: str = Field(default="chunks", pattern=r"^[A-Za-z0-9_-]+$")
+
+    # HTTP
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=6066, ge=0, le=65535)
+
+    # Model and encoding
+    model_name: str = "minilm"
+    encode_batch_size: int = Field(default=32, ge=1, description="Texts per ONNX run.")
+    onnx_threads: int = Field(default=2, ge=1, description="ONNX Runtime intra-op threads.")
+    int8: bool = Field(default=False, description="Dynamic int8 quantized encoder: faster, changes answers.")
+
+    # Chunking
+    chunk_tokens: int = Field(default=128, ge=16, description="Tokens per chunk (model max bounds it).")
+    chunk_overlap: int = Field(default=32, ge=0, description="Tokens shared by consecutive chunks.")
+
+    # Ingest micro-batching
+    ingest_batch_records: int = Field(default=64, ge=1, description="Max records per ingest batch.")
+    ingest_batch_seconds: float = Field(default=0.1, gt=0, description="Max wait to fill an ingest batch.")
+    store_retry_max_s: float = Field(default=10.0, gt=0, description="Backoff cap while the store fails.")
+
+    @field_validator("kafka_bootstrap_servers", "qdrant_url", "qdrant_api_key", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("chunk_overlap")
+    @classmethod
+    def _overlap_below_size(cls, overlap: int, info) -> int:  # type: ignore[no-untyped-def]
+        size = info.data.get("chunk_tokens")
+        if size is not None and overlap >= size:
+            raise ValueError(f"chunk_overlap ({overlap}) must be smaller than chunk_tokens ({size})")
+        return overlap
+
+    @cached_property
+    def models_dir(self) -> Path:
+        return self.registry_dir or self.data_dir / "models"
+
+    @property
+    def shard_dir(self) -> Path:
+        return self.data_dir / "qdrant"
+
+    @property
+    def run_file(self) -> Path:
+        """Written by `gristmill up` so `status`, `demo` and `search` find the running stack."""
+        return self.data_dir / "run.json"
+
+    @property
+    def app_id(self) -> str:
+        return f"gristmill-{self.namespace}" if self.namespace else "gristmill"

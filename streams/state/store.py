@@ -1,0 +1,153 @@
+"""The `VectorStore` protocol: chunk vectors plus a per-document ledger (versions, hashes, tombstones)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+GRISTMILL_NS = uuid.UUID("6f1f5a8e-3c1d-5b7e-9a2f-6d4c2b1e0a99")
+
+#: Payload fields of a chunk point that searches may filter on with exact matches.
+FILTERABLE = frozenset({"doc_id", "source", "title", "version", "model_version"})
+
+ScalarValue = str | int | float | bool | None
+
+
+class StoreError(RuntimeError):
+    """A vector store operation failed (backend errors are wrapped in this)."""
+
+
+def chunk_point_id(doc_id: str, chunk: int) -> str:
+    """Deterministic point id: `uuid5(uuid5(ns, doc_id), chunk_no)`, so re-delivery overwrites."""
+    return str(uuid.uuid5(uuid.uuid5(GRISTMILL_NS, doc_id), str(chunk)))
+
+
+def document_point_id(doc_id: str) -> str:
+    return str(uuid.uuid5(GRISTMILL_NS, doc_id))
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkPoint:
+    """One indexed chunk; `vector` is None when read back without vectors."""
+
+    doc_id: str
+    chunk: int
+    text: str
+    version: int
+    content_hash: str
+    model_version: str
+    vector: np.ndarray | None = None
+    source: str | None = None
+    title: str | None = None
+
+    @property
+    def point_id(self) -> str:
+        return chunk_point_id(self.doc_id, self.chunk)
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "doc_id": self.doc_id, "chunk": self.chunk, "text": self.text, "version": self.version,
+            "content_hash": self.content_hash, "model_version": self.model_version,
+            "source": self.source, "title": self.title,
+        }
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any], vector: Sequence[float] | None = None) -> ChunkPoint:
+        return cls(
+            doc_id=payload["doc_id"], chunk=int(payload["chunk"]), text=payload["text"],
+            version=int(payload["version"]), content_hash=payload["content_hash"],
+            model_version=payload["model_version"], source=payload.get("source"),
+            title=payload.get("title"),
+            vector=None if vector is None else np.asarray(vector, dtype=np.float32),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentState:
+    """Ledger entry of one document: what is indexed (or that it was deleted) and at which version.
+
+    The full text is kept so a new model can re-embed the corpus without replaying the topic.
+    """
+
+    doc_id: str
+    version: int
+    deleted: bool
+    content_hash: str | None = None
+    chunks: int = 0
+    text: str | None = None
+    title: str | None = None
+    source: str | None = None
+    metadata: dict[str, ScalarValue] = field(default_factory=dict)
+    model_version: str | None = None
+    indexed_at: float = 0.0
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "doc_id": self.doc_id, "version": self.version, "deleted": self.deleted,
+            "content_hash": self.content_hash, "chunks": self.chunks, "text": self.text,
+            "title": self.title, "source": self.source, "metadata": dict(self.metadata),
+            "model_version": self.model_version, "indexed_at": self.indexed_at,
+            "state": "deleted" if self.deleted else "live",  # keyword: bool matches differ by backend
+        }
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> DocumentState:
+        return cls(**{key: payload.get(key) for key in cls.__slots__ if key in payload})  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    doc_id: str
+    chunk: int
+    score: float
+    text: str
+    source: str | None = None
+
+
+def check_filter(filter_: Mapping[str, ScalarValue] | None) -> dict[str, ScalarValue]:
+    """Validate an exact-match payload filter; unknown fields are an error, not an empty result."""
+    filter_ = dict(filter_ or {})
+    unknown = set(filter_) - FILTERABLE
+    if unknown:
+        raise ValueError(f"cannot filter on {sorted(unknown)}; filterable: {sorted(FILTERABLE)}")
+    return filter_
+
+
+class VectorStore(Protocol):
+    """Chunk vectors and the document ledger of one index (collection)."""
+
+    @property
+    def dim(self) -> int: ...
+
+    def upsert_chunks(self, points: Sequence[ChunkPoint]) -> None: ...
+
+    def delete_chunks(self, doc_id: str, from_chunk: int = 0) -> None:
+        """Delete the doc's chunks numbered `from_chunk` and up (all of them by default)."""
+        ...
+
+    def set_chunk_version(self, doc_id: str, version: int) -> None:
+        """Stamp a newer version on unchanged chunks (content hash equal, nothing re-embedded)."""
+        ...
+
+    def search(self, vector: np.ndarray, limit: int,
+               filter_: Mapping[str, ScalarValue] | None = None) -> list[SearchHit]: ...
+
+    def chunks(self, doc_id: str, with_vectors: bool = False) -> list[ChunkPoint]: ...
+
+    def all_chunks(self) -> list[ChunkPoint]:
+        """Every chunk (payloads only): for audits and consistency checks, not the hot path."""
+        ...
+
+    def count_chunks(self) -> int: ...
+
+    def get_documents(self, doc_ids: Sequence[str]) -> dict[str, DocumentState]: ...
+
+    def put_documents(self, states: Sequence[DocumentState]) -> None: ...
+
+    def count_documents(self, include_deleted: bool = False) -> int: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,91 @@
+"""Topic names (namespaced), their configs, and explicit creation through the Kafka admin API."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from schemas import TOPIC_RECORDS
+from streams.settings import Settings
+
+#: Topics whose records are kept compacted (latest per key) instead of by time.
+COMPACTED = {"model-updates"}
+
+
+@dataclass(frozen=True)
+class TopicNames:
+    """The physical name of each public topic under one namespace."""
+
+    namespace: str = ""
+
+    def __getitem__(self, logical: str) -> str:
+        if logical not in TOPIC_RECORDS:
+            raise KeyError(f"unknown topic {logical!r}; known: {sorted(TOPIC_RECORDS)}")
+        return f"{self.namespace}.{logical}" if self.namespace else logical
+
+    @property
+    def documents(self) -> str:
+        return self["documents"]
+
+    @property
+    def queries(self) -> str:
+        return self["queries"]
+
+    @property
+    def feedback(self) -> str:
+        return self["feedback"]
+
+    @property
+    def responses(self) -> str:
+        return self["responses"]
+
+    @property
+    def deadletter(self) -> str:
+        return self["deadletter"]
+
+    def all(self) -> list[str]:
+        return [self[name] for name in TOPIC_RECORDS]
+
+
+def kafka_config(settings: Settings) -> dict[str, str | int]:
+    """librdkafka settings shared by gristmill's admin clients and producers."""
+    if not settings.kafka_bootstrap_servers:
+        raise RuntimeError("no Kafka: set KAFKA_BOOTSTRAP_SERVERS or start the stack with `gristmill up`")
+    return {"bootstrap.servers": settings.kafka_bootstrap_servers, "socket.timeout.ms": 10_000}
+
+
+def create_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
+    """Create every public topic that does not exist yet; return the names created."""
+    admin = AdminClient(kafka_config(settings))
+    names = TopicNames(settings.namespace)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            existing = set(admin.list_topics(timeout=5).topics)
+            break
+        except KafkaException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    wanted = []
+    for logical in TOPIC_RECORDS:
+        if names[logical] in existing:
+            continue
+        config = {"cleanup.policy": "compact"} if logical in COMPACTED else {}
+        wanted.append(
+            NewTopic(names[logical], settings.partitions, settings.replication_factor, config=config)
+        )
+    if not wanted:
+        return []
+    created = []
+    for name, future in admin.create_topics(wanted, operation_timeout=timeout_s).items():
+        try:
+            future.result(timeout=timeout_s)
+            created.append(name)
+        except KafkaException as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+    return created

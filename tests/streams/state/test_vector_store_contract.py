@@ -1,0 +1,107 @@
+"""One contract, every `VectorStore` backend: qdrant-edge (embedded) and qdrant-client (`:memory:`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streams.state.edge_store import EdgeVectorStore
+from streams.state.server_store import ServerVectorStore
+from streams.state.store import ChunkPoint, DocumentState, VectorStore, chunk_point_id
+
+DIM = 8
+
+
+def unit(*values: float) -> np.ndarray:
+    vector = np.zeros(DIM, dtype=np.float32)
+    vector[: len(values)] = values
+    return vector / np.linalg.norm(vector)
+
+
+def point(doc_id: str, chunk: int, vector: np.ndarray, version: int = 1, source: str | None = None) -> ChunkPoint:
+    return ChunkPoint(doc_id=doc_id, chunk=chunk, text=f"{doc_id} chunk {chunk}", version=version,
+                      content_hash=f"h{version}", model_version="v1", vector=vector, source=source)
+
+
+@pytest.fixture(params=["qdrant-edge", "qdrant-client"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[VectorStore]:
+    if request.param == "qdrant-edge":
+        backend: VectorStore = EdgeVectorStore(tmp_path / "qdrant", "chunks", DIM)
+    else:
+        backend = ServerVectorStore.connect(":memory:", "chunks", DIM)
+    yield backend
+    backend.close()
+
+
+def test_upsert_then_search_ranks_by_cosine(store: VectorStore) -> None:
+    store.upsert_chunks([point("a", 0, unit(1, 0)), point("b", 0, unit(0, 1)), point("c", 0, unit(1, 1))])
+    hits = store.search(unit(1, 0.1), limit=2)
+    assert [h.doc_id for h in hits] == ["a", "c"]
+    assert hits[0].score == pytest.approx(float(unit(1, 0.1) @ unit(1, 0)), abs=1e-5)
+    assert hits[0].text == "a chunk 0" and hits[0].chunk == 0
+
+
+def test_upsert_with_same_ids_overwrites(store: VectorStore) -> None:
+    store.upsert_chunks([point("a", 0, unit(1, 0), version=1)])
+    store.upsert_chunks([point("a", 0, unit(0, 1), version=2)])
+    assert store.count_chunks() == 1
+    (only,) = store.chunks("a", with_vectors=True)
+    assert only.version == 2
+    np.testing.assert_allclose(only.vector, unit(0, 1), atol=1e-6)
+
+
+def test_delete_all_and_surplus_chunks(store: VectorStore) -> None:
+    store.upsert_chunks([point("a", i, unit(1, i)) for i in range(5)] + [point("b", 0, unit(0, 1))])
+    store.delete_chunks("a", from_chunk=2)
+    assert [c.chunk for c in store.chunks("a")] == [0, 1]
+    store.delete_chunks("a")
+    assert store.chunks("a") == []
+    assert [c.doc_id for c in store.all_chunks()] == ["b"]
+
+
+def test_set_chunk_version_touches_only_that_doc(store: VectorStore) -> None:
+    store.upsert_chunks([point("a", 0, unit(1)), point("a", 1, unit(1, 1)), point("b", 0, unit(0, 1))])
+    store.set_chunk_version("a", 7)
+    assert {c.version for c in store.chunks("a")} == {7}
+    assert store.chunks("b")[0].version == 1
+
+
+def test_search_filter_by_payload(store: VectorStore) -> None:
+    store.upsert_chunks([point("a", 0, unit(1, 0), source="wiki"), point("b", 0, unit(1, 0.2), source="faq")])
+    assert [h.doc_id for h in store.search(unit(1, 0), 10, {"source": "faq"})] == ["b"]
+    with pytest.raises(ValueError, match="cannot filter"):
+        store.search(unit(1, 0), 10, {"text": "x"})
+
+
+def test_document_ledger_round_trip_and_tombstones(store: VectorStore) -> None:
+    assert store.get_documents(["a"]) == {}
+    store.put_documents([
+        DocumentState("a", 3, False, "h", 2, "text a", "A", "wiki", {"lang": "en"}),
+        DocumentState("b", 5, True),
+    ])
+    found = store.get_documents(["a", "b", "missing"])
+    assert set(found) == {"a", "b"}
+    assert (found["a"].version, found["a"].chunks, found["a"].text, found["a"].metadata) == (3, 2, "text a",
+                                                                                           {"lang": "en"})
+    assert found["b"].deleted and found["b"].version == 5
+    assert found["a"].indexed_at > 0
+    assert store.count_documents() == 1
+    assert store.count_documents(include_deleted=True) == 2
+
+
+def test_point_ids_are_deterministic() -> None:
+    assert chunk_point_id("doc", 0) == chunk_point_id("doc", 0)
+    assert len({chunk_point_id("doc", 0), chunk_point_id("doc", 1), chunk_point_id("doc2", 0)}) == 3
+
+
+def test_edge_store_reopens_with_its_data(tmp_path: Path) -> None:
+    store = EdgeVectorStore(tmp_path / "q", "chunks", DIM)
+    store.upsert_chunks([point("a", 0, unit(1))])
+    store.put_documents([DocumentState("a", 1, False, "h", 1)])
+    store.close()
+    reopened = EdgeVectorStore(tmp_path / "q", "chunks", DIM)
+    assert reopened.count_chunks() == 1 and reopened.get_documents(["a"])["a"].version == 1
+    reopened.close()
