@@ -67,7 +67,7 @@ def build_http_app(pipeline: Pipeline) -> web.Application:
             return _error(400, "'k' must be an integer and 'filter' an object")
         return await run_search(body.get("q", ""), k, filter_)
 
-    @routes.get("/documents/{doc_id}")
+    @routes.get("/documents/{doc_id:.+}")
     async def document(request: web.Request) -> web.Response:
         doc_id = request.match_info["doc_id"]
         loop = asyncio.get_running_loop()

@@ -41,7 +41,7 @@ def quantized_path(model: ModelVersion) -> Path:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         tmp = target.with_suffix(".tmp.onnx")
-        quantize_dynamic(str(model.onnx_path), str(tmp), weight_type=QuantType.QInt8)
+        quantize_dynamic(str(model.onnx_path), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
         tmp.replace(target)
     return target
 

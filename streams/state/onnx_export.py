@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 from tokenizers import Tokenizer
@@ -34,13 +35,12 @@ def export_onnx(model_dir: Path, target_dir: Path) -> dict[str, object]:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(str(model_dir), device="cpu")
+    # Eager attention exports to plain MatMul/Softmax that ONNX Runtime fuses; SDPA exports slower.
+    model = SentenceTransformer(str(model_dir), device="cpu", model_kwargs={"attn_implementation": "eager"})
     transformer_module = model[0]
     pooling = model[1]
-    if getattr(pooling, "pooling_mode", "mean") not in ("mean", "mean_tokens") and not getattr(
-        pooling, "pooling_mode_mean_tokens", True
-    ):
-        raise ValueError(f"only mean pooling is supported for export, model uses {pooling!r}")
+    if pooling.get_config_dict().get("pooling_mode") != "mean":
+        raise ValueError(f"only mean pooling is supported for export, model uses {pooling.get_config_dict()}")
     max_tokens = int(model.max_seq_length)
     dim = int(model.get_embedding_dimension())
 
@@ -68,7 +68,8 @@ def export_onnx(model_dir: Path, target_dir: Path) -> dict[str, object]:
         for attr in ("ids", "attention_mask", "type_ids")
     )
     dynamic = {0: "batch", 1: "tokens"}
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer chatter about shape-dependent Python branches
         torch.onnx.export(
             wrapper,
             inputs,

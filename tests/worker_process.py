@@ -1,0 +1,125 @@
+"""A real `gristmill up` worker process for integration tests, on a test-owned broker and namespace."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, Producer
+
+from streams.broker import free_port
+
+
+class WorkerProcess:
+    def __init__(self, data_dir: Path, registry_dir: Path, bootstrap: str | None, namespace: str = "",
+                 **env: str) -> None:
+        self.data_dir = data_dir
+        self.http_port = free_port()
+        self.env = {
+            **os.environ,
+            "GRISTMILL_DATA_DIR": str(data_dir),
+            "GRISTMILL_REGISTRY_DIR": str(registry_dir),
+            "GRISTMILL_HTTP_PORT": str(self.http_port),
+            "GRISTMILL_NAMESPACE": namespace,
+            "GRISTMILL_SESSION_TIMEOUT_S": "6",
+            "HF_HUB_OFFLINE": "1",
+            **env,
+        }
+        if bootstrap:
+            self.env["KAFKA_BOOTSTRAP_SERVERS"] = bootstrap
+        else:
+            self.env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+        self.process: subprocess.Popen[str] | None = None
+        self.log_path = data_dir / "worker.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self, timeout_s: float = 90) -> WorkerProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("a")
+        self.process = subprocess.Popen([sys.executable, "-m", "streams", "up"], env=self.env, stdout=log,
+                                        stderr=subprocess.STDOUT, text=True, cwd=self.data_dir)
+        log.close()
+        self.wait_for(lambda: self.get("/health"), timeout_s, "worker HTTP API")
+        return self
+
+    def get(self, path: str, **params: Any) -> Any:
+        query = f"?{urllib.parse.urlencode(params)}" if params else ""
+        try:
+            with urllib.request.urlopen(f"{self.url}{path}{query}", timeout=10) as response:
+                return json.load(response)
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            raise
+
+    def wait_for(self, check: Callable[[], Any], timeout_s: float, what: str) -> Any:
+        deadline = time.monotonic() + timeout_s
+        last: Any = None
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"worker exited ({self.process.returncode}) waiting for {what}:\n{self.log()}")
+            try:
+                last = check()
+                if last:
+                    return last
+            except (urllib.error.URLError, ConnectionError, OSError):
+                pass
+            time.sleep(0.3)
+        raise TimeoutError(f"{what} not reached in {timeout_s}s (last: {last!r})\n{self.log()[-3000:]}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30) -> int:
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            code = self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
+        finally:
+            self.process = None
+        return code
+
+
+def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes | None]]) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    for key, value in records:
+        producer.produce(topic, key=key, value=value)
+    assert producer.flush(30) == 0
+
+
+def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 60) -> list[dict[str, Any]]:
+    """Read `topic` from the start until `expected` records arrived (or time runs out)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"test-{time.monotonic_ns()}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                         "session.timeout.ms": 6000})
+    consumer.subscribe([topic])
+    found: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(found) < expected and time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is None or message.error():
+                continue
+            found.append(json.loads(message.value()))
+    finally:
+        consumer.close()
+    return found
