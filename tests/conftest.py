@@ -10,9 +10,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from streams.broker import EmbeddedBroker  # noqa: E402
-from streams.state.encoder import OnnxEncoder  # noqa: E402
-from streams.state.registry import LocalModelRegistry, ModelVersion, ensure_base_model  # noqa: E402
+from streams.broker import EmbeddedBroker
+from streams.state.encoder import OnnxEncoder
+from streams.state.registry import LocalModelRegistry, ModelVersion, ensure_base_model
 
 MODEL_NAME = "minilm"
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from tokenizers import Tokenizer
 
@@ -39,7 +41,7 @@ def test_long_text_windows_respect_size_overlap_and_words(tokenizer: Tokenizer) 
         assert text[chunk.start:chunk.end] == chunk.text
         assert not chunk.text.startswith("##")
         assert text[chunk.start - 1:chunk.start] in ("", " ") or not text[chunk.start - 1].isalnum()
-    for before, after in zip(chunks, chunks[1:], strict=False):
+    for before, after in itertools.pairwise(chunks):
         assert after.start < before.end, "consecutive chunks overlap"
         assert after.start > before.start, "chunking always advances"
     assert chunks[0].start == 0 and chunks[-1].end == len(text)
