@@ -240,7 +240,7 @@ def produce_documents(
 
 @bench_app.command("ingest")
 def bench_ingest(
-    docs: Annotated[int, typer.Option(help="Documents in the benchmark corpus.")] = 400,
+    docs: Annotated[int, typer.Option(help="Documents in the pipeline runs.")] = 200,
 ) -> None:
     """ONNX encoder vs sentence-transformers, and the end-to-end pipeline, on the same texts."""
     from streams.bench import run_ingest_bench

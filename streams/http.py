@@ -79,6 +79,7 @@ def build_http_app(pipeline: Pipeline) -> web.Application:
         return web.json_response({
             "doc_id": doc_id, "version": state.version, "deleted": state.deleted,
             "content_hash": state.content_hash, "model_version": state.model_version,
+            "indexed_at": state.indexed_at,
             "chunks": [{"chunk": c.chunk, "version": c.version, "text": c.text} for c in chunks],
         })
 

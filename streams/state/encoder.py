@@ -70,6 +70,7 @@ class OnnxEncoder:
         self._session = ort.InferenceSession(str(path), options, providers=chosen)
         self.provider = self._session.get_providers()[0]
         self.int8 = int8
+        self.threads = threads
         self.batch_size = batch_size if self.provider != CUDA else max(batch_size, 256)
         self._inputs = {i.name for i in self._session.get_inputs()}
         log.info("encoder %s on %s (int8=%s)", model.version, self.provider, int8)

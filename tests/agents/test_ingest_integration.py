@@ -14,8 +14,9 @@ from streams.broker import EmbeddedBroker
 from streams.chunking import Chunker
 from streams.state.edge_store import EdgeVectorStore
 from streams.state.registry import ModelVersion
+from streams.worker_process import WorkerProcess
 from tests.bad_records import bad_documents
-from tests.worker_process import WorkerProcess, consume_all, produce
+from tests.kafka_io import consume_all, produce
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.worker_process import WorkerProcess
+from streams.worker_process import WorkerProcess
 
 pytestmark = pytest.mark.integration
 

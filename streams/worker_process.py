@@ -1,4 +1,4 @@
-"""A real `gristmill up` worker process for integration tests, on a test-owned broker and namespace."""
+"""A `gristmill up` worker in a child process, for benchmarks and integration tests."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, Producer
-
 from streams.broker import free_port
 
 
 class WorkerProcess:
+    """Runs `python -m streams up` with its own data dir and HTTP port; stop() signals it and waits."""
+
     def __init__(self, data_dir: Path, registry_dir: Path, bootstrap: str | None, namespace: str = "",
                  **env: str) -> None:
         self.data_dir = data_dir
@@ -98,28 +98,3 @@ class WorkerProcess:
             self.process = None
         return code
 
-
-def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes | None]]) -> None:
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
-    for key, value in records:
-        producer.produce(topic, key=key, value=value)
-    assert producer.flush(30) == 0
-
-
-def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 60) -> list[dict[str, Any]]:
-    """Read `topic` from the start until `expected` records arrived (or time runs out)."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"test-{time.monotonic_ns()}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                         "session.timeout.ms": 6000})
-    consumer.subscribe([topic])
-    found: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while len(found) < expected and time.monotonic() < deadline:
-            message = consumer.poll(0.5)
-            if message is None or message.error():
-                continue
-            found.append(json.loads(message.value()))
-    finally:
-        consumer.close()
-    return found

@@ -1,0 +1,35 @@
+# The README's two commands: `make demo` and `make test`. Both create the virtualenv at .venv first.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+
+.PHONY: demo test lint schemas clean
+
+# torch==2.13.0 goes in first so pip takes the local CPU wheel instead of a multi-GB CUDA build.
+$(VENV)/.installed-run: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[train]'
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed-run
+	$(BIN)/pip install --quiet -e '.[train,quality,dev]'
+	touch $@
+
+demo: $(VENV)/.installed-run
+	$(BIN)/gristmill up --demo
+
+test: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+
+schemas: $(VENV)/.installed-run
+	$(BIN)/python -m schemas.export
+
+clean:
+	rm -rf $(VENV) .gristmill .pytest_cache
