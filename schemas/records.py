@@ -16,6 +16,10 @@ EntityId = Annotated[
 ]
 ScalarValue = str | int | float | bool | None
 
+#: Chunk payload fields a query may filter on (exact match).
+FilterField = Literal["doc_id", "source", "title", "version", "model_version"]
+FILTER_FIELDS: frozenset[str] = frozenset(FilterField.__args__)  # type: ignore[attr-defined]
+
 
 class Record(BaseModel):
     """Base of all topic records: strict types, unknown fields rejected."""
@@ -53,8 +57,8 @@ class QueryEvent(Record):
 
     query_id: EntityId
     text: Annotated[str, StringConstraints(min_length=1, max_length=4_000, pattern=r"\S")]
-    top_k: int = Field(default=10, ge=1, le=100)
-    filter: dict[str, ScalarValue] = Field(default_factory=dict, max_length=16)
+    top_k: int = Field(default=10, ge=1, le=1000)
+    filter: dict[FilterField, ScalarValue] = Field(default_factory=dict, max_length=8)
     user_id: EntityId | None = None
     ts: datetime | None = None
 

@@ -11,17 +11,20 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import cached_property
 from importlib.metadata import entry_points
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import faust
 from faust.types import EventT, TopicT
 
 from streams import metrics
+from streams.batching import MicroBatcher
 from streams.chunking import Chunker
-from streams.search import Searcher
+from streams.search import Searcher, SearchRequest, SearchResult
 from streams.settings import Settings
 from streams.state.encoder import OnnxEncoder
+from streams.state.query_log import LoggedQuery, QueryLog
 from streams.state.registry import LocalModelRegistry, ensure_base_model
 from streams.state.store import StoreError, VectorStore
 from streams.topics import TopicNames
@@ -63,7 +66,9 @@ class Pipeline:
         self.chunker = Chunker(self.encoder.tokenizer, settings.chunk_tokens, settings.chunk_overlap,
                                model.max_tokens)
         self.store = open_store(settings, model.dim)
-        self.searcher = Searcher(self.encoder, self.store)
+        self.searcher = Searcher(self.encoder, self.store, cache_size=settings.query_cache_size,
+                                 cache_ttl_s=settings.query_cache_ttl_s)
+        self.query_log = QueryLog(settings.query_log_path)
         # qdrant-edge has one writer per shard: every store write goes through this one thread.
         self._store_writer = ThreadPoolExecutor(1, thread_name_prefix="store-writer")
         self._readers = ThreadPoolExecutor(2, thread_name_prefix="search")
@@ -97,9 +102,19 @@ class Pipeline:
             names.append(entry.name)
         return names
 
-    async def search(self, text: str, limit: int, filter_: dict[str, Any] | None = None) -> Any:
+    async def search_many(self, requests: Sequence[SearchRequest]) -> list[SearchResult]:
+        """Answer a batch of searches on a reader thread (the event loop stays free)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._readers, self.searcher.search, text, limit, filter_)
+        return await loop.run_in_executor(self._readers, self.searcher.search_many, requests)
+
+    @cached_property
+    def search_batcher(self) -> MicroBatcher[SearchRequest, SearchResult]:
+        """Concurrent single searches (HTTP) share encoder calls: a few ms of waiting, one batch."""
+        return MicroBatcher(self.search_many, self.settings.query_batch_records, self.settings.query_batch_seconds)
+
+    async def log_queries(self, entries: Sequence[LoggedQuery]) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._readers, self.query_log.record, entries)
 
     async def write(self, operation: Callable[[], T], what: str) -> T:
         """Run a store write on the writer thread until it succeeds, backing off while the store fails.
@@ -139,8 +154,10 @@ class Pipeline:
     def refresh_index_gauges(self) -> None:
         metrics.INDEX_CHUNKS.set(self.store.count_chunks())
         metrics.INDEX_DOCUMENTS.set(self.store.count_documents())
+        metrics.QUERY_LOG_SIZE.set(self.query_log.count())
 
     def close(self) -> None:
         self._store_writer.shutdown(wait=True)
         self._readers.shutdown(wait=True)
         self.store.close()
+        self.query_log.close()

@@ -159,7 +159,9 @@ def _progress() -> Progress:
 
 
 def _print_hits(result: dict[str, Any]) -> None:
-    table = Table(title=f"{result['query']!r}  ({result['latency_ms']:.1f} ms, model {result['model_version']})")
+    cached = ", cached" if result.get("cached") else ""
+    table = Table(title=f"{result['query']!r}  ({result['latency_ms']:.1f} ms, model {result['model_version']}"
+                        f"{cached})")
     for column in ("score", "doc_id", "chunk", "text"):
         table.add_column(column, overflow="fold" if column == "text" else "ellipsis")
     for hit in result["hits"]:
@@ -213,6 +215,83 @@ def search(text: str, k: Annotated[int, typer.Option("-k", help="Number of hits.
         raise typer.Exit(1) from exc
 
 
+@app.command()
+def ask(text: str, k: Annotated[int, typer.Option("-k", help="Number of hits.")] = 5,
+        source: Annotated[str | None, typer.Option(help="Only chunks from this source.")] = None,
+        timeout: Annotated[float, typer.Option(help="Seconds to wait for the response.")] = 30.0) -> None:
+    """Send a query through the `queries` topic and wait for its response on `responses`."""
+    from streams.roundtrip import QueryRoundTrip
+
+    settings = _require_kafka(_settings())
+    with QueryRoundTrip(settings) as roundtrip:
+        query_id = roundtrip.send(text, k, {"source": source} if source else None)
+        try:
+            answer = roundtrip.wait([query_id], timeout)[query_id]
+        except TimeoutError as exc:
+            console.print(f"[red]no response in {timeout}s[/red] (is a worker with the query agent running?)")
+            raise typer.Exit(1) from exc
+    response = answer.response
+    _print_hits({**response, "query": text})
+    console.print(f"query_id {query_id}  round trip {answer.round_trip_s * 1000:.1f} ms  "
+                  f"index {response['index_version']}  cached {response['cached']}")
+
+
+@app.command("eval")
+def evaluate(
+    beir_dir: Annotated[Path, typer.Argument(help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/test.tsv.")],
+    reference: Annotated[bool, typer.Option(help="Also score sentence-transformers exact search.")] = False,
+    split: Annotated[str, typer.Option(help="qrels split to use.")] = "test",
+    top_k: Annotated[int, typer.Option(help="Chunks requested per query.")] = 200,
+) -> None:
+    """Ingest a BEIR corpus through Kafka, query it through Kafka, and print retrieval metrics."""
+    from streams.evaluation import ingest_corpus, load_beir, percentile, query_pipeline, reference_scores
+    from streams.state.registry import LocalModelRegistry
+
+    settings = _require_kafka(_settings())
+    _, url = _with_stack(settings)
+    try:
+        dataset = load_beir(beir_dir, split)
+    except (OSError, ValueError, KeyError) as exc:
+        console.print(f"[red]cannot read {beir_dir}:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    console.print(f"{len(dataset.corpus)} documents, {len(dataset.queries)} judged queries")
+    with _progress() as progress:
+        task = progress.add_task("corpus -> documents", total=len(dataset.corpus))
+        took = ingest_corpus(settings, url, dataset, on_sent=lambda n: progress.advance(task, n))
+    console.print(f"indexed in {took:.1f}s; querying through Kafka...")
+    run = query_pipeline(settings, dataset, top_k=top_k)
+    table = Table(title=f"gristmill eval {beir_dir.name}")
+    table.add_column("metric")
+    table.add_column("pipeline", justify="right")
+    ref = None
+    if reference:
+        model = LocalModelRegistry(settings.models_dir, settings.model_name).current()
+        if model is None:
+            console.print("[red]no model in the registry for the reference[/red]")
+            raise typer.Exit(1)
+        ref = reference_scores(model.source, dataset)
+        table.add_column("sentence-transformers exact", justify="right")
+        table.add_column("difference", justify="right")
+    for metric, value in run.scores.items():
+        extra = [f"{ref[metric]:.4f}", f"{value - ref[metric]:+.4f}"] if ref else []
+        table.add_row(metric, f"{value:.4f}", *extra)
+    for name, values in (("round trip ms", run.round_trip_ms), ("server ms", run.server_ms)):
+        table.add_row(f"{name} p50/p95/p99",
+                      "/".join(f"{percentile(values, q):.1f}" for q in (50, 95, 99)), *([""] * (2 if ref else 0)))
+    console.print(table)
+    if ref and run.scores["nDCG@10"] < ref["nDCG@10"] - 0.01:
+        console.print("[red]pipeline nDCG@10 is more than 0.01 below the reference[/red]")
+        raise typer.Exit(3)
+
+
+def _require_kafka(settings: Settings) -> Settings:
+    settings, _ = _with_stack(settings)
+    if not settings.kafka_bootstrap_servers:
+        console.print("[red]no Kafka:[/red] start `gristmill up` or set KAFKA_BOOTSTRAP_SERVERS")
+        raise typer.Exit(1)
+    return settings
+
+
 @produce_app.command("documents")
 def produce_documents(
     path: Annotated[Path, typer.Argument(help="JSONL of document events, BEIR corpus.jsonl, or a folder.")],
@@ -222,10 +301,7 @@ def produce_documents(
     from streams.produce import produce, read_documents
     from streams.topics import TopicNames
 
-    settings, _ = _with_stack(_settings())
-    if not settings.kafka_bootstrap_servers:
-        console.print("[red]no Kafka:[/red] start `gristmill up` or set KAFKA_BOOTSTRAP_SERVERS")
-        raise typer.Exit(1)
+    settings = _require_kafka(_settings())
     try:
         count, records = read_documents(path, version)
     except (OSError, ValueError) as exc:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
+import uuid
 from typing import Any
 
 from aiohttp import web
@@ -13,10 +15,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streams import metrics
 from streams.app import Pipeline
-from streams.state.store import FILTERABLE
+from streams.openapi import OPENAPI
+from streams.search import SearchRequest
+from streams.state.query_log import LoggedQuery
+from streams.state.store import FILTERABLE, check_filter
 
 log = logging.getLogger(__name__)
-MAX_K = 100
+MAX_K = 1000
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -32,18 +37,28 @@ def build_http_app(pipeline: Pipeline) -> web.Application:
         if not 1 <= k <= MAX_K:
             return _error(400, f"k must be between 1 and {MAX_K}")
         try:
-            with metrics.SEARCH_SECONDS.labels("http").time():
-                result = await pipeline.search(text, k, filter_)
+            check_filter(filter_)
         except ValueError as exc:
             return _error(400, str(exc))
-        return web.json_response({
+        started = time.perf_counter()
+        result = await pipeline.search_batcher.submit(SearchRequest(text, k, filter_))
+        latency_s = time.perf_counter() - started
+        metrics.QUERY_LATENCY_SECONDS.labels("http").observe(latency_s)
+        metrics.QUERIES.labels("http").inc()
+        body = {
+            "query_id": f"http-{uuid.uuid4()}",
             "query": text,
             "hits": [{"doc_id": h.doc_id, "chunk": h.chunk, "score": round(h.score, 6), "text": h.text,
                       "source": h.source} for h in result.hits],
             "model_version": result.model_version,
             "index_version": result.index_version,
-            "latency_ms": round(result.latency_ms, 3),
-        })
+            "latency_ms": round(latency_s * 1000, 3),
+            "cached": result.cached,
+        }
+        logged = LoggedQuery(body["query_id"], {"text": text, "top_k": k, "filter": filter_},
+                             {k: v for k, v in body.items() if k != "query"}, time.time(), "http")
+        await pipeline.log_queries([logged])
+        return web.json_response(body)
 
     @routes.get("/search")
     async def search_get(request: web.Request) -> web.Response:
@@ -82,6 +97,24 @@ def build_http_app(pipeline: Pipeline) -> web.Application:
             "indexed_at": state.indexed_at,
             "chunks": [{"chunk": c.chunk, "version": c.version, "text": c.text} for c in chunks],
         })
+
+    @routes.post("/documents/versions")
+    async def document_versions(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            doc_ids = body["doc_ids"]
+            if not isinstance(doc_ids, list) or not all(isinstance(d, str) for d in doc_ids) or len(doc_ids) > 10_000:
+                raise ValueError
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError):
+            return _error(400, "body must be {\"doc_ids\": [up to 10,000 strings]}")
+        loop = asyncio.get_running_loop()
+        states = await loop.run_in_executor(None, pipeline.store.get_documents, doc_ids)
+        return web.json_response({"versions": {d: (states[d].version if d in states else None) for d in doc_ids},
+                                  "deleted": sorted(d for d, state in states.items() if state.deleted)})
+
+    @routes.get("/openapi.json")
+    async def openapi(request: web.Request) -> web.Response:
+        return web.json_response(OPENAPI)
 
     @routes.get("/health")
     async def health(request: web.Request) -> web.Response:

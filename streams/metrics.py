@@ -32,3 +32,10 @@ SEARCH_SECONDS = Histogram("gristmill_search_seconds", "Search latency (encode +
 INDEX_CHUNKS = Gauge("gristmill_index_chunks", "Chunks in the serving index")
 INDEX_DOCUMENTS = Gauge("gristmill_index_documents", "Live documents in the serving index")
 MODEL = Info("gristmill_model", "Serving model")
+
+QUERIES = Counter("gristmill_queries_total", "Queries answered", ["via"])
+QUERY_CACHE = Counter("gristmill_query_cache_total", "Query cache lookups by result (hit ratio = hit / all)",
+                      ["result"])
+QUERY_LATENCY_SECONDS = Histogram("gristmill_query_latency_seconds", "Query received -> answer ready", ["via"],
+                                  buckets=LATENCY_BUCKETS)
+QUERY_LOG_SIZE = Gauge("gristmill_query_log_entries", "Query/response pairs kept in the query log")

@@ -56,6 +56,12 @@ class Settings(BaseSettings):
     # Ingest micro-batching
     ingest_batch_records: int = Field(default=64, ge=1, description="Max records per ingest batch.")
     ingest_batch_seconds: float = Field(default=0.1, gt=0, description="Max wait to fill an ingest batch.")
+    # Query serving
+    query_batch_records: int = Field(default=64, ge=1, description="Max queries embedded together.")
+    query_batch_seconds: float = Field(default=0.003, gt=0, description="Max wait to batch queries.")
+    query_cache_size: int = Field(default=10_000, ge=0, description="Cached answers; 0 disables the cache.")
+    query_cache_ttl_s: float = Field(default=30.0, gt=0, description="Longest a cached answer is served.")
+
     store_retry_max_s: float = Field(default=10.0, gt=0, description="Backoff cap while the store fails.")
 
     @field_validator("kafka_bootstrap_servers", "qdrant_url", "qdrant_api_key", mode="before")
@@ -83,6 +89,10 @@ class Settings(BaseSettings):
     def run_file(self) -> Path:
         """Written by `gristmill up` so `status`, `demo` and `search` find the running stack."""
         return self.data_dir / "run.json"
+
+    @property
+    def query_log_path(self) -> Path:
+        return self.data_dir / "queries.sqlite3"
 
     @property
     def app_id(self) -> str:

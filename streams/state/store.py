@@ -9,10 +9,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from schemas.records import FILTER_FIELDS
+
 GRISTMILL_NS = uuid.UUID("6f1f5a8e-3c1d-5b7e-9a2f-6d4c2b1e0a99")
 
 #: Payload fields of a chunk point that searches may filter on with exact matches.
-FILTERABLE = frozenset({"doc_id", "source", "title", "version", "model_version"})
+FILTERABLE = FILTER_FIELDS
 
 ScalarValue = str | int | float | bool | None
 

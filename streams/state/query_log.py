@@ -1,0 +1,68 @@
+"""Durable log of every answered query and its response (SQLite, WAL): joined by feedback, replayed by evals."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class LoggedQuery:
+    query_id: str
+    query: dict[str, Any]
+    response: dict[str, Any]
+    answered_at: float
+    via: str
+
+
+class QueryLog:
+    """One row per query_id (a re-delivered query overwrites its row with the same answer)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS queries (query_id TEXT PRIMARY KEY, query TEXT NOT NULL, "
+                "response TEXT NOT NULL, answered_at REAL NOT NULL, via TEXT NOT NULL, "
+                "model_version TEXT NOT NULL, index_version TEXT NOT NULL)")
+            self._db.execute("CREATE INDEX IF NOT EXISTS queries_answered_at ON queries (answered_at)")
+
+    def record(self, entries: Sequence[LoggedQuery]) -> None:
+        rows = [(e.query_id, json.dumps(e.query, default=str), json.dumps(e.response, default=str), e.answered_at,
+                 e.via, e.response.get("model_version", ""), e.response.get("index_version", ""))
+                for e in entries]
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT OR REPLACE INTO queries VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            self._db.execute("COMMIT")
+
+    def get(self, query_id: str) -> LoggedQuery | None:
+        with self._lock:
+            row = self._db.execute("SELECT query_id, query, response, answered_at, via FROM queries "
+                                   "WHERE query_id = ?", (query_id,)).fetchone()
+        return None if row is None else LoggedQuery(row[0], json.loads(row[1]), json.loads(row[2]), row[3], row[4])
+
+    def since(self, answered_after: float = 0.0, limit: int = 10_000) -> Iterator[LoggedQuery]:
+        with self._lock:
+            rows = self._db.execute("SELECT query_id, query, response, answered_at, via FROM queries "
+                                    "WHERE answered_at > ? ORDER BY answered_at LIMIT ?",
+                                    (answered_after, limit)).fetchall()
+        for row in rows:
+            yield LoggedQuery(row[0], json.loads(row[1]), json.loads(row[2]), row[3], row[4])
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM queries").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
