@@ -15,12 +15,12 @@ from functools import cached_property
 from importlib.metadata import entry_points
 from typing import TypeVar
 
-import faust
 from faust.types import EventT, TopicT
 
 from streams import metrics
 from streams.batching import MicroBatcher
 from streams.chunking import Chunker
+from streams.kafka_transport import App
 from streams.search import Searcher, SearchRequest, SearchResult
 from streams.settings import Settings
 from streams.state.encoder import OnnxEncoder
@@ -74,9 +74,9 @@ class Pipeline:
         self._readers = ThreadPoolExecutor(2, thread_name_prefix="search")
         metrics.MODEL.info({"name": settings.model_name, "version": model.version, "provider": self.encoder.provider,
                             "int8": str(settings.int8).lower()})
-        self.app = faust.App(
+        self.app = App(
             settings.app_id,
-            broker=f"kafka://{settings.kafka_bootstrap_servers}",
+            broker=f"gristmill://{settings.kafka_bootstrap_servers}",  # aiokafka with a short fetch wait
             value_serializer="raw",
             key_serializer="raw",
             web_enabled=False,
@@ -87,6 +87,7 @@ class Pipeline:
             topic_disable_leader=True,
             consumer_auto_offset_reset="earliest",
             producer_acks=-1,
+            fetch_max_wait_ms=settings.fetch_max_wait_ms,
         )
 
     def topic(self, logical: str) -> TopicT:
@@ -109,8 +110,8 @@ class Pipeline:
 
     @cached_property
     def search_batcher(self) -> MicroBatcher[SearchRequest, SearchResult]:
-        """Concurrent single searches (HTTP) share encoder calls: a few ms of waiting, one batch."""
-        return MicroBatcher(self.search_many, self.settings.query_batch_records, self.settings.query_batch_seconds)
+        """Concurrent single searches (HTTP) share encoder calls (continuous batching)."""
+        return MicroBatcher(self.search_many, self.settings.query_batch_records)
 
     async def log_queries(self, entries: Sequence[LoggedQuery]) -> None:
         loop = asyncio.get_running_loop()

@@ -1,4 +1,4 @@
-"""Micro-batching of concurrent requests: wait a few milliseconds, answer them with one batched call."""
+"""Micro-batching of concurrent requests: whatever arrives while a batch runs goes together in the next one."""
 
 from __future__ import annotations
 
@@ -11,48 +11,34 @@ Res = TypeVar("Res")
 
 
 class MicroBatcher(Generic[Req, Res]):
-    """Collects requests for at most `max_wait_s` (or `max_size` of them) and hands them to `run` together.
-
-    A lone request waits at most `max_wait_s`; under load, batches grow and throughput scales.
+    """Continuous batching: an idle batcher answers a lone request at once (no added latency); requests that
+    arrive while a batch is being answered are answered together next, up to `max_size` at a time, so
+    throughput grows with concurrency.
     """
 
-    def __init__(self, run: Callable[[Sequence[Req]], Awaitable[Sequence[Res]]], max_size: int,
-                 max_wait_s: float) -> None:
+    def __init__(self, run: Callable[[Sequence[Req]], Awaitable[Sequence[Res]]], max_size: int) -> None:
         self._run = run
         self._max_size = max_size
-        self._max_wait_s = max_wait_s
         self._pending: list[tuple[Req, asyncio.Future[Res]]] = []
-        self._flusher: asyncio.TimerHandle | None = None
-        self._running: set[asyncio.Task[None]] = set()
+        self._runner: asyncio.Task[None] | None = None
 
     async def submit(self, request: Req) -> Res:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Res] = loop.create_future()
+        future: asyncio.Future[Res] = asyncio.get_running_loop().create_future()
         self._pending.append((request, future))
-        if len(self._pending) >= self._max_size:
-            self._flush()
-        elif self._flusher is None:
-            self._flusher = loop.call_later(self._max_wait_s, self._flush)
+        if self._runner is None or self._runner.done():
+            self._runner = asyncio.ensure_future(self._drain())
         return await future
 
-    def _flush(self) -> None:
-        if self._flusher is not None:
-            self._flusher.cancel()
-            self._flusher = None
-        batch, self._pending = self._pending, []
-        if batch:
-            task = asyncio.ensure_future(self._answer(batch))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
-
-    async def _answer(self, batch: list[tuple[Req, asyncio.Future[Res]]]) -> None:
-        try:
-            results = await self._run([request for request, _ in batch])
-        except Exception as exc:
-            for _, future in batch:
+    async def _drain(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending[:self._max_size], self._pending[self._max_size:]
+            try:
+                results = await self._run([request for request, _ in batch])
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
                 if not future.done():
-                    future.set_exception(exc)
-            return
-        for (_, future), result in zip(batch, results, strict=True):
-            if not future.done():
-                future.set_result(result)
+                    future.set_result(result)

@@ -149,6 +149,17 @@ def pipeline_rows(settings: Settings, registry_dir: Path, onnx: OnnxEncoder, tex
     ]
 
 
+def print_rows(title: str, rows: Sequence[Row], console: Console) -> None:
+    table = Table(title=title)
+    for column in ("measure", "gristmill", "baseline", "speed-up", "target", ""):
+        table.add_column(column, justify="left" if column == "measure" else "right")
+    for row in rows:
+        mark = "" if row.met is None else ("[green]met[/green]" if row.met else "[red]missed[/red]")
+        table.add_row(row.measure, row.value, row.baseline, "" if row.ratio is None else f"{row.ratio:.2f}x",
+                      row.target, mark)
+    console.print(table)
+
+
 def run_ingest_bench(settings: Settings, docs: int, console: Console) -> list[Row]:
     registry = LocalModelRegistry(settings.models_dir, settings.model_name)
     model = ensure_base_model(registry)
@@ -160,12 +171,5 @@ def run_ingest_bench(settings: Settings, docs: int, console: Console) -> list[Ro
                   f"batch {onnx.batch_size}")
     rows = encoder_rows(model, onnx, short, long)
     rows += pipeline_rows(settings, settings.models_dir, onnx, long, console)
-    table = Table(title="gristmill bench ingest")
-    for column in ("measure", "gristmill", "baseline", "ratio", "target", ""):
-        table.add_column(column, justify="left" if column == "measure" else "right")
-    for row in rows:
-        mark = "" if row.met is None else ("[green]met[/green]" if row.met else "[red]missed[/red]")
-        table.add_row(row.measure, row.value, row.baseline, "" if row.ratio is None else f"{row.ratio:.2f}x",
-                      row.target, mark)
-    console.print(table)
+    print_rows("gristmill bench ingest", rows, console)
     return rows

@@ -324,6 +324,16 @@ def bench_ingest(
     run_ingest_bench(_settings(), docs, console)
 
 
+@bench_app.command("query")
+def bench_query(
+    chunks: Annotated[int, typer.Option(help="Chunks in the benchmark index.")] = 10_000,
+) -> None:
+    """Query latency (HTTP, Kafka round trip) and sustained QPS against a per-query baseline."""
+    from streams.bench_query import run_query_bench
+
+    run_query_bench(_settings(), chunks, console)
+
+
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     app()

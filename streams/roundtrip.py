@@ -9,10 +9,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Producer, TopicPartition
 
 from streams.settings import Settings
 from streams.topics import TopicNames, kafka_config
+
+END_LOOKUP_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -22,22 +24,31 @@ class Answer:
 
 
 class QueryRoundTrip:
-    """Subscribes to `responses` before sending, so no answer can slip past; matches answers by query_id."""
+    """Reads every partition of `responses` from its current end before sending anything, so no answer can
+    slip past; matches answers by query_id. Partitions are assigned directly (no consumer group to join).
+    """
 
-    def __init__(self, settings: Settings, assignment_timeout_s: float = 30.0) -> None:
+    def __init__(self, settings: Settings, setup_timeout_s: float = 30.0) -> None:
         topics = TopicNames(settings.namespace)
         self._queries, responses = topics.queries, topics.responses
         config = kafka_config(settings)
         self._producer = Producer({**config, "linger.ms": 0, "acks": "all"})
         self._consumer = Consumer({**config, "group.id": f"gristmill-ask-{uuid.uuid4()}",
-                                   "auto.offset.reset": "latest", "enable.auto.commit": False,
-                                   "session.timeout.ms": 6000, "fetch.wait.max.ms": 10})
-        self._consumer.subscribe([responses])
-        deadline = time.monotonic() + assignment_timeout_s
-        while not self._consumer.assignment():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no partitions of {responses} assigned in {assignment_timeout_s}s")
-            self._consumer.poll(0.1)
+                                   "enable.auto.commit": False, "fetch.wait.max.ms": 10})
+        metadata = self._consumer.list_topics(responses, timeout=setup_timeout_s).topics[responses]
+        if metadata.error is not None:
+            raise RuntimeError(f"topic {responses}: {metadata.error}")
+        self._consumer.assign([TopicPartition(responses, p, OFFSET_END) for p in metadata.partitions])
+        deadline = time.monotonic() + min(setup_timeout_s, END_LOOKUP_S)
+        positions = self._consumer.position(self._consumer.assignment())
+        while any(tp.offset < 0 for tp in positions) and time.monotonic() < deadline:
+            self._consumer.poll(0.02)
+            positions = self._consumer.position(self._consumer.assignment())
+        # A partition whose end the broker does not report (Tansu, for an empty one) is read from its start:
+        # slower at worst, never a missed answer.
+        self._consumer.assign([
+            TopicPartition(responses, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_BEGINNING)
+            for tp in positions])
         self._sent: dict[str, float] = {}
         self._answers: dict[str, Answer] = {}
 
@@ -54,8 +65,11 @@ class QueryRoundTrip:
         self._producer.flush(30)
 
     def poll(self, timeout_s: float = 0.05) -> None:
-        """Take whatever responses have arrived."""
-        for message in self._consumer.consume(num_messages=500, timeout=timeout_s):
+        """Wait up to `timeout_s` for a response, then take whatever else has arrived."""
+        first = self._consumer.poll(timeout_s)
+        if first is None:
+            return
+        for message in [first, *self._consumer.consume(num_messages=500, timeout=0)]:
             if message.error() or message.value() is None:
                 continue
             arrived = time.perf_counter()

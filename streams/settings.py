@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     partitions: int = Field(default=4, ge=1, description="Partitions of every topic gristmill creates.")
     replication_factor: int = Field(default=1, ge=1)
     session_timeout_s: float = Field(default=8.0, gt=0)
+    fetch_max_wait_ms: int = Field(default=10, ge=1, le=5000,
+                                   description="Longest a consumer fetch waits for data (bounds added latency).")
 
     # Vector store
     qdrant_url: str | None = Field(

@@ -132,8 +132,9 @@ class ServerVectorStore:
         return sorted((ChunkPoint.from_payload(r.payload or {}, r.vector if with_vectors else None)
                        for r in records), key=lambda c: c.chunk)
 
-    def all_chunks(self) -> list[ChunkPoint]:
-        return [ChunkPoint.from_payload(r.payload or {}) for r in self._scroll(self.collection, None)]
+    def all_chunks(self, with_vectors: bool = False) -> list[ChunkPoint]:
+        return [ChunkPoint.from_payload(r.payload or {}, r.vector if with_vectors else None)
+                for r in self._scroll(self.collection, None, with_vectors)]
 
     def count_chunks(self) -> int:
         return self._call(lambda: self._client.count(self.collection, exact=True).count)

@@ -140,8 +140,8 @@ class VectorStore(Protocol):
 
     def chunks(self, doc_id: str, with_vectors: bool = False) -> list[ChunkPoint]: ...
 
-    def all_chunks(self) -> list[ChunkPoint]:
-        """Every chunk (payloads only): for audits and consistency checks, not the hot path."""
+    def all_chunks(self, with_vectors: bool = False) -> list[ChunkPoint]:
+        """Every chunk: for audits, consistency checks and copies, not the hot path."""
         ...
 
     def count_chunks(self) -> int: ...
