@@ -110,7 +110,7 @@ def pipeline_rows(settings: Settings, registry_dir: Path, onnx: OnnxEncoder, tex
                   console: Console) -> list[Row]:
     chunker = Chunker(onnx.tokenizer, settings.chunk_tokens, settings.chunk_overlap, onnx.max_tokens)
     chunk_texts = [c.text for chunks in chunker.split_many(texts) for c in chunks]
-    bare = throughput(lambda: onnx.encode(chunk_texts), len(chunk_texts), repeats=2)
+    bare = throughput(lambda: onnx.encode(chunk_texts), len(chunk_texts), repeats=3)
     chunks_per_doc = len(chunk_texts) / len(texts)
 
     with tempfile.TemporaryDirectory(prefix="gristmill-bench-") as tmp, EmbeddedBroker() as broker:
@@ -123,18 +123,20 @@ def pipeline_rows(settings: Settings, registry_dir: Path, onnx: OnnxEncoder, tex
             warm = [(f"warm-{i}", text) for i, text in enumerate(texts[:32])]
             _produce_paced(broker.bootstrap_servers, topic, warm, None)
             _indexed_at(worker, [d for d, _ in warm], 120)
-            indexed_before = len(warm)
-            console.print("pipeline at full rate...")
-            burst = [(f"max-{i}", text) for i, text in enumerate(texts)]
-            sent = _produce_paced(broker.bootstrap_servers, topic, burst, None)
-            done = _indexed_at(worker, [d for d, _ in burst], 900, indexed_before)
-            elapsed = max(done.values()) - min(sent.values())
-            docs_per_s = len(burst) / elapsed
+            indexed = len(warm)
+            docs_per_s = 0.0
+            for attempt in range(2):  # best of two bursts, as the bare encoder is best of its runs
+                console.print(f"pipeline at full rate, burst {attempt + 1}...")
+                burst = [(f"max{attempt}-{i}", text) for i, text in enumerate(texts)]
+                sent = _produce_paced(broker.bootstrap_servers, topic, burst, None)
+                done = _indexed_at(worker, [d for d, _ in burst], 900, indexed)
+                indexed += len(burst)
+                docs_per_s = max(docs_per_s, len(burst) / (max(done.values()) - min(sent.values())))
             half_rate = docs_per_s / 2
             console.print(f"pipeline at half rate ({half_rate:.1f} docs/s)...")
             paced = [(f"half-{i}", text) for i, text in enumerate(texts)]
             sent_half = _produce_paced(broker.bootstrap_servers, topic, paced, half_rate)
-            done_half = _indexed_at(worker, [d for d, _ in paced], 900, indexed_before + len(burst))
+            done_half = _indexed_at(worker, [d for d, _ in paced], 900, indexed)
         finally:
             worker.stop()
     fresh = sorted(max(0.0, done_half[d] - sent_half[d]) for d in sent_half)
