@@ -11,7 +11,7 @@ $(VENV)/.installed-run: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[train]'
+	$(BIN)/pip install --quiet -e '.[train,quality]'
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed-run

@@ -334,6 +334,16 @@ def bench_query(
     run_query_bench(_settings(), chunks, console)
 
 
+@bench_app.command("monitor")
+def bench_monitor(
+    sizes: Annotated[list[int] | None, typer.Option("--size", help="Window sizes (repeatable).")] = None,
+) -> None:
+    """Great Expectations cost and monitor lag per window."""
+    from streams.bench_monitor import run_monitor_bench
+
+    run_monitor_bench(_settings(), sizes or [1_000, 10_000], console)
+
+
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     app()

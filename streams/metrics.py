@@ -39,3 +39,12 @@ QUERY_CACHE = Counter("gristmill_query_cache_total", "Query cache lookups by res
 QUERY_LATENCY_SECONDS = Histogram("gristmill_query_latency_seconds", "Query received -> answer ready", ["via"],
                                   buckets=LATENCY_BUCKETS)
 QUERY_LOG_SIZE = Gauge("gristmill_query_log_entries", "Query/response pairs kept in the query log")
+
+GX_SECONDS = Histogram("gristmill_gx_seconds", "Great Expectations suite time per window", ["topic"],
+                       buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+GX_FAILURES = Counter("gristmill_gx_failed_expectations_total", "Failed expectations", ["topic", "expectation"])
+QUALITY_WINDOWS = Counter("gristmill_quality_windows_total", "Windows checked, by suite success", ["topic", "success"])
+MONITOR_LAG_SECONDS = Gauge("gristmill_monitor_lag_seconds", "Last record of a window -> its report", ["topic"])
+DRIFT_SCORE = Gauge("gristmill_drift_score", "Latest drift statistic vs the reference window", ["topic", "statistic"])
+ALERT = Gauge("gristmill_alert", "1 while an alert is raised", ["topic", "kind"])
+RETRAIN_REQUESTS = Counter("gristmill_retrain_requests_total", "retrain events emitted", ["reason"])

@@ -64,6 +64,19 @@ class Settings(BaseSettings):
     query_cache_size: int = Field(default=10_000, ge=0, description="Cached answers; 0 disables the cache.")
     query_cache_ttl_s: float = Field(default=30.0, gt=0, description="Longest a cached answer is served.")
 
+    # Monitoring (quality suites and drift, per window)
+    monitor_window_records: int = Field(default=1000, ge=1, description="Records that close a window.")
+    monitor_window_seconds: float = Field(default=10.0, gt=0, description="Seconds that close a window.")
+    monitor_min_drift_records: int = Field(default=30, ge=2, description="Smaller windows skip drift statistics.")
+    monitor_embed_sample: int = Field(default=256, ge=2, description="Query texts embedded per window for drift.")
+    drift_query_mean_shift: float = Field(default=0.08, gt=0, description="1 - cos(mean query embeddings).")
+    drift_query_mmd: float = Field(default=0.05, gt=0, description="RBF MMD^2 of query embeddings.")
+    drift_document_length_ks: float = Field(default=0.35, gt=0, description="KS statistic of document lengths.")
+    drift_document_source_tv: float = Field(default=0.35, gt=0, description="Total variation of the source mix.")
+    drift_feedback_positive_shift: float = Field(default=0.3, gt=0, description="Change in the positive share.")
+    retrain_min_interval_s: float = Field(default=3600.0, ge=0, description="At most one drift retrain per interval.")
+    stale_after_s: float = Field(default=300.0, gt=0, description="Silence after which an active topic is stale.")
+
     store_retry_max_s: float = Field(default=10.0, gt=0, description="Backoff cap while the store fails.")
 
     @field_validator("kafka_bootstrap_servers", "qdrant_url", "qdrant_api_key", mode="before")

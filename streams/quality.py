@@ -1,0 +1,137 @@
+"""Batch-level data quality: Great Expectations suites from `schemas/suites/*.json`, one ephemeral context.
+
+GX costs milliseconds per expectation, so it runs per window of records, never per record. The GX import
+is deferred to the first `QualityGate` (the `[quality]` extra).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from schemas import DocumentEvent, FeedbackEvent, QueryEvent, Record
+
+SUITES_DIR = Path(str(resources.files("schemas") / "suites"))
+log = logging.getLogger(__name__)
+
+
+def document_row(record: DocumentEvent) -> dict[str, Any]:
+    text_length = len(record.text) if record.op == "upsert" and record.text else None
+    return {"doc_id": record.doc_id, "op": record.op, "is_delete": int(record.op == "delete"),
+            "version": record.version, "text_length": text_length, "has_title": record.title is not None,
+            "source": record.source, "metadata_keys": len(record.metadata)}
+
+
+def query_row(record: QueryEvent) -> dict[str, Any]:
+    return {"query_id": record.query_id, "text_length": len(record.text), "word_count": len(record.text.split()),
+            "top_k": record.top_k, "has_filter": bool(record.filter), "has_user": record.user_id is not None}
+
+
+def judgement(record: FeedbackEvent) -> int:
+    """-1/0/1 from a label, or from a rating (1-2 negative, 3 neutral, 4-5 positive)."""
+    if record.label is not None:
+        return record.label
+    rating = record.rating or 3
+    return 1 if rating >= 4 else (-1 if rating <= 2 else 0)
+
+
+def feedback_row(record: FeedbackEvent) -> dict[str, Any]:
+    value = judgement(record)
+    return {"query_id": record.query_id, "doc_id": record.doc_id, "judgement": value, "positive": int(value == 1),
+            "from_rating": record.rating is not None}
+
+
+def window_row(topic: str, record: Record) -> dict[str, Any]:
+    """The features of one record that the topic's suite looks at."""
+    if isinstance(record, DocumentEvent):
+        return document_row(record)
+    if isinstance(record, QueryEvent):
+        return query_row(record)
+    if isinstance(record, FeedbackEvent):
+        return feedback_row(record)
+    raise TypeError(f"no quality features for {type(record).__name__} on {topic}")
+
+
+@dataclass(frozen=True)
+class FailedCheck:
+    expectation: str
+    column: str | None
+    observed: Any
+
+
+@dataclass(frozen=True)
+class QualityOutcome:
+    suite: str
+    success: bool
+    failed: list[FailedCheck] = field(default_factory=list)
+    evaluated: int = 0
+    seconds: float = 0.0
+    skipped: str | None = None  # why the suite did not run (e.g. an empty window)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in list(value.items())[:20]}
+    if isinstance(value, (list, tuple, set)):
+        return [_jsonable(v) for v in list(value)[:20]]
+    return str(value)
+
+
+class QualityGate:
+    """Loads every suite once into an ephemeral GX context and validates windows (pandas) against them."""
+
+    def __init__(self, suites_dir: Path = SUITES_DIR, min_records: int = 2) -> None:
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        self._gx = gx
+        self.min_records = min_records
+        self._context = gx.get_context(mode="ephemeral")
+        self._context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+        source = self._context.data_sources.add_pandas("gristmill-windows")
+        self._suites: dict[str, Any] = {}
+        self._batches: dict[str, Any] = {}
+        for path in sorted(suites_dir.glob("*.json")):
+            spec = json.loads(path.read_text(encoding="utf-8"))
+            suite = self._context.suites.add(gx.ExpectationSuite(
+                name=spec["name"], expectations=spec["expectations"], meta=spec.get("meta", {})))
+            self._suites[spec["name"]] = suite
+            asset = source.add_dataframe_asset(name=spec["name"])
+            self._batches[spec["name"]] = asset.add_batch_definition_whole_dataframe(f"{spec['name']}-window")
+        if not self._suites:
+            raise FileNotFoundError(f"no Great Expectations suites in {suites_dir}")
+
+    @property
+    def suites(self) -> list[str]:
+        return sorted(self._suites)
+
+    def expectation_count(self, suite_name: str) -> int:
+        return len(self._suites[suite_name].expectations)
+
+    def validate(self, suite_name: str, rows: Sequence[Mapping[str, Any]]) -> QualityOutcome:
+        """Run one suite on a window; windows too small to judge are skipped, never a crash."""
+        import pandas as pd
+
+        if len(rows) < self.min_records:
+            return QualityOutcome(suite_name, True, evaluated=len(rows),
+                                  skipped=f"{len(rows)} records (< {self.min_records})")
+        started = time.perf_counter()
+        batch = self._batches[suite_name].get_batch(batch_parameters={"dataframe": pd.DataFrame(list(rows))})
+        result = batch.validate(self._suites[suite_name])
+        failed = [
+            FailedCheck(r.expectation_config.type, r.expectation_config.kwargs.get("column"),
+                        _jsonable(r.result.get("observed_value", r.result.get("unexpected_percent"))))
+            for r in result.results if not r.success
+        ]
+        return QualityOutcome(suite_name, bool(result.success), failed, len(rows), time.perf_counter() - started)
