@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo test lint schemas clean
+.PHONY: demo test test-tools lint schemas clean
 
 # torch==2.13.0 goes in first so pip takes the local CPU wheel instead of a multi-GB CUDA build.
 $(VENV)/.installed-run: pyproject.toml
@@ -21,7 +21,12 @@ $(VENV)/.installed-test: $(VENV)/.installed-run
 demo: $(VENV)/.installed-run
 	$(BIN)/gristmill up --demo
 
-test: $(VENV)/.installed-test
+# Tools the deploy tests drive: Debian's docker-compose (validates compose files, no engine needed) and Chromium.
+test-tools:
+	@command -v docker-compose >/dev/null && command -v chromium >/dev/null || \
+	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-compose chromium)
+
+test: $(VENV)/.installed-test test-tools
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
@@ -17,6 +18,7 @@ from typing import TypeVar
 
 from faust.types import EventT, TopicT
 
+from schemas import DeadLetter
 from streams import metrics
 from streams.batching import MicroBatcher
 from streams.chunking import Chunker
@@ -27,7 +29,7 @@ from streams.state.encoder import OnnxEncoder
 from streams.state.query_log import LoggedQuery, QueryLog
 from streams.state.registry import LocalModelRegistry, ensure_base_model
 from streams.state.store import StoreError, VectorStore
-from streams.topics import TopicNames
+from streams.topics import TopicNames, faust_credentials
 from streams.validation import RawMessage, Rejected
 
 log = logging.getLogger(__name__)
@@ -40,7 +42,8 @@ def open_store(settings: Settings, dim: int) -> VectorStore:
     if settings.qdrant_url:
         from streams.state.server_store import ServerVectorStore
 
-        return ServerVectorStore.connect(settings.qdrant_url, collection, dim, settings.qdrant_api_key)
+        api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
+        return ServerVectorStore.connect(settings.qdrant_url, collection, dim, api_key)
     from streams.state.edge_store import EdgeVectorStore
 
     return EdgeVectorStore(settings.shard_dir, collection, dim)
@@ -69,9 +72,11 @@ class Pipeline:
         self.searcher = Searcher(self.encoder, self.store, cache_size=settings.query_cache_size,
                                  cache_ttl_s=settings.query_cache_ttl_s)
         self.query_log = QueryLog(settings.query_log_path)
+        self.recent_dead_letters: deque[DeadLetter] = deque(maxlen=50)  # shown on the dashboard
         # qdrant-edge has one writer per shard: every store write goes through this one thread.
         self._store_writer = ThreadPoolExecutor(1, thread_name_prefix="store-writer")
         self._readers = ThreadPoolExecutor(2, thread_name_prefix="search")
+        metrics.initialize()
         metrics.MODEL.info({"name": settings.model_name, "version": model.version, "provider": self.encoder.provider,
                             "int8": str(settings.int8).lower()})
         self.app = App(
@@ -88,6 +93,7 @@ class Pipeline:
             consumer_auto_offset_reset="earliest",
             producer_acks=-1,
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
+            broker_credentials=faust_credentials(settings),
         )
 
     def topic(self, logical: str) -> TopicT:
@@ -147,10 +153,21 @@ class Pipeline:
             metrics.RECORDS_INVALID.labels(logical_topic, reject.reason).inc()
             log.info("dead-lettered %s[%d]@%d: %s", reject.message.topic, reject.message.partition,
                      reject.message.offset, "; ".join(f"{e.loc}: {e.msg}" for e in reject.errors))
-            pending.append(await deadletter.send(key=reject.message.key,
-                                                 value=reject.dead_letter().model_dump_json().encode()))
+            letter = reject.dead_letter()
+            self.recent_dead_letters.appendleft(letter)
+            pending.append(await deadletter.send(key=reject.message.key, value=letter.model_dump_json().encode()))
         await asyncio.gather(*pending)
         metrics.DEADLETTERS_OUT.labels(logical_topic).inc(len(rejected))
+
+    def refresh_consumer_lag(self) -> None:
+        """Lag from the high watermarks seen in fetch responses and the offsets this worker committed."""
+        monitor = self.app.monitor
+        for tp, end in list(monitor.tp_end_offsets.items()):
+            committed = monitor.tp_committed_offsets.get(tp)
+            if committed is None:
+                read = monitor.tp_read_offsets.get(tp)
+                committed = read + 1 if read is not None else 0
+            metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, end - committed))
 
     def refresh_index_gauges(self) -> None:
         metrics.INDEX_CHUNKS.set(self.store.count_chunks())

@@ -166,6 +166,7 @@ class HttpService(Service):
         while not self.should_stop:
             try:
                 await loop.run_in_executor(None, self.pipeline.refresh_index_gauges)
+                self.pipeline.refresh_consumer_lag()
             except Exception as exc:  # gauges must never take the worker down
                 log.debug("index gauges not refreshed: %s", exc)
-            await self.sleep(5.0)
+            await self.sleep(2.0)

@@ -26,9 +26,6 @@ STORE_UP = Gauge("gristmill_store_up", "1 when the last vector store operation s
 FRESHNESS_SECONDS = Histogram("gristmill_freshness_seconds", "Event produced -> searchable",
                               buckets=FRESHNESS_BUCKETS)
 
-SEARCH_SECONDS = Histogram("gristmill_search_seconds", "Search latency (encode + vector search)", ["via"],
-                           buckets=LATENCY_BUCKETS)
-
 INDEX_CHUNKS = Gauge("gristmill_index_chunks", "Chunks in the serving index")
 INDEX_DOCUMENTS = Gauge("gristmill_index_documents", "Live documents in the serving index")
 MODEL = Info("gristmill_model", "Serving model")
@@ -48,3 +45,41 @@ MONITOR_LAG_SECONDS = Gauge("gristmill_monitor_lag_seconds", "Last record of a w
 DRIFT_SCORE = Gauge("gristmill_drift_score", "Latest drift statistic vs the reference window", ["topic", "statistic"])
 ALERT = Gauge("gristmill_alert", "1 while an alert is raised", ["topic", "kind"])
 RETRAIN_REQUESTS = Counter("gristmill_retrain_requests_total", "retrain events emitted", ["reason"])
+
+CONSUMER_LAG = Gauge("gristmill_consumer_lag", "High watermark - committed offset, per assigned partition",
+                     ["topic", "partition"])
+
+
+def initialize(topics: tuple[str, ...] = ("documents", "queries", "feedback")) -> None:
+    """Create every known label combination at zero, so dashboards show 0 rather than 'no data'."""
+    for topic in topics:
+        for counter in (RECORDS_IN, RECORDS_VALID, DEADLETTERS_OUT):
+            counter.labels(topic)
+        GX_SECONDS.labels(topic)
+        MONITOR_LAG_SECONDS.labels(topic)
+        for success in ("true", "false"):
+            QUALITY_WINDOWS.labels(topic, success)
+        for kind in ("quality", "drift", "stale"):
+            ALERT.labels(topic, kind)
+    for agent in ("ingest", "query"):
+        BATCH_RECORDS.labels(agent)
+    ENCODE_SECONDS.labels("ingest")
+    for outcome in ("embedded", "deleted", "unchanged", "stale"):
+        DOCS_APPLIED.labels(outcome)
+    for via in ("http", "kafka"):
+        QUERIES.labels(via)
+        QUERY_LATENCY_SECONDS.labels(via)
+    for result in ("hit", "miss"):
+        QUERY_CACHE.labels(result)
+    for reason in ("feedback", "drift", "manual", "schedule"):
+        RETRAIN_REQUESTS.labels(reason)
+    for topic, statistics in DRIFT_STATISTICS.items():
+        for statistic in (*statistics, "invalid_share"):
+            DRIFT_SCORE.labels(topic, statistic)
+
+
+DRIFT_STATISTICS = {
+    "queries": ("query_length_ks", "query_mean_shift", "query_mmd"),
+    "documents": ("document_length_ks", "document_source_tv"),
+    "feedback": ("feedback_positive_shift",),
+}

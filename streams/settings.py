@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -28,6 +29,13 @@ class Settings(BaseSettings):
     namespace: str = Field(default="", pattern=r"^[A-Za-z0-9._-]*$", description="Topic name prefix.")
     partitions: int = Field(default=4, ge=1, description="Partitions of every topic gristmill creates.")
     replication_factor: int = Field(default=1, ge=1)
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = Field(default=None, description="CA bundle that signed the brokers' certs.")
+    kafka_ssl_certfile: Path | None = Field(default=None, description="Client certificate (mutual TLS).")
+    kafka_ssl_keyfile: Path | None = Field(default=None, description="Client key (mutual TLS).")
     session_timeout_s: float = Field(default=8.0, gt=0)
     fetch_max_wait_ms: int = Field(default=10, ge=1, le=5000,
                                    description="Longest a consumer fetch waits for data (bounds added latency).")
@@ -38,12 +46,14 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("QDRANT_URL", "GRISTMILL_QDRANT_URL"),
         description="Qdrant server; when unset an embedded qdrant-edge shard under DATA_DIR is used.",
     )
-    qdrant_api_key: str | None = None
+    qdrant_api_key: SecretStr | None = None
     collection: str = Field(default="chunks", pattern=r"^[A-Za-z0-9_-]+$")
 
     # HTTP
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=6066, ge=0, le=65535)
+    admin_token: SecretStr | None = Field(default=None, description="Bearer token for admin HTTP actions; unset "
+                                                                  "disables them.")
 
     # Model and encoding
     model_name: str = "minilm"
@@ -79,7 +89,8 @@ class Settings(BaseSettings):
 
     store_retry_max_s: float = Field(default=10.0, gt=0, description="Backoff cap while the store fails.")
 
-    @field_validator("kafka_bootstrap_servers", "qdrant_url", "qdrant_api_key", mode="before")
+    @field_validator("kafka_bootstrap_servers", "qdrant_url", "qdrant_api_key", "admin_token", "kafka_sasl_password",
+                     mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

@@ -51,10 +51,46 @@ class TopicNames:
 
 
 def kafka_config(settings: Settings) -> dict[str, str | int]:
-    """librdkafka settings shared by gristmill's admin clients and producers."""
+    """librdkafka settings shared by gristmill's admin clients, producers and consumers (TLS/SASL included)."""
     if not settings.kafka_bootstrap_servers:
         raise RuntimeError("no Kafka: set KAFKA_BOOTSTRAP_SERVERS or start the stack with `gristmill up`")
-    return {"bootstrap.servers": settings.kafka_bootstrap_servers, "socket.timeout.ms": 10_000}
+    config: dict[str, str | int] = {"bootstrap.servers": settings.kafka_bootstrap_servers,
+                                    "socket.timeout.ms": 10_000,
+                                    "security.protocol": settings.kafka_security_protocol.lower()}
+    if settings.kafka_security_protocol.startswith("SASL"):
+        config["sasl.mechanisms"] = settings.kafka_sasl_mechanism
+        config["sasl.username"] = settings.kafka_sasl_username or ""
+        password = settings.kafka_sasl_password
+        config["sasl.password"] = password.get_secret_value() if password else ""
+    for key, path in (("ssl.ca.location", settings.kafka_ssl_cafile),
+                      ("ssl.certificate.location", settings.kafka_ssl_certfile),
+                      ("ssl.key.location", settings.kafka_ssl_keyfile)):
+        if path is not None:
+            config[key] = str(path)
+    return config
+
+
+def faust_credentials(settings: Settings) -> object | None:
+    """The same TLS/SASL settings for faust (aiokafka); None for PLAINTEXT."""
+    import ssl
+
+    import faust
+
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    context = None
+    if protocol.endswith("SSL"):
+        context = ssl.create_default_context(cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile
+                                             else None)
+        if settings.kafka_ssl_certfile:
+            context.load_cert_chain(str(settings.kafka_ssl_certfile),
+                                    str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None)
+    if protocol.startswith("SASL"):
+        password = settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else ""
+        return faust.SASLCredentials(username=settings.kafka_sasl_username or "", password=password,
+                                     mechanism=settings.kafka_sasl_mechanism, ssl_context=context)
+    return faust.SSLCredentials(context)
 
 
 def create_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:

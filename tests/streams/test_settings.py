@@ -50,3 +50,34 @@ def test_invalid_settings_are_refused(monkeypatch: pytest.MonkeyPatch, name: str
 def test_unknown_topic_is_an_error() -> None:
     with pytest.raises(KeyError, match="unknown topic"):
         TopicNames()["document"]
+
+
+def test_kafka_security_reaches_librdkafka_and_faust(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import faust
+
+    from streams.topics import faust_credentials, kafka_config
+
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "kafka:9093")
+    monkeypatch.setenv("GRISTMILL_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("GRISTMILL_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+    monkeypatch.setenv("GRISTMILL_KAFKA_SASL_USERNAME", "svc-gristmill")
+    monkeypatch.setenv("GRISTMILL_KAFKA_SASL_PASSWORD", "s3cret-pass")
+    settings = Settings()
+    config = kafka_config(settings)
+    assert config["security.protocol"] == "sasl_ssl" and config["sasl.mechanisms"] == "SCRAM-SHA-512"
+    assert (config["sasl.username"], config["sasl.password"]) == ("svc-gristmill", "s3cret-pass")
+    credentials = faust_credentials(settings)
+    assert isinstance(credentials, faust.SASLCredentials) and credentials.password == "s3cret-pass"
+    assert credentials.ssl_context is not None
+    assert faust_credentials(Settings(kafka_bootstrap_servers="k:9092", kafka_security_protocol="PLAINTEXT")) is None
+
+
+def test_secrets_never_show_in_settings_output(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRISTMILL_KAFKA_SASL_PASSWORD", "s3cret-pass")
+    monkeypatch.setenv("GRISTMILL_QDRANT_API_KEY", "qdrant-key-123")
+    monkeypatch.setenv("GRISTMILL_ADMIN_TOKEN", "admin-token-456")
+    settings = Settings()
+    shown = repr(settings) + str(settings) + settings.model_dump_json()
+    for secret in ("s3cret-pass", "qdrant-key-123", "admin-token-456"):
+        assert secret not in shown
+    assert settings.admin_token is not None and settings.admin_token.get_secret_value() == "admin-token-456"
