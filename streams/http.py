@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streams import metrics
 from streams.app import Pipeline
+from streams.dashboard import PAGE, dashboard_state
 from streams.openapi import OPENAPI
 from streams.search import SearchRequest
 from streams.state.query_log import LoggedQuery
@@ -111,6 +112,15 @@ def build_http_app(pipeline: Pipeline) -> web.Application:
         states = await loop.run_in_executor(None, pipeline.store.get_documents, doc_ids)
         return web.json_response({"versions": {d: (states[d].version if d in states else None) for d in doc_ids},
                                   "deleted": sorted(d for d, state in states.items() if state.deleted)})
+
+    @routes.get("/")
+    async def dashboard_page(request: web.Request) -> web.Response:
+        return web.Response(text=PAGE, content_type="text/html")
+
+    @routes.get("/api/dashboard")
+    async def dashboard_data(request: web.Request) -> web.Response:
+        state = await asyncio.get_running_loop().run_in_executor(None, dashboard_state, pipeline)
+        return web.json_response(state, dumps=lambda value: json.dumps(value, default=str))
 
     @routes.get("/openapi.json")
     async def openapi(request: web.Request) -> web.Response:

@@ -79,6 +79,9 @@ OPENAPI: dict[str, Any] = {
         "/metrics": {"get": {"summary": "Prometheus metrics (text exposition format)",
                              "responses": {"200": {"description": "Metrics", "content": {"text/plain": {}}}}}},
         "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI"}}}},
+        "/": {"get": {"summary": "Built-in live dashboard (HTML)", "responses": {"200": {"description": "Page"}}}},
+        "/api/dashboard": {"get": {"summary": "The dashboard's figures, recent dead letters, queries and models",
+                                   "responses": {"200": {"description": "Dashboard state"}}}},
     },
     "components": {"schemas": {"Hit": _HIT, "SearchResponse": _SEARCH_RESPONSE, "Error": _ERROR}},
 }

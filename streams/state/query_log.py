@@ -59,6 +59,13 @@ class QueryLog:
         for row in rows:
             yield LoggedQuery(row[0], json.loads(row[1]), json.loads(row[2]), row[3], row[4])
 
+    def recent(self, limit: int = 20) -> list[LoggedQuery]:
+        """The latest answered queries, newest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT query_id, query, response, answered_at, via FROM queries "
+                                    "ORDER BY answered_at DESC LIMIT ?", (limit,)).fetchall()
+        return [LoggedQuery(r[0], json.loads(r[1]), json.loads(r[2]), r[3], r[4]) for r in rows]
+
     def count(self) -> int:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM queries").fetchone()[0])

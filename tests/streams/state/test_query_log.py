@@ -23,3 +23,10 @@ def test_queries_survive_a_reopen_and_redelivery_overwrites(tmp_path: Path) -> N
     assert reopened.get("missing") is None
     assert [e.query_id for e in reopened.since(1.5)] == ["q2", "q1"]
     reopened.close()
+
+
+def test_recent_is_newest_first(tmp_path: Path) -> None:
+    log = QueryLog(tmp_path / "q.sqlite3")
+    log.record([entry(f"q{i}", float(i)) for i in range(5)])
+    assert [e.query_id for e in log.recent(3)] == ["q4", "q3", "q2"]
+    log.close()
