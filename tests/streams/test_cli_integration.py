@@ -15,6 +15,7 @@ import pytest
 from streams.worker_process import WorkerProcess
 
 pytestmark = pytest.mark.integration
+SECRET = "do-not-log-3f9a1c"
 
 
 def gristmill(worker: WorkerProcess, *args: str) -> subprocess.CompletedProcess[str]:
@@ -29,7 +30,8 @@ def tansu_pids() -> set[int]:
 
 @pytest.fixture
 def stack(tmp_path: Path, registry_dir: Path) -> Iterator[WorkerProcess]:
-    worker = WorkerProcess(tmp_path / "data", registry_dir, bootstrap=None, namespace="cli")
+    worker = WorkerProcess(tmp_path / "data", registry_dir, bootstrap=None, namespace="cli",
+                           GRISTMILL_ADMIN_TOKEN=SECRET, GRISTMILL_KAFKA_SASL_PASSWORD=SECRET)
     yield worker
     worker.stop()
 
@@ -37,7 +39,9 @@ def stack(tmp_path: Path, registry_dir: Path) -> Iterator[WorkerProcess]:
 def test_up_status_produce_search_and_clean_stop(stack: WorkerProcess, tmp_path: Path) -> None:
     brokers_before = tansu_pids()
     stack.start()
-    info = json.loads((stack.data_dir / "run.json").read_text())
+    run_file = (stack.data_dir / "run.json").read_text()
+    assert SECRET not in run_file
+    info = json.loads(run_file)
     assert info["embedded_broker"] and info["kafka"].startswith("127.0.0.1:")
     assert info["http"] == stack.url and "ingest" in info["agents"]
     assert info["kafka"] in stack.log() and stack.url in stack.log()
@@ -76,6 +80,7 @@ def test_up_status_produce_search_and_clean_stop(stack: WorkerProcess, tmp_path:
 
     assert stack.stop(signal.SIGINT) == 0
     assert "gristmill stopped" in stack.log()
+    assert SECRET not in stack.log() and SECRET not in status.stdout
     assert not (stack.data_dir / "run.json").exists()
     assert not (tansu_pids() & own_broker), "the embedded broker outlived gristmill"
     assert gristmill(stack, "status").returncode == 1
