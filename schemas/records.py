@@ -79,6 +79,14 @@ class FeedbackEvent(Record):
             raise ValueError("exactly one of 'label' or 'rating' is required")
         return self
 
+    @property
+    def judgement(self) -> int:
+        """-1/0/1 from the label, or from the rating (1-2 negative, 3 neutral, 4-5 positive)."""
+        if self.label is not None:
+            return self.label
+        rating = self.rating or 3
+        return 1 if rating >= 4 else (-1 if rating <= 2 else 0)
+
 
 class Hit(Record):
     doc_id: str

@@ -29,6 +29,7 @@ from streams.state.encoder import OnnxEncoder
 from streams.state.query_log import LoggedQuery, QueryLog
 from streams.state.registry import LocalModelRegistry, ensure_base_model
 from streams.state.store import StoreError, VectorStore
+from streams.state.training_pairs import TrainingPairs
 from streams.topics import TopicNames, faust_credentials
 from streams.validation import RawMessage, Rejected
 
@@ -73,6 +74,7 @@ class Pipeline:
                                  cache_ttl_s=settings.query_cache_ttl_s)
         self.query_log = QueryLog(settings.query_log_path)
         self.recent_dead_letters: deque[DeadLetter] = deque(maxlen=50)  # shown on the dashboard
+        self.training_pairs: TrainingPairs | None = None  # set by the feedback agent when it is installed
         # qdrant-edge has one writer per shard: every store write goes through this one thread.
         self._store_writer = ThreadPoolExecutor(1, thread_name_prefix="store-writer")
         self._readers = ThreadPoolExecutor(2, thread_name_prefix="search")
@@ -179,3 +181,5 @@ class Pipeline:
         self._readers.shutdown(wait=True)
         self.store.close()
         self.query_log.close()
+        if self.training_pairs is not None:
+            self.training_pairs.close()

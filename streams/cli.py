@@ -284,6 +284,26 @@ def evaluate(
         raise typer.Exit(3)
 
 
+@app.command()
+def retrain(reason: Annotated[str, typer.Option(help="Recorded reason.")] = "manual") -> None:
+    """Ask the trainer for a new model version now (a `retrain` event, reason manual)."""
+    from datetime import UTC, datetime
+
+    from schemas import RetrainRequest
+    from streams.produce import Outgoing, produce
+    from streams.topics import TopicNames
+
+    settings = _require_kafka(_settings())
+    try:
+        request = RetrainRequest(reason=reason, pairs=0, requested_at=datetime.now(UTC))  # type: ignore[arg-type]
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    produce(settings, TopicNames(settings.namespace)["retrain"],
+            iter([Outgoing(settings.model_name.encode(), request.model_dump_json().encode())]))
+    console.print(f"retrain requested ({reason}) for model {settings.model_name}")
+
+
 def _require_kafka(settings: Settings) -> Settings:
     settings, _ = _with_stack(settings)
     if not settings.kafka_bootstrap_servers:

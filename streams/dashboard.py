@@ -62,10 +62,13 @@ def dashboard_state(pipeline: Pipeline, recent: int = 20) -> dict[str, Any]:
     queries = []
     for entry in pipeline.query_log.recent(recent):
         hits = entry.response.get("hits") or []
+        judged = pipeline.training_pairs.for_query(entry.query_id) if pipeline.training_pairs else []
         queries.append({"query_id": entry.query_id, "text": entry.query.get("text", ""), "via": entry.via,
                         "answered_at": entry.answered_at, "top_hit": hits[0]["doc_id"] if hits else None,
                         "score": hits[0]["score"] if hits else None, "hits": len(hits),
-                        "latency_ms": entry.response.get("latency_ms"), "cached": entry.response.get("cached")})
+                        "latency_ms": entry.response.get("latency_ms"), "cached": entry.response.get("cached"),
+                        "feedback": [f"{'+' if p.kind == 'positive' else '-'}{p.doc_id}" for p in judged
+                                     if p.source == "feedback"]})
     registry_versions = pipeline.registry.versions()
     current = pipeline.registry.current()
     return {
@@ -116,7 +119,8 @@ PAGE = """<!doctype html>
  <section><h2>Recent dead letters</h2><table><thead><tr><th>topic</th><th>partition@offset</th><th>key</th>
   <th>reasons</th><th>value as received</th></tr></thead><tbody id="deadletters"></tbody></table></section>
  <section><h2>Recent queries</h2><table><thead><tr><th>query</th><th>via</th><th>top hit</th><th>score</th>
-  <th>hits</th><th>latency ms</th><th>cached</th></tr></thead><tbody id="queries"></tbody></table></section>
+  <th>hits</th><th>latency ms</th><th>cached</th><th>feedback</th></tr></thead><tbody id="queries"></tbody>
+  </table></section>
  <section><h2>Model versions</h2><table><thead><tr><th>version</th><th>created</th><th>metrics</th>
   <th>serving</th></tr></thead><tbody id="models"></tbody></table></section>
 </main>
@@ -130,7 +134,7 @@ function card(label, value, note) {
 }
 function rows(id, items, render, empty) {
   document.getElementById(id).innerHTML = items.length ? items.map(render).join("")
-    : `<tr><td colspan="7"><small>${empty}</small></td></tr>`;
+    : `<tr><td colspan="8"><small>${empty}</small></td></tr>`;
 }
 async function refresh() {
   const s = await (await fetch("/api/dashboard", {cache: "no-store"})).json();
@@ -140,7 +144,7 @@ async function refresh() {
   document.getElementById("cards").innerHTML = [
     card("documents in", num(r.documents), `${num((s.records_invalid || {}).documents)} dead-lettered`),
     card("queries in", num(r.queries), `${num(sum(s.queries))} answered`),
-    card("feedback in", num(r.feedback), ""),
+    card("feedback in", num(r.feedback), `${num((s.records_invalid || {}).feedback)} dead-lettered`),
     card("indexed documents", num(s.index.documents), `${num(s.index.chunks)} chunks`),
     card("query latency p50", `${num(s.query_latency_ms["50"], 1)} ms`, `p99 ${num(s.query_latency_ms["99"], 1)} ms`),
     card("freshness p50", `${num(s.freshness_s["50"], 2)} s`, `p99 ${num(s.freshness_s["99"], 2)} s`),
@@ -155,7 +159,7 @@ async function refresh() {
     "no dead letters yet");
   rows("queries", s.recent_queries, q => `<tr><td>${esc(q.text)}</td><td>${esc(q.via)}</td>
     <td>${esc(q.top_hit)}</td><td>${num(q.score, 3)}</td><td>${q.hits}</td><td>${num(q.latency_ms, 1)}</td>
-    <td>${q.cached ? "yes" : "no"}</td></tr>`,
+    <td>${q.cached ? "yes" : "no"}</td><td>${q.feedback.map(esc).join(" ")}</td></tr>`,
     "no queries yet");
   rows("models", s.models, m => `<tr><td>${esc(m.version)}</td><td>${esc(m.created_at)}</td>
     <td><code>${esc(JSON.stringify(m.metrics))}</code></td><td>${m.serving ? "serving" : ""}</td></tr>`, "no models");

@@ -73,6 +73,8 @@ def initialize(topics: tuple[str, ...] = ("documents", "queries", "feedback")) -
         QUERY_CACHE.labels(result)
     for reason in ("feedback", "drift", "manual", "schedule"):
         RETRAIN_REQUESTS.labels(reason)
+    for kind in ("positive", "negative"):
+        TRAINING_PAIRS.labels(kind)
     for topic, statistics in DRIFT_STATISTICS.items():
         for statistic in (*statistics, "invalid_share"):
             DRIFT_SCORE.labels(topic, statistic)
@@ -83,3 +85,6 @@ DRIFT_STATISTICS = {
     "documents": ("document_length_ks", "document_source_tv"),
     "feedback": ("feedback_positive_shift",),
 }
+
+TRAINING_PAIRS = Counter("gristmill_training_pairs_total", "Training pairs built from feedback", ["kind"])
+FEEDBACK_WAITING = Gauge("gristmill_feedback_waiting", "Feedback records waiting for their query's response")

@@ -34,16 +34,8 @@ def query_row(record: QueryEvent) -> dict[str, Any]:
             "top_k": record.top_k, "has_filter": bool(record.filter), "has_user": record.user_id is not None}
 
 
-def judgement(record: FeedbackEvent) -> int:
-    """-1/0/1 from a label, or from a rating (1-2 negative, 3 neutral, 4-5 positive)."""
-    if record.label is not None:
-        return record.label
-    rating = record.rating or 3
-    return 1 if rating >= 4 else (-1 if rating <= 2 else 0)
-
-
 def feedback_row(record: FeedbackEvent) -> dict[str, Any]:
-    value = judgement(record)
+    value = record.judgement
     return {"query_id": record.query_id, "doc_id": record.doc_id, "judgement": value, "positive": int(value == 1),
             "from_rating": record.rating is not None}
 

@@ -84,6 +84,10 @@ class Settings(BaseSettings):
     drift_document_length_ks: float = Field(default=0.35, gt=0, description="KS statistic of document lengths.")
     drift_document_source_tv: float = Field(default=0.35, gt=0, description="Total variation of the source mix.")
     drift_feedback_positive_shift: float = Field(default=0.3, gt=0, description="Change in the positive share.")
+    feedback_hold_s: float = Field(default=60.0, gt=0, description="How long feedback waits for its query's "
+                                                                   "response before it is dead-lettered.")
+    retrain_every_positive_pairs: int = Field(default=200, ge=1, description="New positive pairs per retrain.")
+    retrain_schedule_s: float = Field(default=0.0, ge=0, description="Scheduled retrain period; 0 disables.")
     retrain_min_interval_s: float = Field(default=3600.0, ge=0, description="At most one drift retrain per interval.")
     stale_after_s: float = Field(default=300.0, gt=0, description="Silence after which an active topic is stale.")
 
@@ -119,6 +123,10 @@ class Settings(BaseSettings):
     @property
     def query_log_path(self) -> Path:
         return self.data_dir / "queries.sqlite3"
+
+    @property
+    def pairs_path(self) -> Path:
+        return self.data_dir / "feedback.sqlite3"
 
     @property
     def app_id(self) -> str:
