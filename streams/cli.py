@@ -25,8 +25,10 @@ app = typer.Typer(help="gristmill: a streaming pipeline that keeps a semantic-se
                   no_args_is_help=True, pretty_exceptions_enable=False)
 produce_app = typer.Typer(help="Produce events to gristmill's topics.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks, each against a baseline measured in the same run.", no_args_is_help=True)
+deadletter_app = typer.Typer(help="Inspect dead letters and replay fixed records.", no_args_is_help=True)
 app.add_typer(produce_app, name="produce")
 app.add_typer(bench_app, name="bench")
+app.add_typer(deadletter_app, name="deadletter")
 console = Console()
 
 
@@ -332,6 +334,52 @@ def produce_documents(
         task = progress.add_task(f"{path.name} -> {topic}", total=count)
         sent = produce(settings, topic, records, lambda n: progress.advance(task, n))
     console.print(f"produced {sent} records to {topic} at {settings.kafka_bootstrap_servers}")
+
+
+@deadletter_app.command("inspect")
+def deadletter_inspect(
+    limit: Annotated[int | None, typer.Option(help="At most this many, oldest first.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Also write them as JSONL here, to fix and replay.")] = None,
+) -> None:
+    """List dead letters with their reasons (read from the start of the dead-letter topic)."""
+    from streams.deadletters import read_dead_letters, write_jsonl
+
+    settings = _require_kafka(_settings())
+    letters = list(read_dead_letters(settings, limit=limit))
+    table = Table(title=f"{len(letters)} dead letters")
+    for column in ("topic", "partition@offset", "key", "reasons", "value as received"):
+        table.add_column(column, overflow="fold")
+    for letter in letters:
+        value = (letter.value or "")[:120] + (" (base64)" if letter.value_encoding == "base64" else "")
+        table.add_row(letter.topic, f"{letter.partition}@{letter.offset}", letter.key or "",
+                      "\n".join(f"{e.loc}: {e.msg}" for e in letter.errors), value)
+    console.print(table)
+    if out is not None:
+        write_jsonl(letters, out)
+        console.print(f"wrote {len(letters)} dead letters to {out}: fix their `value` and run "
+                      f"`gristmill deadletter replay {out}`")
+
+
+@deadletter_app.command("replay")
+def deadletter_replay(
+    path: Annotated[Path, typer.Argument(help="Dead letters as JSONL (from `inspect --out`), values fixed.")],
+    dry_run: Annotated[bool, typer.Option(help="Only check them.")] = False,
+) -> None:
+    """Re-check fixed dead letters and produce the valid ones to the topics they came from."""
+    from streams.deadletters import plan_replay, replay
+
+    settings = _require_kafka(_settings())
+    try:
+        plan = plan_replay(path, settings)
+    except OSError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    for number, reasons in plan.still_bad:
+        console.print(f"[yellow]line {number} still invalid, not replayed:[/yellow] {reasons}")
+    sent = 0 if dry_run else replay(plan, settings)
+    console.print(f"{len(plan.ready)} valid, {len(plan.still_bad)} still invalid; replayed {sent}")
+    if plan.still_bad:
+        raise typer.Exit(4)
 
 
 @bench_app.command("ingest")

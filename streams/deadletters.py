@@ -1,0 +1,97 @@
+"""Inspect the dead-letter topic and replay fixed records to the topics they came from."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from pydantic import ValidationError
+
+from schemas import TOPIC_RECORDS, DeadLetter
+from streams.produce import Outgoing, produce
+from streams.settings import Settings
+from streams.topics import TopicNames, kafka_config
+from streams.validation import RawMessage, Rejected, validate_message
+
+KEY_FIELDS = {"documents": "doc_id", "queries": "query_id", "feedback": "query_id"}
+
+
+def read_dead_letters(settings: Settings, idle_s: float = 2.0, limit: int | None = None) -> Iterator[DeadLetter]:
+    """Every dead letter from the start of the topic, until none arrives for `idle_s` (or `limit` are read)."""
+    topic = TopicNames(settings.namespace).deadletter
+    consumer = Consumer({**kafka_config(settings), "group.id": f"gristmill-deadletter-{uuid.uuid4()}",
+                         "enable.auto.commit": False, "fetch.wait.max.ms": 50})
+    try:
+        metadata = consumer.list_topics(topic, timeout=10).topics[topic]
+        if metadata.error is not None:
+            raise RuntimeError(f"topic {topic}: {metadata.error}")
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in metadata.partitions])
+        read, last = 0, time.monotonic()
+        while time.monotonic() - last < idle_s and (limit is None or read < limit):
+            message = consumer.poll(0.2)
+            if message is None or message.error() or message.value() is None:
+                continue
+            last = time.monotonic()
+            read += 1
+            yield DeadLetter.model_validate_json(message.value())
+    finally:
+        consumer.close()
+
+
+def _raw(letter: DeadLetter, field: str) -> bytes | None:
+    text = getattr(letter, field)
+    if text is None:
+        return None
+    return base64.b64decode(text) if getattr(letter, f"{field}_encoding") == "base64" else text.encode("utf-8")
+
+
+@dataclass(frozen=True)
+class ReplayPlan:
+    ready: list[tuple[str, Outgoing]]  # (physical topic, record)
+    still_bad: list[tuple[int, str]]  # (line number, reasons)
+
+
+def plan_replay(path: Path, settings: Settings) -> ReplayPlan:
+    """Read dead letters (as `inspect --out` wrote them, values fixed by hand) and re-check each one."""
+    names = TopicNames(settings.namespace)
+    logical_by_physical = {names[logical]: logical for logical in TOPIC_RECORDS}
+    ready: list[tuple[str, Outgoing]] = []
+    still_bad: list[tuple[int, str]] = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            letter = DeadLetter.model_validate_json(line)
+        except ValidationError as exc:
+            still_bad.append((number, f"not a dead-letter record: {exc.errors()[0]['msg']}"))
+            continue
+        logical = logical_by_physical.get(letter.topic)
+        if logical not in KEY_FIELDS:
+            still_bad.append((number, f"cannot replay to {letter.topic!r}: not a user topic of this namespace"))
+            continue
+        key, value = _raw(letter, "key"), _raw(letter, "value")
+        checked = validate_message(RawMessage(letter.topic, letter.partition, letter.offset, key, value),
+                                   TOPIC_RECORDS[logical], KEY_FIELDS[logical])
+        if isinstance(checked, Rejected):
+            still_bad.append((number, "; ".join(f"{e.loc}: {e.msg}" for e in checked.errors)))
+        else:
+            ready.append((letter.topic, Outgoing(key, value or b"")))
+    return ReplayPlan(ready, still_bad)
+
+
+def replay(plan: ReplayPlan, settings: Settings) -> int:
+    by_topic: dict[str, list[Outgoing]] = {}
+    for topic, record in plan.ready:
+        by_topic.setdefault(topic, []).append(record)
+    return sum(produce(settings, topic, iter(records)) for topic, records in by_topic.items())
+
+
+def write_jsonl(letters: list[DeadLetter], path: Path) -> None:
+    path.write_text("".join(json.dumps(letter.model_dump(mode="json")) + "\n" for letter in letters),
+                    encoding="utf-8")
