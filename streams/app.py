@@ -38,16 +38,37 @@ T = TypeVar("T")
 
 
 def open_store(settings: Settings, dim: int) -> VectorStore:
-    """qdrant-client against `QDRANT_URL` when set, else an embedded qdrant-edge shard under DATA_DIR."""
+    """qdrant-client against `QDRANT_URL` when set, else an embedded qdrant-edge shard under DATA_DIR;
+    wrapped for fault injection when `GRISTMILL_FAULTS_FILE` is set."""
     collection = f"{settings.namespace}-{settings.collection}" if settings.namespace else settings.collection
+    store: VectorStore
     if settings.qdrant_url:
         from streams.state.server_store import ServerVectorStore
 
         api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
-        return ServerVectorStore.connect(settings.qdrant_url, collection, dim, api_key)
-    from streams.state.edge_store import EdgeVectorStore
+        store = ServerVectorStore.connect(settings.qdrant_url, collection, dim, api_key)
+    else:
+        from streams.state.edge_store import EdgeVectorStore
 
-    return EdgeVectorStore(settings.shard_dir, collection, dim)
+        store = EdgeVectorStore(settings.shard_dir, collection, dim)
+    if settings.faults_file is not None:
+        from streams.state.faults import FaultInjectingStore, FaultPlan
+
+        log.warning("fault injection enabled from %s", settings.faults_file)
+        store = FaultInjectingStore(store, FaultPlan(settings.faults_file))
+    return store
+
+
+class WriteAborted(RuntimeError):
+    """The worker is stopping while a store operation keeps failing: the batch stays uncommitted."""
+
+
+def withhold_acks(events: Sequence[EventT]) -> None:
+    """Keep a batch that was not fully handled out of the committed offsets (it is re-delivered after a
+    restart). faust's `take_events` acknowledges its batch even when the agent fails; marking the messages
+    as already acknowledged turns that into a no-op, and the gap stops every later commit on the partition."""
+    for event in events:
+        event.message.acked = True
 
 
 def raw_message(event: EventT) -> RawMessage:
@@ -126,21 +147,27 @@ class Pipeline:
         await loop.run_in_executor(self._readers, self.query_log.record, entries)
 
     async def write(self, operation: Callable[[], T], what: str) -> T:
-        """Run a store write on the writer thread until it succeeds, backing off while the store fails.
+        """Run a store write on the writer thread until it succeeds (see `until_done`)."""
+        return await self.until_done(operation, what, self._store_writer)
+
+    async def until_done(self, operation: Callable[[], T], what: str, executor: ThreadPoolExecutor | None = None) -> T:
+        """Run a store operation on a thread until it succeeds, backing off while the store fails.
 
         The calling agent does not move on meanwhile, so its offsets are not committed and consumption
-        pauses (backpressure): nothing is dropped.
+        pauses (backpressure): nothing is dropped. If the worker stops meanwhile, `WriteAborted` is raised.
         """
         loop = asyncio.get_running_loop()
         delay = 0.1
         while True:
             try:
-                result = await loop.run_in_executor(self._store_writer, operation)
+                result = await loop.run_in_executor(executor or self._readers, operation)
                 metrics.STORE_UP.set(1)
                 return result
             except StoreError as exc:
                 metrics.STORE_FAILURES.inc()
                 metrics.STORE_UP.set(0)
+                if self.app.should_stop:
+                    raise WriteAborted(f"{what} not done before shutdown: {exc}") from exc
                 log.warning("%s failed, retrying in %.1fs: %s", what, delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.store_retry_max_s)
@@ -162,14 +189,10 @@ class Pipeline:
         metrics.DEADLETTERS_OUT.labels(logical_topic).inc(len(rejected))
 
     def refresh_consumer_lag(self) -> None:
-        """Lag from the high watermarks seen in fetch responses and the offsets this worker committed."""
-        monitor = self.app.monitor
-        for tp, end in list(monitor.tp_end_offsets.items()):
-            committed = monitor.tp_committed_offsets.get(tp)
-            if committed is None:
-                read = monitor.tp_read_offsets.get(tp)
-                committed = read + 1 if read is not None else 0
-            metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, end - committed))
+        """Lag per assigned partition: high watermark (from fetch responses) - committed offset (0 if none)."""
+        for tp, end in list(self.app.monitor.tp_end_offsets.items()):
+            committed = self.app.consumer._committed_offset.get(tp)  # faust's record of the group's commits
+            metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, end - (committed or 0)))
 
     def refresh_index_gauges(self) -> None:
         metrics.INDEX_CHUNKS.set(self.store.count_chunks())

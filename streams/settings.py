@@ -91,6 +91,8 @@ class Settings(BaseSettings):
     retrain_min_interval_s: float = Field(default=3600.0, ge=0, description="At most one drift retrain per interval.")
     stale_after_s: float = Field(default=300.0, gt=0, description="Silence after which an active topic is stale.")
 
+    faults_file: Path | None = Field(default=None, description="Fault-injection plan for failure drills "
+                                                                "(see streams/state/faults.py); unset: no faults.")
     store_retry_max_s: float = Field(default=10.0, gt=0, description="Backoff cap while the store fails.")
 
     @field_validator("kafka_bootstrap_servers", "qdrant_url", "qdrant_api_key", "admin_token", "kafka_sasl_password",

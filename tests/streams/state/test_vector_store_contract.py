@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from streams.state.edge_store import EdgeVectorStore
+from streams.state.faults import FaultInjectingStore, FaultPlan
 from streams.state.server_store import ServerVectorStore
 from streams.state.store import ChunkPoint, DocumentState, VectorStore, chunk_point_id
 
@@ -26,12 +27,15 @@ def point(doc_id: str, chunk: int, vector: np.ndarray, version: int = 1, source:
                       content_hash=f"h{version}", model_version="v1", vector=vector, source=source)
 
 
-@pytest.fixture(params=["qdrant-edge", "qdrant-client"])
+@pytest.fixture(params=["qdrant-edge", "qdrant-client", "fault-injection-off"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[VectorStore]:
     if request.param == "qdrant-edge":
         backend: VectorStore = EdgeVectorStore(tmp_path / "qdrant", "chunks", DIM)
-    else:
+    elif request.param == "qdrant-client":
         backend = ServerVectorStore.connect(":memory:", "chunks", DIM)
+    else:  # the drill wrapper must be transparent while no fault is planned
+        backend = FaultInjectingStore(EdgeVectorStore(tmp_path / "qdrant", "chunks", DIM),
+                                      FaultPlan(tmp_path / "no-faults.json"))
     yield backend
     backend.close()
 
