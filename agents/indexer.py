@@ -36,7 +36,8 @@ class IndexOutcome:
 class DocumentIndexer:
     """Turns a batch of valid document events into index writes.
 
-    Rules: the highest version per doc wins and anything not newer than the ledger is ignored (duplicates,
+    Rules: the highest version per doc wins (the first event of that version) and anything not newer than the
+    ledger is ignored (duplicates,
     out-of-order, re-delivery); `delete` removes every chunk and leaves a tombstone; an unchanged content
     hash under the same model only stamps the new version; a shorter new version drops its surplus chunks.
     Writes go chunks first, ledger last, so a crash in between is repaired by re-delivery.
@@ -52,8 +53,8 @@ class DocumentIndexer:
         latest: dict[str, DocumentEvent] = {}
         for event in events:
             held = latest.get(event.doc_id)
-            if held is None or event.version >= held.version:
-                latest[event.doc_id] = event
+            if held is None or event.version > held.version:  # equal version: the first one wins, as across
+                latest[event.doc_id] = event                  # batches (a version is applied once)
         outcome.stale += len(events) - len(latest)
         ledger = self.store.get_documents(list(latest))
 

@@ -69,12 +69,15 @@ def register(pipeline: Pipeline) -> None:
         model, key_field = CONTRACTS[topic]
 
         async def watch(stream):  # type: ignore[no-untyped-def]
-            async for event in stream.events():  # acked at once: the monitor never holds back offsets
-                checked = validate_message(raw_message(event), model, key_field)
-                record = checked.record if isinstance(checked, Accepted) else None
-                closed = monitor.observe(topic, record, event.message.timestamp)
-                if closed is not None:
-                    spawn(closed)
+            # Batches are acknowledged as soon as they are observed: the monitor never holds an offset back
+            # (iterating events one by one would keep the last one unacknowledged, stalling rebalances).
+            async for events in stream.take_events(500, 0.5):
+                for event in events:
+                    checked = validate_message(raw_message(event), model, key_field)
+                    record = checked.record if isinstance(checked, Accepted) else None
+                    closed = monitor.observe(topic, record, event.message.timestamp)
+                    if closed is not None:
+                        spawn(closed)
         return watch
 
     for topic in TOPICS:

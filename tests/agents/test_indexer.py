@@ -107,3 +107,10 @@ def test_crash_between_chunk_write_and_ledger_is_repaired(indexer: DocumentIndex
     store.put_documents(list(ledger_before.values()))  # roll the ledger back as if the crash hit
     indexer.apply([upsert("a", 3, "short again")])
     assert versions(store, "a") == [(0, 3)]
+
+
+def test_equal_versions_apply_once_whatever_the_batching(indexer: DocumentIndexer, store: EdgeVectorStore) -> None:
+    indexer.apply([upsert("a", 2, "first"), upsert("a", 2, "second")])
+    indexer.apply([upsert("b", 2, "first")])
+    indexer.apply([upsert("b", 2, "second")])
+    assert [c.text for c in store.chunks("a")] == [c.text for c in store.chunks("b")] == ["first"]
