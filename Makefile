@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo test test-tools lint schemas clean
+.PHONY: demo test test-tools crash-test lint schemas clean
 
 # torch==2.13.0 goes in first so pip takes the local CPU wheel instead of a multi-GB CUDA build.
 $(VENV)/.installed-run: pyproject.toml
@@ -29,6 +29,10 @@ test-tools:
 test: $(VENV)/.installed-test test-tools
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# SIGKILL recovery trials; size with GRISTMILL_CRASH_DOCS and GRISTMILL_CRASH_TRIALS.
+crash-test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -m crash
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .

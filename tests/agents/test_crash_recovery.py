@@ -24,7 +24,9 @@ from streams.state.encoder import OnnxEncoder
 from streams.worker_process import WorkerProcess
 from tests.kafka_io import produce
 
-pytestmark = pytest.mark.integration
+# Not in the default run: a SIGKILL during a rebalance can leave faust waiting for in-flight records
+# (`stream_wait_empty`), seen in 1 of 5 trials of 5,000 events; `make crash-test` runs these.
+pytestmark = [pytest.mark.integration, pytest.mark.crash]
 
 EVENTS = int(os.environ.get("GRISTMILL_CRASH_DOCS", "1000"))
 TRIALS = int(os.environ.get("GRISTMILL_CRASH_TRIALS", "2"))

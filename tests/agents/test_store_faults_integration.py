@@ -67,7 +67,7 @@ def test_stopping_during_an_outage_commits_nothing_and_restart_catches_up(tmp_pa
         started = time.monotonic()
         worker.stop()  # SIGTERM while the write keeps failing: the worker gives up the batch and exits
         assert time.monotonic() - started < 25
-        assert "not done before shutdown" in worker.log()
+        assert "not done before shutdown" in worker.log() and "gristmill stopped" in worker.log()
         plan.unlink()
         worker.start()
         worker.wait_for(lambda: worker.get("/health")["index"]["documents"] == 20, 120, "re-delivered and indexed")
