@@ -12,9 +12,9 @@ from faust.types import EventT
 from agents.pairing import RetrainPolicy, pairs_from_feedback
 from schemas import FeedbackEvent, FieldError, RetrainRequest
 from streams import metrics
-from streams.app import Pipeline, raw_message, withhold_acks
+from streams.app import Pipeline
 from streams.state.training_pairs import PendingFeedback, TrainingPair, TrainingPairs, pair_lineage
-from streams.validation import Accepted, RawMessage, Rejected, validate_message
+from streams.validation import RawMessage, Rejected
 
 TOPIC = "feedback"
 
@@ -76,25 +76,14 @@ def register(pipeline: Pipeline) -> None:
             metrics.RETRAIN_REQUESTS.labels(request.reason).inc()
 
     async def receive(events: Sequence[EventT]) -> None:
-        checked = [validate_message(raw_message(e), FeedbackEvent, "query_id") for e in events]
-        accepted = [c for c in checked if isinstance(c, Accepted)]
-        metrics.RECORDS_IN.labels(TOPIC).inc(len(checked))
-        metrics.RECORDS_VALID.labels(TOPIC).inc(len(accepted))
-        await pipeline.dead_letter([c for c in checked if isinstance(c, Rejected)], TOPIC)
+        accepted = await pipeline.admit(events, TOPIC, FeedbackEvent, "query_id")
         now = time.time()
         held = [PendingFeedback(a.message.topic, a.message.partition, a.message.offset, a.message.key,
                                 a.message.value or b"", a.record.query_id, now) for a in accepted]
         store.hold(held)  # durable before the batch is acknowledged
         await settle(held)
 
-    @pipeline.app.agent(pipeline.topic(TOPIC), name="feedback")
-    async def collect(stream):  # type: ignore[no-untyped-def]
-        async for events in stream.take_events(64, 0.2):
-            try:
-                await receive(events)
-            except BaseException:
-                withhold_acks(events)  # not stored: these offsets must never be committed
-                raise
+    pipeline.batch_agent(TOPIC, "feedback", 64, 0.2, receive)
 
     @pipeline.app.timer(1.0)
     async def retry_held() -> None:

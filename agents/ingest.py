@@ -10,8 +10,7 @@ from faust.types import EventT
 from agents.indexer import DocumentIndexer
 from schemas import DocumentEvent
 from streams import metrics
-from streams.app import Pipeline, raw_message, withhold_acks
-from streams.validation import Accepted, Rejected, validate_message
+from streams.app import Pipeline
 
 TOPIC = "documents"
 
@@ -21,12 +20,8 @@ def register(pipeline: Pipeline) -> None:
     indexer = DocumentIndexer(pipeline.store, pipeline.encoder, pipeline.chunker)
 
     async def index(events: Sequence[EventT]) -> None:
-        checked = [validate_message(raw_message(e), DocumentEvent, "doc_id") for e in events]
-        accepted = [c for c in checked if isinstance(c, Accepted)]
-        metrics.RECORDS_IN.labels(TOPIC).inc(len(checked))
-        metrics.RECORDS_VALID.labels(TOPIC).inc(len(accepted))
-        metrics.BATCH_RECORDS.labels("ingest").observe(len(checked))
-        await pipeline.dead_letter([c for c in checked if isinstance(c, Rejected)], TOPIC)
+        metrics.BATCH_RECORDS.labels("ingest").observe(len(events))
+        accepted = await pipeline.admit(events, TOPIC, DocumentEvent, "doc_id")
         if not accepted:
             return
         records = [a.record for a in accepted]
@@ -41,11 +36,4 @@ def register(pipeline: Pipeline) -> None:
         for kind in ("embedded", "deleted", "unchanged", "stale"):
             metrics.DOCS_APPLIED.labels(kind).inc(getattr(outcome, kind))
 
-    @pipeline.app.agent(pipeline.topic(TOPIC), name="ingest")
-    async def ingest(stream):  # type: ignore[no-untyped-def]
-        async for events in stream.take_events(settings.ingest_batch_records, settings.ingest_batch_seconds):
-            try:
-                await index(events)
-            except BaseException:
-                withhold_acks(events)  # not indexed: these offsets must never be committed
-                raise
+    pipeline.batch_agent(TOPIC, "ingest", settings.ingest_batch_records, settings.ingest_batch_seconds, index)

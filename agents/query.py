@@ -10,10 +10,9 @@ from faust.types import EventT
 
 from schemas import Hit, QueryEvent, QueryResponse
 from streams import metrics
-from streams.app import Pipeline, raw_message, withhold_acks
+from streams.app import Pipeline
 from streams.search import SearchRequest
 from streams.state.query_log import LoggedQuery
-from streams.validation import Accepted, Rejected, validate_message
 
 TOPIC = "queries"
 
@@ -24,12 +23,8 @@ def register(pipeline: Pipeline) -> None:
 
     async def respond(events: Sequence[EventT]) -> None:
         started = time.perf_counter()
-        checked = [validate_message(raw_message(e), QueryEvent, "query_id") for e in events]
-        accepted = [c for c in checked if isinstance(c, Accepted)]
-        metrics.RECORDS_IN.labels(TOPIC).inc(len(checked))
-        metrics.RECORDS_VALID.labels(TOPIC).inc(len(accepted))
-        metrics.BATCH_RECORDS.labels("query").observe(len(checked))
-        await pipeline.dead_letter([c for c in checked if isinstance(c, Rejected)], TOPIC)
+        metrics.BATCH_RECORDS.labels("query").observe(len(events))
+        accepted = await pipeline.admit(events, TOPIC, QueryEvent, "query_id")
         if not accepted:
             return
         queries: list[QueryEvent] = [a.record for a in accepted]
@@ -53,11 +48,4 @@ def register(pipeline: Pipeline) -> None:
         metrics.QUERIES.labels("kafka").inc(len(answered))
         metrics.QUERY_LATENCY_SECONDS.labels("kafka").observe(latency_ms / 1000)
 
-    @pipeline.app.agent(pipeline.topic(TOPIC), name="query")
-    async def answer(stream):  # type: ignore[no-untyped-def]
-        async for events in stream.take_events(settings.query_batch_records, settings.query_batch_seconds):
-            try:
-                await respond(events)
-            except BaseException:
-                withhold_acks(events)  # not answered: these offsets must never be committed
-                raise
+    pipeline.batch_agent(TOPIC, "query", settings.query_batch_records, settings.query_batch_seconds, respond)

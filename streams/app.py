@@ -10,7 +10,7 @@ import asyncio
 import logging
 import os
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from importlib.metadata import entry_points
@@ -18,7 +18,7 @@ from typing import TypeVar
 
 from faust.types import EventT, TopicT
 
-from schemas import DeadLetter
+from schemas import DeadLetter, Record
 from streams import metrics
 from streams.batching import MicroBatcher
 from streams.chunking import Chunker
@@ -31,10 +31,11 @@ from streams.state.registry import LocalModelRegistry, ensure_base_model
 from streams.state.store import StoreError, VectorStore
 from streams.state.training_pairs import TrainingPairs
 from streams.topics import TopicNames, faust_credentials
-from streams.validation import RawMessage, Rejected
+from streams.validation import Accepted, RawMessage, Rejected, validate_message
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+R = TypeVar("R", bound=Record)
 
 
 def open_store(settings: Settings, dim: int) -> VectorStore:
@@ -123,6 +124,32 @@ class Pipeline:
         """A public topic, consumed and produced as raw bytes (validation happens in the agents)."""
         return self.app.topic(self.topics[logical], key_serializer="raw", value_serializer="raw",
                               allow_empty=True)
+
+    def batch_agent(self, logical: str, name: str, size: int, within: float,
+                    handle: Callable[[Sequence[EventT]], Awaitable[None]]) -> None:
+        """Register an agent that hands `logical` to `handle` in micro-batches (`size` records or `within` s).
+
+        A batch is acknowledged only when `handle` returns; if it raises or is cancelled, the batch is kept out
+        of the committed offsets (`withhold_acks`) and re-delivered after a restart.
+        """
+        @self.app.agent(self.topic(logical), name=name)
+        async def run(stream):  # type: ignore[no-untyped-def]
+            async for events in stream.take_events(size, within):
+                try:
+                    await handle(events)
+                except BaseException:
+                    withhold_acks(events)
+                    raise
+
+    async def admit(self, events: Sequence[EventT], logical: str, model: type[R], key_field: str) -> list[Accepted[R]]:
+        """The validation gate for a batch: count it, dead-letter the rejects (delivered before this returns),
+        and return the accepted records."""
+        checked = [validate_message(raw_message(e), model, key_field) for e in events]
+        accepted = [c for c in checked if isinstance(c, Accepted)]
+        metrics.RECORDS_IN.labels(logical).inc(len(checked))
+        metrics.RECORDS_VALID.labels(logical).inc(len(accepted))
+        await self.dead_letter([c for c in checked if isinstance(c, Rejected)], logical)
+        return accepted
 
     def load_agents(self) -> list[str]:
         """Register every installed agent plugin on the app."""

@@ -20,16 +20,22 @@ class LoggedQuery:
     via: str
 
 
+def open_wal_database(path: Path) -> sqlite3.Connection:
+    """A SQLite file in WAL mode (durable, no fsync per commit), usable from any thread under a caller's lock."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    return db
+
+
 class QueryLog:
     """One row per query_id (a re-delivered query overwrites its row with the same answer)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db = open_wal_database(path)
         self._lock = threading.Lock()
         with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS queries (query_id TEXT PRIMARY KEY, query TEXT NOT NULL, "
                 "response TEXT NOT NULL, answered_at REAL NOT NULL, via TEXT NOT NULL, "

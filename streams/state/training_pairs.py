@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from streams.state.query_log import open_wal_database
 
 
 @dataclass(frozen=True)
@@ -41,12 +42,9 @@ class TrainingPairs:
     """Pairs are keyed by (query_id, doc_id): a re-delivered or repeated judgement overwrites, never duplicates."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db = open_wal_database(path)
         self._lock = threading.Lock()
         with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript("""
                 CREATE TABLE IF NOT EXISTS pending (topic TEXT, partition INTEGER, "offset" INTEGER, key BLOB,
                     value BLOB NOT NULL, query_id TEXT NOT NULL, received_at REAL NOT NULL,
