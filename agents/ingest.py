@@ -7,7 +7,6 @@ from collections.abc import Sequence
 
 from faust.types import EventT
 
-from agents.indexer import DocumentIndexer
 from schemas import DocumentEvent
 from streams import metrics
 from streams.app import Pipeline
@@ -17,7 +16,6 @@ TOPIC = "documents"
 
 def register(pipeline: Pipeline) -> None:
     settings = pipeline.settings
-    indexer = DocumentIndexer(pipeline.store, pipeline.encoder, pipeline.chunker)
 
     async def index(events: Sequence[EventT]) -> None:
         metrics.BATCH_RECORDS.labels("ingest").observe(len(events))
@@ -25,7 +23,7 @@ def register(pipeline: Pipeline) -> None:
         if not accepted:
             return
         records = [a.record for a in accepted]
-        outcome = await pipeline.write(lambda: indexer.apply(records), "index write")
+        outcome = await pipeline.write(lambda: pipeline.apply_documents(records), "index write")
         now = time.time()
         for a in accepted:
             if a.message.timestamp:

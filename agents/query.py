@@ -29,7 +29,7 @@ def register(pipeline: Pipeline) -> None:
             return
         queries: list[QueryEvent] = [a.record for a in accepted]
         requests = [SearchRequest(q.text, q.top_k, q.filter) for q in queries]
-        results = await pipeline.until_done(lambda: pipeline.searcher.search_many(requests), "search")
+        results = await pipeline.until_done(lambda: pipeline.serving.searcher.search_many(requests), "search")
         latency_ms = (time.perf_counter() - started) * 1000
         answered, pending = [], []
         for query, result in zip(queries, results, strict=True):

@@ -160,9 +160,12 @@ class ModelUpdate(Record):
 
     version: str
     uri: str
-    status: Literal["candidate", "promoted", "rejected", "rolled_back"]
+    status: Literal["candidate", "promoted", "rejected", "rolled_back", "failed"]
     metrics: dict[str, float] = Field(default_factory=dict)
     trained_on: dict[str, ScalarValue | list[int] | dict[str, list[int]]] = Field(default_factory=dict)
+    reason: str | None = Field(default=None, max_length=2_000, description="Why rejected, failed or rolled back.")
+    previous_version: str | None = Field(default=None, description="The serving version this one replaces.")
+    at: datetime | None = Field(default=None, description="When the status was decided.")
 
 
 #: The record contract of each public topic (before the namespace prefix).

@@ -12,13 +12,15 @@ import os
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import cached_property
 from importlib.metadata import entry_points
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from faust.types import EventT, TopicT
 
-from schemas import DeadLetter, Record
+from agents.indexer import DocumentIndexer, IndexOutcome
+from schemas import DeadLetter, DocumentEvent, Record
 from streams import metrics
 from streams.batching import MicroBatcher
 from streams.chunking import Chunker
@@ -27,21 +29,31 @@ from streams.search import Searcher, SearchRequest, SearchResult
 from streams.settings import Settings
 from streams.state.encoder import OnnxEncoder
 from streams.state.query_log import LoggedQuery, QueryLog
-from streams.state.registry import LocalModelRegistry, ensure_base_model
+from streams.state.registry import BASE_VERSION, LocalModelRegistry, ModelVersion, ensure_base_model
 from streams.state.store import StoreError, VectorStore
 from streams.state.training_pairs import TrainingPairs
 from streams.topics import TopicNames, faust_credentials
 from streams.validation import Accepted, RawMessage, Rejected, validate_message
+
+if TYPE_CHECKING:
+    from streams.rollout import RolloutProgress
+    from streams.trainer import Trainer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R", bound=Record)
 
 
-def open_store(settings: Settings, dim: int) -> VectorStore:
+def collection_name(settings: Settings, model_version: str) -> str:
+    """The collection a model version's index lives in: the base model's keeps the plain name."""
+    base = f"{settings.namespace}-{settings.collection}" if settings.namespace else settings.collection
+    return base if model_version == BASE_VERSION else f"{base}-{model_version}"
+
+
+def open_store(settings: Settings, dim: int, model_version: str = BASE_VERSION) -> VectorStore:
     """qdrant-client against `QDRANT_URL` when set, else an embedded qdrant-edge shard under DATA_DIR;
     wrapped for fault injection when `GRISTMILL_FAULTS_FILE` is set."""
-    collection = f"{settings.namespace}-{settings.collection}" if settings.namespace else settings.collection
+    collection = collection_name(settings, model_version)
     store: VectorStore
     if settings.qdrant_url:
         from streams.state.server_store import ServerVectorStore
@@ -58,6 +70,24 @@ def open_store(settings: Settings, dim: int) -> VectorStore:
         log.warning("fault injection enabled from %s", settings.faults_file)
         store = FaultInjectingStore(store, FaultPlan(settings.faults_file))
     return store
+
+
+@dataclass(frozen=True)
+class Serving:
+    """One consistent (model, index) pair: an encoder and the collection built with it. Swapped as a whole, so
+    a search or an ingest batch that took it uses one model and one index from start to end."""
+
+    model: ModelVersion
+    encoder: OnnxEncoder
+    chunker: Chunker
+    store: VectorStore
+    searcher: Searcher
+
+    def indexer(self) -> DocumentIndexer:
+        return DocumentIndexer(self.store, self.encoder, self.chunker)
+
+    def close(self) -> None:
+        self.store.close()
 
 
 class WriteAborted(RuntimeError):
@@ -87,22 +117,21 @@ class Pipeline:
         self.topics = TopicNames(settings.namespace)
         self.registry = LocalModelRegistry(settings.models_dir, settings.model_name)
         model = ensure_base_model(self.registry)
-        self.encoder = OnnxEncoder(model, threads=settings.onnx_threads, batch_size=settings.encode_batch_size,
-                                   int8=settings.int8)
-        self.chunker = Chunker(self.encoder.tokenizer, settings.chunk_tokens, settings.chunk_overlap,
-                               model.max_tokens)
-        self.store = open_store(settings, model.dim)
-        self.searcher = Searcher(self.encoder, self.store, cache_size=settings.query_cache_size,
-                                 cache_ttl_s=settings.query_cache_ttl_s)
+        self._retiring: dict[str, Serving] = {}  # previous pairs kept open until in-flight searches finish
+        self.serving = self.open_serving(model)
+        #: doc_ids written while a rollout copies the index (re-applied to the new collection before the switch)
+        self.written_during_rollout: set[str] | None = None
+        self.rolling = asyncio.Lock()  # one rollout at a time
+        self.rollout: RolloutProgress | None = None  # the latest one, for status and the dashboard
         self.query_log = QueryLog(settings.query_log_path)
         self.recent_dead_letters: deque[DeadLetter] = deque(maxlen=50)  # shown on the dashboard
         self.training_pairs: TrainingPairs | None = None  # set by the feedback agent when it is installed
+        self.trainer: Trainer | None = None  # set by the trainer agent when it is installed
         # qdrant-edge has one writer per shard: every store write goes through this one thread.
         self._store_writer = ThreadPoolExecutor(1, thread_name_prefix="store-writer")
         self._readers = ThreadPoolExecutor(2, thread_name_prefix="search")
         metrics.initialize()
-        metrics.MODEL.info({"name": settings.model_name, "version": model.version, "provider": self.encoder.provider,
-                            "int8": str(settings.int8).lower()})
+        self.publish_model_info()
         self.app = App(
             settings.app_id,
             broker=f"gristmill://{settings.kafka_bootstrap_servers}",  # aiokafka with a short fetch wait
@@ -119,6 +148,56 @@ class Pipeline:
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
             broker_credentials=faust_credentials(settings),
         )
+
+    def open_serving(self, model: ModelVersion) -> Serving:
+        """Load `model`'s encoder and open (or create) the collection of its index."""
+        retiring = self._retiring.pop(model.version, None)
+        if retiring is not None:  # rolled back within the grace period: the pair is still open
+            return retiring
+        s = self.settings
+        encoder = OnnxEncoder(model, threads=s.onnx_threads, batch_size=s.encode_batch_size, int8=s.int8)
+        chunker = Chunker(encoder.tokenizer, s.chunk_tokens, s.chunk_overlap, model.max_tokens)
+        store = open_store(s, model.dim, model.version)
+        searcher = Searcher(encoder, store, cache_size=s.query_cache_size, cache_ttl_s=s.query_cache_ttl_s)
+        return Serving(model, encoder, chunker, store, searcher)
+
+    def retire_later(self, serving: Serving) -> None:
+        """Close a pair that no longer serves after `rollout_retire_after_s` (unless it serves again by then)."""
+        self._retiring[serving.model.version] = serving
+
+        def retire() -> None:
+            if self._retiring.get(serving.model.version) is serving:
+                del self._retiring[serving.model.version]
+                self._store_writer.submit(serving.close)
+
+        asyncio.get_running_loop().call_later(self.settings.rollout_retire_after_s, retire)
+
+    @property
+    def encoder(self) -> OnnxEncoder:
+        return self.serving.encoder
+
+    @property
+    def store(self) -> VectorStore:
+        return self.serving.store
+
+    @property
+    def searcher(self) -> Searcher:
+        return self.serving.searcher
+
+    @property
+    def chunker(self) -> Chunker:
+        return self.serving.chunker
+
+    def publish_model_info(self) -> None:
+        metrics.MODEL.info({"name": self.settings.model_name, "version": self.encoder.version,
+                            "provider": self.encoder.provider, "int8": str(self.settings.int8).lower()})
+
+    def apply_documents(self, events: Sequence[DocumentEvent]) -> IndexOutcome:
+        """Apply document events to the serving index (on the store-writer thread)."""
+        outcome = self.serving.indexer().apply(events)
+        if self.written_during_rollout is not None:
+            self.written_during_rollout.update(event.doc_id for event in events)
+        return outcome
 
     def topic(self, logical: str) -> TopicT:
         """A public topic, consumed and produced as raw bytes (validation happens in the agents)."""
@@ -141,7 +220,8 @@ class Pipeline:
                     withhold_acks(events)
                     raise
 
-    async def admit(self, events: Sequence[EventT], logical: str, model: type[R], key_field: str) -> list[Accepted[R]]:
+    async def admit(self, events: Sequence[EventT], logical: str, model: type[R], key_field: str | None
+                    ) -> list[Accepted[R]]:
         """The validation gate for a batch: count it, dead-letter the rejects (delivered before this returns),
         and return the accepted records."""
         checked = [validate_message(raw_message(e), model, key_field) for e in events]
@@ -152,9 +232,16 @@ class Pipeline:
         return accepted
 
     def load_agents(self) -> list[str]:
-        """Register every installed agent plugin on the app."""
+        """Register the installed agent plugins on the app (those in `settings.agents` when set)."""
         names = []
-        for entry in sorted(entry_points(group="gristmill.agents"), key=lambda e: e.name):
+        installed = sorted(entry_points(group="gristmill.agents"), key=lambda e: e.name)
+        chosen = self.settings.agent_names
+        unknown = chosen - {entry.name for entry in installed}
+        if unknown:
+            raise ValueError(f"unknown agents {sorted(unknown)}; installed: {[e.name for e in installed]}")
+        for entry in installed:
+            if chosen and entry.name not in chosen:
+                continue
             entry.load()(self)
             names.append(entry.name)
         return names
@@ -162,7 +249,7 @@ class Pipeline:
     async def search_many(self, requests: Sequence[SearchRequest]) -> list[SearchResult]:
         """Answer a batch of searches on a reader thread (the event loop stays free)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._readers, self.searcher.search_many, requests)
+        return await loop.run_in_executor(self._readers, self.serving.searcher.search_many, requests)
 
     @cached_property
     def search_batcher(self) -> MicroBatcher[SearchRequest, SearchResult]:
@@ -222,14 +309,17 @@ class Pipeline:
             metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, end - (committed or 0)))
 
     def refresh_index_gauges(self) -> None:
-        metrics.INDEX_CHUNKS.set(self.store.count_chunks())
-        metrics.INDEX_DOCUMENTS.set(self.store.count_documents())
+        store = self.serving.store
+        metrics.INDEX_CHUNKS.set(store.count_chunks())
+        metrics.INDEX_DOCUMENTS.set(store.count_documents())
         metrics.QUERY_LOG_SIZE.set(self.query_log.count())
 
     def close(self) -> None:
         self._store_writer.shutdown(wait=True)
         self._readers.shutdown(wait=True)
-        self.store.close()
+        self.serving.close()
+        for serving in self._retiring.values():
+            serving.close()
         self.query_log.close()
         if self.training_pairs is not None:
             self.training_pairs.close()

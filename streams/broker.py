@@ -20,8 +20,8 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGTERM the broker when the process that started it dies (no orphans)."""
+def die_with_parent() -> None:
+    """Ask Linux to SIGTERM this child process when the process that started it dies (no orphans)."""
     libc = ctypes.CDLL(None, use_errno=True)
     pr_set_pdeathsig = 1
     libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
@@ -54,7 +54,7 @@ class EmbeddedBroker:
                 "--storage-engine", "memory://tansu/",
             ],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-            preexec_fn=_die_with_parent if os.name == "posix" else None,
+            preexec_fn=die_with_parent if os.name == "posix" else None,
         )
         if log is not subprocess.DEVNULL:
             log.close()

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from schemas import ModelUpdate
 from streams.settings import Settings
 
 app = typer.Typer(help="gristmill: a streaming pipeline that keeps a semantic-search index fresh.",
@@ -196,7 +197,19 @@ def status() -> None:
     try:
         health = _get_json(f"{info['http']}/health", timeout=5)
         console.print(f"model   {health['model_version']} on {health['encoder_provider']}")
-        console.print(f"index   {health['index']['documents']} documents, {health['index']['chunks']} chunks")
+        console.print(f"index   {health['index']['documents']} documents, {health['index']['chunks']} chunks "
+                      f"(index version {health.get('index_version')})")
+        if health.get("rollout"):
+            r = health["rollout"]
+            console.print(f"rollout {r['previous']} -> {r['version']}: {r['state']}, {r['copied']}/{r['documents']} "
+                          f"documents ({r['progress']:.0%}), {r['embedded']} re-embedded"
+                          + (f", error: {r['error']}" if r.get("error") else ""))
+        if health.get("trainer"):
+            t = health["trainer"]
+            last = t.get("last") or {}
+            console.print(f"trainer {t['state']}" + (f" (attempt {t['attempt']}, pid {t['pid']})" if t["pid"] else "")
+                          + (f"; last: {last.get('version')} {last.get('status')} {last.get('reason') or ''}"
+                             if last else ""))
     except (urllib.error.URLError, OSError) as exc:
         console.print(f"[yellow]HTTP API not answering yet:[/yellow] {exc}")
 
@@ -304,6 +317,67 @@ def retrain(reason: Annotated[str, typer.Option(help="Recorded reason.")] = "man
     produce(settings, TopicNames(settings.namespace)["retrain"],
             iter([Outgoing(settings.model_name.encode(), request.model_dump_json().encode())]))
     console.print(f"retrain requested ({reason}) for model {settings.model_name}")
+
+
+def _send_model_update(settings: Settings, update: ModelUpdate) -> None:
+    from streams.produce import Outgoing, produce
+    from streams.topics import TopicNames
+
+    produce(settings, TopicNames(settings.namespace)["model-updates"],
+            iter([Outgoing(settings.model_name.encode(), update.model_dump_json().encode())]))
+
+
+@app.command()
+def rollback() -> None:
+    """Serve the model (and its collection) that served before the current one, in one step."""
+    from streams.state.registry import LocalModelRegistry
+    from streams.trainer import rollback_update
+
+    settings = _require_kafka(_settings())
+    try:
+        update = rollback_update(LocalModelRegistry(settings.models_dir, settings.model_name))
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    _send_model_update(settings, update)
+    console.print(f"rollback requested: {update.previous_version} -> {update.version} "
+                  "(`gristmill status` shows the switch)")
+
+
+@app.command()
+def promote(version: str) -> None:
+    """Roll out a registered version (e.g. a rejected candidate) regardless of its evaluation."""
+    from streams.state.registry import LocalModelRegistry
+    from streams.trainer import promote_update
+
+    settings = _require_kafka(_settings())
+    try:
+        update = promote_update(LocalModelRegistry(settings.models_dir, settings.model_name), version,
+                                "promoted by an operator")
+    except KeyError as exc:
+        console.print(f"[red]{exc.args[0]}[/red]")
+        raise typer.Exit(1) from exc
+    _send_model_update(settings, update)
+    console.print(f"promotion of {version} requested")
+
+
+@app.command()
+def models() -> None:
+    """Registered model versions with their evaluation and lineage."""
+    from streams.state.registry import LocalModelRegistry
+
+    settings = _settings()
+    registry = LocalModelRegistry(settings.models_dir, settings.model_name)
+    current = registry.current()
+    table = Table("version", "serving", "created", "base", "pairs", "nDCG@10 serving -> candidate", "MRR@10")
+    for model in registry.versions():
+        m = model.metrics
+        ndcg = (f"{m['current_nDCG@10']:.4f} -> {m['candidate_nDCG@10']:.4f}" if "candidate_nDCG@10" in m else "")
+        mrr = f"{m['current_MRR@10']:.4f} -> {m['candidate_MRR@10']:.4f}" if "candidate_MRR@10" in m else ""
+        table.add_row(model.version, "*" if current and current.version == model.version else "",
+                      model.created_at[:19], str(model.lineage.get("base_version", model.lineage.get("base", ""))),
+                      str(model.lineage.get("pairs", "")), ndcg, mrr)
+    console.print(table)
 
 
 def _require_kafka(settings: Settings) -> Settings:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import time
 import uuid
+from dataclasses import asdict
 from typing import Any
 
 from aiohttp import web
 from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from schemas import ModelUpdate
 from streams import metrics
 from streams.app import Pipeline
 from streams.dashboard import PAGE, dashboard_state
@@ -20,6 +23,7 @@ from streams.openapi import OPENAPI
 from streams.search import SearchRequest
 from streams.state.query_log import LoggedQuery
 from streams.state.store import FILTERABLE, check_filter
+from streams.trainer import promote_update, rollback_update
 
 log = logging.getLogger(__name__)
 MAX_K = 1000
@@ -129,18 +133,61 @@ def build_http_app(pipeline: Pipeline) -> web.Application:
     @routes.get("/health")
     async def health(request: web.Request) -> web.Response:
         loop = asyncio.get_running_loop()
+        serving = pipeline.serving
         chunks, documents = await asyncio.gather(
-            loop.run_in_executor(None, pipeline.store.count_chunks),
-            loop.run_in_executor(None, pipeline.store.count_documents),
+            loop.run_in_executor(None, serving.store.count_chunks),
+            loop.run_in_executor(None, serving.store.count_documents),
         )
         return web.json_response({
             "status": "ok",
-            "model_version": pipeline.encoder.version,
-            "encoder_provider": pipeline.encoder.provider,
+            "model_version": serving.encoder.version,
+            "index_version": serving.searcher.index_version,
+            "encoder_provider": serving.encoder.provider,
             "index": {"chunks": chunks, "documents": documents},
+            "rollout": pipeline.rollout.as_dict() if pipeline.rollout else None,
+            "trainer": asdict(pipeline.trainer.status) if pipeline.trainer else None,
             "kafka": pipeline.settings.kafka_bootstrap_servers,
             "namespace": pipeline.settings.namespace,
         })
+
+    async def send_model_update(update: ModelUpdate) -> None:
+        topic = pipeline.topic("model-updates")
+        await (await topic.send(key=pipeline.settings.model_name.encode(), value=update.model_dump_json().encode()))
+        metrics.MODEL_UPDATES.labels(update.status).inc()
+
+    def refused(request: web.Request) -> web.Response | None:
+        """None when the request carries the admin token; the error response otherwise."""
+        token = pipeline.settings.admin_token
+        if token is None:
+            return _error(403, "admin actions are disabled: set GRISTMILL_ADMIN_TOKEN")
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
+            return _error(401, "admin token required (Authorization: Bearer <token>)")
+        return None
+
+    @routes.post("/admin/promote")
+    async def admin_promote(request: web.Request) -> web.Response:
+        if (error := refused(request)) is not None:
+            return error
+        try:
+            body = await request.json()
+            update = promote_update(pipeline.registry, str(body["version"]), "promoted by an operator")
+        except (ValueError, TypeError, KeyError) as exc:
+            return _error(404 if isinstance(exc, KeyError) and "has no version" in str(exc) else 400,
+                          f"cannot promote: {exc}")
+        await send_model_update(update)
+        return web.json_response({"requested": update.status, "version": update.version}, status=202)
+
+    @routes.post("/admin/rollback")
+    async def admin_rollback(request: web.Request) -> web.Response:
+        if (error := refused(request)) is not None:
+            return error
+        try:
+            update = rollback_update(pipeline.registry)
+        except ValueError as exc:
+            return _error(409, str(exc))
+        await send_model_update(update)
+        return web.json_response({"requested": update.status, "version": update.version}, status=202)
 
     @routes.get("/metrics")
     async def prometheus(request: web.Request) -> web.Response:

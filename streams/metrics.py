@@ -45,6 +45,14 @@ MONITOR_LAG_SECONDS = Gauge("gristmill_monitor_lag_seconds", "Last record of a w
 DRIFT_SCORE = Gauge("gristmill_drift_score", "Latest drift statistic vs the reference window", ["topic", "statistic"])
 ALERT = Gauge("gristmill_alert", "1 while an alert is raised", ["topic", "kind"])
 RETRAIN_REQUESTS = Counter("gristmill_retrain_requests_total", "retrain events emitted", ["reason"])
+MODEL_UPDATES = Counter("gristmill_model_updates_total", "model-updates records emitted, by status", ["status"])
+TRAINING_SECONDS = Histogram("gristmill_training_seconds", "Wall time of one training run (fine-tune, evaluate, "
+                             "export)", buckets=(10, 30, 60, 120, 300, 600, 1200, 3600))
+TRAINING_RUNNING = Gauge("gristmill_training_running", "1 while a training run is in progress")
+CANDIDATE_NDCG = Gauge("gristmill_candidate_ndcg_at_10", "Held-out nDCG@10 of the latest evaluation", ["model"])
+ROLLOUT_PROGRESS = Gauge("gristmill_rollout_progress_ratio", "Share of the index copied by the latest rollout")
+ROLLOUT_SECONDS = Histogram("gristmill_rollout_seconds", "Wall time of one rollout (copy, catch-up, switch)",
+                            buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600))
 
 CONSUMER_LAG = Gauge("gristmill_consumer_lag", "High watermark - committed offset, per assigned partition",
                      ["topic", "partition"])
@@ -75,6 +83,10 @@ def initialize(topics: tuple[str, ...] = ("documents", "queries", "feedback")) -
         RETRAIN_REQUESTS.labels(reason)
     for kind in ("positive", "negative"):
         TRAINING_PAIRS.labels(kind)
+    for status in ("candidate", "promoted", "rejected", "rolled_back", "failed"):
+        MODEL_UPDATES.labels(status)
+    for model in ("current", "candidate"):
+        CANDIDATE_NDCG.labels(model)
     for topic, statistics in DRIFT_STATISTICS.items():
         for statistic in (*statistics, "invalid_share"):
             DRIFT_SCORE.labels(topic, statistic)

@@ -91,6 +91,26 @@ class Settings(BaseSettings):
     retrain_min_interval_s: float = Field(default=3600.0, ge=0, description="At most one drift retrain per interval.")
     stale_after_s: float = Field(default=300.0, gt=0, description="Silence after which an active topic is stale.")
 
+    # Trainer (fine-tuning runs in a child process) and rollout (blue/green re-embedding)
+    trainer_epochs: int = Field(default=3, ge=1, description="Passes over the training pairs.")
+    trainer_batch_size: int = Field(default=16, ge=2, description="Examples per step (in-batch negatives).")
+    trainer_learning_rate: float = Field(default=5e-5, gt=0, description="AdamW learning rate.")
+    trainer_held_out_fraction: float = Field(default=0.2, gt=0, lt=1, description="Queries kept out of training "
+                                                                                   "to evaluate on.")
+    trainer_min_positive_pairs: int = Field(default=20, ge=1, description="Fewer positives: no training.")
+    trainer_min_held_out_queries: int = Field(default=3, ge=1, description="Fewer held-out queries: reject.")
+    promotion_margin: float = Field(default=0.01, description="nDCG@10 gain over the serving model a candidate "
+                                                              "needs to be promoted.")
+    trainer_attempts: int = Field(default=3, ge=1, description="Tries of one retrain before it is given up.")
+    trainer_timeout_s: float = Field(default=3600.0, gt=0, description="Longest one training run may take.")
+    rollout_step_documents: int = Field(default=64, ge=1, description="Documents re-embedded per rollout step "
+                                                                      "(ingest interleaves between steps).")
+    rollout_retire_after_s: float = Field(default=30.0, ge=0, description="How long the previous collection "
+                                                                          "stays open for in-flight searches.")
+    agents: str = Field(default="", description="Comma-separated agents to run (e.g. `trainer`); empty: all.")
+    shared_dir: Path | None = Field(default=None, description="Query log and training pairs, shared by the "
+                                                              "workers and the trainer; default DATA_DIR.")
+
     faults_file: Path | None = Field(default=None, description="Fault-injection plan for failure drills "
                                                                 "(see streams/state/faults.py); unset: no faults.")
     store_retry_max_s: float = Field(default=10.0, gt=0, description="Backoff cap while the store fails.")
@@ -124,11 +144,15 @@ class Settings(BaseSettings):
 
     @property
     def query_log_path(self) -> Path:
-        return self.data_dir / "queries.sqlite3"
+        return (self.shared_dir or self.data_dir) / "queries.sqlite3"
 
     @property
     def pairs_path(self) -> Path:
-        return self.data_dir / "feedback.sqlite3"
+        return (self.shared_dir or self.data_dir) / "feedback.sqlite3"
+
+    @property
+    def agent_names(self) -> set[str]:
+        return {name.strip() for name in self.agents.split(",") if name.strip()}
 
     @property
     def app_id(self) -> str:

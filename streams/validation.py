@@ -71,8 +71,9 @@ def _error(loc: str, msg: str) -> tuple[FieldError, ...]:
     return (FieldError(loc=loc, msg=msg),)
 
 
-def validate_message(message: RawMessage, model: type[R], key_field: str) -> Accepted[R] | Rejected:
-    """Decode and validate one message against `model`; the key must equal the record's `key_field`."""
+def validate_message(message: RawMessage, model: type[R], key_field: str | None) -> Accepted[R] | Rejected:
+    """Decode and validate one message against `model`; the key must equal the record's `key_field` (when
+    the record has one: `retrain` and `model-updates` are keyed by model name)."""
     if message.value is None:
         return Rejected(message, _error("value", "null value (tombstone): a JSON object is required"))
     try:
@@ -87,6 +88,8 @@ def validate_message(message: RawMessage, model: type[R], key_field: str) -> Acc
             for err in exc.errors(include_url=False)
         )
         return Rejected(message, errors)
+    if key_field is None:
+        return Accepted(message, record)
     expected = getattr(record, key_field)
     if message.key is None:
         return Rejected(message, _error("key", f"missing key: the message key must equal {key_field}"))

@@ -153,6 +153,9 @@ class EdgeVectorStore:
         filter_ = None if include_deleted else qe.Filter(must=[_match("state", "live")])
         return self._call(lambda: self._docs.count(qe.CountRequest(exact=True, filter=filter_)))
 
+    def all_documents(self) -> list[DocumentState]:
+        return [DocumentState.from_payload(r.payload) for r in self._scroll(self._docs, None) if r.payload]
+
     def all_chunks(self, with_vectors: bool = False) -> list[ChunkPoint]:
         return [ChunkPoint.from_payload(r.payload or {}, r.vector if with_vectors else None)  # type: ignore[arg-type]
                 for r in self._scroll(self._chunks, None, with_vectors)]

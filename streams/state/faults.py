@@ -108,5 +108,8 @@ class FaultInjectingStore:
     def count_documents(self, include_deleted: bool = False) -> int:
         return self._run("count_documents", lambda: self.inner.count_documents(include_deleted))
 
+    def all_documents(self) -> list[DocumentState]:
+        return self._run("all_documents", self.inner.all_documents)
+
     def close(self) -> None:
         self.inner.close()

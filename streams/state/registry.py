@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,6 +53,8 @@ class ModelRegistry(Protocol):
                  ) -> ModelVersion: ...
 
     def promote(self, version: str) -> None: ...
+
+    def history(self) -> list[tuple[str, float]]: ...
 
 
 class LocalModelRegistry:
@@ -110,11 +113,33 @@ class LocalModelRegistry:
         return self.get(version)
 
     def promote(self, version: str) -> None:
+        """Make `version` the serving one (atomic pointer swap) and append it to the history."""
         self.get(version)  # must exist
         pointer = self.root / "CURRENT"
         tmp = pointer.with_suffix(".tmp")
         tmp.write_text(version + "\n", encoding="utf-8")
+        with open(self.root / "HISTORY", "a", encoding="utf-8") as history:
+            history.write(f"{version}\t{time.time():.6f}\n")
         os.replace(tmp, pointer)
+
+    def history(self) -> list[tuple[str, float]]:
+        """Every version that was made serving, oldest first, with when."""
+        path = self.root / "HISTORY"
+        if not path.is_file():
+            return []
+        entries = (line.split("\t") for line in path.read_text(encoding="utf-8").splitlines() if "\t" in line)
+        return [(version, float(at)) for version, at in entries]
+
+    def previous(self) -> str | None:
+        """The version that served before the current one (the rollback target)."""
+        history = self.history()
+        current = self.current()
+        for version, _ in reversed(history[:-1]):
+            if current is None or version != current.version:
+                return version
+        if current is not None and current.version != BASE_VERSION and (self.root / BASE_VERSION).is_dir():
+            return BASE_VERSION  # served before this registry kept a history
+        return None
 
 
 def ensure_base_model(registry: LocalModelRegistry) -> ModelVersion:

@@ -159,5 +159,8 @@ class ServerVectorStore:
         filter_ = None if include_deleted else qm.Filter(must=[_match("state", "live")])
         return self._call(lambda: self._client.count(self.ledger, count_filter=filter_, exact=True).count)
 
+    def all_documents(self) -> list[DocumentState]:
+        return [DocumentState.from_payload(r.payload) for r in self._scroll(self.ledger, None) if r.payload]
+
     def close(self) -> None:
         self._client.close()

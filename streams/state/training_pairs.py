@@ -55,6 +55,8 @@ class TrainingPairs:
                 CREATE INDEX IF NOT EXISTS pairs_created_at ON pairs (created_at);
                 CREATE TABLE IF NOT EXISTS retrains (requested_at REAL NOT NULL, reason TEXT NOT NULL,
                     pairs INTEGER NOT NULL);
+                CREATE TABLE IF NOT EXISTS trainings (snapshot_at REAL NOT NULL, finished_at REAL NOT NULL,
+                    version TEXT, status TEXT NOT NULL, reason TEXT);
             """)
 
     def hold(self, pending: Sequence[PendingFeedback]) -> None:
@@ -119,6 +121,18 @@ class TrainingPairs:
         with self._lock:
             rows = self._db.execute("SELECT requested_at, reason, pairs FROM retrains ORDER BY requested_at").fetchall()
         return [{"requested_at": r[0], "reason": r[1], "pairs": r[2]} for r in rows]
+
+    def record_training(self, snapshot_at: float, version: str | None, status: str, reason: str | None) -> None:
+        """A finished training run; `snapshot_at` is when its pairs were read (requests before it are covered)."""
+        with self._lock:
+            self._db.execute("INSERT INTO trainings VALUES (?, ?, ?, ?, ?)",
+                             (snapshot_at, time.time(), version, status, reason))
+
+    def trainings(self) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute("SELECT snapshot_at, finished_at, version, status, reason FROM trainings "
+                                    "ORDER BY finished_at").fetchall()
+        return [dict(zip(("snapshot_at", "finished_at", "version", "status", "reason"), r, strict=True)) for r in rows]
 
     def close(self) -> None:
         with self._lock:

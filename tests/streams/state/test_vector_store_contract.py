@@ -94,6 +94,7 @@ def test_document_ledger_round_trip_and_tombstones(store: VectorStore) -> None:
     assert found["a"].indexed_at > 0
     assert store.count_documents() == 1
     assert store.count_documents(include_deleted=True) == 2
+    assert sorted((d.doc_id, d.version, d.deleted) for d in store.all_documents()) == [("a", 3, False), ("b", 5, True)]
 
 
 def test_point_ids_are_deterministic() -> None:

@@ -1,0 +1,39 @@
+"""Trainer agent: `retrain` -> validate -> fine-tune a candidate in a child process -> evaluate -> register ->
+`model-updates` (candidate, then promoted, rejected or failed). Serving is untouched until a rollout."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from faust.types import EventT
+
+from schemas import RetrainRequest
+from streams import metrics
+from streams.app import Pipeline
+from streams.state.training_pairs import TrainingPairs
+from streams.trainer import Trainer
+
+TOPIC = "retrain"
+log = logging.getLogger(__name__)
+
+
+def register(pipeline: Pipeline) -> None:
+    settings = pipeline.settings
+    pairs = pipeline.training_pairs or TrainingPairs(settings.pairs_path)  # shared with the feedback agent
+    pipeline.training_pairs = pairs
+    trainer = Trainer(settings, pipeline.registry, pairs, lambda: pipeline.serving.store.all_documents())
+    pipeline.trainer = trainer
+    updates = pipeline.topic("model-updates")
+    model_key = settings.model_name.encode()
+
+    async def train(events: Sequence[EventT]) -> None:
+        for accepted in await pipeline.admit(events, TOPIC, RetrainRequest, None):
+            if accepted.message.key != model_key:
+                log.info("retrain for another model (key %r) ignored", accepted.message.key)
+                continue
+            for update in await trainer.handle(accepted.record):
+                await (await updates.send(key=model_key, value=update.model_dump_json().encode()))
+                metrics.MODEL_UPDATES.labels(update.status).inc()
+
+    pipeline.batch_agent(TOPIC, "trainer", 1, 1.0, train)
