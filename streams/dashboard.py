@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 from typing import Any
 
 from prometheus_client import REGISTRY
@@ -71,10 +72,12 @@ def dashboard_state(pipeline: Pipeline, recent: int = 20) -> dict[str, Any]:
                                      if p.source == "feedback"]})
     registry_versions = pipeline.registry.versions()
     current = pipeline.registry.current()
+    serving = pipeline.serving
+    trainings = {t["version"]: t for t in pipeline.training_pairs.trainings()} if pipeline.training_pairs else {}
     return {
         "records_in": counter_by("gristmill_records_in", "topic"),
         "records_invalid": counter_by("gristmill_records_invalid", "topic"),
-        "index": {"documents": pipeline.store.count_documents(), "chunks": pipeline.store.count_chunks()},
+        "index": {"documents": serving.store.count_documents(), "chunks": serving.store.count_chunks()},
         "queries": counter_by("gristmill_queries", "via"),
         "query_latency_ms": {q: (None if (v := histogram_quantile("gristmill_query_latency_seconds", q / 100))
                                  is None else round(v * 1000, 2)) for q in (50, 99)},
@@ -88,11 +91,18 @@ def dashboard_state(pipeline: Pipeline, recent: int = 20) -> dict[str, Any]:
                          for d in list(pipeline.recent_dead_letters)[:recent]],
         "recent_queries": queries,
         "models": [{"version": m.version, "created_at": m.created_at, "metrics": m.metrics,
-                    "serving": m.version == pipeline.encoder.version,
+                    "base": m.lineage.get("base_version", m.lineage.get("base")), "pairs": m.lineage.get("pairs"),
+                    "decision": trainings.get(m.version, {}).get("status"),
+                    "reason": trainings.get(m.version, {}).get("reason"),
+                    "serving": m.version == serving.model.version,
                     "current": current is not None and m.version == current.version}
-                   for m in registry_versions],
-        "model_version": pipeline.encoder.version,
-        "encoder_provider": pipeline.encoder.provider,
+                   for m in reversed(registry_versions)],
+        "model_version": serving.encoder.version,
+        "index_version": serving.searcher.index_version,
+        "encoder_provider": serving.encoder.provider,
+        "rollout": pipeline.rollout.as_dict() if pipeline.rollout else None,
+        "trainer": asdict(pipeline.trainer.status) if pipeline.trainer else None,
+        "admin_enabled": pipeline.settings.admin_token is not None,
     }
 
 
@@ -121,8 +131,13 @@ PAGE = """<!doctype html>
  <section><h2>Recent queries</h2><table><thead><tr><th>query</th><th>via</th><th>top hit</th><th>score</th>
   <th>hits</th><th>latency ms</th><th>cached</th><th>feedback</th></tr></thead><tbody id="queries"></tbody>
   </table></section>
- <section><h2>Model versions</h2><table><thead><tr><th>version</th><th>created</th><th>metrics</th>
-  <th>serving</th></tr></thead><tbody id="models"></tbody></table></section>
+ <section><h2>Model versions</h2>
+  <p id="flywheel"></p>
+  <p id="admin"><label>admin token <input id="token" type="password" autocomplete="off" size="24"></label>
+   <button id="rollback" type="button">Roll back to the previous model</button> <span id="action"></span></p>
+  <table><thead><tr><th>version</th><th>created</th><th>base</th><th>pairs</th><th>held-out nDCG@10</th>
+  <th>MRR@10</th><th>decision</th><th>serving</th><th></th></tr></thead><tbody id="models"></tbody></table>
+ </section>
 </main>
 <script>
 const ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"};
@@ -161,9 +176,33 @@ async function refresh() {
     <td>${esc(q.top_hit)}</td><td>${num(q.score, 3)}</td><td>${q.hits}</td><td>${num(q.latency_ms, 1)}</td>
     <td>${q.cached ? "yes" : "no"}</td><td>${q.feedback.map(esc).join(" ")}</td></tr>`,
     "no queries yet");
-  rows("models", s.models, m => `<tr><td>${esc(m.version)}</td><td>${esc(m.created_at)}</td>
-    <td><code>${esc(JSON.stringify(m.metrics))}</code></td><td>${m.serving ? "serving" : ""}</td></tr>`, "no models");
+  const pair = (m, k) => m[`candidate_${k}`] == null ? "-"
+    : `${num(m[`current_${k}`], 3)} → ${num(m[`candidate_${k}`], 3)}`;
+  rows("models", s.models, m => `<tr><td>${esc(m.version)}</td><td>${esc(m.created_at.slice(0, 19))}</td>
+    <td>${esc(m.base)}</td><td>${num(m.pairs)}</td><td>${pair(m.metrics, "nDCG@10")}</td>
+    <td>${pair(m.metrics, "MRR@10")}</td><td title="${esc(m.reason)}">${esc(m.decision)}</td>
+    <td>${m.serving ? "serving" : ""}</td><td>${m.serving ? "" : s.admin_enabled
+      ? `<button type="button" data-promote="${esc(m.version)}">Promote</button>` : ""}</td></tr>`, "no models");
+  const t = s.trainer, r = s.rollout;
+  document.getElementById("flywheel").innerHTML = [
+    `serving <b>${esc(s.model_version)}</b> (index ${esc(s.index_version)})`,
+    t ? `trainer ${esc(t.state)}${t.pid ? ` (attempt ${t.attempt})` : ""}${t.last && t.last.status
+      ? `; last ${esc(t.last.version || "")} ${esc(t.last.status)}` : ""}` : "",
+    r ? `rollout ${esc(r.previous)} → ${esc(r.version)}: ${esc(r.state)} ${num(100 * r.progress)} %` : "",
+  ].filter(Boolean).join(" · ");
+  document.getElementById("admin").hidden = !s.admin_enabled;
 }
+async function admin(path, body) {
+  const response = await fetch(path, {method: "POST", headers: {"Content-Type": "application/json",
+    "Authorization": "Bearer " + document.getElementById("token").value}, body: JSON.stringify(body || {})});
+  const answer = await response.json();
+  document.getElementById("action").textContent = response.ok ? `${answer.requested} ${answer.version} requested`
+    : answer.error;
+}
+document.getElementById("rollback").onclick = () => admin("/admin/rollback");
+document.getElementById("models").onclick = e => {
+  if (e.target.dataset.promote) admin("/admin/promote", {version: e.target.dataset.promote});
+};
 refresh().catch(console.error);
 setInterval(() => refresh().catch(console.error), 2000);
 </script></body></html>

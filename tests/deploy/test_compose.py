@@ -42,7 +42,8 @@ def test_secrets_are_required_not_defaulted() -> None:
 
 def test_services_and_wiring(config: dict[str, Any]) -> None:
     services = config["services"]
-    assert {"kafka", "qdrant", "worker", "worker-gpu", "prometheus", "grafana", "model-export"} <= set(services)
+    assert {"kafka", "qdrant", "worker", "worker-gpu", "trainer", "prometheus", "grafana",
+            "model-export"} <= set(services)
     worker = services["worker"]
     assert worker["environment"]["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
     assert worker["environment"]["QDRANT_URL"] == "http://qdrant:6333"
@@ -50,6 +51,14 @@ def test_services_and_wiring(config: dict[str, Any]) -> None:
     assert services["qdrant"]["environment"]["QDRANT__SERVICE__API_KEY"] == "test-qdrant-key"
     assert "healthcheck" in services["kafka"] and "healthcheck" in services["qdrant"]
     assert worker["build"]["target"] == "serving" and services["model-export"]["build"]["target"] == "trainer"
+    trainer = services["trainer"]
+    assert trainer["build"]["target"] == "trainer" and trainer["environment"]["GRISTMILL_AGENTS"] == "trainer"
+    assert "trainer" not in worker["environment"]["GRISTMILL_AGENTS"].split(",")
+    assert "rollout" in worker["environment"]["GRISTMILL_AGENTS"].split(",")
+    for name in ("worker", "trainer"):  # the registry and the training pairs are shared
+        targets = {v["target"] if isinstance(v, dict) else v.split(":")[1] for v in services[name]["volumes"]}
+        assert {"/models", "/shared"} <= targets
+        assert services[name]["environment"]["GRISTMILL_SHARED_DIR"] == "/shared"
     reservation = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert reservation["capabilities"] == ["gpu"] and services["worker-gpu"]["profiles"] == ["gpu"]
 
@@ -62,10 +71,11 @@ def test_every_published_port_is_loopback_only(config: dict[str, Any]) -> None:
         assert host_ip == "127.0.0.1", port
 
 
-def test_prometheus_scrapes_every_worker_replica() -> None:
-    scrape = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())["scrape_configs"][0]
-    assert scrape["metrics_path"] == "/metrics"
-    assert scrape["dns_sd_configs"][0]["names"] == ["worker"] and scrape["dns_sd_configs"][0]["port"] == 6066
+def test_prometheus_scrapes_every_worker_replica_and_the_trainer() -> None:
+    scrapes = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())["scrape_configs"]
+    for scrape, service in zip(scrapes, ("worker", "trainer"), strict=True):
+        assert scrape["metrics_path"] == "/metrics"
+        assert scrape["dns_sd_configs"][0]["names"] == [service] and scrape["dns_sd_configs"][0]["port"] == 6066
 
 
 def test_grafana_provisioning_points_at_the_dashboards(config: dict[str, Any]) -> None:

@@ -29,7 +29,8 @@ def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_dashboard_shows_live_numbers_dead_letters_and_queries(tmp_path: Path, registry_dir: Path,
                                                                 broker: EmbeddedBroker) -> None:
-    worker = WorkerProcess(tmp_path / "data", registry_dir, broker.bootstrap_servers, "dash-ui").start()
+    worker = WorkerProcess(tmp_path / "data", registry_dir, broker.bootstrap_servers, "dash-ui",
+                           GRISTMILL_ADMIN_TOKEN="dash-token").start()
     try:
         docs = [(f"doc-{i}".encode(), (f'{{"doc_id": "doc-{i}", "version": 1, "op": "upsert", '
                                        f'"text": "Note {i} about green tea and kafka partitions."}}').encode())
@@ -53,3 +54,6 @@ def test_dashboard_shows_live_numbers_dead_letters_and_queries(tmp_path: Path, r
     assert "not valid JSON" in html and "{not json" in html  # the dead letter, with its reason
     assert "steeping green tea" in html and "doc-" in html  # the query and its top hit
     assert re.search(r"<td>v1</td>.*serving", html, re.S)
+    assert re.search(r'<p id="admin">', html) and "Roll back to the previous model" in html  # token set: actions on
+    assert "dash-token" not in html  # the token is typed by the operator, never served
+    assert "trainer idle" in html and "serving <b>v1</b> (index v1)" in html
