@@ -486,6 +486,36 @@ def bench_monitor(
     run_monitor_bench(_settings(), sizes or [1_000, 10_000], console)
 
 
+@bench_app.command("flywheel")
+def bench_flywheel(
+    pairs: Annotated[int, typer.Option(help="Positive feedback pairs in the retrain.")] = 2_000,
+    chunks: Annotated[int, typer.Option(help="Chunks in the index that is rolled out.")] = 10_000,
+) -> None:
+    """Wall time of one retrain and of one rollout, next to the serving model and to first-time indexing."""
+    from streams.bench_flywheel import run_flywheel_bench
+
+    run_flywheel_bench(_settings(), pairs, chunks, console)
+
+
+@bench_app.command("badinput")
+def bench_badinput(
+    records: Annotated[int, typer.Option(help="Document records per run.")] = 100_000,
+    bad_share: Annotated[float, typer.Option(help="Share of bad records (30 kinds) in the second run.")] = 0.1,
+) -> None:
+    """Throughput with bad records mixed in vs a clean run of the same size; nothing lost either way."""
+    from streams.bench_reliability import run_badinput_bench
+
+    run_badinput_bench(_settings(), records, bad_share, console)
+
+
+@bench_app.command("soak")
+def bench_soak(minutes: Annotated[float, typer.Option(help="Soak duration.")] = 10.0) -> None:
+    """Half the maximum ingest rate plus HTTP searches: RSS growth, consumer lag, error logs."""
+    from streams.bench_reliability import run_soak_bench
+
+    run_soak_bench(_settings(), minutes, console)
+
+
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     app()

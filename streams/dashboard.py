@@ -183,12 +183,14 @@ async function refresh() {
     <td>${pair(m.metrics, "MRR@10")}</td><td title="${esc(m.reason)}">${esc(m.decision)}</td>
     <td>${m.serving ? "serving" : ""}</td><td>${m.serving ? "" : s.admin_enabled
       ? `<button type="button" data-promote="${esc(m.version)}">Promote</button>` : ""}</td></tr>`, "no models");
-  const t = s.trainer, r = s.rollout;
+  const trainer = s.trainer, rollout = s.rollout;
   document.getElementById("flywheel").innerHTML = [
     `serving <b>${esc(s.model_version)}</b> (index ${esc(s.index_version)})`,
-    t ? `trainer ${esc(t.state)}${t.pid ? ` (attempt ${t.attempt})` : ""}${t.last && t.last.status
-      ? `; last ${esc(t.last.version || "")} ${esc(t.last.status)}` : ""}` : "",
-    r ? `rollout ${esc(r.previous)} → ${esc(r.version)}: ${esc(r.state)} ${num(100 * r.progress)} %` : "",
+    trainer ? `trainer ${esc(trainer.state)}${trainer.pid ? ` (attempt ${trainer.attempt})` : ""}${
+      trainer.last && trainer.last.status ? `; last ${esc(trainer.last.version || "")} ${esc(trainer.last.status)}`
+      : ""}` : "",
+    rollout ? `rollout ${esc(rollout.previous)} → ${esc(rollout.version)}: ${esc(rollout.state)} ${
+      num(100 * rollout.progress)} %` : "",
   ].filter(Boolean).join(" · ");
   document.getElementById("admin").hidden = !s.admin_enabled;
 }

@@ -27,8 +27,8 @@ class WorkerProcess:
         self.http_port = free_port()
         self.env = {
             **os.environ,
-            "GRISTMILL_DATA_DIR": str(data_dir),
-            "GRISTMILL_REGISTRY_DIR": str(registry_dir),
+            "GRISTMILL_DATA_DIR": str(data_dir.resolve()),
+            "GRISTMILL_REGISTRY_DIR": str(registry_dir.resolve()),  # the worker runs in data_dir
             "GRISTMILL_HTTP_PORT": str(self.http_port),
             "GRISTMILL_NAMESPACE": namespace,
             "GRISTMILL_SESSION_TIMEOUT_S": "6",

@@ -12,10 +12,10 @@ from tokenizers import Tokenizer
 
 from streams.broker import EmbeddedBroker
 from streams.chunking import Chunker
+from streams.demo.bad_records import bad_documents
 from streams.state.edge_store import EdgeVectorStore
 from streams.state.registry import ModelVersion
 from streams.worker_process import WorkerProcess
-from tests.bad_records import bad_documents
 from tests.kafka_io import consume_all, produce
 
 pytestmark = pytest.mark.integration

@@ -6,8 +6,8 @@ import json
 import pytest
 
 from schemas import DocumentEvent, QueryEvent
+from streams.demo.bad_records import bad_documents
 from streams.validation import Accepted, RawMessage, Rejected, validate_message
-from tests.bad_records import bad_documents
 
 
 def message(key: bytes | None, value: bytes | None) -> RawMessage:
