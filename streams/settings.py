@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -129,7 +128,7 @@ class Settings(BaseSettings):
             raise ValueError(f"chunk_overlap ({overlap}) must be smaller than chunk_tokens ({size})")
         return overlap
 
-    @cached_property
+    @property
     def models_dir(self) -> Path:
         return self.registry_dir or self.data_dir / "models"
 
