@@ -149,7 +149,8 @@ class Trainer:
                 tail = log_path.read_text(encoding="utf-8", errors="replace")[-2000:]
                 log.warning("training attempt %d/%d exited with %s:\n%s", attempt, self.settings.trainer_attempts,
                             code, tail)
-                await asyncio.sleep(min(30.0, 2.0 ** attempt))
+                if attempt < self.settings.trainer_attempts:
+                    await asyncio.sleep(min(30.0, 2.0 ** attempt))
             raise TrainingFailed(f"training failed {self.settings.trainer_attempts} times; last exit code {code}")
         finally:
             metrics.TRAINING_RUNNING.set(0)
