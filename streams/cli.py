@@ -388,6 +388,31 @@ def _require_kafka(settings: Settings) -> Settings:
     return settings
 
 
+@produce_app.command("feedback")
+def produce_feedback(
+    query_id: Annotated[str, typer.Argument(help="The query judged (as answered on `responses`).")],
+    doc_id: Annotated[str, typer.Argument(help="The document judged.")],
+    label: Annotated[int | None, typer.Option(help="1 relevant, 0 neutral, -1 not relevant.")] = None,
+    rating: Annotated[int | None, typer.Option(help="1..5 (4-5 positive, 1-2 negative).")] = None,
+) -> None:
+    """Judge one answer: a `feedback` record (exactly one of --label or --rating)."""
+    from pydantic import ValidationError
+
+    from schemas import FeedbackEvent
+    from streams.produce import Outgoing, produce
+    from streams.topics import TopicNames
+
+    settings = _require_kafka(_settings())
+    try:
+        event = FeedbackEvent(query_id=query_id, doc_id=doc_id, label=label, rating=rating)
+    except ValidationError as exc:
+        console.print(f"[red]invalid feedback:[/red] {exc.errors(include_url=False)[0]['msg']}")
+        raise typer.Exit(2) from exc
+    produce(settings, TopicNames(settings.namespace)["feedback"],
+            iter([Outgoing(query_id.encode(), event.model_dump_json(exclude_none=True).encode())]))
+    console.print(f"feedback on {query_id} -> {doc_id} sent")
+
+
 @produce_app.command("documents")
 def produce_documents(
     path: Annotated[Path, typer.Argument(help="JSONL of document events, BEIR corpus.jsonl, or a folder.")],

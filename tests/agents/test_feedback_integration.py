@@ -44,8 +44,10 @@ def test_feedback_becomes_pairs_and_a_retrain(tmp_path: Path, registry_dir: Path
             roundtrip.send("hot drink temperatures", 3, query_id="q-early")
             roundtrip.send("how hot for green tea", 3, query_id="q-tea")
             roundtrip.wait(["q-early", "q-tea"], 60)
+        judge = [sys.executable, "-m", "streams", "produce", "feedback", "q-tea", "tea", "--label", "1"]
+        by_cli = subprocess.run(judge, env=worker.env, capture_output=True, text=True, timeout=60)
+        assert by_cli.returncode == 0, by_cli.stdout + by_cli.stderr
         produce(bootstrap, f"{NAMESPACE}.feedback", [
-            feedback("q-tea", "tea", label=1),
             feedback("q-tea", "bikes", label=-1),
             feedback("q-never-asked", "tea", label=1),  # no query will ever be logged: dead letter after 4 s
             feedback("q-tea", "no-such-doc", label=1),  # unknown document: dead letter at once
