@@ -10,7 +10,8 @@ from faust.types import EventT
 
 from schemas import RetrainRequest
 from streams import metrics
-from streams.app import Pipeline
+from streams.app import Pipeline, open_store
+from streams.state.store import DocumentState
 from streams.state.training_pairs import TrainingPairs
 from streams.trainer import Trainer
 
@@ -22,7 +23,19 @@ def register(pipeline: Pipeline) -> None:
     settings = pipeline.settings
     pairs = pipeline.training_pairs or TrainingPairs(settings.pairs_path)  # shared with the feedback agent
     pipeline.training_pairs = pairs
-    trainer = Trainer(settings, pipeline.registry, pairs, lambda: pipeline.serving.store.all_documents())
+
+    def documents() -> list[DocumentState]:
+        """The ledger of the serving version's index (a trainer-only process does not roll out itself)."""
+        current, serving = pipeline.registry.current(), pipeline.serving
+        if current is None or current.version == serving.model.version:
+            return serving.store.all_documents()
+        store = open_store(settings, current.dim, current.version)
+        try:
+            return store.all_documents()
+        finally:
+            store.close()
+
+    trainer = Trainer(settings, pipeline.registry, pairs, documents)
     pipeline.trainer = trainer
     updates = pipeline.topic("model-updates")
     model_key = settings.model_name.encode()

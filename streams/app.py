@@ -146,6 +146,7 @@ class Pipeline:
             consumer_auto_offset_reset="earliest",
             producer_acks=-1,
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
+            in_flight_wait_s=settings.in_flight_wait_s,
             broker_credentials=faust_credentials(settings),
         )
 

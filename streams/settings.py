@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     kafka_ssl_certfile: Path | None = Field(default=None, description="Client certificate (mutual TLS).")
     kafka_ssl_keyfile: Path | None = Field(default=None, description="Client key (mutual TLS).")
     session_timeout_s: float = Field(default=8.0, gt=0)
+    in_flight_wait_s: float = Field(default=30.0, gt=0, description="Longest a rebalance or stop waits for records "
+                                                                    "in flight (they are re-delivered after).")
     fetch_max_wait_ms: int = Field(default=10, ge=1, le=5000,
                                    description="Longest a consumer fetch waits for data (bounds added latency).")
 
