@@ -34,6 +34,7 @@ from streams.state.registry import LocalModelRegistry, ensure_base_model
 from streams.worker_process import WorkerProcess
 
 NAMESPACE = "bench-reliability"
+SOAK_POOL = 2_000  # documents the soak keeps updating
 TOPIC = f"{NAMESPACE}.documents"
 
 
@@ -167,7 +168,7 @@ def run_soak_bench(settings: Settings, minutes: float, console: Console) -> None
             searchers = [threading.Thread(target=search, daemon=True) for _ in range(2)]
             for thread in searchers:
                 thread.start()
-            samples: list[tuple[float, int, float]] = []  # (elapsed s, RSS bytes, consumer lag)
+            samples: list[tuple[float, int, float, int]] = []  # (elapsed s, RSS bytes, consumer lag, chunks)
             begin = time.time()
             duration = minutes * 60
             rng = random.Random(7)
@@ -175,16 +176,16 @@ def run_soak_bench(settings: Settings, minutes: float, console: Console) -> None
             next_sample = begin
             while (now := time.time()) < begin + duration:
                 target = int((now - begin) * rate)
-                while i < target:  # updates and deletes mixed in
-                    roll = rng.random()
-                    doc_id = f"soak-{rng.randrange(i)}" if roll < 0.1 and i else f"soak-{i}"
-                    value = (json.dumps({"doc_id": doc_id, "version": i + 2, "op": "delete"}).encode()
-                             if roll < 0.02 and i else _document(doc_id, texts[i % len(texts)], i + 1))
+                while i < target:  # a fixed pool of documents, updated and sometimes deleted: the index stays
+                    doc_id = f"soak-{rng.randrange(SOAK_POOL)}"  # the same size, so RSS growth means a leak
+                    value = (json.dumps({"doc_id": doc_id, "version": i + 1, "op": "delete"}).encode()
+                             if rng.random() < 0.02 else _document(doc_id, texts[i % len(texts)], i + 1))
                     producer.produce(TOPIC, key=doc_id.encode(), value=value)
                     producer.poll(0)
                     i += 1
                 if now >= next_sample:
-                    samples.append((now - begin, _rss_bytes(pid), _metric_sum(worker, "gristmill_consumer_lag")))
+                    samples.append((now - begin, _rss_bytes(pid), _metric_sum(worker, "gristmill_consumer_lag"),
+                                    worker.get("/health")["index"]["chunks"]))
                     next_sample += 5
                 time.sleep(0.01)
             producer.flush(60)
@@ -198,17 +199,19 @@ def run_soak_bench(settings: Settings, minutes: float, console: Console) -> None
         finally:
             worker.stop()
     warm = [s for s in samples if s[0] >= duration * 0.2]
-    baseline = statistics.median(r for _, r, _ in warm[:6])
-    final = statistics.median(r for _, r, _ in warm[-6:])
+    baseline = statistics.median(s[1] for s in warm[:6])
+    final = statistics.median(s[1] for s in warm[-6:])
     growth = final / baseline - 1
-    max_lag = max(lag for _, _, lag in warm)
+    max_lag = max(s[2] for s in warm)
+    chunks = warm[0][3], warm[-1][3]
     errors = [line for line in log.splitlines() if re.search(r"\b(ERROR|CRITICAL)\b|Traceback", line)]
     table = Table(title=f"gristmill bench soak ({minutes:g} min at half the max rate, with HTTP searches)")
     for column in ("measure", "value", "target", ""):
         table.add_column(column, justify="left" if column == "measure" else "right")
     ok = lambda met: "[green]met[/green]" if met else "[red]missed[/red]"  # noqa: E731
     table.add_row("ingest rate (max / soak)", f"{max_rate:.0f} / {rate:.0f} docs/s", "", "")
-    table.add_row("documents produced", f"{i:,}", "", "")
+    table.add_row(f"document events produced (updates/deletes of {SOAK_POOL:,} documents)", f"{i:,}", "", "")
+    table.add_row("index chunks after warm-up -> end", f"{chunks[0]:,} -> {chunks[1]:,}", "", "")
     table.add_row("HTTP searches (p50 / p99 ms)", f"{len(searches):,} ({1000 * statistics.median(searches):.1f} / "
                   f"{1000 * sorted(searches)[int(0.99 * (len(searches) - 1))]:.1f})", "", "")
     table.add_row("worker RSS after warm-up -> end (MiB)", f"{baseline / 2**20:.0f} -> {final / 2**20:.0f} "
