@@ -30,9 +30,10 @@ test: $(VENV)/.installed-test test-tools
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
-# SIGKILL recovery trials; size with GRISTMILL_CRASH_DOCS and GRISTMILL_CRASH_TRIALS.
+# The SIGKILL recovery trials at the README's size (`make test` runs one trial of 1,000 events).
 crash-test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -m crash
+	GRISTMILL_CRASH_DOCS=$${GRISTMILL_CRASH_DOCS:-5000} GRISTMILL_CRASH_TRIALS=$${GRISTMILL_CRASH_TRIALS:-5} \
+	  $(BIN)/python -m pytest -m crash
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .

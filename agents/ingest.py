@@ -35,3 +35,8 @@ def register(pipeline: Pipeline) -> None:
             metrics.DOCS_APPLIED.labels(kind).inc(getattr(outcome, kind))
 
     pipeline.batch_agent(TOPIC, "ingest", settings.ingest_batch_records, settings.ingest_batch_seconds, index)
+
+    if settings.store_compact_interval_s:
+        @pipeline.app.timer(settings.store_compact_interval_s)
+        async def compact() -> None:  # deletes and shrinking documents leave points to vacuum
+            await pipeline.compact_store()

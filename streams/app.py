@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -286,6 +287,21 @@ class Pipeline:
                 log.warning("%s failed, retrying in %.1fs: %s", what, delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.store_retry_max_s)
+
+    async def compact_store(self) -> bool:
+        """Vacuum deleted points of the serving index on the writer thread; a failure waits for the next turn."""
+        store = self.serving.store
+        started = time.perf_counter()
+        try:
+            rewrote = await asyncio.get_running_loop().run_in_executor(self._store_writer, store.compact)
+        except StoreError as exc:
+            log.warning("store compaction failed, next try in %.0fs: %s", self.settings.store_compact_interval_s, exc)
+            return False
+        if rewrote:
+            took = time.perf_counter() - started
+            metrics.STORE_COMPACT_SECONDS.observe(took)
+            log.info("store compacted in %.2fs", took)
+        return rewrote
 
     async def dead_letter(self, rejected: Sequence[Rejected], logical_topic: str) -> None:
         """Write rejects to `deadletter` and wait until the broker has them (before offsets commit)."""

@@ -142,14 +142,15 @@ def run_soak_bench(settings: Settings, minutes: float, console: Console) -> None
         pid = worker.process.pid
         producer = Producer({"bootstrap.servers": broker.bootstrap_servers, "linger.ms": 5, "acks": "all"})
         try:
-            console.print("measuring the maximum ingest rate (2,000 documents)...")
+            console.print(f"measuring the maximum ingest rate (creating the {SOAK_POOL:,} documents of the pool)...")
             started = time.perf_counter()
-            for i in range(2000):
-                producer.produce(TOPIC, key=f"max-{i}".encode(), value=_document(f"max-{i}", texts[i % len(texts)]))
+            for n in range(SOAK_POOL):
+                doc_id = f"soak-{n}"
+                producer.produce(TOPIC, key=doc_id.encode(), value=_document(doc_id, texts[n % len(texts)]))
                 producer.poll(0)
             producer.flush(60)
-            worker.wait_for(lambda: worker.get("/health")["index"]["documents"] >= 2000, 1800, "max-rate burst")
-            max_rate = 2000 / (time.perf_counter() - started)
+            worker.wait_for(lambda: worker.get("/health")["index"]["documents"] >= SOAK_POOL, 1800, "max-rate burst")
+            max_rate = SOAK_POOL / (time.perf_counter() - started)
             rate = max_rate / 2
             console.print(f"max {max_rate:.0f} docs/s; soaking {minutes:g} min at {rate:.0f} docs/s with searches...")
             stop = threading.Event()
@@ -178,8 +179,8 @@ def run_soak_bench(settings: Settings, minutes: float, console: Console) -> None
                 target = int((now - begin) * rate)
                 while i < target:  # a fixed pool of documents, updated and sometimes deleted: the index stays
                     doc_id = f"soak-{rng.randrange(SOAK_POOL)}"  # the same size, so RSS growth means a leak
-                    value = (json.dumps({"doc_id": doc_id, "version": i + 1, "op": "delete"}).encode()
-                             if rng.random() < 0.02 else _document(doc_id, texts[i % len(texts)], i + 1))
+                    value = (json.dumps({"doc_id": doc_id, "version": i + 2, "op": "delete"}).encode()
+                             if rng.random() < 0.02 else _document(doc_id, texts[i % len(texts)], i + 2))
                     producer.produce(TOPIC, key=doc_id.encode(), value=value)
                     producer.poll(0)
                     i += 1
@@ -195,6 +196,7 @@ def run_soak_bench(settings: Settings, minutes: float, console: Console) -> None
             drained = time.time()
             worker.wait_for(lambda: _metric_sum(worker, "gristmill_consumer_lag") == 0, 600, "lag drained")
             drain_s = time.time() - drained
+            compactions = _metric_sum(worker, "gristmill_store_compact_seconds_count")
             log = worker.log()
         finally:
             worker.stop()
@@ -218,6 +220,7 @@ def run_soak_bench(settings: Settings, minutes: float, console: Console) -> None
                   f"({growth:+.1%})", "< +10%", ok(growth < 0.10))
     table.add_row("max consumer lag after warm-up (records)", f"{max_lag:,.0f}", "bounded", ok(max_lag < rate * 30))
     table.add_row("lag drained after producing stopped (s)", f"{drain_s:.1f}", "", "")
+    table.add_row("store compactions (deleted points vacuumed)", f"{compactions:.0f}", "", "")
     table.add_row("error log lines", str(len(errors)), "0", ok(not errors))
     console.print(table)
     for line in errors[:10]:

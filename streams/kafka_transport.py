@@ -3,20 +3,23 @@ in-flight records on rebalance and stop.
 
 A broker that does not answer a long-poll fetch as soon as data arrives (the embedded Tansu broker) would
 otherwise add up to 1.5 s to every query round trip. faust waits for every in-flight record to be
-acknowledged before it gives partitions up, without a bound; a record that never will be (seen after repeated
-SIGKILLs) froze a worker in a rebalance. Giving up after a while is safe: only acknowledged, contiguous offsets
-are ever committed, so what is still in flight is re-delivered and applied idempotently. Registered as the
-`gristmill://` broker scheme through the `faust.transports` entry point.
+acknowledged before it gives partitions up, without a bound; records that never will be (buffered by a
+stream while the rebalance suspends it; seen after repeated SIGKILLs) froze a worker in a rebalance. Giving up
+after a while is safe: only acknowledged, contiguous offsets are ever committed, so what is still in flight is
+re-delivered and applied idempotently. Registered as the `gristmill://` broker scheme through the
+`faust.transports` entry point.
 """
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
+import time
+from typing import Any, Protocol
 
 import aiokafka
 import faust
+from faust.transport.consumer import CONSUMER_WAIT_EMPTY
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from mode import Service
 
 DEFAULT_FETCH_MAX_WAIT_MS = 1500  # faust's own value
 
@@ -38,19 +41,49 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return consumer
 
 
+class InFlight(Protocol):
+    """The parts of a faust consumer that track in-flight (delivered, not yet acknowledged) records."""
+
+    should_stop: bool
+    _unacked_messages: Any
+
+    async def commit(self) -> bool: ...
+
+    async def _wait_for_ack(self, timeout: float) -> None: ...
+
+    def _clean_unacked_messages(self) -> None: ...
+
+
+async def drain_in_flight(consumer: InFlight, limit_s: float | None) -> bool:
+    """faust's `wait_empty` loop with a deadline: commit what is acknowledged and wait for the rest, for at most
+    `limit_s`. False when it gave up at the deadline (a stopping consumer does not wait, as in faust).
+
+    (Cancelling faust's own loop from outside does not work: its `_wait_for_ack` swallows `CancelledError`.)
+    """
+    deadline = None if limit_s is None else time.monotonic() + limit_s
+    while not consumer.should_stop and consumer._unacked_messages:
+        await consumer.commit()
+        if not consumer._unacked_messages:
+            break
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        await consumer._wait_for_ack(timeout=1)
+        consumer._clean_unacked_messages()
+    return True
+
+
 class Consumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    @Service.transitions_to(CONSUMER_WAIT_EMPTY)
     async def wait_empty(self) -> None:
-        """faust's wait for in-flight records, for at most the app's `in_flight_wait_s`."""
+        """Wait for in-flight records before a rebalance or stop, for at most the app's `in_flight_wait_s`."""
         limit = getattr(self.app, "in_flight_wait_s", None)
-        try:
-            await asyncio.wait_for(super().wait_empty(), limit)
-        except TimeoutError:
+        if not await drain_in_flight(self, limit):
             self.log.warning("gave up waiting for %d in-flight records after %.0fs: they stay uncommitted and "
                              "will be re-delivered", len(self._unacked_messages), limit)
-            await self.commit_and_end_transactions()
+        await self.commit_and_end_transactions()
 
 
 class Transport(faust_aiokafka.Transport):

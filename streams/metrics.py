@@ -23,6 +23,8 @@ STORE_WRITE_SECONDS = Histogram("gristmill_store_write_seconds", "Vector store w
                                 buckets=LATENCY_BUCKETS)
 STORE_FAILURES = Counter("gristmill_store_failures_total", "Vector store operations that failed and were retried")
 STORE_UP = Gauge("gristmill_store_up", "1 when the last vector store operation succeeded")
+STORE_COMPACT_SECONDS = Histogram("gristmill_store_compact_seconds", "Time the embedded store spent vacuuming "
+                                  "deleted points (index writes wait meanwhile)", buckets=LATENCY_BUCKETS)
 FRESHNESS_SECONDS = Histogram("gristmill_freshness_seconds", "Event produced -> searchable",
                               buckets=FRESHNESS_BUCKETS)
 

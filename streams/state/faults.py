@@ -111,5 +111,8 @@ class FaultInjectingStore:
     def all_documents(self) -> list[DocumentState]:
         return self._run("all_documents", self.inner.all_documents)
 
+    def compact(self) -> bool:
+        return self._run("compact", self.inner.compact)
+
     def close(self) -> None:
         self.inner.close()

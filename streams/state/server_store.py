@@ -162,5 +162,8 @@ class ServerVectorStore:
     def all_documents(self) -> list[DocumentState]:
         return [DocumentState.from_payload(r.payload) for r in self._scroll(self.ledger, None) if r.payload]
 
+    def compact(self) -> bool:
+        return False  # the server's own optimizers vacuum in the background
+
     def close(self) -> None:
         self._client.close()

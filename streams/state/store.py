@@ -156,4 +156,12 @@ class VectorStore(Protocol):
         """The whole ledger, tombstones included: for re-embedding into another collection and training."""
         ...
 
+    def compact(self) -> bool:
+        """Reclaim the space of deleted and overwritten points; True if anything was rewritten.
+
+        Embedded backends do this on the caller's thread (call it on the writer thread); servers optimize by
+        themselves and return False.
+        """
+        ...
+
     def close(self) -> None: ...

@@ -86,7 +86,8 @@ def documents_applied(worker: WorkerProcess) -> float:
 def worker(tmp_path: Path, registry_dir: Path, broker: EmbeddedBroker) -> Iterator[WorkerProcess]:
     process = WorkerProcess(tmp_path / "data", registry_dir, broker.bootstrap_servers, NAMESPACE,
                             GRISTMILL_CHUNK_TOKENS=str(CHUNK_TOKENS), GRISTMILL_CHUNK_OVERLAP=str(OVERLAP),
-                            GRISTMILL_INGEST_BATCH_RECORDS="16")
+                            GRISTMILL_INGEST_BATCH_RECORDS="16",
+                            GRISTMILL_STORE_COMPACT_INTERVAL_S="1")  # compaction runs between batches
     yield process
     process.stop()
 
