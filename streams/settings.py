@@ -115,7 +115,7 @@ class Settings(BaseSettings):
     faults_file: Path | None = Field(default=None, description="Fault-injection plan for failure drills "
                                                                 "(see streams/state/faults.py); unset: no faults.")
     store_retry_max_s: float = Field(default=10.0, gt=0, description="Backoff cap while the store fails.")
-    store_compact_interval_s: float = Field(default=60.0, ge=0, description="How often the embedded store "
+    store_compact_interval_s: float = Field(default=30.0, ge=0, description="How often the embedded store "
                                             "vacuums deleted points (on the writer thread); 0 disables.")
 
     @field_validator("kafka_bootstrap_servers", "qdrant_url", "qdrant_api_key", "admin_token", "kafka_sasl_password",

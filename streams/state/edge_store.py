@@ -48,8 +48,9 @@ class EdgeVectorStore:
         self._dim = dim
         self._write_lock = threading.Lock()
         try:
-            self._chunks = _open(root / collection, qe.EdgeConfig(
-                vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine), optimizers=_VACUUM_ONLY))
+            self._chunks = _open(root / collection, qe.EdgeConfig(  # Cold: mapped pages follow the live vectors
+                vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine, memory=qe.Memory.Cold),
+                optimizers=_VACUUM_ONLY))
             self._docs = _open(root / f"{collection}.documents", qe.EdgeConfig(
                 vectors=qe.EdgeVectorParams(size=1, distance=qe.Distance.Dot), optimizers=_VACUUM_ONLY))
             self._chunks.update(qe.UpdateOperation.create_field_index("doc_id", qe.PayloadSchemaType.Keyword))
@@ -164,9 +165,14 @@ class EdgeVectorStore:
                 for r in self._scroll(self._chunks, None, with_vectors)]
 
     def compact(self) -> bool:
+        """Vacuum both shards, then flush them: only a flush removes replaced segment files and lets the WAL
+        be truncated (without it both the WAL and, after a vacuum, the disk and mapped memory keep growing)."""
         with self._write_lock:
-            chunks = self._call(self._chunks.optimize)
-            return self._call(self._docs.optimize) or chunks
+            rewrote = False
+            for shard in (self._chunks, self._docs):
+                rewrote = self._call(shard.optimize) or rewrote
+                self._call(shard.flush)
+            return rewrote
 
     def close(self) -> None:
         with self._write_lock:

@@ -97,32 +97,41 @@ def test_document_ledger_round_trip_and_tombstones(store: VectorStore) -> None:
     assert sorted((d.doc_id, d.version, d.deleted) for d in store.all_documents()) == [("a", 3, False), ("b", 5, True)]
 
 
-def fill_then_delete_most(store: VectorStore) -> set[tuple[str, int]]:
-    """1,500 chunks of 300 docs, 60% of the docs deleted again (enough for a vacuum); returns what is left."""
+def fill_then_delete_most(store: VectorStore, docs: int = 600) -> set[tuple[str, int]]:
+    """5 chunks each of `docs` docs, 60% of the docs deleted again (enough for a vacuum); returns what is left."""
     rng = np.random.default_rng(7)
-    docs = [f"d{i}" for i in range(300)]
-    store.upsert_chunks([point(d, c, rng.standard_normal(DIM).astype(np.float32)) for d in docs for c in range(5)])
-    store.put_documents([DocumentState(d, 1, False, "h", 5) for d in docs])
-    for d in docs[:180]:
+    names = [f"d{i}" for i in range(docs)]
+    store.upsert_chunks([point(d, c, rng.standard_normal(DIM).astype(np.float32)) for d in names for c in range(5)])
+    store.put_documents([DocumentState(d, 1, False, "h", 5) for d in names])
+    gone = int(docs * 0.6)
+    for d in names[:gone]:
         store.delete_chunks(d)
-    return {(d, c) for d in docs[180:] for c in range(5)}
+    return {(d, c) for d in names[gone:] for c in range(5)}
 
 
 def test_compaction_keeps_exactly_the_live_points(store: VectorStore) -> None:
     left = fill_then_delete_most(store)
     assert isinstance(store.compact(), bool)
     assert {(c.doc_id, c.chunk) for c in store.all_chunks()} == left
-    assert store.count_chunks() == len(left) and store.count_documents() == 300
-    probe = store.chunks("d200", with_vectors=True)[3]
-    assert (store.search(probe.vector, 1)[0].doc_id, store.search(probe.vector, 1)[0].chunk) == ("d200", 3)
+    assert store.count_chunks() == len(left) and store.count_documents() == 600
+    probe = store.chunks("d500", with_vectors=True)[3]
+    assert (store.search(probe.vector, 1)[0].doc_id, store.search(probe.vector, 1)[0].chunk) == ("d500", 3)
     store.upsert_chunks([point("d0", 0, unit(1))])  # still writable after compaction
     assert [c.chunk for c in store.chunks("d0")] == [0]
 
 
 def test_edge_store_vacuums_deleted_points_and_survives_reopen(tmp_path: Path) -> None:
     store = EdgeVectorStore(tmp_path / "q", "chunks", DIM)
+    segments = tmp_path / "q" / "chunks" / "segments"
     left = fill_then_delete_most(store)
     assert store.compact() is True  # 60% deleted: the segment is rewritten without them
+    assert len(list(segments.iterdir())) == 1  # only the rewritten segment: the replaced one is gone from disk
+    halved = sorted({d for d, _ in left})[::2]  # half of the rest deleted: vacuumed again
+    for d in halved:
+        store.delete_chunks(d)
+    left = {(d, c) for d, c in left if d not in halved}
+    assert store.compact() is True
+    assert len(list(segments.iterdir())) == 1
     assert store.compact() is False  # nothing left to do
     store.close()
     reopened = EdgeVectorStore(tmp_path / "q", "chunks", DIM)
