@@ -38,5 +38,5 @@ def register(pipeline: Pipeline) -> None:
 
     if settings.store_compact_interval_s:
         @pipeline.app.timer(settings.store_compact_interval_s)
-        async def compact() -> None:  # deletes and shrinking documents leave points to vacuum
+        async def compact() -> None:  # updates and deletes leave replaced points; the WAL needs flushes
             await pipeline.compact_store()

@@ -289,7 +289,8 @@ class Pipeline:
                 delay = min(delay * 2, self.settings.store_retry_max_s)
 
     async def compact_store(self) -> bool:
-        """Vacuum deleted points of the serving index on the writer thread; a failure waits for the next turn."""
+        """Vacuum and flush the serving index on the writer thread (`VectorStore.compact`); a failure waits for the
+        next turn."""
         store = self.serving.store
         started = time.perf_counter()
         try:
