@@ -116,7 +116,7 @@ class Settings(BaseSettings):
                                                                 "(see streams/state/faults.py); unset: no faults.")
     store_retry_max_s: float = Field(default=10.0, gt=0, description="Backoff cap while the store fails.")
     store_compact_interval_s: float = Field(default=30.0, ge=0, description="How often the embedded store "
-                                            "vacuums deleted points (on the writer thread); 0 disables.")
+                                            "vacuums replaced points and flushes (on the writer thread); 0 disables.")
 
     @field_validator("kafka_bootstrap_servers", "qdrant_url", "qdrant_api_key", "admin_token", "kafka_sasl_password",
                      mode="before")

@@ -115,7 +115,8 @@ def test_compaction_keeps_exactly_the_live_points(store: VectorStore) -> None:
     assert {(c.doc_id, c.chunk) for c in store.all_chunks()} == left
     assert store.count_chunks() == len(left) and store.count_documents() == 600
     probe = store.chunks("d500", with_vectors=True)[3]
-    assert (store.search(probe.vector, 1)[0].doc_id, store.search(probe.vector, 1)[0].chunk) == ("d500", 3)
+    (nearest,) = store.search(probe.vector, 1)
+    assert (nearest.doc_id, nearest.chunk) == ("d500", 3)
     store.upsert_chunks([point("d0", 0, unit(1))])  # still writable after compaction
     assert [c.chunk for c in store.chunks("d0")] == [0]
 
