@@ -49,9 +49,16 @@ def test_windows_are_reported_and_query_drift_requests_a_retrain(worker: WorkerP
     (request,) = consume_all(bootstrap, f"{NAMESPACE}.retrain", 1, timeout_s=60)
     assert request["reason"] == "drift"
 
+    # metrics are updated after the records are sent, and ingest runs beside the monitor: poll, with a bound
+    wanted = [r'gristmill_alert\{kind="drift",topic="queries"\} 1\.0',
+              r'gristmill_gx_seconds_count\{topic="documents"\} 1\.0',
+              r'gristmill_retrain_requests_total\{reason="drift"\} 1\.0']
+    worker.wait_for(lambda: all(re.search(pattern, metrics_text(worker)) for pattern in wanted), 30,
+                    "drift alert, GX timing and retrain counter exported")
+    worker.wait_for(lambda: worker.get("/health")["index"]["documents"] == WINDOW, 60,
+                    "ingest kept going beside the monitor")
+
+
+def metrics_text(worker: WorkerProcess) -> str:
     with urllib.request.urlopen(f"{worker.url}/metrics", timeout=10) as page:
-        text = page.read().decode()
-    assert re.search(r'gristmill_alert\{kind="drift",topic="queries"\} 1\.0', text)
-    assert re.search(r'gristmill_gx_seconds_count\{topic="documents"\} 1\.0', text)
-    assert 'gristmill_retrain_requests_total{reason="drift"} 1.0' in text
-    assert worker.get("/health")["index"]["documents"] == WINDOW  # ingest kept going beside the monitor
+        return page.read().decode()

@@ -42,7 +42,8 @@ def test_outage_backpressure_and_recovery(tmp_path: Path, registry_dir: Path, br
         assert worker.get("/health")["index"]["documents"] == 0
         assert metric(worker, "gristmill_store_up") == 0
         assert metric(worker, r'gristmill_documents_total\{outcome="\w+"\}') == 0  # nothing applied or dropped
-        assert metric(worker, r'gristmill_consumer_lag\{partition="\d+",topic="faults-it.documents"\}') > 0
+        worker.wait_for(lambda: metric(worker, r'gristmill_consumer_lag\{partition="\d+",topic="faults-it.documents"\}')
+                        > 0, 30, "consumer lag exported while nothing is committed")
 
         plan.write_text(json.dumps({"mode": "slow", "delay_s": 0.2}))  # the store comes back, slowly
         worker.wait_for(lambda: worker.get("/health")["index"]["documents"] == 40, 120, "recovery")

@@ -21,6 +21,8 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 NAMESPACE = "dash-it"
 SUFFIXES = ("_bucket", "_count", "_sum", "_total", "_info")
+DOCUMENTS_LAG = r'gristmill_consumer_lag\{partition="\d+",topic="dash-it.documents"\}'
+INVALID_DOCUMENT = r'gristmill_records_invalid_total\{reason="[^"]+",topic="documents"\} 1\.0'
 
 
 def dashboard_metric_names() -> set[str]:
@@ -47,13 +49,20 @@ def test_worker_exports_every_metric_the_dashboard_queries(tmp_path: Path, regis
         with QueryRoundTrip(settings) as roundtrip:
             sent = [roundtrip.send(q.text, 3) for q in queries(5, seed=1)]
             roundtrip.wait(sent, 60)
-        with urllib.request.urlopen(f"{worker.url}/metrics", timeout=10) as page:
-            exposition = page.read().decode()
+        # the bad record may sit on another partition than the last good ones, and the lag gauge is refreshed
+        # every 2 s: poll for both, with a bound, before reading the exposition
+        worker.wait_for(lambda: re.search(INVALID_DOCUMENT, metrics_text(worker))
+                        and re.search(DOCUMENTS_LAG, metrics_text(worker)), 30, "the invalid record and lag exported")
+        exposition = metrics_text(worker)
     finally:
         worker.stop()
     exported = {line.split("{")[0].split(" ")[0] for line in exposition.splitlines() if line.startswith("gristmill_")}
     missing = sorted(name for name in dashboard_metric_names()
                      if name not in exported and not any(name + suffix in exported for suffix in SUFFIXES))
     assert not missing, f"dashboard queries metrics the worker does not export: {missing}"
-    assert re.search(r'gristmill_consumer_lag\{partition="\d+",topic="dash-it.documents"\}', exposition)
-    assert re.search(r'gristmill_records_invalid_total\{reason="[^"]+",topic="documents"\} 1\.0', exposition)
+    assert re.search(DOCUMENTS_LAG, exposition) and re.search(INVALID_DOCUMENT, exposition)
+
+
+def metrics_text(worker: WorkerProcess) -> str:
+    with urllib.request.urlopen(f"{worker.url}/metrics", timeout=10) as page:
+        return page.read().decode()
