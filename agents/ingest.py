@@ -4,39 +4,43 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-
-from faust.types import EventT
+from functools import partial
 
 from schemas import DocumentEvent
 from streams import metrics
-from streams.app import Pipeline
+from streams.host import AgentHost
+from streams.ml.serving import ServingSlot
+from streams.processing import Contract
+from streams.store_threads import StoreThreads
+from streams.validation import Accepted
 
-TOPIC = "documents"
+DOCUMENTS = Contract("documents", DocumentEvent, "doc_id")
 
 
-def register(pipeline: Pipeline) -> None:
-    settings = pipeline.settings
+def register(worker: AgentHost) -> None:
+    s, shared = worker.settings, worker.shared
+    worker.batch_agent(DOCUMENTS, "ingest", s.ingest_batch_records, s.ingest_batch_seconds,
+                       partial(index, serving=shared.serving, threads=shared.threads))
+    if s.store_compact_interval_s:  # updates and deletes leave replaced points; the WAL needs flushes
+        worker.timer(s.store_compact_interval_s, partial(compact, shared.serving, shared.threads,
+                                                         s.store_compact_interval_s))
 
-    async def index(events: Sequence[EventT]) -> None:
-        metrics.BATCH_RECORDS.labels("ingest").observe(len(events))
-        accepted = await pipeline.admit(events, TOPIC, DocumentEvent, "doc_id")
-        if not accepted:
-            return
-        records = [a.record for a in accepted]
-        outcome = await pipeline.write(lambda: pipeline.apply_documents(records), "index write")
-        now = time.time()
-        for a in accepted:
-            if a.message.timestamp:
-                metrics.FRESHNESS_SECONDS.observe(max(0.0, now - a.message.timestamp))
-        metrics.ENCODE_SECONDS.labels("ingest").observe(outcome.encode_s)
-        metrics.STORE_WRITE_SECONDS.observe(outcome.write_s)
-        metrics.CHUNKS_UPSERTED.inc(outcome.chunks)
-        for kind in ("embedded", "deleted", "unchanged", "stale"):
-            metrics.DOCS_APPLIED.labels(kind).inc(getattr(outcome, kind))
 
-    pipeline.batch_agent(TOPIC, "ingest", settings.ingest_batch_records, settings.ingest_batch_seconds, index)
+async def index(batch: Sequence[Accepted[DocumentEvent]], *, serving: ServingSlot, threads: StoreThreads) -> None:
+    """Apply a batch of document events to the serving index, on the writer thread, and observe it."""
+    metrics.BATCH_RECORDS.labels("ingest").observe(len(batch))
+    records = [a.record for a in batch]
+    outcome = await threads.write(lambda: serving.apply_documents(records), "index write")
+    now = time.time()
+    for accepted in batch:
+        if accepted.message.timestamp:
+            metrics.FRESHNESS_SECONDS.observe(max(0.0, now - accepted.message.timestamp))
+    metrics.ENCODE_SECONDS.labels("ingest").observe(outcome.encode_s)
+    metrics.STORE_WRITE_SECONDS.observe(outcome.write_s)
+    metrics.CHUNKS_UPSERTED.inc(outcome.chunks)
+    for kind in ("embedded", "deleted", "unchanged", "stale"):
+        metrics.DOCS_APPLIED.labels(kind).inc(getattr(outcome, kind))
 
-    if settings.store_compact_interval_s:
-        @pipeline.app.timer(settings.store_compact_interval_s)
-        async def compact() -> None:  # updates and deletes leave replaced points; the WAL needs flushes
-            await pipeline.compact_store()
+
+async def compact(serving: ServingSlot, threads: StoreThreads, interval_s: float) -> None:
+    await threads.compact(serving.current.store, interval_s)

@@ -5,46 +5,78 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 from schemas import DocumentEvent, FeedbackEvent, QueryEvent, Record
 from streams import metrics
-from streams.app import Pipeline, raw_message
-from streams.monitoring import TOPICS, DriftThresholds, StreamMonitor, Window
-from streams.validation import Accepted, validate_message
+from streams.host import AgentHost
+from streams.ml.monitoring import TOPICS, DriftThresholds, StreamMonitor, Window
+from streams.ml.quality import QualityGate
+from streams.processing import Contract, Outbox, publish
+from streams.settings import Settings
+from streams.state.encoder import Encoder
+from streams.validation import Accepted, RawMessage
 
 log = logging.getLogger(__name__)
-CONTRACTS: dict[str, tuple[type[Record], str]] = {
-    "documents": (DocumentEvent, "doc_id"),
-    "queries": (QueryEvent, "query_id"),
-    "feedback": (FeedbackEvent, "query_id"),
+CONTRACTS: dict[str, Contract[Record]] = {
+    "documents": Contract("documents", DocumentEvent, "doc_id"),
+    "queries": Contract("queries", QueryEvent, "query_id"),
+    "feedback": Contract("feedback", FeedbackEvent, "query_id"),
 }
 
 
-def register(pipeline: Pipeline) -> None:
+def register(worker: AgentHost) -> None:
     try:
-        from streams.quality import QualityGate
-
         gate = QualityGate()
     except ImportError:
         log.warning("monitor agent disabled: install gristmill[quality] for Great Expectations")
         return
-    s = pipeline.settings
-    monitor = StreamMonitor(
-        gate, pipeline.encoder, window_records=s.monitor_window_records, window_seconds=s.monitor_window_seconds,
+    monitor = stream_monitor(gate, worker.shared.serving.current.encoder, worker.settings)
+    evaluate = partial(publish_window, monitor=monitor, outbox=worker.outbox, model_key=worker.settings.model_name
+                       .encode(), evaluator=ThreadPoolExecutor(1, thread_name_prefix="monitor"), running=set())
+    for topic in TOPICS:
+        worker.observer(topic, f"monitor-{topic}", 500, 0.5, partial(observe, contract=CONTRACTS[topic],
+                                                                   monitor=monitor, evaluate=evaluate))
+    worker.timer(1.0, partial(close_due_windows, monitor=monitor, evaluate=evaluate))
+
+
+def stream_monitor(gate: QualityGate, encoder: Encoder, s: Settings) -> StreamMonitor:
+    return StreamMonitor(
+        gate, encoder, window_records=s.monitor_window_records, window_seconds=s.monitor_window_seconds,
         min_drift_records=s.monitor_min_drift_records, embed_sample=s.monitor_embed_sample,
         thresholds=DriftThresholds(s.drift_query_mean_shift, s.drift_query_mmd, s.drift_document_length_ks,
                                    s.drift_document_source_tv, s.drift_feedback_positive_shift),
         retrain_min_interval_s=s.retrain_min_interval_s, stale_after_s=s.stale_after_s)
-    evaluator = ThreadPoolExecutor(1, thread_name_prefix="monitor")  # one window at a time, off the event loop
-    quality, retrain = pipeline.topic("quality"), pipeline.topic("retrain")
-    running: set[asyncio.Task[None]] = set()
 
-    async def publish(window: Window) -> None:
+
+def observe(messages: Sequence[RawMessage], *, contract: Contract[Record], monitor: StreamMonitor,
+            evaluate: Callable[[Window], object]) -> None:
+    """Add every record (or the fact that it was invalid) to its topic's open window; evaluate closed ones."""
+    for message in messages:
+        checked = contract.check(message)
+        closed = monitor.observe(contract.topic, checked.record if isinstance(checked, Accepted) else None,
+                                 message.timestamp)
+        if closed is not None:
+            evaluate(closed)
+
+
+async def close_due_windows(*, monitor: StreamMonitor, evaluate: Callable[[Window], object]) -> None:
+    for window in monitor.due():
+        evaluate(window)
+    if monitor.stale_topics():
+        refresh_alerts(monitor)
+
+
+def publish_window(window: Window, *, monitor: StreamMonitor, outbox: Outbox, model_key: bytes,
+                   evaluator: ThreadPoolExecutor, running: set[asyncio.Task[None]]) -> asyncio.Task[None]:
+    """Evaluate a window on the monitor's own thread (one at a time) and publish its report, in the background."""
+    async def run() -> None:
         result = await asyncio.get_running_loop().run_in_executor(evaluator, monitor.evaluate, window)
-        await quality.send(key=window.topic.encode(), value=result.report.model_dump_json().encode())
+        await publish(outbox, "quality", window.topic.encode(), result.report)
         if result.retrain is not None:
-            await retrain.send(key=s.model_name.encode(), value=result.retrain.model_dump_json().encode())
+            await publish(outbox, "retrain", model_key, result.retrain)
             metrics.RETRAIN_REQUESTS.labels("drift").inc()
         metrics.GX_SECONDS.labels(window.topic).observe(result.outcome.seconds)
         metrics.MONITOR_LAG_SECONDS.labels(window.topic).set(result.lag_s)
@@ -53,39 +85,15 @@ def register(pipeline: Pipeline) -> None:
             metrics.DRIFT_SCORE.labels(window.topic, name).set(value)
         for failed in result.report.failed:
             metrics.GX_FAILURES.labels(window.topic, failed.expectation).inc()
-        refresh_alerts()
+        refresh_alerts(monitor)
 
-    def spawn(window: Window) -> None:
-        task = asyncio.ensure_future(publish(window))
-        running.add(task)
-        task.add_done_callback(running.discard)
+    task = asyncio.ensure_future(run())
+    running.add(task)  # keep a reference until it is done
+    task.add_done_callback(running.discard)
+    return task
 
-    def refresh_alerts() -> None:
-        for topic in TOPICS:
-            for kind in ("quality", "drift", "stale"):
-                metrics.ALERT.labels(topic, kind).set(int(kind in monitor.alerts[topic]))
 
-    def watcher(topic: str):  # type: ignore[no-untyped-def]
-        model, key_field = CONTRACTS[topic]
-
-        async def watch(stream):  # type: ignore[no-untyped-def]
-            # Batches are acknowledged as soon as they are observed: the monitor never holds an offset back
-            # (iterating events one by one would keep the last one unacknowledged, stalling rebalances).
-            async for events in stream.take_events(500, 0.5):
-                for event in events:
-                    checked = validate_message(raw_message(event), model, key_field)
-                    record = checked.record if isinstance(checked, Accepted) else None
-                    closed = monitor.observe(topic, record, event.message.timestamp)
-                    if closed is not None:
-                        spawn(closed)
-        return watch
-
+def refresh_alerts(monitor: StreamMonitor) -> None:
     for topic in TOPICS:
-        pipeline.app.agent(pipeline.topic(topic), name=f"monitor-{topic}")(watcher(topic))
-
-    @pipeline.app.timer(1.0)
-    async def close_windows() -> None:
-        for window in monitor.due():
-            spawn(window)
-        if monitor.stale_topics():
-            refresh_alerts()
+        for kind in ("quality", "drift", "stale"):
+            metrics.ALERT.labels(topic, kind).set(int(kind in monitor.alerts[topic]))

@@ -2,50 +2,48 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Sequence
-
-from faust.types import EventT
+from functools import partial
 
 from schemas import Hit, QueryEvent, QueryResponse
 from streams import metrics
-from streams.app import Pipeline
-from streams.search import SearchRequest
-from streams.state.query_log import LoggedQuery
+from streams.host import AgentHost
+from streams.ml.search import SearchRequest
+from streams.ml.serving import ServingSlot
+from streams.processing import Contract, Outbox
+from streams.state.query_log import LoggedQuery, QueryLog
+from streams.store_threads import StoreThreads
+from streams.validation import Accepted
 
-TOPIC = "queries"
+QUERIES = Contract("queries", QueryEvent, "query_id")
 
 
-def register(pipeline: Pipeline) -> None:
-    settings = pipeline.settings
-    responses = pipeline.topic("responses")
+def register(worker: AgentHost) -> None:
+    s, shared = worker.settings, worker.shared
+    worker.batch_agent(QUERIES, "query", s.query_batch_records, s.query_batch_seconds,
+                       partial(respond, serving=shared.serving, threads=shared.threads, outbox=worker.outbox,
+                               query_log=shared.query_log))
 
-    async def respond(events: Sequence[EventT]) -> None:
-        started = time.perf_counter()
-        metrics.BATCH_RECORDS.labels("query").observe(len(events))
-        accepted = await pipeline.admit(events, TOPIC, QueryEvent, "query_id")
-        if not accepted:
-            return
-        queries: list[QueryEvent] = [a.record for a in accepted]
-        requests = [SearchRequest(q.text, q.top_k, q.filter) for q in queries]
-        results = await pipeline.until_done(lambda: pipeline.serving.searcher.search_many(requests), "search")
-        latency_ms = (time.perf_counter() - started) * 1000
-        answered, pending = [], []
-        for query, result in zip(queries, results, strict=True):
-            response = QueryResponse(
-                query_id=query.query_id,
-                hits=[Hit(doc_id=h.doc_id, chunk=h.chunk, score=h.score, text=h.text) for h in result.hits],
-                model_version=result.model_version, index_version=result.index_version,
-                latency_ms=round(latency_ms, 3), cached=result.cached,
-            )
-            pending.append(await responses.send(key=query.query_id.encode(),
-                                                value=response.model_dump_json().encode()))
-            answered.append(LoggedQuery(query.query_id, query.model_dump(mode="json"),
-                                        response.model_dump(mode="json"), time.time(), "kafka"))
-        await asyncio.gather(*pending)
-        await pipeline.log_queries(answered)
-        metrics.QUERIES.labels("kafka").inc(len(answered))
-        metrics.QUERY_LATENCY_SECONDS.labels("kafka").observe(latency_ms / 1000)
 
-    pipeline.batch_agent(TOPIC, "query", settings.query_batch_records, settings.query_batch_seconds, respond)
+async def respond(batch: Sequence[Accepted[QueryEvent]], *, serving: ServingSlot, threads: StoreThreads,
+                  outbox: Outbox, query_log: QueryLog) -> None:
+    """Answer a batch of queries from one serving pair (one encoder call for the cache misses), produce the
+    responses, then log every query with its response."""
+    started = time.perf_counter()
+    metrics.BATCH_RECORDS.labels("query").observe(len(batch))
+    queries = [a.record for a in batch]
+    requests = [SearchRequest(q.text, q.top_k, q.filter) for q in queries]
+    searcher = serving.current.searcher  # the pair, taken once for the batch
+    results = await threads.read(lambda: searcher.search_many(requests), "search")
+    latency_ms = round((time.perf_counter() - started) * 1000, 3)
+    responses = [QueryResponse(query_id=q.query_id, model_version=r.model_version, index_version=r.index_version,
+                               hits=[Hit(doc_id=h.doc_id, chunk=h.chunk, score=h.score, text=h.text) for h in r.hits],
+                               latency_ms=latency_ms, cached=r.cached) for q, r in zip(queries, results, strict=True)]
+    await outbox.publish_many("responses", [(r.query_id.encode(), r) for r in responses])
+    answered = time.time()
+    entries = [LoggedQuery(q.query_id, q.model_dump(mode="json"), r.model_dump(mode="json"), answered, "kafka")
+               for q, r in zip(queries, responses, strict=True)]
+    await threads.read(lambda: query_log.record(entries), "query log")
+    metrics.QUERIES.labels("kafka").inc(len(responses))
+    metrics.QUERY_LATENCY_SECONDS.labels("kafka").observe(latency_ms / 1000)

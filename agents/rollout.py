@@ -4,48 +4,56 @@ while the current pair serves -> switch atomically. Workers that did not get the
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-
-from faust.types import EventT
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 
 from schemas import ModelUpdate
-from streams.app import Pipeline, WriteAborted
-from streams.rollout import roll_out
+from streams.host import AgentHost
+from streams.ml.rollout import roll_out
+from streams.ml.serving import ServingSlot
+from streams.processing import Contract
+from streams.store_threads import WriteAborted
+from streams.validation import Accepted
 
-TOPIC = "model-updates"
+MODEL_UPDATES = Contract("model-updates", ModelUpdate, None)
+Roll = Callable[[str], Awaitable[object]]  # `roll_out` of a version, with its dependencies bound
 log = logging.getLogger(__name__)
 
 
-def register(pipeline: Pipeline) -> None:
-    registry = pipeline.registry
-    model_key = pipeline.settings.model_name.encode()
+def register(worker: AgentHost) -> None:
+    s, shared = worker.settings, worker.shared
+    rollout = partial(roll_out, shared.serving, write=shared.threads.write, step_documents=s.rollout_step_documents)
+    worker.batch_agent(MODEL_UPDATES, "rollout", 1, 1.0, partial(apply_updates, serving=shared.serving,
+                                                                 roll=rollout, model_key=s.model_name.encode()))
+    worker.timer(2.0, partial(follow_registry, serving=shared.serving, roll=rollout))
 
-    def outdated(update: ModelUpdate) -> bool:
-        """Decided before the serving version was made current (e.g. history replayed to a new worker)."""
-        served_since = max((at for version, at in registry.history()
-                            if version == pipeline.serving.model.version), default=0.0)
-        return update.at is not None and update.at.timestamp() <= served_since
 
-    async def apply(events: Sequence[EventT]) -> None:
-        for accepted in await pipeline.admit(events, TOPIC, ModelUpdate, None):
-            update = accepted.record
-            if accepted.message.key != model_key or update.status not in ("promoted", "rolled_back"):
-                continue
-            if update.version == pipeline.serving.model.version or outdated(update):
-                continue
-            try:
-                await roll_out(pipeline, update.version)
-            except WriteAborted:
-                raise  # stopping: the record is re-delivered and the rollout resumes
-            except Exception:
-                log.exception("rollout of %s failed; %s keeps serving", update.version,
-                              pipeline.serving.model.version)
+def outdated(update: ModelUpdate, serving: ServingSlot) -> bool:
+    """Decided before the serving version was made current (e.g. history replayed to a new worker)."""
+    served_since = max((at for version, at in serving.registry.history()
+                        if version == serving.current.model.version), default=0.0)
+    return update.at is not None and update.at.timestamp() <= served_since
 
-    pipeline.batch_agent(TOPIC, "rollout", 1, 1.0, apply)
 
-    @pipeline.app.timer(2.0)
-    async def follow_registry() -> None:
-        """Another worker switched (shared registry and Qdrant server): catch up and switch too."""
-        current = registry.current()
-        if current is not None and current.version != pipeline.serving.model.version and not pipeline.rolling.locked():
-            await roll_out(pipeline, current.version)
+async def apply_updates(batch: Sequence[Accepted[ModelUpdate]], *, serving: ServingSlot, roll: Roll,
+                        model_key: bytes) -> None:
+    """Roll out each promotion or rollback of this model that is not already serving nor outdated."""
+    for accepted in batch:
+        update = accepted.record
+        if accepted.message.key != model_key or update.status not in ("promoted", "rolled_back"):
+            continue
+        if update.version == serving.current.model.version or outdated(update, serving):
+            continue
+        try:
+            await roll(update.version)
+        except WriteAborted:
+            raise  # stopping: the record is re-delivered and the rollout resumes
+        except Exception:
+            log.exception("rollout of %s failed; %s keeps serving", update.version, serving.current.model.version)
+
+
+async def follow_registry(*, serving: ServingSlot, roll: Roll) -> None:
+    """Another worker switched (shared registry and Qdrant server): catch up and switch too."""
+    current = serving.registry.current()
+    if current is not None and current.version != serving.current.model.version and not serving.rolling.locked():
+        await roll(current.version)

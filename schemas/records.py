@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from schemas.errors import InvalidFilter
 
 MAX_TEXT_CHARS = 200_000
 MAX_ID_CHARS = 256
@@ -19,6 +22,21 @@ ScalarValue = str | int | float | bool | None
 #: Chunk payload fields a query may filter on (exact match).
 FilterField = Literal["doc_id", "source", "title", "version", "model_version"]
 FILTER_FIELDS: frozenset[str] = frozenset(FilterField.__args__)  # type: ignore[attr-defined]
+
+
+def validate_filter(filter_: Mapping[str, ScalarValue] | None) -> dict[str, ScalarValue]:
+    """An exact-match payload filter, checked: an unknown field is an error, not an empty result."""
+    checked = dict(filter_ or {})
+    unknown = set(checked) - FILTER_FIELDS
+    if unknown:
+        raise InvalidFilter(f"cannot filter on {sorted(unknown)}; filterable: {sorted(FILTER_FIELDS)}")
+    return checked
+
+
+def document_content(title: str | None, text: str | None) -> str:
+    """What the index chunks and embeds for a document: the title, then the body."""
+    body = text or ""
+    return f"{title}\n\n{body}" if title else body
 
 
 class Record(BaseModel):
@@ -47,9 +65,8 @@ class DocumentEvent(Record):
 
     @property
     def content(self) -> str:
-        """What gets chunked and embedded: the title, then the body."""
-        body = self.text or ""
-        return f"{self.title}\n\n{body}" if self.title else body
+        """What gets chunked and embedded (`document_content`)."""
+        return document_content(self.title, self.text)
 
 
 class QueryEvent(Record):

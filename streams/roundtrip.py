@@ -11,6 +11,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Producer, TopicPartition
 
+from streams.errors import TopicUnavailable
 from streams.settings import Settings
 from streams.topics import TopicNames, kafka_config
 
@@ -37,7 +38,7 @@ class QueryRoundTrip:
                                    "enable.auto.commit": False, "fetch.wait.max.ms": 10})
         metadata = self._consumer.list_topics(responses, timeout=setup_timeout_s).topics[responses]
         if metadata.error is not None:
-            raise RuntimeError(f"topic {responses}: {metadata.error}")
+            raise TopicUnavailable(f"topic {responses}: {metadata.error}")
         self._consumer.assign([TopicPartition(responses, p, OFFSET_END) for p in metadata.partitions])
         deadline = time.monotonic() + min(setup_timeout_s, END_LOOKUP_S)
         positions = self._consumer.position(self._consumer.assignment())

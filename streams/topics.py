@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from schemas import TOPIC_RECORDS
+from streams.errors import NoKafka
 from streams.settings import Settings
 
 #: Topics whose records are kept compacted (latest per key) instead of by time.
@@ -53,7 +54,7 @@ class TopicNames:
 def kafka_config(settings: Settings) -> dict[str, str | int]:
     """librdkafka settings shared by gristmill's admin clients, producers and consumers (TLS/SASL included)."""
     if not settings.kafka_bootstrap_servers:
-        raise RuntimeError("no Kafka: set KAFKA_BOOTSTRAP_SERVERS or start the stack with `gristmill up`")
+        raise NoKafka("no Kafka: set KAFKA_BOOTSTRAP_SERVERS or start the stack with `gristmill up`")
     config: dict[str, str | int] = {"bootstrap.servers": settings.kafka_bootstrap_servers,
                                     "socket.timeout.ms": 10_000,
                                     "security.protocol": settings.kafka_security_protocol.lower()}
@@ -122,6 +123,6 @@ def create_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
             future.result(timeout=timeout_s)
             created.append(name)
         except KafkaException as exc:
-            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
     return created

@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from streams.demo import CORPUS
+from streams.devtools.demo import CORPUS
 
 
 def write_beir_folder(target: Path, documents: int = 60, queries: int = 25) -> Path:

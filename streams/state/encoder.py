@@ -22,8 +22,18 @@ CPU = "CPUExecutionProvider"
 class Encoder(Protocol):
     """Maps texts to L2-normalized float32 vectors of a fixed dimension."""
 
+    #: Where it runs (an ONNX Runtime execution provider, or a double's name), shown by `/health`.
+    provider: str
+
     @property
-    def version(self) -> str: ...
+    def version(self) -> str:
+        """The model version that produced the vectors (a registry version)."""
+        ...
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The model's tokenizer, for chunking in model tokens."""
+        ...
 
     @property
     def dim(self) -> int: ...

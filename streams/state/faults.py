@@ -17,7 +17,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from streams.state.store import ChunkPoint, DocumentState, ScalarValue, SearchHit, StoreError, VectorStore
+from schemas import ScalarValue
+from streams.state.errors import StoreError
+from streams.state.store import ChunkPoint, DocumentState, SearchHit, VectorStore
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

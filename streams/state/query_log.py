@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from streams.state.sqlite import open_wal_database
 
 
 @dataclass(frozen=True)
@@ -18,15 +19,6 @@ class LoggedQuery:
     response: dict[str, Any]
     answered_at: float
     via: str
-
-
-def open_wal_database(path: Path) -> sqlite3.Connection:
-    """A SQLite file in WAL mode (durable, no fsync per commit), usable from any thread under a caller's lock."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")
-    return db
 
 
 class QueryLog:

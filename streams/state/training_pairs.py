@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from streams.state.query_log import open_wal_database
+from streams.state.sqlite import open_wal_database
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 
 from streams.broker import EmbeddedBroker
-from streams.chunking import Chunker
+from streams.devtools.worker_process import WorkerProcess
+from streams.ml.chunking import Chunker
 from streams.roundtrip import QueryRoundTrip
 from streams.settings import Settings
 from streams.state.edge_store import EdgeVectorStore
 from streams.state.encoder import OnnxEncoder
-from streams.worker_process import WorkerProcess
 from tests.kafka_io import produce
 
 # A SIGKILL during a rebalance once left faust waiting for in-flight records forever; GRISTMILL_IN_FLIGHT_WAIT_S

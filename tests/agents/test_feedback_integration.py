@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from streams.broker import EmbeddedBroker
+from streams.devtools.worker_process import WorkerProcess
 from streams.roundtrip import QueryRoundTrip
 from streams.settings import Settings
 from streams.state.training_pairs import TrainingPairs
-from streams.worker_process import WorkerProcess
 from tests.kafka_io import consume_all, produce
 
 pytestmark = pytest.mark.integration

@@ -20,13 +20,13 @@ from typing import Any
 import pytest
 
 from streams.broker import EmbeddedBroker
-from streams.demo.catalog import CodeQuery, code_queries, products
-from streams.evaluation import ndcg_at
+from streams.devtools.demo.catalog import CodeQuery, code_queries, products
+from streams.devtools.worker_process import WorkerProcess
+from streams.ml.ranking import ndcg_at
+from streams.ml.training import held_out
 from streams.roundtrip import QueryRoundTrip
 from streams.settings import Settings
 from streams.state.training_pairs import TrainingPairs
-from streams.training import held_out
-from streams.worker_process import WorkerProcess
 from tests.kafka_io import consume_all, produce
 
 pytestmark = pytest.mark.integration

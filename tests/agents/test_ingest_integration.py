@@ -11,11 +11,11 @@ import pytest
 from tokenizers import Tokenizer
 
 from streams.broker import EmbeddedBroker
-from streams.chunking import Chunker
-from streams.demo.bad_records import bad_documents
+from streams.devtools.demo.bad_records import bad_documents
+from streams.devtools.worker_process import WorkerProcess
+from streams.ml.chunking import Chunker
 from streams.state.edge_store import EdgeVectorStore
 from streams.state.registry import ModelVersion
-from streams.worker_process import WorkerProcess
 from tests.kafka_io import consume_all, produce
 
 pytestmark = pytest.mark.integration

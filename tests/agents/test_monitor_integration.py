@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from streams.broker import EmbeddedBroker
-from streams.demo.synthetic import documents, queries
-from streams.worker_process import WorkerProcess
+from streams.devtools.demo.synthetic import documents, queries
+from streams.devtools.worker_process import WorkerProcess
 from tests.kafka_io import consume_all, produce
 
 pytestmark = pytest.mark.integration

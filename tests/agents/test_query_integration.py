@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from streams.broker import EmbeddedBroker
+from streams.devtools.worker_process import WorkerProcess
 from streams.roundtrip import QueryRoundTrip
 from streams.settings import Settings
 from streams.state.query_log import QueryLog
-from streams.worker_process import WorkerProcess
 from tests.beir_folder import write_beir_folder
 from tests.kafka_io import consume_all, produce
 

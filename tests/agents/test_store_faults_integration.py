@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from streams.broker import EmbeddedBroker
-from streams.worker_process import WorkerProcess
+from streams.devtools.worker_process import WorkerProcess
 from tests.kafka_io import produce
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
 from schemas import DeadLetter, DocumentEvent, FeedbackEvent, QueryEvent
-from streams.chunking import Chunker
+from streams.ml.chunking import Chunker
 from streams.state.encoder import OnnxEncoder
 from streams.validation import Accepted, RawMessage, Rejected, validate_message
 

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from schemas import DocumentEvent, QueryEvent
-from streams.demo.bad_records import bad_documents
+from streams.devtools.demo.bad_records import bad_documents
 from streams.validation import Accepted, RawMessage, Rejected, validate_message
 
 

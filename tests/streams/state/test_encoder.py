@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from streams.demo import CORPUS
+from streams.devtools.demo import CORPUS
 from streams.state.encoder import CPU, OnnxEncoder
 from streams.state.registry import ModelVersion
 
@@ -63,7 +63,7 @@ def test_serving_never_imports_torch(base_model: ModelVersion) -> None:
     import subprocess
 
     code = ("import sys; from pathlib import Path; from streams.state.registry import LocalModelRegistry;"
-            "from streams.state.encoder import OnnxEncoder; import streams.app, streams.http, agents.ingest;"
+            "from streams.state.encoder import OnnxEncoder; import streams.app, streams.web.http, agents.ingest;"
             f"m = LocalModelRegistry(Path({str(base_model.path.parent.parent)!r}), 'minilm').current();"
             "OnnxEncoder(m).encode(['x']); print('torch' in sys.modules, 'sentence_transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from streams.state.edge_store import EdgeVectorStore
+from streams.state.errors import StoreError
 from streams.state.faults import FaultInjectingStore, FaultPlan
-from streams.state.store import ChunkPoint, StoreError
+from streams.state.store import ChunkPoint
 
 
 def write_plan(path: Path, plan: dict[str, object], stamp: float) -> None:

@@ -1,4 +1,5 @@
-"""One contract, every `VectorStore` backend: qdrant-edge (embedded) and qdrant-client (`:memory:`)."""
+"""One contract, every `VectorStore` backend: qdrant-edge (embedded), qdrant-client (`:memory:`), the in-memory
+double, and the fault-injection wrapper with no fault planned."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from schemas import InvalidFilter
 from streams.state.edge_store import EdgeVectorStore
 from streams.state.faults import FaultInjectingStore, FaultPlan
+from streams.state.memory_store import InMemoryVectorStore
 from streams.state.server_store import ServerVectorStore
 from streams.state.store import ChunkPoint, DocumentState, VectorStore, chunk_point_id
 
@@ -27,12 +30,15 @@ def point(doc_id: str, chunk: int, vector: np.ndarray, version: int = 1, source:
                       content_hash=f"h{version}", model_version="v1", vector=vector, source=source)
 
 
-@pytest.fixture(params=["qdrant-edge", "qdrant-client", "fault-injection-off"])
+@pytest.fixture(params=["qdrant-edge", "qdrant-client", "in-memory-double", "fault-injection-off"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[VectorStore]:
+    backend: VectorStore
     if request.param == "qdrant-edge":
-        backend: VectorStore = EdgeVectorStore(tmp_path / "qdrant", "chunks", DIM)
+        backend = EdgeVectorStore(tmp_path / "qdrant", "chunks", DIM)
     elif request.param == "qdrant-client":
         backend = ServerVectorStore.connect(":memory:", "chunks", DIM)
+    elif request.param == "in-memory-double":
+        backend = InMemoryVectorStore("chunks", DIM)
     else:  # the drill wrapper must be transparent while no fault is planned
         backend = FaultInjectingStore(EdgeVectorStore(tmp_path / "qdrant", "chunks", DIM),
                                       FaultPlan(tmp_path / "no-faults.json"))
@@ -76,7 +82,7 @@ def test_set_chunk_version_touches_only_that_doc(store: VectorStore) -> None:
 def test_search_filter_by_payload(store: VectorStore) -> None:
     store.upsert_chunks([point("a", 0, unit(1, 0), source="wiki"), point("b", 0, unit(1, 0.2), source="faq")])
     assert [h.doc_id for h in store.search(unit(1, 0), 10, {"source": "faq"})] == ["b"]
-    with pytest.raises(ValueError, match="cannot filter"):
+    with pytest.raises(InvalidFilter, match="cannot filter"):
         store.search(unit(1, 0), 10, {"text": "x"})
 
 

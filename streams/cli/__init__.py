@@ -1,0 +1,37 @@
+"""`gristmill` command line: run the stack, produce events, search, the model lifecycle, dead letters, benchmarks.
+
+Each topic's commands live in their own module; this one assembles them into one Typer app.
+"""
+
+from __future__ import annotations
+
+import os
+
+import typer
+
+from streams.cli import bench, deadletter, models, produce, query, stack
+
+app = typer.Typer(help="gristmill: a streaming pipeline that keeps a semantic-search index fresh.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+produce_app = typer.Typer(help="Produce events to gristmill's topics.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks, each against a baseline measured in the same run.", no_args_is_help=True)
+deadletter_app = typer.Typer(help="Inspect dead letters and replay fixed records.", no_args_is_help=True)
+app.add_typer(produce_app, name="produce")
+app.add_typer(bench_app, name="bench")
+app.add_typer(deadletter_app, name="deadletter")
+
+for command in (stack.up, stack.demo, stack.status, query.search, query.ask, models.retrain, models.rollback,
+                models.promote, models.models):
+    app.command()(command)
+app.command("eval")(query.evaluate)
+produce_app.command("documents")(produce.produce_documents)
+produce_app.command("feedback")(produce.produce_feedback)
+deadletter_app.command("inspect")(deadletter.deadletter_inspect)
+deadletter_app.command("replay")(deadletter.deadletter_replay)
+for name in ("ingest", "query", "monitor", "flywheel", "badinput", "soak"):
+    bench_app.command(name)(getattr(bench, f"bench_{name}"))
+
+
+def main() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    app()

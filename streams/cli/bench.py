@@ -1,0 +1,63 @@
+"""`gristmill bench ...`: each benchmark against its baseline, measured in the same run."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from streams.cli.context import console, load_settings
+
+
+def bench_ingest(
+    docs: Annotated[int, typer.Option(help="Documents in the pipeline runs.")] = 200,
+) -> None:
+    """ONNX encoder vs sentence-transformers, and the end-to-end pipeline, on the same texts."""
+    from streams.devtools.bench_ingest import run_ingest_bench
+
+    run_ingest_bench(load_settings(), docs, console)
+
+
+def bench_query(
+    chunks: Annotated[int, typer.Option(help="Chunks in the benchmark index.")] = 10_000,
+) -> None:
+    """Query latency (HTTP, Kafka round trip) and sustained QPS against a per-query baseline."""
+    from streams.devtools.bench_query import run_query_bench
+
+    run_query_bench(load_settings(), chunks, console)
+
+
+def bench_monitor(
+    sizes: Annotated[list[int] | None, typer.Option("--size", help="Window sizes (repeatable).")] = None,
+) -> None:
+    """Great Expectations cost and monitor lag per window."""
+    from streams.devtools.bench_monitor import run_monitor_bench
+
+    run_monitor_bench(load_settings(), sizes or [1_000, 10_000], console)
+
+
+def bench_flywheel(
+    pairs: Annotated[int, typer.Option(help="Positive feedback pairs in the retrain.")] = 2_000,
+    chunks: Annotated[int, typer.Option(help="Chunks in the index that is rolled out.")] = 10_000,
+) -> None:
+    """Wall time of one retrain and of one rollout, next to the serving model and to first-time indexing."""
+    from streams.devtools.bench_flywheel import run_flywheel_bench
+
+    run_flywheel_bench(load_settings(), pairs, chunks, console)
+
+
+def bench_badinput(
+    records: Annotated[int, typer.Option(help="Document records per run.")] = 100_000,
+    bad_share: Annotated[float, typer.Option(help="Share of bad records (30 kinds) in the second run.")] = 0.1,
+) -> None:
+    """Throughput with bad records mixed in vs a clean run of the same size; nothing lost either way."""
+    from streams.devtools.bench_reliability import run_badinput_bench
+
+    run_badinput_bench(load_settings(), records, bad_share, console)
+
+
+def bench_soak(minutes: Annotated[float, typer.Option(help="Soak duration.")] = 10.0) -> None:
+    """Half the maximum ingest rate plus HTTP searches: RSS growth, consumer lag, error logs."""
+    from streams.devtools.bench_reliability import run_soak_bench
+
+    run_soak_bench(load_settings(), minutes, console)

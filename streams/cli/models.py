@@ -1,0 +1,87 @@
+"""`gristmill retrain`, `rollback`, `promote` and `models`: the model lifecycle."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from schemas import ModelUpdate
+from streams.cli.context import console, load_settings, require_kafka
+from streams.settings import Settings
+
+
+def retrain(reason: Annotated[str, typer.Option(help="Recorded reason.")] = "manual") -> None:
+    """Ask the trainer for a new model version now (a `retrain` event, reason manual)."""
+    from datetime import UTC, datetime
+
+    from schemas import RetrainRequest
+    from streams.produce import produce_record
+
+    settings = require_kafka(load_settings())
+    try:
+        request = RetrainRequest(reason=reason, pairs=0, requested_at=datetime.now(UTC))  # type: ignore[arg-type]
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    produce_record(settings, "retrain", settings.model_name, request)
+    console.print(f"retrain requested ({reason}) for model {settings.model_name}")
+
+
+def _send_model_update(settings: Settings, update: ModelUpdate) -> None:
+    from streams.produce import produce_record
+
+    produce_record(settings, "model-updates", settings.model_name, update)
+
+
+def rollback() -> None:
+    """Serve the model (and its collection) that served before the current one, in one step."""
+    from streams.ml.serving import open_registry
+    from streams.ml.trainer import rollback_update
+    from streams.state.errors import NothingToRollBack
+
+    settings = require_kafka(load_settings())
+    try:
+        update = rollback_update(open_registry(settings))
+    except NothingToRollBack as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    _send_model_update(settings, update)
+    console.print(f"rollback requested: {update.previous_version} -> {update.version} "
+                  "(`gristmill status` shows the switch)")
+
+
+def promote(version: str) -> None:
+    """Roll out a registered version (e.g. a rejected candidate) regardless of its evaluation."""
+    from streams.ml.serving import open_registry
+    from streams.ml.trainer import promote_update
+    from streams.state.errors import UnknownModelVersion
+
+    settings = require_kafka(load_settings())
+    try:
+        update = promote_update(open_registry(settings), version,
+                                "promoted by an operator")
+    except UnknownModelVersion as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    _send_model_update(settings, update)
+    console.print(f"promotion of {version} requested")
+
+
+def models() -> None:
+    """Registered model versions with their evaluation and lineage."""
+    from streams.ml.serving import open_registry
+
+    settings = load_settings()
+    registry = open_registry(settings)
+    current = registry.current()
+    table = Table("version", "serving", "created", "base", "pairs", "nDCG@10 serving -> candidate", "MRR@10")
+    for model in registry.versions():
+        m = model.metrics
+        ndcg = (f"{m['current_nDCG@10']:.4f} -> {m['candidate_nDCG@10']:.4f}" if "candidate_nDCG@10" in m else "")
+        mrr = f"{m['current_MRR@10']:.4f} -> {m['candidate_MRR@10']:.4f}" if "candidate_MRR@10" in m else ""
+        table.add_row(model.version, "*" if current and current.version == model.version else "",
+                      model.created_at[:19], str(model.lineage.get("base_version", model.lineage.get("base", ""))),
+                      str(model.lineage.get("pairs", "")), ndcg, mrr)
+    console.print(table)

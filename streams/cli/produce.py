@@ -1,0 +1,53 @@
+"""`gristmill produce documents|feedback`: events from files and judgements to the topics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from streams.cli.context import console, load_settings, progress_bar, require_kafka
+
+
+def produce_feedback(
+    query_id: Annotated[str, typer.Argument(help="The query judged (as answered on `responses`).")],
+    doc_id: Annotated[str, typer.Argument(help="The document judged.")],
+    label: Annotated[int | None, typer.Option(help="1 relevant, 0 neutral, -1 not relevant.")] = None,
+    rating: Annotated[int | None, typer.Option(help="1..5 (4-5 positive, 1-2 negative).")] = None,
+) -> None:
+    """Judge one answer: a `feedback` record (exactly one of --label or --rating)."""
+    from pydantic import ValidationError
+
+    from schemas import FeedbackEvent
+    from streams.produce import produce_record
+
+    settings = require_kafka(load_settings())
+    try:
+        event = FeedbackEvent(query_id=query_id, doc_id=doc_id, label=label, rating=rating)
+    except ValidationError as exc:
+        console.print(f"[red]invalid feedback:[/red] {exc.errors(include_url=False)[0]['msg']}")
+        raise typer.Exit(2) from exc
+    produce_record(settings, "feedback", query_id, event)
+    console.print(f"feedback on {query_id} -> {doc_id} sent")
+
+
+def produce_documents(
+    path: Annotated[Path, typer.Argument(help="JSONL of document events, BEIR corpus.jsonl, or a folder.")],
+    version: Annotated[int | None, typer.Option(help="Version for records without one (default: now, ms).")] = None,
+) -> None:
+    """Produce documents to the `documents` topic, with a progress bar."""
+    from streams.produce import produce, read_documents
+    from streams.topics import TopicNames
+
+    settings = require_kafka(load_settings())
+    try:
+        count, records = read_documents(path, version)
+    except (OSError, ValueError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    topic = TopicNames(settings.namespace).documents
+    with progress_bar() as progress:
+        task = progress.add_task(f"{path.name} -> {topic}", total=count)
+        sent = produce(settings, topic, records, lambda n: progress.advance(task, n))
+    console.print(f"produced {sent} records to {topic} at {settings.kafka_bootstrap_servers}")

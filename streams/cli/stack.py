@@ -1,0 +1,149 @@
+"""`gristmill up`, `demo` and `status`: run the stack and see what it holds."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+import urllib.error
+import urllib.parse
+from typing import Annotated, Any
+
+import typer
+
+from streams.cli.context import console, get_json, load_settings, print_hits, progress_bar, running, with_stack
+from streams.settings import Settings
+
+
+def up(demo: Annotated[bool, typer.Option(help="Feed the bundled corpus and run a few searches.")] = False) -> None:
+    """Start the stack: embedded broker (unless KAFKA_BOOTSTRAP_SERVERS), topics, worker, HTTP API."""
+    from faust.worker import Worker as FaustWorker
+
+    from streams.app import Worker
+    from streams.broker import EmbeddedBroker, free_port
+    from streams.topics import create_topics
+    from streams.web.http import HttpService
+
+    settings = load_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if running(settings):
+        console.print(f"[red]gristmill is already running from {settings.data_dir}[/red] (see `gristmill status`)")
+        raise typer.Exit(1)
+    broker = None
+    if not settings.kafka_bootstrap_servers:
+        broker = EmbeddedBroker(settings.broker_port, log_path=settings.data_dir / "broker.log").start()
+        settings = settings.model_copy(update={"kafka_bootstrap_servers": broker.bootstrap_servers})
+    if settings.http_port == 0:
+        settings = settings.model_copy(update={"http_port": free_port(settings.http_host)})
+    worker = None
+    try:
+        created = create_topics(settings)
+        console.print(f"topics ready ({len(created)} created, namespace {settings.namespace!r})")
+        with console.status("loading model and index (first run exports the ONNX encoder)..."):
+            worker = Worker(settings)
+        agents = worker.load_agents()
+        worker.app.add_dependency(HttpService(worker))
+        encoder = worker.shared.serving.current.encoder
+        http_url = f"http://{settings.http_host}:{settings.http_port}"
+        settings.run_file.write_text(json.dumps({
+            "pid": os.getpid(), "kafka": settings.kafka_bootstrap_servers, "embedded_broker": broker is not None,
+            "http": http_url, "namespace": settings.namespace, "agents": agents,
+            "model_version": encoder.version, "started_at": time.time(),
+        }) + "\n", encoding="utf-8")
+        console.print(f"[bold green]gristmill up[/bold green]  broker [cyan]{settings.kafka_bootstrap_servers}"
+                      f"[/cyan]{' (embedded Tansu)' if broker else ''}  HTTP [cyan]{http_url}[/cyan]  "
+                      f"agents {', '.join(agents)}  model {encoder.version} on {encoder.provider}")
+        console.print("Ctrl-C stops everything.")
+        if demo:
+            threading.Thread(target=_demo, args=(settings, http_url), daemon=True, name="demo").start()
+        runner = FaustWorker(worker.app, loglevel=os.environ.get("GRISTMILL_LOG_LEVEL", "WARNING"), quiet=True,
+                             redirect_stdouts=False)
+        for name in ("streams", "agents"):
+            logging.getLogger(name).setLevel(logging.INFO)
+        with contextlib.suppress(SystemExit):  # the worker exits by raising SystemExit after a clean stop
+            runner.execute_from_commandline()
+    finally:
+        if worker is not None:
+            worker.close()
+        if broker is not None:
+            broker.stop()
+        settings.run_file.unlink(missing_ok=True)
+        console.print("gristmill stopped")
+
+
+def _wait_indexed(url: str, documents: int, timeout_s: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    health: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        try:
+            health = get_json(f"{url}/health")
+            if health["index"]["documents"] >= documents:
+                return health
+        except (urllib.error.URLError, ConnectionError, OSError):
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"index holds {health.get('index')} after {timeout_s}s, expected {documents} documents")
+
+
+def _demo(settings: Settings, url: str) -> None:
+    from streams.devtools.demo import CORPUS, QUERIES
+    from streams.produce import produce, read_documents
+    from streams.topics import TopicNames
+
+    try:
+        _wait_indexed(url, 0, 120)
+        count, records = read_documents(CORPUS)
+        with progress_bar() as progress:
+            task = progress.add_task("demo corpus -> documents", total=count)
+            produce(settings, TopicNames(settings.namespace).documents, records,
+                    lambda n: progress.advance(task, n))
+        with console.status(f"indexing {count} documents..."):
+            health = _wait_indexed(url, count, 600)
+        console.print(f"indexed {health['index']['documents']} documents as {health['index']['chunks']} chunks")
+        for query in QUERIES[:4]:
+            print_hits(get_json(f"{url}/search?" + urllib.parse.urlencode({"q": query, "k": 3})))
+        console.print(f"Try: gristmill search 'your question'   or   curl '{url}/search?q=open+a+file&k=3'")
+    except Exception as exc:  # the demo must never take the worker down
+        console.print(f"[red]demo failed:[/red] {exc}")
+
+
+def demo() -> None:
+    """Feed the bundled corpus to the running stack and show a few searches."""
+    settings, url = with_stack(load_settings())
+    if not settings.kafka_bootstrap_servers:
+        console.print("[red]no running stack:[/red] start it with `gristmill up` or set KAFKA_BOOTSTRAP_SERVERS")
+        raise typer.Exit(1)
+    _demo(settings, url)
+
+
+def status() -> None:
+    """Where the running stack is (broker, HTTP) and what it holds."""
+    settings = load_settings()
+    info = running(settings)
+    if info is None:
+        console.print(f"gristmill is not running from {settings.data_dir.resolve()}")
+        raise typer.Exit(1)
+    console.print(f"broker  {info['kafka']}{' (embedded Tansu)' if info.get('embedded_broker') else ''}")
+    console.print(f"HTTP    {info['http']}")
+    console.print(f"agents  {', '.join(info.get('agents', []))}   pid {info['pid']}")
+    try:
+        health = get_json(f"{info['http']}/health", timeout=5)
+        console.print(f"model   {health['model_version']} on {health['encoder_provider']}")
+        console.print(f"index   {health['index']['documents']} documents, {health['index']['chunks']} chunks "
+                      f"(index version {health.get('index_version')})")
+        if health.get("rollout"):
+            r = health["rollout"]
+            console.print(f"rollout {r['previous']} -> {r['version']}: {r['state']}, {r['copied']}/{r['documents']} "
+                          f"documents ({r['progress']:.0%}), {r['embedded']} re-embedded"
+                          + (f", error: {r['error']}" if r.get("error") else ""))
+        if health.get("trainer"):
+            t = health["trainer"]
+            last = t.get("last") or {}
+            console.print(f"trainer {t['state']}" + (f" (attempt {t['attempt']}, pid {t['pid']})" if t["pid"] else "")
+                          + (f"; last: {last.get('version')} {last.get('status')} {last.get('reason') or ''}"
+                             if last else ""))
+    except (urllib.error.URLError, OSError) as exc:
+        console.print(f"[yellow]HTTP API not answering yet:[/yellow] {exc}")

@@ -1,0 +1,35 @@
+"""What an agent registers through: a faust worker (`streams.app.Worker`) or the in-process harness
+(`streams.devtools.harness.Harness`). Agents see only this, so the same `register()` runs in both."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol, TypeVar
+
+from schemas import Record
+from streams.processing import BatchRunner, Contract, Handler, Outbox
+from streams.settings import Settings
+from streams.shared import Shared
+from streams.validation import RawMessage
+
+R = TypeVar("R", bound=Record)
+
+
+class AgentHost(Protocol):
+    settings: Settings
+    shared: Shared
+    outbox: Outbox
+
+    def batch_agent(self, contract: Contract[R], name: str, size: int, within: float, handler: Handler[R]
+                    ) -> BatchRunner[R]:
+        """Run `handler` on micro-batches of `contract.topic` (`size` records or `within` seconds)."""
+        ...
+
+    def observer(self, topic: str, name: str, size: int, within: float,
+                 observe: Callable[[Sequence[RawMessage]], None]) -> None:
+        """Show every batch of `topic` to `observe` without holding its offsets back."""
+        ...
+
+    def timer(self, interval_s: float, tick: Callable[[], Awaitable[None]]) -> None:
+        """Call `tick` every `interval_s`."""
+        ...

@@ -1,0 +1,114 @@
+"""Applies document events to the index idempotently: the index as a materialized view of `documents`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from schemas import DocumentEvent
+from streams.ml.chunking import Chunker
+from streams.state.encoder import Encoder
+from streams.state.store import ChunkPoint, DocumentState, VectorStore
+
+
+def content_hash(event: DocumentEvent) -> str:
+    """Hash of everything that reaches chunk payloads or vectors."""
+    canonical = json.dumps([event.title, event.text, event.source], ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class IndexOutcome:
+    """What one batch did, by document; timings in seconds."""
+
+    embedded: int = 0
+    chunks: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+    stale: int = 0
+    encode_s: float = 0.0
+    write_s: float = 0.0
+
+
+class DocumentIndexer:
+    """Turns a batch of valid document events into index writes.
+
+    Rules: the highest version per doc wins (the first event of that version) and anything not newer than the
+    ledger is ignored (duplicates,
+    out-of-order, re-delivery); `delete` removes every chunk and leaves a tombstone; an unchanged content
+    hash under the same model only stamps the new version; a shorter new version drops its surplus chunks.
+    Writes go chunks first, ledger last, so a crash in between is repaired by re-delivery.
+    """
+
+    def __init__(self, store: VectorStore, encoder: Encoder, chunker: Chunker) -> None:
+        self.store = store
+        self.encoder = encoder
+        self.chunker = chunker
+
+    def apply(self, events: Sequence[DocumentEvent]) -> IndexOutcome:
+        outcome = IndexOutcome()
+        latest: dict[str, DocumentEvent] = {}
+        for event in events:
+            held = latest.get(event.doc_id)
+            if held is None or event.version > held.version:  # equal version: the first one wins, as across
+                latest[event.doc_id] = event                  # batches (a version is applied once)
+        outcome.stale += len(events) - len(latest)
+        ledger = self.store.get_documents(list(latest))
+
+        to_embed: list[tuple[DocumentEvent, str]] = []
+        states: list[DocumentState] = []
+        started = time.perf_counter()
+        for doc_id, event in latest.items():
+            previous = ledger.get(doc_id)
+            if previous is not None and event.version <= previous.version:
+                outcome.stale += 1
+            elif event.op == "delete":
+                self.store.delete_chunks(doc_id)
+                states.append(DocumentState(doc_id, event.version, deleted=True))
+                outcome.deleted += 1
+            else:
+                digest = content_hash(event)
+                if (previous is not None and not previous.deleted and previous.content_hash == digest
+                        and previous.model_version == self.encoder.version):
+                    self.store.set_chunk_version(doc_id, event.version)
+                    states.append(self._state(event, digest, previous.chunks))
+                    outcome.unchanged += 1
+                else:
+                    to_embed.append((event, digest))
+        write_s = time.perf_counter() - started
+
+        if to_embed:
+            split = self.chunker.split_many([event.content for event, _ in to_embed])
+            texts = [chunk.text for chunks in split for chunk in chunks]
+            started = time.perf_counter()
+            vectors = self.encoder.encode(texts)
+            outcome.encode_s = time.perf_counter() - started
+            started = time.perf_counter()
+            points, row = [], 0
+            for (event, digest), chunks in zip(to_embed, split, strict=True):
+                for chunk in chunks:
+                    points.append(ChunkPoint(event.doc_id, chunk.number, chunk.text, event.version, digest,
+                                             self.encoder.version, vectors[row], event.source, event.title))
+                    row += 1
+                states.append(self._state(event, digest, len(chunks)))
+            self.store.upsert_chunks(points)
+            for (event, _), chunks in zip(to_embed, split, strict=True):
+                self.store.delete_chunks(event.doc_id, from_chunk=len(chunks))
+            write_s += time.perf_counter() - started
+            outcome.embedded += len(to_embed)
+            outcome.chunks += len(points)
+
+        started = time.perf_counter()
+        self.store.put_documents(states)
+        outcome.write_s = write_s + time.perf_counter() - started
+        return outcome
+
+    def _state(self, event: DocumentEvent, digest: str, chunks: int) -> DocumentState:
+        return DocumentState(
+            event.doc_id, event.version, deleted=False, content_hash=digest, chunks=chunks, text=event.text,
+            title=event.title, source=event.source, metadata=dict(event.metadata),
+            model_version=self.encoder.version,
+        )

@@ -1,0 +1,92 @@
+"""Blue/green rollout: re-embed the ledger into the collection of another model version while the current pair
+keeps serving, then switch the serving (model, index) pair in one step.
+
+Every step runs on the pipeline's store-writer thread, between ingest batches. Documents ingest writes while
+the copy runs are remembered and re-applied in the final step, which also makes the switch, so no write is
+lost and no search ever sees a model with an index built by another. Copying is idempotent (the indexer skips
+versions a collection already holds), so an interrupted rollout resumes, and a rollback to a retired
+collection only re-embeds what changed since it served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+
+from schemas import DocumentEvent
+from streams import metrics
+from streams.ml.serving import RolloutProgress, Serving, ServingSlot, Write
+from streams.state.store import DocumentState
+
+log = logging.getLogger(__name__)
+
+
+def replay_event(state: DocumentState) -> DocumentEvent:
+    """The document event that produces `state` in an empty collection."""
+    if state.deleted:
+        return DocumentEvent.model_construct(doc_id=state.doc_id, version=state.version, op="delete", text=None,
+                                             title=None, source=None, metadata={}, updated_at=None)
+    return DocumentEvent.model_construct(doc_id=state.doc_id, version=state.version, op="upsert", text=state.text,
+                                         title=state.title, source=state.source, metadata=dict(state.metadata),
+                                         updated_at=None)
+
+
+def copy_documents(states: Sequence[DocumentState], target: Serving) -> int:
+    """Bring `target` up to `states`; returns how many documents were (re-)embedded."""
+    return target.indexer().apply([replay_event(s) for s in states]).embedded
+
+
+async def roll_out(slot: ServingSlot, version: str, write: Write, step_documents: int = 64) -> RolloutProgress:
+    """Make `version` serve, re-embedding the index into its collection first. Safe to call again after a crash."""
+    async with slot.rolling:
+        return await _roll_out(slot, version, write, step_documents)
+
+
+async def _roll_out(slot: ServingSlot, version: str, write: Write, step_documents: int) -> RolloutProgress:
+    loop = asyncio.get_running_loop()
+    source = slot.current
+    progress = RolloutProgress(version, source.model.version)
+    if version == source.model.version:
+        progress.state, progress.finished_at = "switched", time.time()
+        return progress
+    slot.rollout = progress
+    metrics.ROLLOUT_PROGRESS.set(0)
+    model = slot.registry.get(version)
+    target = await loop.run_in_executor(None, slot.open, model)
+    try:
+        def snapshot() -> list[DocumentState]:
+            slot.written_during_rollout = set()  # from here on, ingest remembers what it writes
+            return source.store.all_documents()
+
+        states = await write(snapshot, "rollout snapshot")
+        progress.documents = len(states)
+        for start in range(0, len(states), step_documents):
+            batch = states[start:start + step_documents]
+            progress.embedded += await write(lambda batch=batch: copy_documents(batch, target),
+                                             f"rollout copy to {version}")
+            progress.copied += len(batch)
+            metrics.ROLLOUT_PROGRESS.set(progress.copied / max(1, progress.documents))
+
+        def switch() -> None:
+            written = sorted(slot.written_during_rollout or ())
+            slot.written_during_rollout = None
+            progress.embedded += copy_documents(list(source.store.get_documents(written).values()), target)
+            slot.switch(target)  # the one assignment that switches model and index together
+            slot.registry.promote(version)
+
+        await write(switch, f"rollout switch to {version}")
+    except BaseException as exc:
+        slot.written_during_rollout = None
+        progress.state, progress.error = "failed", str(exc) or type(exc).__name__
+        await loop.run_in_executor(None, target.close)
+        raise
+    progress.state, progress.finished_at = "switched", time.time()
+    metrics.ROLLOUT_PROGRESS.set(1)
+    metrics.ROLLOUT_SECONDS.observe(progress.finished_at - progress.started_at)
+    slot.publish_model_info()
+    log.info("serving %s (was %s): %d documents copied, %d re-embedded in %.1fs", version, source.model.version,
+             progress.copied, progress.embedded, progress.finished_at - progress.started_at)
+    slot.retire_later(source)  # in-flight searches on the old pair finish first
+    return progress

@@ -1,0 +1,88 @@
+"""Semantic search over the serving index: embed queries in one batch, nearest chunks, a version-keyed cache."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from cachetools import TTLCache
+
+from schemas import ScalarValue, validate_filter
+from streams import metrics
+from streams.state.encoder import Encoder
+from streams.state.store import SearchHit, VectorStore
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    text: str
+    limit: int = 10
+    filter: Mapping[str, ScalarValue] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    hits: list[SearchHit]
+    model_version: str
+    index_version: str
+    latency_ms: float
+    cached: bool = False
+
+
+def normalize_query(text: str) -> str:
+    """Texts the (uncased) encoder sees identically share a cache entry."""
+    return " ".join(text.casefold().split())
+
+
+class Searcher:
+    """Answers searches from one (encoder, index) pair; `index_version` names the model that built the index.
+
+    Repeated queries within the same versions come from a TTL cache (the TTL bounds how long a cached answer
+    can miss documents indexed after it).
+    """
+
+    def __init__(self, encoder: Encoder, store: VectorStore, index_version: str | None = None,
+                 cache_size: int = 10_000, cache_ttl_s: float = 30.0) -> None:
+        self.encoder = encoder
+        self.store = store
+        self.index_version = index_version or encoder.version
+        self._cache: TTLCache[tuple[object, ...], SearchResult] | None = (
+            TTLCache(cache_size, cache_ttl_s) if cache_size > 0 else None)
+        self._lock = threading.Lock()
+
+    def _key(self, request: SearchRequest) -> tuple[object, ...]:
+        return (normalize_query(request.text), request.limit, tuple(sorted(request.filter.items())),
+                self.encoder.version, self.index_version)
+
+    def search(self, text: str, limit: int = 10, filter_: Mapping[str, ScalarValue] | None = None) -> SearchResult:
+        return self.search_many([SearchRequest(text, limit, dict(filter_ or {}))])[0]
+
+    def search_many(self, requests: Sequence[SearchRequest]) -> list[SearchResult]:
+        """Answer a batch: cache hits at once, the misses embedded together in one encoder call."""
+        started = time.perf_counter()
+        for request in requests:
+            validate_filter(request.filter)
+        results: list[SearchResult | None] = [None] * len(requests)
+        misses: list[int] = []
+        with self._lock:
+            for i, request in enumerate(requests):
+                cached = self._cache.get(self._key(request)) if self._cache is not None else None
+                if cached is None:
+                    misses.append(i)
+                else:
+                    results[i] = replace(cached, cached=True, latency_ms=(time.perf_counter() - started) * 1000)
+        metrics.QUERY_CACHE.labels("hit").inc(len(requests) - len(misses))
+        metrics.QUERY_CACHE.labels("miss").inc(len(misses))
+        if misses:
+            vectors = self.encoder.encode([requests[i].text for i in misses])
+            for i, vector in zip(misses, vectors, strict=True):
+                hits = self.store.search(vector, requests[i].limit, requests[i].filter)
+                results[i] = SearchResult(hits, self.encoder.version, self.index_version,
+                                          (time.perf_counter() - started) * 1000)
+            if self._cache is not None:
+                with self._lock:
+                    for i in misses:
+                        self._cache[self._key(requests[i])] = results[i]  # type: ignore[assignment]
+        return results  # type: ignore[return-value]

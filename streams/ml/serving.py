@@ -1,0 +1,177 @@
+"""The serving pair (one model and the index it built, swapped as a whole) and the slot that holds it.
+
+A search or an ingest batch takes the pair once and uses one model and one index from start to end; a rollout
+builds the next pair beside it and switches the slot in one assignment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+from schemas import DocumentEvent
+from streams import metrics
+from streams.ml.chunking import Chunker
+from streams.ml.indexer import DocumentIndexer, IndexOutcome
+from streams.ml.search import Searcher
+from streams.settings import Settings
+from streams.state.encoder import Encoder, OnnxEncoder
+from streams.state.registry import BASE_VERSION, LocalModelRegistry, ModelRegistry, ModelVersion
+from streams.state.store import VectorStore
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Write(Protocol):
+    """Runs a store operation on the one store-writer thread, retrying while the store fails."""
+
+    def __call__(self, operation: Callable[[], T], what: str) -> Awaitable[T]: ...
+
+
+def open_registry(settings: Settings) -> LocalModelRegistry:
+    """The configured model registry (`GRISTMILL_REGISTRY_DIR`, default DATA_DIR/models)."""
+    return LocalModelRegistry(settings.models_dir, settings.model_name)
+
+
+def collection_name(settings: Settings, model_version: str) -> str:
+    """The collection a model version's index lives in: the base model's keeps the plain name."""
+    base = f"{settings.namespace}-{settings.collection}" if settings.namespace else settings.collection
+    return base if model_version == BASE_VERSION else f"{base}-{model_version}"
+
+
+def open_store(settings: Settings, dim: int, model_version: str = BASE_VERSION) -> VectorStore:
+    """qdrant-client against `QDRANT_URL` when set, else an embedded qdrant-edge shard under DATA_DIR;
+    wrapped for fault injection when `GRISTMILL_FAULTS_FILE` is set."""
+    collection = collection_name(settings, model_version)
+    store: VectorStore
+    if settings.qdrant_url:
+        from streams.state.server_store import ServerVectorStore
+
+        api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
+        store = ServerVectorStore.connect(settings.qdrant_url, collection, dim, api_key)
+    else:
+        from streams.state.edge_store import EdgeVectorStore
+
+        store = EdgeVectorStore(settings.shard_dir, collection, dim)
+    if settings.faults_file is not None:
+        from streams.state.faults import FaultInjectingStore, FaultPlan
+
+        log.warning("fault injection enabled from %s", settings.faults_file)
+        store = FaultInjectingStore(store, FaultPlan(settings.faults_file))
+    return store
+
+
+@dataclass(frozen=True)
+class Serving:
+    """One consistent (model, index) pair: an encoder and the collection built with it."""
+
+    model: ModelVersion
+    encoder: Encoder
+    chunker: Chunker
+    store: VectorStore
+    searcher: Searcher
+
+    def indexer(self) -> DocumentIndexer:
+        return DocumentIndexer(self.store, self.encoder, self.chunker)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+#: Opens the pair of a model version (its encoder and its collection).
+PairOpener = Callable[[ModelVersion], Serving]
+
+
+def serving_pair(settings: Settings, model: ModelVersion, encoder: Encoder, store: VectorStore) -> Serving:
+    """The pair of `encoder` and `store`, chunked and cached as `settings` say."""
+    chunker = Chunker(encoder.tokenizer, settings.chunk_tokens, settings.chunk_overlap, encoder.max_tokens)
+    searcher = Searcher(encoder, store, cache_size=settings.query_cache_size, cache_ttl_s=settings.query_cache_ttl_s)
+    return Serving(model, encoder, chunker, store, searcher)
+
+
+def onnx_pairs(settings: Settings) -> PairOpener:
+    """Pairs of an ONNX Runtime encoder and the version's collection in the configured store."""
+    def open_pair(model: ModelVersion) -> Serving:
+        encoder = OnnxEncoder(model, threads=settings.onnx_threads, batch_size=settings.encode_batch_size,
+                              int8=settings.int8)
+        return serving_pair(settings, model, encoder, open_store(settings, model.dim, model.version))
+    return open_pair
+
+
+@dataclass
+class RolloutProgress:
+    """What `gristmill status`, `/health` and the dashboard show about the latest rollout."""
+
+    version: str
+    previous: str
+    state: str = "copying"  # copying, switched, failed
+    documents: int = 0
+    copied: int = 0
+    embedded: int = 0
+    started_at: float = field(default_factory=time.time)
+    finished_at: float | None = None
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return {**self.__dict__, "progress": round(self.copied / self.documents, 4) if self.documents else 1.0}
+
+
+class ServingSlot:
+    """Which pair serves now, the pairs retired but still open for searches in flight, and the rollout state."""
+
+    def __init__(self, registry: ModelRegistry, model: ModelVersion, opener: PairOpener,
+                 retire_after_s: float = 30.0, closer: Callable[[Serving], None] | None = None) -> None:
+        self.registry = registry
+        self._opener = opener
+        self._retire_after_s = retire_after_s
+        self._closer = closer or (lambda pair: pair.close())
+        self._retiring: dict[str, Serving] = {}
+        self.current = self.open(model)
+        #: doc_ids written while a rollout copies the index (re-applied to the new collection before the switch)
+        self.written_during_rollout: set[str] | None = None
+        self.rolling = asyncio.Lock()  # one rollout at a time
+        self.rollout: RolloutProgress | None = None  # the latest one
+        self.publish_model_info()
+
+    def open(self, model: ModelVersion) -> Serving:
+        """The pair of `model`: still open if it served within the grace period, else loaded anew."""
+        return self._retiring.pop(model.version, None) or self._opener(model)
+
+    def switch(self, to: Serving) -> Serving:
+        """Serve `to` from now on (one assignment); returns the pair that served before."""
+        before, self.current = self.current, to
+        return before
+
+    def retire_later(self, pair: Serving) -> None:
+        """Close a pair that no longer serves after the grace period (unless it serves again by then)."""
+        self._retiring[pair.model.version] = pair
+
+        def retire() -> None:
+            if self._retiring.get(pair.model.version) is pair:
+                del self._retiring[pair.model.version]
+                self._closer(pair)
+
+        asyncio.get_running_loop().call_later(self._retire_after_s, retire)
+
+    def apply_documents(self, events: Sequence[DocumentEvent]) -> IndexOutcome:
+        """Apply document events to the serving index (call it on the store-writer thread)."""
+        outcome = self.current.indexer().apply(events)
+        if self.written_during_rollout is not None:
+            self.written_during_rollout.update(event.doc_id for event in events)
+        return outcome
+
+    def publish_model_info(self) -> None:
+        encoder = self.current.encoder
+        metrics.MODEL.info({"name": self.registry.name, "version": encoder.version, "provider": encoder.provider,
+                            "int8": str(getattr(encoder, "int8", False)).lower()})
+
+    def close(self) -> None:
+        self.current.close()
+        for pair in self._retiring.values():
+            pair.close()
+        self._retiring.clear()

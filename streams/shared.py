@@ -1,0 +1,70 @@
+"""The state one worker shares between its agents, its HTTP API and its dashboard, made once before any agent
+registers: agents read it and act on it; none of them adds to it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from streams.ml.serving import PairOpener, ServingSlot, onnx_pairs, open_registry, open_store
+from streams.ml.trainer import Trainer
+from streams.processing import DeadLetterSink, Outbox
+from streams.settings import Settings
+from streams.state.query_log import QueryLog
+from streams.state.registry import ModelRegistry, ensure_base_model
+from streams.state.store import DocumentState
+from streams.state.training_pairs import TrainingPairs
+from streams.store_threads import StoreThreads
+
+
+@dataclass
+class Shared:
+    settings: Settings
+    registry: ModelRegistry
+    serving: ServingSlot  # the (model, index) pair that answers, swapped by rollouts
+    threads: StoreThreads  # the store-writer thread and the search threads
+    query_log: QueryLog  # every answered query (feedback joins it)
+    pairs: TrainingPairs  # feedback waiting for its query, training pairs, retrain history
+    trainer: Trainer  # its status is shown whether or not this worker trains
+    dead_letters: DeadLetterSink
+
+    @classmethod
+    def open(cls, settings: Settings, outbox: Outbox, *, stopping: Callable[[], bool] = lambda: False,
+             registry: ModelRegistry | None = None, opener: PairOpener | None = None,
+             child_setup: Callable[[], None] | None = None) -> Shared:
+        """Open everything a worker needs: the serving version's pair (exporting the base model the first time),
+        the query log and feedback databases. `registry` and `opener` default to the configured registry and
+        ONNX + Qdrant pairs (tests pass doubles)."""
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        threads = StoreThreads(settings.store_retry_max_s, stopping)
+        if registry is None:
+            local = open_registry(settings)
+            model, registry = ensure_base_model(local), local
+        else:
+            model = registry.current()  # type: ignore[assignment]
+            assert model is not None, "a registry passed in must have a serving version"
+        slot = ServingSlot(registry, model, opener or onnx_pairs(settings), settings.rollout_retire_after_s,
+                           closer=lambda pair: threads.submit_write(pair.close))
+        pairs = TrainingPairs(settings.pairs_path)
+
+        def serving_ledger() -> list[DocumentState]:
+            """The ledger of the serving version's index (a trainer-only process does not roll out itself)."""
+            current, pair = registry.current(), slot.current
+            if current is None or current.version == pair.model.version:
+                return pair.store.all_documents()
+            store = open_store(settings, current.dim, current.version)
+            try:
+                return store.all_documents()
+            finally:
+                store.close()
+
+        trainer = Trainer(settings, registry, pairs, serving_ledger, child_setup)
+        return cls(settings, registry, slot, threads, QueryLog(settings.query_log_path), pairs, trainer,
+                   DeadLetterSink(outbox))
+
+    def close(self) -> None:
+        self.threads.close()
+        self.serving.close()
+        self.query_log.close()
+        self.pairs.close()

@@ -1,0 +1,140 @@
+"""What the two Qdrant `VectorStore` backends share: payload mapping, paging, ledger reads and writes.
+
+A store keeps two collections: `<collection>` (one point per chunk) and `<collection>.documents` (the ledger, one
+point per document with a 1-d dummy vector). The backends (qdrant-edge in-process, qdrant-client against a server
+or its `:memory:` mode) only supply the primitive calls of their client, on neutral filter conditions.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from schemas import ScalarValue, validate_filter
+from streams.state.store import ChunkPoint, DocumentState, SearchHit, document_point_id
+
+SCROLL_PAGE = 1_000
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """Payload field `key` equals `value`."""
+
+    key: str
+    value: ScalarValue
+
+
+@dataclass(frozen=True, slots=True)
+class AtLeast:
+    """Payload field `key` is at least `value`."""
+
+    key: str
+    value: float
+
+
+Condition = Match | AtLeast
+#: One point as read back: its payload and, when asked for, its vector.
+StoredPoint = tuple[Mapping[str, Any], Sequence[float] | None]
+
+
+class QdrantStore(ABC):
+    """The `VectorStore` algorithms over a Qdrant client's primitives (see the subclasses)."""
+
+    def __init__(self, collection: str, dim: int) -> None:
+        self.collection = collection
+        self.ledger = f"{collection}.documents"
+        self._dim = dim
+
+    # -- primitives of a client --------------------------------------------------------------------------------
+    @abstractmethod
+    def _upsert(self, collection: str, points: Sequence[tuple[str, list[float], dict[str, Any]]]) -> None: ...
+
+    @abstractmethod
+    def _delete(self, collection: str, conditions: Sequence[Condition]) -> None: ...
+
+    @abstractmethod
+    def _set_payload(self, collection: str, conditions: Sequence[Condition], payload: dict[str, Any]) -> None: ...
+
+    @abstractmethod
+    def _nearest(self, vector: list[float], limit: int, conditions: Sequence[Condition]
+                 ) -> list[tuple[float, Mapping[str, Any]]]: ...
+
+    @abstractmethod
+    def _scroll_page(self, collection: str, conditions: Sequence[Condition], offset: Any, with_vectors: bool
+                     ) -> tuple[list[StoredPoint], Any]: ...
+
+    @abstractmethod
+    def _retrieve(self, collection: str, ids: Sequence[str]) -> list[Mapping[str, Any]]: ...
+
+    @abstractmethod
+    def _count(self, collection: str, conditions: Sequence[Condition]) -> int: ...
+
+    # -- the VectorStore protocol ------------------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def upsert_chunks(self, points: Sequence[ChunkPoint]) -> None:
+        if points:
+            self._upsert(self.collection, [(p.point_id, np.asarray(p.vector, dtype=np.float32).tolist(), p.payload())
+                                           for p in points])
+
+    def delete_chunks(self, doc_id: str, from_chunk: int = 0) -> None:
+        conditions: list[Condition] = [Match("doc_id", doc_id)]
+        if from_chunk:
+            conditions.append(AtLeast("chunk", float(from_chunk)))
+        self._delete(self.collection, conditions)
+
+    def set_chunk_version(self, doc_id: str, version: int) -> None:
+        self._set_payload(self.collection, [Match("doc_id", doc_id)], {"version": version})
+
+    def search(self, vector: np.ndarray, limit: int,
+               filter_: Mapping[str, ScalarValue] | None = None) -> list[SearchHit]:
+        conditions = [Match(key, value) for key, value in validate_filter(filter_).items()]
+        found = self._nearest(np.asarray(vector, dtype=np.float32).tolist(), limit, conditions)
+        return [SearchHit(p["doc_id"], int(p["chunk"]), float(score), p["text"], p.get("source"))
+                for score, p in found if p]
+
+    def chunks(self, doc_id: str, with_vectors: bool = False) -> list[ChunkPoint]:
+        points = self._scroll(self.collection, [Match("doc_id", doc_id)], with_vectors)
+        return sorted((ChunkPoint.from_payload(payload, vector) for payload, vector in points), key=lambda c: c.chunk)
+
+    def all_chunks(self, with_vectors: bool = False) -> list[ChunkPoint]:
+        return [ChunkPoint.from_payload(payload, vector) for payload, vector in
+                self._scroll(self.collection, [], with_vectors)]
+
+    def count_chunks(self) -> int:
+        return self._count(self.collection, [])
+
+    def get_documents(self, doc_ids: Sequence[str]) -> dict[str, DocumentState]:
+        if not doc_ids:
+            return {}
+        states = (DocumentState.from_payload(p) for p in self._retrieve(self.ledger, [document_point_id(d)
+                                                                                      for d in doc_ids]) if p)
+        return {state.doc_id: state for state in states}
+
+    def put_documents(self, states: Sequence[DocumentState]) -> None:
+        if states:
+            stamp = time.time()
+            self._upsert(self.ledger, [(document_point_id(s.doc_id), [1.0], {**s.payload(), "indexed_at": stamp})
+                                       for s in states])
+
+    def count_documents(self, include_deleted: bool = False) -> int:
+        return self._count(self.ledger, [] if include_deleted else [Match("state", "live")])
+
+    def all_documents(self) -> list[DocumentState]:
+        return [DocumentState.from_payload(payload) for payload, _ in self._scroll(self.ledger, [], False) if payload]
+
+    def _scroll(self, collection: str, conditions: Sequence[Condition], with_vectors: bool) -> list[StoredPoint]:
+        found: list[StoredPoint] = []
+        offset = None
+        while True:
+            page, offset = self._scroll_page(collection, conditions, offset, with_vectors)
+            found.extend(page)
+            if offset is None:
+                return found

@@ -1,0 +1,89 @@
+"""The threads the vector store is used from: one writer (qdrant-edge allows one writer per shard) and a few
+readers, each call retried with backoff while the store fails."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
+
+from schemas.errors import GristmillError
+from streams import metrics
+from streams.state.errors import StoreError
+from streams.state.store import VectorStore
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class WriteAborted(GristmillError):
+    """The worker is stopping while a store operation keeps failing: its batch stays uncommitted."""
+
+
+class StoreThreads:
+    """Runs store operations off the event loop. While the store fails, an operation is retried with capped
+    exponential backoff and its caller does not move on, so offsets are not committed and consumption pauses
+    (backpressure): nothing is dropped. `stopping()` ends the retries with `WriteAborted`."""
+
+    def __init__(self, retry_max_s: float, stopping: Callable[[], bool] = lambda: False) -> None:
+        self.retry_max_s = retry_max_s
+        self._stopping = stopping
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="store-writer")
+        self._readers = ThreadPoolExecutor(2, thread_name_prefix="search")
+
+    async def write(self, operation: Callable[[], T], what: str) -> T:
+        """Run a store write on the writer thread until it succeeds."""
+        return await self._until_done(operation, what, self._writer)
+
+    async def read(self, operation: Callable[[], T], what: str) -> T:
+        """Run a read (a search, a ledger lookup) on a reader thread until it succeeds."""
+        return await self._until_done(operation, what, self._readers)
+
+    async def peek(self, operation: Callable[[], T]) -> T:
+        """Run a read once on a reader thread, without retries (HTTP lookups: the caller sees the error)."""
+        return await asyncio.get_running_loop().run_in_executor(self._readers, operation)
+
+    def submit_write(self, operation: Callable[[], T]) -> Future[T]:
+        """Queue work on the writer thread without waiting for it (closing a retired pair)."""
+        return self._writer.submit(operation)
+
+    async def _until_done(self, operation: Callable[[], T], what: str, executor: ThreadPoolExecutor) -> T:
+        loop = asyncio.get_running_loop()
+        delay = 0.1
+        while True:
+            try:
+                result = await loop.run_in_executor(executor, operation)
+                metrics.STORE_UP.set(1)
+                return result
+            except StoreError as exc:
+                metrics.STORE_FAILURES.inc()
+                metrics.STORE_UP.set(0)
+                if self._stopping():
+                    raise WriteAborted(f"{what} not done before shutdown: {exc}") from exc
+                log.warning("%s failed, retrying in %.1fs: %s", what, delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.retry_max_s)
+
+    async def compact(self, store: VectorStore, interval_s: float) -> bool:
+        """Vacuum and flush `store` on the writer thread (`VectorStore.compact`); a failure waits for the next turn
+        (in `interval_s`), unlike writes, which retry at once."""
+        def compact() -> tuple[bool, float]:  # timed on the writer thread: not the wait behind ingest batches
+            started = time.perf_counter()
+            return store.compact(), time.perf_counter() - started
+
+        try:
+            rewrote, took = await asyncio.get_running_loop().run_in_executor(self._writer, compact)
+        except StoreError as exc:
+            log.warning("store compaction failed, next try in %.0fs: %s", interval_s, exc)
+            return False
+        if rewrote:
+            metrics.STORE_COMPACT_SECONDS.observe(took)
+            log.info("store compacted in %.2fs", took)
+        return rewrote
+
+    def close(self) -> None:
+        self._writer.shutdown(wait=True)
+        self._readers.shutdown(wait=True)

@@ -1,0 +1,242 @@
+"""HTTP API of a worker (aiohttp, 127.0.0.1 by default): search, health, documents, Prometheus metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+from aiohttp import web
+from mode import Service
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from schemas import FILTER_FIELDS, InvalidFilter, ModelUpdate, validate_filter
+from streams import metrics
+from streams.app import Worker
+from streams.batching import MicroBatcher
+from streams.ml.search import SearchRequest, SearchResult
+from streams.ml.trainer import promote_update, rollback_update
+from streams.processing import publish
+from streams.state.errors import NothingToRollBack, UnknownModelVersion
+from streams.state.query_log import LoggedQuery
+from streams.web.dashboard import PAGE, dashboard_state
+from streams.web.openapi import OPENAPI
+
+log = logging.getLogger(__name__)
+MAX_K = 1000
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def build_http_app(worker: Worker) -> web.Application:
+    routes = web.RouteTableDef()
+    shared = worker.shared
+
+    async def search_many(requests: Sequence[SearchRequest]) -> list[SearchResult]:
+        searcher = shared.serving.current.searcher  # the pair, taken once per batch
+        return await shared.threads.peek(lambda: searcher.search_many(requests))
+
+    batcher = MicroBatcher(search_many, worker.settings.query_batch_records)  # concurrent searches share encodes
+
+    async def run_search(text: str, k: int, filter_: dict[str, Any]) -> web.Response:
+        if not text.strip():
+            return _error(400, "query text 'q' is required")
+        if not 1 <= k <= MAX_K:
+            return _error(400, f"k must be between 1 and {MAX_K}")
+        try:
+            validate_filter(filter_)
+        except InvalidFilter as exc:
+            return _error(400, str(exc))
+        started = time.perf_counter()
+        result = await batcher.submit(SearchRequest(text, k, filter_))
+        latency_s = time.perf_counter() - started
+        metrics.QUERY_LATENCY_SECONDS.labels("http").observe(latency_s)
+        metrics.QUERIES.labels("http").inc()
+        body = {
+            "query_id": f"http-{uuid.uuid4()}",
+            "query": text,
+            "hits": [{"doc_id": h.doc_id, "chunk": h.chunk, "score": round(h.score, 6), "text": h.text,
+                      "source": h.source} for h in result.hits],
+            "model_version": result.model_version,
+            "index_version": result.index_version,
+            "latency_ms": round(latency_s * 1000, 3),
+            "cached": result.cached,
+        }
+        logged = LoggedQuery(body["query_id"], {"text": text, "top_k": k, "filter": filter_},
+                             {k: v for k, v in body.items() if k != "query"}, time.time(), "http")
+        await shared.threads.peek(lambda: shared.query_log.record([logged]))
+        return web.json_response(body)
+
+    @routes.get("/search")
+    async def search_get(request: web.Request) -> web.Response:
+        try:
+            k = int(request.query.get("k", "10"))
+        except ValueError:
+            return _error(400, "k must be an integer")
+        filter_ = {key: value for key, value in request.query.items() if key in FILTER_FIELDS}
+        return await run_search(request.query.get("q", ""), k, filter_)
+
+    @routes.post("/search")
+    async def search_post(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _error(400, "body must be a JSON object")
+        if not isinstance(body, dict) or not isinstance(body.get("q", ""), str):
+            return _error(400, "body must be a JSON object with a string 'q'")
+        k, filter_ = body.get("k", 10), body.get("filter") or {}
+        if not isinstance(k, int) or isinstance(k, bool) or not isinstance(filter_, dict):
+            return _error(400, "'k' must be an integer and 'filter' an object")
+        return await run_search(body.get("q", ""), k, filter_)
+
+    @routes.get("/documents/{doc_id:.+}")
+    async def document(request: web.Request) -> web.Response:
+        doc_id = request.match_info["doc_id"]
+        store = shared.serving.current.store
+        states = await shared.threads.peek(lambda: store.get_documents([doc_id]))
+        if doc_id not in states:
+            return _error(404, f"document {doc_id!r} was never indexed")
+        chunks = await shared.threads.peek(lambda: store.chunks(doc_id))
+        state = states[doc_id]
+        return web.json_response({
+            "doc_id": doc_id, "version": state.version, "deleted": state.deleted,
+            "content_hash": state.content_hash, "model_version": state.model_version,
+            "indexed_at": state.indexed_at,
+            "chunks": [{"chunk": c.chunk, "version": c.version, "text": c.text} for c in chunks],
+        })
+
+    @routes.post("/documents/versions")
+    async def document_versions(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            doc_ids = body["doc_ids"]
+            if not isinstance(doc_ids, list) or not all(isinstance(d, str) for d in doc_ids) or len(doc_ids) > 10_000:
+                raise ValueError
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError):
+            return _error(400, "body must be {\"doc_ids\": [up to 10,000 strings]}")
+        store = shared.serving.current.store
+        states = await shared.threads.peek(lambda: store.get_documents(doc_ids))
+        return web.json_response({"versions": {d: (states[d].version if d in states else None) for d in doc_ids},
+                                  "deleted": sorted(d for d, state in states.items() if state.deleted)})
+
+    @routes.get("/")
+    async def dashboard_page(request: web.Request) -> web.Response:
+        return web.Response(text=PAGE, content_type="text/html")
+
+    @routes.get("/api/dashboard")
+    async def dashboard_data(request: web.Request) -> web.Response:
+        trains = "trainer" in worker.agents
+        state = await asyncio.get_running_loop().run_in_executor(None, dashboard_state, shared, trains)
+        return web.json_response(state, dumps=lambda value: json.dumps(value, default=str))
+
+    @routes.get("/openapi.json")
+    async def openapi(request: web.Request) -> web.Response:
+        return web.json_response(OPENAPI)
+
+    @routes.get("/health")
+    async def health(request: web.Request) -> web.Response:
+        serving = shared.serving.current
+        chunks, documents = await asyncio.gather(shared.threads.peek(serving.store.count_chunks),
+                                                 shared.threads.peek(serving.store.count_documents))
+        rollout = shared.serving.rollout
+        return web.json_response({
+            "status": "ok",
+            "model_version": serving.encoder.version,
+            "index_version": serving.searcher.index_version,
+            "encoder_provider": serving.encoder.provider,
+            "index": {"chunks": chunks, "documents": documents},
+            "rollout": rollout.as_dict() if rollout else None,
+            "trainer": asdict(shared.trainer.status) if "trainer" in worker.agents else None,
+            "kafka": worker.settings.kafka_bootstrap_servers,
+            "namespace": worker.settings.namespace,
+        })
+
+    async def send_model_update(update: ModelUpdate) -> None:
+        await publish(worker.outbox, "model-updates", worker.settings.model_name.encode(), update)
+        metrics.MODEL_UPDATES.labels(update.status).inc()
+
+    def refused(request: web.Request) -> web.Response | None:
+        """None when the request carries the admin token; the error response otherwise."""
+        token = worker.settings.admin_token
+        if token is None:
+            return _error(403, "admin actions are disabled: set GRISTMILL_ADMIN_TOKEN")
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
+            return _error(401, "admin token required (Authorization: Bearer <token>)")
+        return None
+
+    @routes.post("/admin/promote")
+    async def admin_promote(request: web.Request) -> web.Response:
+        if (error := refused(request)) is not None:
+            return error
+        try:
+            body = await request.json()
+            version = body["version"]
+            if not isinstance(version, str):
+                raise TypeError("'version' must be a string")
+        except (ValueError, TypeError, KeyError) as exc:
+            return _error(400, f"body must be {{\"version\": \"vN\"}}: {exc}")
+        try:
+            update = promote_update(shared.registry, version, "promoted by an operator")
+        except UnknownModelVersion as exc:
+            return _error(404, f"cannot promote: {exc}")
+        await send_model_update(update)
+        return web.json_response({"requested": update.status, "version": update.version}, status=202)
+
+    @routes.post("/admin/rollback")
+    async def admin_rollback(request: web.Request) -> web.Response:
+        if (error := refused(request)) is not None:
+            return error
+        try:
+            update = rollback_update(shared.registry)
+        except NothingToRollBack as exc:
+            return _error(409, str(exc))
+        await send_model_update(update)
+        return web.json_response({"requested": update.status, "version": update.version}, status=202)
+
+    @routes.get("/metrics")
+    async def prometheus(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application(client_max_size=1024 * 1024)
+    app.add_routes(routes)
+    return app
+
+
+class HttpService(Service):
+    """Serves the HTTP API for as long as the faust worker runs; refreshes index gauges."""
+
+    def __init__(self, worker: Worker, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.worker = worker
+        self._runner: web.AppRunner | None = None
+
+    async def on_start(self) -> None:
+        settings = self.worker.settings
+        self._runner = web.AppRunner(build_http_app(self.worker), access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, settings.http_host, settings.http_port).start()
+        log.info("HTTP API on http://%s:%d", settings.http_host, settings.http_port)
+
+    async def on_stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    @Service.task
+    async def _refresh_gauges(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self.should_stop:
+            try:
+                await loop.run_in_executor(None, self.worker.refresh_index_gauges)
+                self.worker.refresh_consumer_lag()
+            except Exception as exc:  # gauges must never take the worker down
+                log.debug("index gauges not refreshed: %s", exc)
+            await self.sleep(2.0)

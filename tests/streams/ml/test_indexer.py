@@ -1,0 +1,116 @@
+"""The index as a materialized view: versions, deletes, duplicates, unchanged content, shrinking docs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from schemas import DocumentEvent
+from streams.ml.chunking import Chunker
+from streams.ml.indexer import DocumentIndexer
+from streams.state.edge_store import EdgeVectorStore
+from streams.state.encoder import OnnxEncoder
+
+LONG = " ".join(f"Paragraph {i} explains how consumers commit offsets after the write." for i in range(40))
+
+
+def upsert(doc_id: str, version: int, text: str, **extra: object) -> DocumentEvent:
+    return DocumentEvent(doc_id=doc_id, version=version, op="upsert", text=text, **extra)  # type: ignore[arg-type]
+
+
+def delete(doc_id: str, version: int) -> DocumentEvent:
+    return DocumentEvent(doc_id=doc_id, version=version, op="delete")
+
+
+@pytest.fixture
+def store(tmp_path: Path, encoder: OnnxEncoder) -> Iterator[EdgeVectorStore]:
+    backend = EdgeVectorStore(tmp_path / "qdrant", "chunks", encoder.dim)
+    yield backend
+    backend.close()
+
+
+@pytest.fixture
+def indexer(store: EdgeVectorStore, encoder: OnnxEncoder) -> DocumentIndexer:
+    return DocumentIndexer(store, encoder, Chunker(encoder.tokenizer, 32, 8, encoder.max_tokens))
+
+
+def versions(store: EdgeVectorStore, doc_id: str) -> list[tuple[int, int]]:
+    return [(c.chunk, c.version) for c in store.chunks(doc_id)]
+
+
+def test_new_document_is_chunked_embedded_and_searchable(indexer: DocumentIndexer,
+                                                         store: EdgeVectorStore) -> None:
+    outcome = indexer.apply([upsert("a", 1, LONG, source="manual"), upsert("b", 1, "Bananas are yellow fruit.")])
+    assert outcome.embedded == 2 and outcome.chunks == store.count_chunks() > 2
+    assert store.search(indexer.encoder.encode(["yellow fruit"])[0], 1)[0].doc_id == "b"
+    state = store.get_documents(["a"])["a"]
+    assert (state.version, state.deleted, state.chunks, state.source) == (1, False, len(store.chunks("a")), "manual")
+
+
+def test_shorter_version_removes_surplus_chunks(indexer: DocumentIndexer, store: EdgeVectorStore) -> None:
+    indexer.apply([upsert("a", 1, LONG)])
+    assert len(store.chunks("a")) > 3
+    indexer.apply([upsert("a", 2, "Now it is only one short sentence.")])
+    assert versions(store, "a") == [(0, 2)]
+    assert store.chunks("a")[0].text == "Now it is only one short sentence."
+
+
+def test_older_and_duplicate_versions_are_ignored(indexer: DocumentIndexer, store: EdgeVectorStore) -> None:
+    indexer.apply([upsert("a", 5, "version five")])
+    outcome = indexer.apply([upsert("a", 3, "version three"), upsert("a", 5, "version five again")])
+    assert outcome.stale == 2 and outcome.embedded == 0
+    assert [c.text for c in store.chunks("a")] == ["version five"]
+
+
+def test_highest_version_in_a_batch_wins_whatever_the_order(indexer: DocumentIndexer,
+                                                            store: EdgeVectorStore) -> None:
+    indexer.apply([upsert("a", 3, "three"), upsert("a", 1, "one"), upsert("a", 2, "two")])
+    assert [(c.text, c.version) for c in store.chunks("a")] == [("three", 3)]
+
+
+def test_delete_removes_all_chunks_and_blocks_older_upserts(indexer: DocumentIndexer,
+                                                            store: EdgeVectorStore) -> None:
+    indexer.apply([upsert("a", 1, LONG), upsert("b", 1, "keep me")])
+    indexer.apply([delete("a", 2)])
+    assert store.chunks("a") == [] and len(store.chunks("b")) == 1
+    indexer.apply([upsert("a", 1, "late, older upsert")])
+    assert store.chunks("a") == [] and store.get_documents(["a"])["a"].deleted
+    indexer.apply([upsert("a", 3, "revived")])
+    assert [c.text for c in store.chunks("a")] == ["revived"]
+
+
+def test_unchanged_content_is_not_re_embedded(indexer: DocumentIndexer, store: EdgeVectorStore) -> None:
+    indexer.apply([upsert("a", 1, LONG)])
+    outcome = indexer.apply([upsert("a", 2, LONG)])
+    assert (outcome.unchanged, outcome.embedded, outcome.chunks) == (1, 0, 0)
+    assert {v for _, v in versions(store, "a")} == {2}
+    assert store.get_documents(["a"])["a"].version == 2
+
+
+def test_redelivery_of_a_whole_stream_changes_nothing(indexer: DocumentIndexer, store: EdgeVectorStore) -> None:
+    stream = [upsert("a", 1, LONG), upsert("b", 1, "bee"), delete("b", 2), upsert("a", 2, "short a")]
+    indexer.apply(stream)
+    before = sorted((c.doc_id, c.chunk, c.version, c.text) for c in store.all_chunks())
+    for event in stream:
+        indexer.apply([event])
+    assert sorted((c.doc_id, c.chunk, c.version, c.text) for c in store.all_chunks()) == before
+
+
+def test_crash_between_chunk_write_and_ledger_is_repaired(indexer: DocumentIndexer,
+                                                          store: EdgeVectorStore) -> None:
+    """Chunks of v2 written, ledger not (crash); then v3, shorter, arrives: v2's extra chunks must go."""
+    indexer.apply([upsert("a", 1, "one sentence")])
+    ledger_before = store.get_documents(["a"])
+    indexer.apply([upsert("a", 2, LONG)])
+    store.put_documents(list(ledger_before.values()))  # roll the ledger back as if the crash hit
+    indexer.apply([upsert("a", 3, "short again")])
+    assert versions(store, "a") == [(0, 3)]
+
+
+def test_equal_versions_apply_once_whatever_the_batching(indexer: DocumentIndexer, store: EdgeVectorStore) -> None:
+    indexer.apply([upsert("a", 2, "first"), upsert("a", 2, "second")])
+    indexer.apply([upsert("b", 2, "first")])
+    indexer.apply([upsert("b", 2, "second")])
+    assert [c.text for c in store.chunks("a")] == [c.text for c in store.chunks("b")] == ["first"]

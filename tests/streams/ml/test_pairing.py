@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from schemas import FeedbackEvent
+from streams.ml.pairing import RetrainPolicy, pairs_from_feedback
+from streams.state.query_log import LoggedQuery
+from streams.state.training_pairs import TrainingPair, TrainingPairs
+
+LOGGED = LoggedQuery("q1", {"text": "green tea temperature"}, {"hits": [
+    {"doc_id": "a", "chunk": 0, "score": 0.9, "text": "a0"}, {"doc_id": "b", "chunk": 1, "score": 0.8, "text": "b1"},
+    {"doc_id": "a", "chunk": 2, "score": 0.7, "text": "a2"}, {"doc_id": "c", "chunk": 0, "score": 0.6, "text": "c0"},
+]}, 1.0, "kafka")
+
+
+def no_documents(doc_id: str) -> str | None:
+    return None
+
+
+def summary(pairs: list[TrainingPair] | None) -> list[tuple[str, str, str, str]]:
+    assert pairs is not None
+    return [(p.doc_id, p.text, p.kind, p.source) for p in pairs]
+
+
+def test_positive_makes_hard_negatives_of_lower_served_hits() -> None:
+    pairs = pairs_from_feedback(FeedbackEvent(query_id="q1", doc_id="b", label=1), LOGGED, no_documents, "f/0@7")
+    assert summary(pairs) == [("b", "b1", "positive", "feedback"), ("c", "c0", "negative", "served")]
+    assert pairs is not None and pairs[0].query == "green tea temperature" and pairs[0].feedback_offset == "f/0@7"
+
+
+def test_ratings_map_to_judgements() -> None:
+    assert summary(pairs_from_feedback(FeedbackEvent(query_id="q1", doc_id="c", rating=2), LOGGED, no_documents,
+                                       "x")) == [("c", "c0", "negative", "feedback")]
+    assert pairs_from_feedback(FeedbackEvent(query_id="q1", doc_id="c", rating=3), LOGGED, no_documents, "x") == []
+    assert summary(pairs_from_feedback(FeedbackEvent(query_id="q1", doc_id="a", rating=5), LOGGED, no_documents,
+                                       "x"))[0] == ("a", "a0", "positive", "feedback")
+
+
+def test_a_judged_document_that_was_not_served_uses_its_indexed_text() -> None:
+    pairs = pairs_from_feedback(FeedbackEvent(query_id="q1", doc_id="z", label=1), LOGGED,
+                                lambda d: "z text" if d == "z" else None, "x")
+    assert summary(pairs) == [("z", "z text", "positive", "feedback")]
+    assert pairs_from_feedback(FeedbackEvent(query_id="q1", doc_id="nope", label=1), LOGGED, no_documents,
+                               "x") is None
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> TrainingPairs:
+    return TrainingPairs(tmp_path / "f.sqlite3")
+
+
+def pair(query_id: str, doc_id: str, kind: str = "positive", source: str = "feedback") -> TrainingPair:
+    return TrainingPair(query_id, "q", doc_id, "t", kind, source, "f/0@1")
+
+
+def test_pairs_are_idempotent_and_explicit_judgements_win(store: TrainingPairs) -> None:
+    store.add([pair("q1", "a"), pair("q1", "b", "negative", "served")])
+    store.add([pair("q1", "a"), pair("q1", "b", "positive")])  # re-delivery, then an explicit positive for b
+    store.add([pair("q1", "b", "negative", "served")])  # an inferred negative never overrides it
+    assert [(p.doc_id, p.kind, p.source) for p in store.for_query("q1")] == [("a", "positive", "feedback"),
+                                                                             ("b", "positive", "feedback")]
+
+
+def test_policy_fires_every_n_positives_and_is_rate_limited(store: TrainingPairs) -> None:
+    now = [1000.0]
+    policy = RetrainPolicy(store, every_positive=2, min_interval_s=100, clock=lambda: now[0])
+    store.add([pair("q1", "a")], now=now[0])
+    assert policy.after_new_pairs() is None
+    store.add([pair("q2", "a"), pair("q2", "b", "negative")], now=now[0])
+    request = policy.after_new_pairs()
+    assert request is not None and request.reason == "feedback" and request.pairs == 3
+    now[0] += 10
+    store.add([pair("q3", "a"), pair("q4", "a"), pair("q5", "a")], now=now[0])
+    assert policy.after_new_pairs() is None  # a burst inside the interval: no retrain storm
+    now[0] += 100
+    assert policy.after_new_pairs() is not None
+    assert [r["reason"] for r in store.retrains()] == ["feedback", "feedback"]
+
+
+def test_schedule_fires_only_with_new_pairs(store: TrainingPairs) -> None:
+    now = [1000.0]
+    policy = RetrainPolicy(store, every_positive=100, min_interval_s=0, schedule_s=60, clock=lambda: now[0])
+    now[0] += 61
+    assert policy.on_tick() is None  # nothing new to learn from
+    store.add([pair("q1", "a")], now=now[0])
+    request = policy.on_tick()
+    assert request is not None and request.reason == "schedule" and request.pairs == 1
+    assert policy.on_tick() is None

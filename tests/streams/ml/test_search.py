@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from schemas import DocumentEvent
+from streams.batching import MicroBatcher
+from streams.ml.chunking import Chunker
+from streams.ml.indexer import DocumentIndexer
+from streams.ml.search import Searcher, SearchRequest, normalize_query
+from streams.state.edge_store import EdgeVectorStore
+from streams.state.encoder import OnnxEncoder
+
+DOCS = {
+    "tea": "Green tea is steeped at about 80 degrees Celsius for two minutes.",
+    "bikes": "A bicycle chain should be cleaned and oiled every few hundred kilometres.",
+    "kafka": "Kafka topics are split into partitions; a key always maps to the same partition.",
+}
+
+
+@pytest.fixture
+def store(tmp_path: Path, encoder: OnnxEncoder) -> Iterator[EdgeVectorStore]:
+    backend = EdgeVectorStore(tmp_path / "q", "chunks", encoder.dim)
+    DocumentIndexer(backend, encoder, Chunker(encoder.tokenizer, 128, 16, encoder.max_tokens)).apply([
+        DocumentEvent(doc_id=d, version=1, op="upsert", text=t, source="manual" if d == "bikes" else "web")
+        for d, t in DOCS.items()])
+    yield backend
+    backend.close()
+
+
+def test_batched_answers_keep_request_order_and_honour_k_and_filter(encoder: OnnxEncoder,
+                                                                    store: EdgeVectorStore) -> None:
+    searcher = Searcher(encoder, store)
+    results = searcher.search_many([
+        SearchRequest("how hot should water be for tea", 1),
+        SearchRequest("which partition does a key go to", 2),
+        SearchRequest("which partition does a key go to", 3, {"source": "manual"}),
+    ])
+    assert [h.doc_id for h in results[0].hits] == ["tea"]
+    assert results[1].hits[0].doc_id == "kafka" and len(results[1].hits) == 2
+    assert [h.doc_id for h in results[2].hits] == ["bikes"]
+    assert all(r.model_version == encoder.version == r.index_version for r in results)
+
+
+def test_duplicate_queries_come_from_the_cache(encoder: OnnxEncoder, store: EdgeVectorStore) -> None:
+    searcher = Searcher(encoder, store)
+    first = searcher.search("Tea temperature?", 2)
+    again = searcher.search("  tea   TEMPERATURE? ", 2)
+    other_k = searcher.search("tea temperature?", 3)
+    assert not first.cached and again.cached and not other_k.cached
+    assert [h.doc_id for h in again.hits] == [h.doc_id for h in first.hits]
+
+
+def test_cache_is_keyed_by_versions_and_expires(encoder: OnnxEncoder, store: EdgeVectorStore) -> None:
+    searcher = Searcher(encoder, store, cache_ttl_s=0.2)
+    searcher.search("tea", 1)
+    searcher.index_version = "v2"  # a new index: old answers must not be served
+    assert not searcher.search("tea", 1).cached
+    assert searcher.search("tea", 1).cached
+    time.sleep(0.3)
+    assert not searcher.search("tea", 1).cached
+
+
+def test_disabled_cache_never_hits(encoder: OnnxEncoder, store: EdgeVectorStore) -> None:
+    searcher = Searcher(encoder, store, cache_size=0)
+    searcher.search("tea", 1)
+    assert not searcher.search("tea", 1).cached
+
+
+def test_invalid_filter_is_refused(encoder: OnnxEncoder, store: EdgeVectorStore) -> None:
+    with pytest.raises(ValueError, match="cannot filter"):
+        Searcher(encoder, store).search("tea", 1, {"text": "x"})
+
+
+def test_normalization_only_drops_what_the_uncased_model_ignores() -> None:
+    assert normalize_query("  Hello\tWORLD ") == "hello world"
+    assert normalize_query("hello, world") != normalize_query("hello world")
+
+
+def test_micro_batcher_groups_concurrent_requests() -> None:
+    batches: list[list[int]] = []
+
+    async def run(requests: Sequence[int]) -> list[int]:
+        batches.append(list(requests))
+        return [r * 10 for r in requests]
+
+    async def scenario() -> tuple[list[int], float]:
+        batcher = MicroBatcher(run, max_size=4)
+        together = await asyncio.gather(*(batcher.submit(i) for i in range(6)))
+        started = time.perf_counter()
+        await batcher.submit(99)
+        return together, time.perf_counter() - started
+
+    together, lone_wait = asyncio.run(scenario())
+    assert together == [0, 10, 20, 30, 40, 50]
+    assert batches[:2] == [[0, 1, 2, 3], [4, 5]] and batches[2] == [99]
+    assert lone_wait < 0.05  # an idle batcher does not wait for company
+
+
+def test_micro_batcher_propagates_failures() -> None:
+    async def run(requests: Sequence[int]) -> list[int]:
+        raise RuntimeError("store down")
+
+    async def scenario() -> None:
+        await MicroBatcher(run, max_size=8).submit(1)
+
+    with pytest.raises(RuntimeError, match="store down"):
+        asyncio.run(scenario())
