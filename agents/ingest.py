@@ -20,7 +20,8 @@ DOCUMENTS = Contract("documents", DocumentEvent, "doc_id")
 def register(worker: AgentHost) -> None:
     s, shared = worker.settings, worker.shared
     worker.batch_agent(DOCUMENTS, "ingest", s.ingest_batch_records, s.ingest_batch_seconds,
-                       partial(index, serving=shared.serving, threads=shared.threads))
+                       partial(index, serving=shared.serving, threads=shared.threads),
+                       on_failure=partial(restore, serving=shared.serving, threads=shared.threads))
     if s.store_compact_interval_s:  # updates and deletes leave replaced points; the WAL needs flushes
         worker.timer(s.store_compact_interval_s, partial(compact, shared.serving, shared.threads,
                                                          s.store_compact_interval_s))
@@ -40,6 +41,13 @@ async def index(batch: Sequence[Accepted[DocumentEvent]], *, serving: ServingSlo
     metrics.CHUNKS_UPSERTED.inc(outcome.chunks)
     for kind in ("embedded", "deleted", "unchanged", "stale"):
         metrics.DOCS_APPLIED.labels(kind).inc(getattr(outcome, kind))
+
+
+async def restore(failed: Accepted[DocumentEvent], exc: BaseException, *, serving: ServingSlot,
+                  threads: StoreThreads) -> None:
+    """A document whose write failed half-way: its chunks back to what its ledger entry says."""
+    doc_id = failed.record.doc_id
+    await threads.write(lambda: serving.restore_document(doc_id), f"restoring {doc_id!r} after a failed write")
 
 
 async def compact(serving: ServingSlot, threads: StoreThreads, interval_s: float) -> None:

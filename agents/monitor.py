@@ -53,11 +53,18 @@ def stream_monitor(gate: QualityGate, encoder: Encoder, s: Settings) -> StreamMo
 
 def observe(messages: Sequence[RawMessage], *, contract: Contract[Record], monitor: StreamMonitor,
             evaluate: Callable[[Window], object]) -> None:
-    """Add every record (or the fact that it was invalid) to its topic's open window; evaluate closed ones."""
+    """Add every record (or the fact that it was invalid) to its topic's open window; evaluate closed ones. A
+    record the window cannot take is counted as invalid: the monitor never stops the stream."""
     for message in messages:
         checked = contract.check(message)
-        closed = monitor.observe(contract.topic, checked.record if isinstance(checked, Accepted) else None,
-                                 message.timestamp)
+        record = checked.record if isinstance(checked, Accepted) else None
+        try:
+            closed = monitor.observe(contract.topic, record, message.timestamp)
+        except Exception as exc:
+            log.warning("monitor: %s[%d]@%d not observed: %s: %s", message.topic, message.partition, message.offset,
+                        type(exc).__name__, exc)
+            metrics.RECORDS_FAILED.labels(contract.topic, type(exc).__name__).inc()
+            closed = monitor.observe(contract.topic, None, message.timestamp)
         if closed is not None:
             evaluate(closed)
 
@@ -73,7 +80,12 @@ def publish_window(window: Window, *, monitor: StreamMonitor, outbox: Outbox, mo
                    evaluator: ThreadPoolExecutor, running: set[asyncio.Task[None]]) -> asyncio.Task[None]:
     """Evaluate a window on the monitor's own thread (one at a time) and publish its report, in the background."""
     async def run() -> None:
-        result = await asyncio.get_running_loop().run_in_executor(evaluator, monitor.evaluate, window)
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(evaluator, monitor.evaluate, window)
+        except Exception as exc:  # one window's failure is that window's alone
+            log.exception("monitor: the %s window of %d records could not be evaluated", window.topic, window.size)
+            metrics.RECORDS_FAILED.labels(window.topic, f"window {type(exc).__name__}").inc()
+            return
         await publish(outbox, "quality", window.topic.encode(), result.report)
         if result.retrain is not None:
             await publish(outbox, "retrain", model_key, result.retrain)

@@ -55,5 +55,15 @@ async def apply_updates(batch: Sequence[Accepted[ModelUpdate]], *, serving: Serv
 async def follow_registry(*, serving: ServingSlot, roll: Roll) -> None:
     """Another worker switched (shared registry and Qdrant server): catch up and switch too."""
     current = serving.registry.current()
-    if current is not None and current.version != serving.current.model.version and not serving.rolling.locked():
+    if current is None or current.version == serving.current.model.version or serving.rolling.locked():
+        return
+    last = serving.rollout
+    if last is not None and last.version == current.version and last.state == "failed":
+        return  # that rollout failed (its reason is on /health); an operator's promotion or rollback retries it
+    try:
         await roll(current.version)
+    except WriteAborted:
+        raise
+    except Exception:
+        log.exception("following the registry to %s failed; %s keeps serving", current.version,
+                      serving.current.model.version)

@@ -3,6 +3,8 @@
 from schemas.errors import GristmillError, InvalidFilter
 from schemas.records import (
     FILTER_FIELDS,
+    INTEGER_FILTER_FIELDS,
+    MAX_QUERY_CHARS,
     TOPIC_RECORDS,
     DeadLetter,
     DocumentEvent,
@@ -22,6 +24,8 @@ from schemas.records import (
 
 __all__ = [
     "FILTER_FIELDS",
+    "INTEGER_FILTER_FIELDS",
+    "MAX_QUERY_CHARS",
     "TOPIC_RECORDS",
     "DeadLetter",
     "DocumentEvent",

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from schemas.errors import InvalidFilter
 
 MAX_TEXT_CHARS = 200_000
+MAX_QUERY_CHARS = 4_000
 MAX_ID_CHARS = 256
+MAX_FILTER_VALUE_CHARS = 1_000
+INT64 = (-(2**63), 2**63 - 1)
 
 EntityId = Annotated[
     str,
@@ -19,18 +32,55 @@ EntityId = Annotated[
 ]
 ScalarValue = str | int | float | bool | None
 
-#: Chunk payload fields a query may filter on (exact match).
+
+def _storable(value: ScalarValue) -> ScalarValue:
+    """A scalar a JSON payload and the vector store can hold: no NaN or Infinity, integers within 64 bits."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("NaN and Infinity are not allowed")
+    if isinstance(value, int) and not isinstance(value, bool) and not INT64[0] <= value <= INT64[1]:
+        raise ValueError("integers must fit in 64 bits")
+    return value
+
+
+#: A metadata value as records carry it (validated: finite, 64-bit).
+Scalar = Annotated[ScalarValue, AfterValidator(_storable)]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+#: A model version's name: `v` and a number (it names directories and collections).
+VersionName = Annotated[str, StringConstraints(pattern=r"^v[0-9]{1,9}$")]
+
+#: Chunk payload fields a query may filter on (exact match), and the type each one holds.
 FilterField = Literal["doc_id", "source", "title", "version", "model_version"]
 FILTER_FIELDS: frozenset[str] = frozenset(FilterField.__args__)  # type: ignore[attr-defined]
+INTEGER_FILTER_FIELDS = frozenset({"version"})
 
 
-def validate_filter(filter_: Mapping[str, ScalarValue] | None) -> dict[str, ScalarValue]:
-    """An exact-match payload filter, checked: an unknown field is an error, not an empty result."""
+def _shown(value: object) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:40]}{'...' if len(text) > 40 else ''}"
+
+
+def validate_filter(filter_: Mapping[str, object] | None) -> dict[str, ScalarValue]:
+    """An exact-match payload filter, checked (`InvalidFilter` otherwise): known fields only (an unknown field is
+    an error, not an empty result), each with a value of its type: `version` an integer from 0 to 2**63-1, the
+    others strings of at most 1,000 characters. The HTTP API and the `queries` contract both check with this."""
     checked = dict(filter_ or {})
     unknown = set(checked) - FILTER_FIELDS
     if unknown:
         raise InvalidFilter(f"cannot filter on {sorted(unknown)}; filterable: {sorted(FILTER_FIELDS)}")
-    return checked
+    for field, value in checked.items():
+        if field in INTEGER_FILTER_FIELDS:
+            if type(value) is not int or not 0 <= value <= INT64[1]:
+                raise InvalidFilter(f"filter {field!r} must be an integer from 0 to 2**63-1, not {_shown(value)}")
+        elif not isinstance(value, str) or len(value) > MAX_FILTER_VALUE_CHARS:
+            raise InvalidFilter(f"filter {field!r} must be a string of at most {MAX_FILTER_VALUE_CHARS} characters, "
+                                f"not {_shown(value)}")
+    return checked  # type: ignore[return-value]
+
+
+def _integer_label(value: object) -> object:
+    if isinstance(value, bool) or (value is not None and not isinstance(value, int)):
+        raise ValueError(f"label must be the integer -1, 0 or 1, not {_shown(value)}")
+    return value
 
 
 def document_content(title: str | None, text: str | None) -> str:
@@ -54,7 +104,7 @@ class DocumentEvent(Record):
     text: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
     title: str | None = Field(default=None, max_length=1_000)
     source: str | None = Field(default=None, max_length=256)
-    metadata: dict[str, ScalarValue] = Field(default_factory=dict, max_length=64)
+    metadata: dict[str, Scalar] = Field(default_factory=dict, max_length=64)
     updated_at: datetime | None = None
 
     @model_validator(mode="after")
@@ -73,11 +123,19 @@ class QueryEvent(Record):
     """`queries` topic: one search request."""
 
     query_id: EntityId
-    text: Annotated[str, StringConstraints(min_length=1, max_length=4_000, pattern=r"\S")]
+    text: Annotated[str, StringConstraints(min_length=1, max_length=MAX_QUERY_CHARS, pattern=r"\S")]
     top_k: int = Field(default=10, ge=1, le=1000)
     filter: dict[FilterField, ScalarValue] = Field(default_factory=dict, max_length=8)
     user_id: EntityId | None = None
     ts: datetime | None = None
+
+    @field_validator("filter")
+    @classmethod
+    def _typed_filter(cls, value: dict[str, ScalarValue]) -> dict[str, ScalarValue]:
+        try:
+            return validate_filter(value)
+        except InvalidFilter as exc:
+            raise ValueError(str(exc)) from exc
 
 
 class FeedbackEvent(Record):
@@ -85,7 +143,7 @@ class FeedbackEvent(Record):
 
     query_id: EntityId
     doc_id: EntityId
-    label: Literal[-1, 0, 1] | None = None
+    label: Annotated[Literal[-1, 0, 1], BeforeValidator(_integer_label)] | None = None
     rating: int | None = Field(default=None, ge=1, le=5)
     user_id: EntityId | None = None
     ts: datetime | None = None
@@ -108,7 +166,7 @@ class FeedbackEvent(Record):
 class Hit(Record):
     doc_id: str
     chunk: int
-    score: float
+    score: FiniteFloat
     text: str
 
 
@@ -119,7 +177,7 @@ class QueryResponse(Record):
     hits: list[Hit]
     model_version: str
     index_version: str
-    latency_ms: float
+    latency_ms: FiniteFloat
     cached: bool
 
 
@@ -140,6 +198,14 @@ class DeadLetter(Record):
     value_encoding: Literal["utf-8", "base64"] = "utf-8"
     errors: list[FieldError] = Field(min_length=1)
     ts: datetime
+    exception: str | None = Field(default=None, description="Type of the exception that failed the record while it "
+                                                           "was processed (absent when validation rejected it).")
+    value_truncated: bool = Field(default=False, description="Only a prefix of the value is kept: the whole one "
+                                                             "would not fit the producer's size limit.")
+    value_size: int | None = Field(default=None, ge=0, description="Size in bytes of the value as received, when "
+                                                                    "truncated.")
+    value_sha256: str | None = Field(default=None, description="sha256 of the value as received, when truncated.")
+    key_truncated: bool = False
 
 
 class RetrainRequest(Record):
@@ -175,13 +241,13 @@ class QualityReport(Record):
 class ModelUpdate(Record):
     """`model-updates` topic (compacted, keyed by model name): lifecycle of a model version."""
 
-    version: str
-    uri: str
+    version: VersionName
+    uri: str = Field(max_length=2_000)
     status: Literal["candidate", "promoted", "rejected", "rolled_back", "failed"]
-    metrics: dict[str, float] = Field(default_factory=dict)
+    metrics: dict[str, FiniteFloat] = Field(default_factory=dict)
     trained_on: dict[str, ScalarValue | list[int] | dict[str, list[int]]] = Field(default_factory=dict)
     reason: str | None = Field(default=None, max_length=2_000, description="Why rejected, failed or rolled back.")
-    previous_version: str | None = Field(default=None, description="The serving version this one replaces.")
+    previous_version: VersionName | None = Field(default=None, description="The serving version this one replaces.")
     at: datetime | None = Field(default=None, description="When the status was decided.")
 
 

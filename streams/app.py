@@ -12,17 +12,19 @@ from collections.abc import Awaitable, Callable, Sequence
 from importlib.metadata import entry_points
 from typing import Any, TypeVar
 
+from aiokafka.errors import KafkaError
 from faust.types import EventT, TopicT
 
 from schemas import Record
 from streams import metrics
 from streams.broker import die_with_parent
-from streams.kafka_transport import App
-from streams.processing import BatchRunner, Contract, Handler
+from streams.errors import PublishAborted, RecordTooLarge, Unfinished
+from streams.kafka_transport import App, Consumer
+from streams.processing import BatchRunner, Contract, FailureHook, Handler
 from streams.settings import Settings
 from streams.shared import Shared
 from streams.topics import TopicNames, faust_credentials
-from streams.validation import RawMessage
+from streams.validation import RECORD_OVERHEAD_BYTES, RawMessage
 
 log = logging.getLogger(__name__)
 R = TypeVar("R", bound=Record)
@@ -34,20 +36,28 @@ def raw_message(event: EventT) -> RawMessage:
                       message.timestamp)
 
 
-def withhold_acks(events: Sequence[EventT]) -> None:
-    """Keep a batch that was not fully handled out of the committed offsets (it is re-delivered after a
-    restart). faust's `take_events` acknowledges its batch even when the agent fails; marking the messages
-    as already acknowledged turns that into a no-op, and the gap stops every later commit on the partition."""
+def first_offsets(events: Sequence[EventT]) -> dict[Any, int]:
+    """The lowest offset of a batch on each of its partitions."""
+    offsets: dict[Any, int] = {}
     for event in events:
-        event.message.acked = True
+        tp = event.message.tp
+        offsets[tp] = min(offsets.get(tp, event.message.offset), event.message.offset)
+    return offsets
 
 
 class KafkaOutbox:
-    """The `Outbox` of a worker: faust's producer on the namespaced public topics, values as JSON."""
+    """The `Outbox` of a worker: faust's producer on the namespaced public topics, values as JSON.
 
-    def __init__(self, app: App, names: TopicNames) -> None:
+    A record over the producer's size limit is refused before anything of its batch is sent (`RecordTooLarge`, a
+    failure of that record); a delivery that fails (the broker is away) is retried with backoff until it succeeds,
+    or, once the worker stops, given up with `PublishAborted` (the batch is withheld and re-delivered).
+    """
+
+    def __init__(self, app: App, names: TopicNames, max_bytes: int, retry_max_s: float = 10.0) -> None:
         self._app = app
         self._names = names
+        self._max_bytes = max_bytes
+        self._retry_max_s = retry_max_s
         self._topics: dict[str, TopicT] = {}
 
     def topic(self, logical: str) -> TopicT:
@@ -58,9 +68,33 @@ class KafkaOutbox:
         return self._topics[logical]
 
     async def publish_many(self, topic: str, items: Sequence[tuple[bytes | None, Record]]) -> None:
-        channel = self.topic(topic)
-        pending = [await channel.send(key=key, value=record.model_dump_json().encode()) for key, record in items]
-        await asyncio.gather(*pending)
+        encoded = [(key, record.model_dump_json().encode()) for key, record in items]
+        for key, value in encoded:
+            size = len(key or b"") + len(value) + RECORD_OVERHEAD_BYTES
+            if size > self._max_bytes:
+                raise RecordTooLarge(f"a {topic} record of {size:,} bytes exceeds the producer's limit of "
+                                     f"{self._max_bytes:,} bytes")
+        delay = 0.1
+        while encoded:
+            results = await asyncio.gather(*(self._deliver(topic, key, value) for key, value in encoded),
+                                           return_exceptions=True)
+            failures = [(item, result) for item, result in zip(encoded, results, strict=True)
+                        if isinstance(result, BaseException)]
+            for _, error in failures:
+                if not isinstance(error, KafkaError):
+                    raise error
+            encoded = [item for item, _ in failures]
+            if encoded:
+                if self._app.should_stop:
+                    raise PublishAborted(f"{len(encoded)} {topic} records not delivered before shutdown: "
+                                         f"{failures[0][1]!r}")
+                log.warning("%d %s records not delivered, retrying in %.1fs: %r", len(encoded), topic, delay,
+                            failures[0][1])
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._retry_max_s)
+
+    async def _deliver(self, topic: str, key: bytes | None, value: bytes) -> object:
+        return await (await self.topic(topic).send(key=key, value=value))
 
 
 class Worker:
@@ -82,33 +116,46 @@ class Worker:
             topic_disable_leader=True,
             consumer_auto_offset_reset="earliest",
             producer_acks=-1,
+            producer_max_request_size=settings.producer_max_bytes,
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
             in_flight_wait_s=settings.in_flight_wait_s,
             broker_credentials=faust_credentials(settings),
         )
-        self.outbox = KafkaOutbox(self.app, TopicNames(settings.namespace))
+        self.outbox = KafkaOutbox(self.app, TopicNames(settings.namespace), settings.producer_max_bytes,
+                                  settings.store_retry_max_s)
         self.shared = Shared.open(settings, self.outbox, stopping=lambda: bool(self.app.should_stop),
                                   child_setup=die_with_parent)
         self.agents: list[str] = []  # the agents registered on this worker
 
-    def batch_agent(self, contract: Contract[R], name: str, size: int, within: float, handler: Handler[R]
-                    ) -> BatchRunner[R]:
+    def batch_agent(self, contract: Contract[R], name: str, size: int, within: float, handler: Handler[R],
+                    on_failure: FailureHook[R] | None = None) -> BatchRunner[R]:
         """Consume `contract.topic` in micro-batches (`size` records or `within` s) through a `BatchRunner`.
 
-        A batch is acknowledged only when it was processed; if processing raises or is cancelled, the batch is kept
-        out of the committed offsets (`withhold_acks`) and re-delivered after a restart.
+        A batch counts as handled only when it was processed. If processing is cut short (`Unfinished`,
+        cancellation), the commit gate keeps the batch out of the committed offsets and it is re-delivered after a
+        restart; anything else that escapes is a crash: counted, the batch read again at once, the agent restarted.
         """
-        runner = BatchRunner(contract, name, handler, self.shared.dead_letters)
+        runner = BatchRunner(contract, name, handler, self.shared.dead_letters, self.shared.health, on_failure)
 
         @self.app.agent(self.outbox.topic(contract.topic), name=name)
         async def run(stream: Any) -> None:
             async for events in stream.take_events(size, within):
                 try:
                     await runner.run([raw_message(e) for e in events])
-                except BaseException:
-                    withhold_acks(events)
+                except (Unfinished, asyncio.CancelledError):
+                    self.consumer.withhold(e.message for e in events)
+                    raise
+                except BaseException as exc:
+                    self.consumer.withhold(e.message for e in events)
+                    self.shared.health.crashed(name, exc)
+                    log.exception("agent %s crashed; its batch of %d records is read again", name, len(events))
+                    await self.consumer.redeliver(first_offsets(events))
                     raise
         return runner
+
+    @property
+    def consumer(self) -> Consumer:
+        return self.app.consumer  # type: ignore[no-any-return]
 
     def observer(self, topic: str, name: str, size: int, within: float,
                  observe: Callable[[Sequence[RawMessage]], None]) -> None:

@@ -13,7 +13,8 @@ Res = TypeVar("Res")
 class MicroBatcher(Generic[Req, Res]):
     """Continuous batching: an idle batcher answers a lone request at once (no added latency); requests that
     arrive while a batch is being answered are answered together next, up to `max_size` at a time, so
-    throughput grows with concurrency.
+    throughput grows with concurrency. When a batch fails, its requests are answered one by one, so only the
+    requests that fail alone see the error.
     """
 
     def __init__(self, run: Callable[[Sequence[Req]], Awaitable[Sequence[Res]]], max_size: int) -> None:
@@ -35,10 +36,23 @@ class MicroBatcher(Generic[Req, Res]):
             try:
                 results = await self._run([request for request, _ in batch])
             except Exception as exc:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
+                if len(batch) == 1:
+                    if not batch[0][1].done():
+                        batch[0][1].set_exception(exc)
+                else:
+                    await self._one_by_one(batch)
                 continue
             for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+
+    async def _one_by_one(self, batch: list[tuple[Req, asyncio.Future[Res]]]) -> None:
+        for request, future in batch:
+            try:
+                (result,) = await self._run([request])
+            except Exception as exc:
+                if not future.done():
+                    future.set_exception(exc)
+            else:
                 if not future.done():
                     future.set_result(result)

@@ -7,7 +7,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
@@ -23,8 +23,19 @@ from streams.validation import RawMessage, Rejected, validate_message
 KEY_FIELDS = {"documents": "doc_id", "queries": "query_id", "feedback": "query_id"}
 
 
-def read_dead_letters(settings: Settings, idle_s: float = 2.0, limit: int | None = None) -> Iterator[DeadLetter]:
-    """Every dead letter from the start of the topic, until none arrives for `idle_s` (or `limit` are read)."""
+@dataclass
+class Foreign:
+    """Records on the dead-letter topic that are not dead letters (produced there by something else)."""
+
+    count: int = 0
+    examples: list[str] = field(default_factory=list)
+
+
+def read_dead_letters(settings: Settings, idle_s: float = 2.0, limit: int | None = None,
+                      foreign: Foreign | None = None) -> Iterator[DeadLetter]:
+    """Every dead letter from the start of the topic, until none arrives for `idle_s` (or `limit` are read);
+    records that are not dead letters are skipped and counted in `foreign`."""
+    foreign = foreign if foreign is not None else Foreign()
     topic = TopicNames(settings.namespace).deadletter
     consumer = Consumer({**kafka_config(settings), "group.id": f"gristmill-deadletter-{uuid.uuid4()}",
                          "enable.auto.commit": False, "fetch.wait.max.ms": 50})
@@ -39,8 +50,16 @@ def read_dead_letters(settings: Settings, idle_s: float = 2.0, limit: int | None
             if message is None or message.error() or message.value() is None:
                 continue
             last = time.monotonic()
+            try:
+                letter = DeadLetter.model_validate_json(message.value())
+            except ValidationError as exc:
+                foreign.count += 1
+                if len(foreign.examples) < 3:
+                    foreign.examples.append(f"partition {message.partition()} offset {message.offset()}: "
+                                            f"{exc.errors(include_url=False)[0]['msg']}")
+                continue
             read += 1
-            yield DeadLetter.model_validate_json(message.value())
+            yield letter
     finally:
         consumer.close()
 
@@ -72,6 +91,11 @@ def plan_replay(path: Path, settings: Settings) -> ReplayPlan:
         except ValidationError as exc:
             still_bad.append((number, f"not a dead-letter record: {exc.errors()[0]['msg']}"))
             continue
+        if letter.value_truncated:
+            still_bad.append((number, f"truncated: only {len(letter.value or ''):,} of the value's "
+                                      f"{letter.value_size or 0:,} bytes were kept; produce the corrected original "
+                                      f"record instead (sha256 {letter.value_sha256})"))
+            continue
         logical = logical_by_physical.get(letter.topic)
         if logical not in KEY_FIELDS:
             still_bad.append((number, f"cannot replay to {letter.topic!r}: not a user topic of this namespace"))
@@ -90,7 +114,7 @@ def replay(plan: ReplayPlan, settings: Settings) -> int:
     by_topic: dict[str, list[Outgoing]] = {}
     for topic, record in plan.ready:
         by_topic.setdefault(topic, []).append(record)
-    return sum(produce(settings, topic, iter(records)) for topic, records in by_topic.items())
+    return sum(produce(settings, topic, records).check().sent for topic, records in by_topic.items())
 
 
 def write_jsonl(letters: list[DeadLetter], path: Path) -> None:

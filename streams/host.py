@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, TypeVar
 
 from schemas import Record
-from streams.processing import BatchRunner, Contract, Handler, Outbox
+from streams.processing import BatchRunner, Contract, FailureHook, Handler, Outbox
 from streams.settings import Settings
 from streams.shared import Shared
 from streams.validation import RawMessage
@@ -19,10 +19,12 @@ class AgentHost(Protocol):
     settings: Settings
     shared: Shared
     outbox: Outbox
+    agents: list[str]  # the agents registered so far
 
-    def batch_agent(self, contract: Contract[R], name: str, size: int, within: float, handler: Handler[R]
-                    ) -> BatchRunner[R]:
-        """Run `handler` on micro-batches of `contract.topic` (`size` records or `within` seconds)."""
+    def batch_agent(self, contract: Contract[R], name: str, size: int, within: float, handler: Handler[R],
+                    on_failure: FailureHook[R] | None = None) -> BatchRunner[R]:
+        """Run `handler` on micro-batches of `contract.topic` (`size` records or `within` seconds); `on_failure`
+        undoes what a record that failed alone half did, before it becomes a dead letter."""
         ...
 
     def observer(self, topic: str, name: str, size: int, within: float,

@@ -1,5 +1,8 @@
-"""faust's aiokafka transport with a configurable fetch wait (faust hard-codes 1500 ms) and a bounded wait for
-in-flight records on rebalance and stop.
+"""faust's aiokafka transport with gristmill's commit gate, a configurable fetch wait (faust hard-codes 1500 ms)
+and a bounded wait for in-flight records on rebalance and stop.
+
+Commits go only up to the lowest record delivered to the agents and not handled (`streams.commit_gate`), never
+past a withheld batch, whatever faust's own bookkeeping of acknowledged offsets would allow.
 
 A broker that does not answer a long-poll fetch as soon as data arrives (the embedded Tansu broker) would
 otherwise add up to 1.5 s to every query round trip. faust waits for every in-flight record to be
@@ -13,13 +16,20 @@ re-delivered and applied idempotently. Registered as the `gristmill://` broker s
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
+from weakref import WeakSet
 
 import aiokafka
 import faust
 from faust.transport.consumer import CONSUMER_WAIT_EMPTY
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP, Message
+from faust.types.tuples import ack_lock
 from mode import Service
+from mode.utils.futures import notify
+
+from streams.commit_gate import CommitGate
 
 DEFAULT_FETCH_MAX_WAIT_MS = 1500  # faust's own value
 
@@ -72,9 +82,64 @@ async def drain_in_flight(consumer: InFlight, limit_s: float | None) -> bool:
     return True
 
 
+class DeliveredMessages(WeakSet):  # type: ignore[type-arg]
+    """faust's set of in-flight messages, which also tells the commit gate of every delivery (faust's streams add
+    to this set directly rather than through `Consumer.track_message`)."""
+
+    def __init__(self, gate: CommitGate) -> None:
+        super().__init__()
+        self.gate = gate
+
+    def add(self, message: Message) -> None:
+        super().add(message)
+        self.gate.delivered(message.tp, message.offset)
+
+
 class Consumer(faust_aiokafka.Consumer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = CommitGate()
+        self._unacked_messages = DeliveredMessages(self.gate)
+
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def withhold(self, messages: Iterable[Message]) -> None:
+        """These records were not handled: their acknowledgements must not let commits pass them."""
+        for message in messages:
+            self.gate.withhold(message.tp, message.offset)
+
+    def ack(self, message: Message) -> bool:
+        with ack_lock:
+            if not message.acked and not self.gate.acknowledged(message.tp, message.offset):
+                message.acked = True  # withheld: no longer in flight, never committed past
+                self._unacked_messages.discard(message)
+                notify(self._waiting_for_ack)
+                return False
+            return super().ack(message)
+
+    def _new_offset(self, tp: TP) -> int | None:
+        """The commit gate decides; faust's list of acknowledged offsets is only cleared (it is not used)."""
+        self._acked[tp].clear()
+        self._acked_index[tp].clear()
+        return self.gate.safe_offset(tp)
+
+    async def seek(self, partition: TP, offset: int) -> None:
+        self.gate.rewind(partition, offset)
+        await super().seek(partition, offset)
+
+    async def redeliver(self, offsets: Mapping[TP, int]) -> None:
+        """Read these partitions again from these offsets (withheld records are processed again in this run)."""
+        for tp, offset in offsets.items():
+            await self.seek(tp, offset)
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        self.gate.forget(revoked)
+        await super().on_partitions_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        self.gate.forget(assigned)  # reading restarts from the committed offsets
+        await super().on_partitions_assigned(assigned, generation_id)
 
     @Service.transitions_to(CONSUMER_WAIT_EMPTY)
     async def wait_empty(self) -> None:

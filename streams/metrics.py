@@ -12,6 +12,11 @@ RECORDS_VALID = Counter("gristmill_records_valid_total", "Records that passed va
 RECORDS_INVALID = Counter("gristmill_records_invalid_total", "Records dead-lettered, by first reason",
                           ["topic", "reason"])
 DEADLETTERS_OUT = Counter("gristmill_deadletters_total", "Records written to the dead-letter topic", ["topic"])
+RECORDS_FAILED = Counter("gristmill_records_failed_total", "Valid records whose processing raised (dead-lettered "
+                         "alone, their batch-mates applied), by exception type", ["topic", "exception"])
+AGENT_CRASHES = Counter("gristmill_agent_crashes_total", "Exceptions that escaped an agent's batch loop (the "
+                        "agent restarts; its batch is re-delivered)", ["agent"])
+AGENTS = ("ingest", "query", "feedback", "monitor", "trainer", "rollout")
 
 BATCH_RECORDS = Histogram("gristmill_batch_records", "Records per micro-batch", ["agent"],
                           buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
@@ -73,6 +78,8 @@ def initialize(topics: tuple[str, ...] = ("documents", "queries", "feedback")) -
             ALERT.labels(topic, kind)
     for agent in ("ingest", "query"):
         BATCH_RECORDS.labels(agent)
+    for agent in AGENTS:
+        AGENT_CRASHES.labels(agent)
     ENCODE_SECONDS.labels("ingest")
     for outcome in ("embedded", "deleted", "unchanged", "stale"):
         DOCS_APPLIED.labels(outcome)

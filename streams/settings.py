@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     session_timeout_s: float = Field(default=8.0, gt=0)
     in_flight_wait_s: float = Field(default=30.0, gt=0, description="Longest a rebalance or stop waits for records "
                                                                     "in flight (they are re-delivered after).")
+    producer_max_bytes: int = Field(default=1_000_000, ge=100_000, description="Largest record the worker "
+                                    "produces (key, value and framing); the broker must accept it.")
+    deadletter_max_bytes: int = Field(default=900_000, ge=10_000, description="Dead letters larger than this keep "
+                                      "a prefix of the value (with its size and sha256).")
     fetch_max_wait_ms: int = Field(default=10, ge=1, le=5000,
                                    description="Longest a consumer fetch waits for data (bounds added latency).")
 
@@ -74,6 +78,20 @@ class Settings(BaseSettings):
     query_batch_seconds: float = Field(default=0.003, gt=0, description="Max wait to batch queries.")
     query_cache_size: int = Field(default=10_000, ge=0, description="Cached answers; 0 disables the cache.")
     query_cache_ttl_s: float = Field(default=30.0, gt=0, description="Longest a cached answer is served.")
+    query_cache_bytes: int = Field(default=64 * 2**20, ge=0, description="Memory the cached answers may take.")
+    query_log_max_rows: int = Field(default=200_000, ge=1_000, description="Queries the query log keeps (oldest "
+                                                                           "pruned first).")
+    query_log_max_age_s: float = Field(default=7 * 86_400, gt=0, description="Longest a query stays in the log.")
+    query_log_text_chars: int = Field(default=2_000, ge=100, description="Query and hit text kept per logged "
+                                                                         "query (longer is cut).")
+    http_max_query_chars: int = Field(default=4_000, ge=1, le=4_000, description="Longest `q` the HTTP API "
+                                                                                 "accepts (as the Kafka path).")
+    http_allowed_hosts: str = Field(default="", description="Comma-separated Host names the HTTP API answers "
+                                    "besides loopback names and its own bind address (DNS-rebinding guard).")
+    http_header_timeout_s: float = Field(default=10.0, gt=0, description="Longest a request's headers may take.")
+    http_body_timeout_s: float = Field(default=30.0, gt=0, description="Longest a request's body may take.")
+    http_idle_timeout_s: float = Field(default=75.0, gt=0, description="Longest an idle keep-alive connection "
+                                                                       "stays open.")
 
     # Monitoring (quality suites and drift, per window)
     monitor_window_records: int = Field(default=1000, ge=1, description="Records that close a window.")
@@ -123,6 +141,14 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("deadletter_max_bytes")
+    @classmethod
+    def _dead_letters_fit(cls, limit: int, info) -> int:  # type: ignore[no-untyped-def]
+        producer = info.data.get("producer_max_bytes")
+        if producer is not None and limit > producer:
+            raise ValueError(f"deadletter_max_bytes ({limit}) must not exceed producer_max_bytes ({producer})")
+        return limit
 
     @field_validator("chunk_overlap")
     @classmethod

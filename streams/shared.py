@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from streams.ml.serving import PairOpener, ServingSlot, onnx_pairs, open_registry, open_store
 from streams.ml.trainer import Trainer
-from streams.processing import DeadLetterSink, Outbox
+from streams.processing import AgentHealth, DeadLetterSink, Outbox
 from streams.settings import Settings
 from streams.state.query_log import QueryLog
 from streams.state.registry import ModelRegistry, ensure_base_model
@@ -28,6 +28,7 @@ class Shared:
     pairs: TrainingPairs  # feedback waiting for its query, training pairs, retrain history
     trainer: Trainer  # its status is shown whether or not this worker trains
     dead_letters: DeadLetterSink
+    health: AgentHealth  # agent crashes and completed batches (`/health` says degraded while one crash-loops)
 
     @classmethod
     def open(cls, settings: Settings, outbox: Outbox, *, stopping: Callable[[], bool] = lambda: False,
@@ -60,8 +61,9 @@ class Shared:
                 store.close()
 
         trainer = Trainer(settings, registry, pairs, serving_ledger, child_setup)
-        return cls(settings, registry, slot, threads, QueryLog(settings.query_log_path), pairs, trainer,
-                   DeadLetterSink(outbox))
+        query_log = QueryLog(settings.query_log_path, settings.query_log_text_chars)
+        return cls(settings, registry, slot, threads, query_log, pairs, trainer,
+                   DeadLetterSink(outbox, settings.deadletter_max_bytes), AgentHealth())
 
     def close(self) -> None:
         self.threads.close()

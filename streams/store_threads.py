@@ -10,8 +10,8 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
-from schemas.errors import GristmillError
 from streams import metrics
+from streams.errors import Unfinished
 from streams.state.errors import StoreError
 from streams.state.store import VectorStore
 
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class WriteAborted(GristmillError):
+class WriteAborted(Unfinished):
     """The worker is stopping while a store operation keeps failing: its batch stays uncommitted."""
 
 

@@ -6,10 +6,14 @@ Each topic's commands live in their own module; this one assembles them into one
 from __future__ import annotations
 
 import os
+import sys
 
 import typer
+from confluent_kafka import KafkaException
 
+from schemas.errors import GristmillError
 from streams.cli import bench, deadletter, models, produce, query, stack
+from streams.cli.context import console
 
 app = typer.Typer(help="gristmill: a streaming pipeline that keeps a semantic-search index fresh.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -33,5 +37,17 @@ for name in ("ingest", "query", "monitor", "flywheel", "badinput", "soak"):
 
 
 def main() -> None:
+    """Run a command; an error ends it with one line and exit status 1, never a traceback (`GRISTMILL_DEBUG=1`
+    shows the traceback of an unexpected one)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    app()
+    try:
+        app()
+    except (GristmillError, KafkaException, OSError) as exc:
+        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        sys.exit(1)
+    except Exception as exc:
+        if os.environ.get("GRISTMILL_DEBUG"):
+            raise
+        console.print(f"[red]error:[/red] {type(exc).__name__}: {exc} (GRISTMILL_DEBUG=1 shows where)",
+                      soft_wrap=True)
+        sys.exit(1)

@@ -16,18 +16,23 @@ def deadletter_inspect(
     out: Annotated[Path | None, typer.Option(help="Also write them as JSONL here, to fix and replay.")] = None,
 ) -> None:
     """List dead letters with their reasons (read from the start of the dead-letter topic)."""
-    from streams.deadletters import read_dead_letters, write_jsonl
+    from streams.deadletters import Foreign, read_dead_letters, write_jsonl
 
     settings = require_kafka(load_settings())
-    letters = list(read_dead_letters(settings, limit=limit))
+    foreign = Foreign()
+    letters = list(read_dead_letters(settings, limit=limit, foreign=foreign))
     table = Table(title=f"{len(letters)} dead letters")
     for column in ("topic", "partition@offset", "key", "reasons", "value as received"):
         table.add_column(column, overflow="fold")
     for letter in letters:
-        value = (letter.value or "")[:120] + (" (base64)" if letter.value_encoding == "base64" else "")
+        value = ((letter.value or "")[:120] + (" (base64)" if letter.value_encoding == "base64" else "")
+                 + (f" (truncated; {letter.value_size:,} bytes received)" if letter.value_truncated else ""))
         table.add_row(letter.topic, f"{letter.partition}@{letter.offset}", letter.key or "",
                       "\n".join(f"{e.loc}: {e.msg}" for e in letter.errors), value)
     console.print(table)
+    if foreign.count:
+        console.print(f"[yellow]skipped {foreign.count} records that are not dead letters[/yellow] "
+                      f"({'; '.join(foreign.examples)})", soft_wrap=True)
     if out is not None:
         write_jsonl(letters, out)
         console.print(f"wrote {len(letters)} dead letters to {out}: fix their `value` and run "
@@ -45,7 +50,11 @@ def deadletter_replay(
     try:
         plan = plan_replay(path, settings)
     except OSError as exc:
-        console.print(f"[red]{exc}[/red]")
+        console.print(f"[red]cannot read {path}:[/red] {exc.strerror or exc}")
+        raise typer.Exit(1) from exc
+    except UnicodeDecodeError as exc:
+        console.print(f"[red]{path} is not UTF-8 text[/red] ({exc.reason} at byte {exc.start}): expected dead "
+                      "letters as JSON lines, as `gristmill deadletter inspect --out` writes them")
         raise typer.Exit(1) from exc
     for number, reasons in plan.still_bad:
         console.print(f"[yellow]line {number} still invalid, not replayed:[/yellow] {reasons}")

@@ -35,19 +35,29 @@ def produce_feedback(
 def produce_documents(
     path: Annotated[Path, typer.Argument(help="JSONL of document events, BEIR corpus.jsonl, or a folder.")],
     version: Annotated[int | None, typer.Option(help="Version for records without one (default: now, ms).")] = None,
+    follow_symlinks: Annotated[bool, typer.Option(help="Also send files that symlinks in the folder point to "
+                                                       "outside it.")] = False,
 ) -> None:
-    """Produce documents to the `documents` topic, with a progress bar."""
-    from streams.produce import produce, read_documents
+    """Produce documents to the `documents` topic, with a progress bar. Exit status 4 when some could not be sent."""
+    from streams.produce import DocumentSource, produce
     from streams.topics import TopicNames
 
     settings = require_kafka(load_settings())
     try:
-        count, records = read_documents(path, version)
+        source = DocumentSource(path, version, follow_symlinks)
     except (OSError, ValueError) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc
     topic = TopicNames(settings.namespace).documents
     with progress_bar() as progress:
-        task = progress.add_task(f"{path.name} -> {topic}", total=count)
-        sent = produce(settings, topic, records, lambda n: progress.advance(task, n))
-    console.print(f"produced {sent} records to {topic} at {settings.kafka_bootstrap_servers}")
+        task = progress.add_task(f"{path.name} -> {topic}", total=source.count)
+        delivery = produce(settings, topic, source.records(), lambda n: progress.advance(task, n))
+    for skipped in source.skipped:
+        console.print(f"[yellow]not sent:[/yellow] {skipped.what}: {skipped.reason}", soft_wrap=True)
+    for reason in delivery.failed[:10]:
+        console.print(f"[yellow]not delivered:[/yellow] {reason}", soft_wrap=True)
+    unsent = len(source.skipped) + len(delivery.failed)
+    console.print(f"produced {delivery.sent} records to {topic} at {settings.kafka_bootstrap_servers}"
+                  + (f"; {unsent} could not be sent" if unsent else ""))
+    if unsent:
+        raise typer.Exit(4)

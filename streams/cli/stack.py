@@ -90,16 +90,17 @@ def _wait_indexed(url: str, documents: int, timeout_s: float) -> dict[str, Any]:
 
 def _demo(settings: Settings, url: str) -> None:
     from streams.devtools.demo import CORPUS, QUERIES
-    from streams.produce import produce, read_documents
+    from streams.produce import DocumentSource, produce
     from streams.topics import TopicNames
 
     try:
         _wait_indexed(url, 0, 120)
-        count, records = read_documents(CORPUS)
+        source = DocumentSource(CORPUS)
+        count = source.count
         with progress_bar() as progress:
             task = progress.add_task("demo corpus -> documents", total=count)
-            produce(settings, TopicNames(settings.namespace).documents, records,
-                    lambda n: progress.advance(task, n))
+            produce(settings, TopicNames(settings.namespace).documents, source.records(),
+                    lambda n: progress.advance(task, n)).check()
         with console.status(f"indexing {count} documents..."):
             health = _wait_indexed(url, count, 600)
         console.print(f"indexed {health['index']['documents']} documents as {health['index']['chunks']} chunks")

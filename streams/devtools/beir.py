@@ -64,7 +64,7 @@ def ingest_corpus(settings: Settings, http_url: str, dataset: BeirDataset, timeo
         "doc_id": doc_id, "version": version, "op": "upsert", "text": text or title, "source": "beir",
         **({"title": title} if title else {})}).encode()) for doc_id, (title, text) in dataset.corpus.items())
     started = time.monotonic()
-    produce(settings, TopicNames(settings.namespace).documents, records, on_sent)
+    produce(settings, TopicNames(settings.namespace).documents, records, on_sent).check()
     pending = list(dataset.corpus)
     deadline = time.monotonic() + timeout_s
     while pending:

@@ -28,7 +28,7 @@ from rich.table import Table
 
 from streams.broker import EmbeddedBroker
 from streams.devtools.bench_ingest import bench_texts
-from streams.devtools.demo.bad_records import bad_documents
+from streams.devtools.demo.bad_records import BadRecord, bad_documents, poison_documents
 from streams.devtools.worker_process import WorkerProcess
 from streams.ml.serving import open_registry
 from streams.settings import Settings
@@ -36,6 +36,7 @@ from streams.state.registry import ensure_base_model
 
 NAMESPACE = "bench-reliability"
 SOAK_POOL = 2_000  # documents the soak keeps updating
+HUGE_COPIES = 5  # copies of each poison record of a megabyte or more in a bad-input run
 TOPIC = f"{NAMESPACE}.documents"
 
 
@@ -65,17 +66,23 @@ class VolumeRun:
 
 
 def volume_run(registry_dir: Path, records: int, bad_share: float, console: Console, seed: int = 3) -> VolumeRun:
-    """Produce `records` document records (a `bad_share` of them bad, cycling through 30 kinds) as fast as
-    possible and wait until every good one is indexed and every bad one dead-lettered."""
+    """Produce `records` document records (a `bad_share` of them bad, cycling through the 30 invalid kinds and the
+    poison kinds) as fast as possible and wait until every good one is indexed and every bad one dead-lettered. The
+    poison kinds of a megabyte or more (whose dead letters must be truncated) come `HUGE_COPIES` times each, so the
+    in-memory broker holds the run."""
     rng = random.Random(seed)
     short, _ = bench_texts(seed)
-    bad_at = set(rng.sample(range(records), int(records * bad_share)))
+    bad_at = sorted(rng.sample(range(records), int(records * bad_share)))
+    huge = [p for p in poison_documents("poison") if len(p.value or b"") + len(p.key or b"") > 500_000]
+    small = bad_documents("x") + [p for p in poison_documents("poison") if p not in huge]
+    bad_of: dict[int, BadRecord] = {}
+    for n, i in enumerate(bad_at):  # every 50th bad record is a huge one, until each came HUGE_COPIES times
+        use_huge = n % 50 == 0 and n // 50 < HUGE_COPIES * len(huge)
+        bad_of[i] = huge[(n // 50) % len(huge)] if use_huge else small[n % len(small)]
     messages: list[tuple[bytes | None, bytes | None]] = []
-    kinds = len(bad_documents("x"))
     for i in range(records):
-        if i in bad_at:
-            bad = bad_documents(f"bad-{i}")[len(messages) % kinds]
-            messages.append((bad.key, bad.value))
+        if i in bad_of:
+            messages.append((bad_of[i].key, bad_of[i].value))
         else:
             messages.append((f"doc-{i}".encode(), _document(f"doc-{i}", f"{short[i % len(short)]} (record {i})")))
     good = records - len(bad_at)
@@ -83,6 +90,7 @@ def volume_run(registry_dir: Path, records: int, bad_share: float, console: Cons
         worker = WorkerProcess(Path(tmp), registry_dir, broker.bootstrap_servers, NAMESPACE).start()
         try:
             producer = Producer({"bootstrap.servers": broker.bootstrap_servers, "linger.ms": 5, "acks": "all",
+                                 "message.max.bytes": 4_000_000,
                                  "queue.buffering.max.messages": 1_000_000})
             started = time.perf_counter()
             for key, value in messages:

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from schemas import Record
 from streams.ml.serving import PairOpener, Serving, serving_pair
-from streams.processing import BatchRunner, Contract, Handler
+from streams.processing import BatchRunner, Contract, FailureHook, Handler
 from streams.settings import Settings
 from streams.shared import Shared
 from streams.state.hashing_encoder import HashingEncoder
@@ -98,9 +98,9 @@ class Harness:
         self._offsets: dict[tuple[str, int], int] = defaultdict(int)
 
     # -- the AgentHost protocol --------------------------------------------------------------------------------
-    def batch_agent(self, contract: Contract[R], name: str, size: int, within: float, handler: Handler[R]
-                    ) -> BatchRunner[R]:
-        runner = BatchRunner(contract, name, handler, self.shared.dead_letters)
+    def batch_agent(self, contract: Contract[R], name: str, size: int, within: float, handler: Handler[R],
+                    on_failure: FailureHook[R] | None = None) -> BatchRunner[R]:
+        runner = BatchRunner(contract, name, handler, self.shared.dead_letters, self.shared.health, on_failure)
         self.runners[contract.topic] = runner
         return runner
 

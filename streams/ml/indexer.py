@@ -8,7 +8,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from schemas import DocumentEvent
+import numpy as np
+
+from schemas import DocumentEvent, document_content
 from streams.ml.chunking import Chunker
 from streams.state.encoder import Encoder
 from streams.state.store import ChunkPoint, DocumentState, VectorStore
@@ -27,6 +29,7 @@ class IndexOutcome:
     embedded: int = 0
     chunks: int = 0
     deleted: int = 0
+    replaced: int = 0  # documents whose indexed chunks were rewritten or deleted (answers may have changed)
     unchanged: int = 0
     stale: int = 0
     encode_s: float = 0.0
@@ -69,6 +72,7 @@ class DocumentIndexer:
                 self.store.delete_chunks(doc_id)
                 states.append(DocumentState(doc_id, event.version, deleted=True))
                 outcome.deleted += 1
+                outcome.replaced += 1
             else:
                 digest = content_hash(event)
                 if (previous is not None and not previous.deleted and previous.content_hash == digest
@@ -78,6 +82,7 @@ class DocumentIndexer:
                     outcome.unchanged += 1
                 else:
                     to_embed.append((event, digest))
+                    outcome.replaced += previous is not None and not previous.deleted
         write_s = time.perf_counter() - started
 
         if to_embed:
@@ -86,6 +91,8 @@ class DocumentIndexer:
             started = time.perf_counter()
             vectors = self.encoder.encode(texts)
             outcome.encode_s = time.perf_counter() - started
+            if not np.isfinite(vectors).all():
+                raise ValueError("the encoder returned non-finite vectors; nothing of this batch was written")
             started = time.perf_counter()
             points, row = [], 0
             for (event, digest), chunks in zip(to_embed, split, strict=True):
@@ -105,6 +112,20 @@ class DocumentIndexer:
         self.store.put_documents(states)
         outcome.write_s = write_s + time.perf_counter() - started
         return outcome
+
+    def restore(self, doc_id: str) -> None:
+        """Make the document's chunks what its ledger entry says again (after a write of it failed half-way): the
+        ledger's text re-embedded, or no chunks when it is deleted or was never indexed."""
+        state = self.store.get_documents([doc_id]).get(doc_id)
+        if state is None or state.deleted:
+            self.store.delete_chunks(doc_id)
+            return
+        chunks = self.chunker.split(document_content(state.title, state.text))
+        vectors = self.encoder.encode([chunk.text for chunk in chunks])
+        self.store.upsert_chunks([ChunkPoint(doc_id, chunk.number, chunk.text, state.version,
+                                             state.content_hash or "", self.encoder.version, vector, state.source,
+                                             state.title) for chunk, vector in zip(chunks, vectors, strict=True)])
+        self.store.delete_chunks(doc_id, from_chunk=len(chunks))
 
     def _state(self, event: DocumentEvent, digest: str, chunks: int) -> DocumentState:
         return DocumentState(

@@ -101,11 +101,16 @@ class FeedbackJoin:
         refused: list[tuple[PendingFeedback, FieldError]] = []
         done: list[PendingFeedback] = []
         for item in held:
-            feedback = FeedbackEvent.model_validate_json(item.value)
-            logged = self.query_log.get(item.query_id)
+            try:
+                feedback = FeedbackEvent.model_validate_json(item.value)
+                logged = self.query_log.get(item.query_id)
+                joined = None if logged is None else pairs_from_feedback(
+                    feedback, logged, self.document_text, pair_lineage(item.topic, item.partition, item.offset))
+            except Exception as exc:  # one record's failure is its own: refused, the others joined
+                refused.append((item, FieldError(loc="record", msg=f"{type(exc).__name__}: {exc}")))
+                done.append(item)
+                continue
             if logged is not None:
-                joined = pairs_from_feedback(feedback, logged, self.document_text,
-                                             pair_lineage(item.topic, item.partition, item.offset))
                 if joined is None:
                     refused.append((item, FieldError(loc="doc_id", msg=(
                         f"unknown document: {feedback.doc_id!r} is neither a served hit nor indexed"))))

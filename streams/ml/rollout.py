@@ -53,8 +53,12 @@ async def _roll_out(slot: ServingSlot, version: str, write: Write, step_document
         return progress
     slot.rollout = progress
     metrics.ROLLOUT_PROGRESS.set(0)
-    model = slot.registry.get(version)
-    target = await loop.run_in_executor(None, slot.open, model)
+    try:
+        model = slot.registry.get(version)
+        target = await loop.run_in_executor(None, slot.open, model)
+    except BaseException as exc:  # an unknown version, an encoder or collection that cannot be opened
+        progress.state, progress.error, progress.finished_at = "failed", f"{type(exc).__name__}: {exc}", time.time()
+        raise
     try:
         def snapshot() -> list[DocumentState]:
             slot.written_during_rollout = set()  # from here on, ingest remembers what it writes
@@ -79,7 +83,8 @@ async def _roll_out(slot: ServingSlot, version: str, write: Write, step_document
         await write(switch, f"rollout switch to {version}")
     except BaseException as exc:
         slot.written_during_rollout = None
-        progress.state, progress.error = "failed", str(exc) or type(exc).__name__
+        progress.state, progress.error = "failed", f"{type(exc).__name__}: {exc}"
+        progress.finished_at = time.time()
         await loop.run_in_executor(None, target.close)
         raise
     progress.state, progress.finished_at = "switched", time.time()

@@ -36,25 +36,43 @@ def normalize_query(text: str) -> str:
     return " ".join(text.casefold().split())
 
 
+def result_bytes(result: SearchResult) -> int:
+    """About what a cached answer holds in memory (its texts dominate)."""
+    return 256 + sum(200 + len(hit.text) + len(hit.doc_id) for hit in result.hits)
+
+
 class Searcher:
     """Answers searches from one (encoder, index) pair; `index_version` names the model that built the index.
 
-    Repeated queries within the same versions come from a TTL cache (the TTL bounds how long a cached answer
-    can miss documents indexed after it).
+    Repeated queries within the same versions come from a TTL cache, bounded by entries and by bytes. The TTL
+    bounds how long a cached answer can miss documents indexed after it; an index write that replaces or deletes
+    a document bumps the write generation (`invalidate`), which is part of every key, so no answer, cached or
+    not, shows chunks that were replaced or deleted.
     """
 
     def __init__(self, encoder: Encoder, store: VectorStore, index_version: str | None = None,
-                 cache_size: int = 10_000, cache_ttl_s: float = 30.0) -> None:
+                 cache_size: int = 10_000, cache_ttl_s: float = 30.0, cache_bytes: int = 64 * 2**20) -> None:
         self.encoder = encoder
         self.store = store
         self.index_version = index_version or encoder.version
+        # every entry costs at least `cache_bytes / cache_size`: at most `cache_size` entries, `cache_bytes` bytes
+        least = max(1, cache_bytes // max(1, cache_size))
         self._cache: TTLCache[tuple[object, ...], SearchResult] | None = (
-            TTLCache(cache_size, cache_ttl_s) if cache_size > 0 else None)
+            TTLCache(cache_bytes, cache_ttl_s, getsizeof=lambda r: max(least, result_bytes(r)))
+            if cache_size > 0 and cache_bytes > 0 else None)
         self._lock = threading.Lock()
+        self.generation = 0  # index writes that replaced or deleted documents
 
-    def _key(self, request: SearchRequest) -> tuple[object, ...]:
+    def invalidate(self) -> None:
+        """The index changed what answers may contain: cached answers are no longer served."""
+        with self._lock:
+            self.generation += 1
+            if self._cache is not None:
+                self._cache.clear()
+
+    def _key(self, request: SearchRequest, generation: int) -> tuple[object, ...]:
         return (normalize_query(request.text), request.limit, tuple(sorted(request.filter.items())),
-                self.encoder.version, self.index_version)
+                self.encoder.version, self.index_version, generation)
 
     def search(self, text: str, limit: int = 10, filter_: Mapping[str, ScalarValue] | None = None) -> SearchResult:
         return self.search_many([SearchRequest(text, limit, dict(filter_ or {}))])[0]
@@ -67,8 +85,9 @@ class Searcher:
         results: list[SearchResult | None] = [None] * len(requests)
         misses: list[int] = []
         with self._lock:
+            generation = self.generation  # answers are cached under the generation they were searched in
             for i, request in enumerate(requests):
-                cached = self._cache.get(self._key(request)) if self._cache is not None else None
+                cached = self._cache.get(self._key(request, generation)) if self._cache is not None else None
                 if cached is None:
                     misses.append(i)
                 else:
@@ -84,5 +103,6 @@ class Searcher:
             if self._cache is not None:
                 with self._lock:
                     for i in misses:
-                        self._cache[self._key(requests[i])] = results[i]  # type: ignore[assignment]
+                        if result_bytes(results[i]) <= self._cache.maxsize:  # type: ignore[arg-type]
+                            self._cache[self._key(requests[i], generation)] = results[i]  # type: ignore[assignment]
         return results  # type: ignore[return-value]

@@ -90,7 +90,8 @@ PairOpener = Callable[[ModelVersion], Serving]
 def serving_pair(settings: Settings, model: ModelVersion, encoder: Encoder, store: VectorStore) -> Serving:
     """The pair of `encoder` and `store`, chunked and cached as `settings` say."""
     chunker = Chunker(encoder.tokenizer, settings.chunk_tokens, settings.chunk_overlap, encoder.max_tokens)
-    searcher = Searcher(encoder, store, cache_size=settings.query_cache_size, cache_ttl_s=settings.query_cache_ttl_s)
+    searcher = Searcher(encoder, store, cache_size=settings.query_cache_size, cache_ttl_s=settings.query_cache_ttl_s,
+                        cache_bytes=settings.query_cache_bytes)
     return Serving(model, encoder, chunker, store, searcher)
 
 
@@ -160,10 +161,19 @@ class ServingSlot:
 
     def apply_documents(self, events: Sequence[DocumentEvent]) -> IndexOutcome:
         """Apply document events to the serving index (call it on the store-writer thread)."""
-        outcome = self.current.indexer().apply(events)
+        pair = self.current
+        outcome = pair.indexer().apply(events)
+        if outcome.replaced:
+            pair.searcher.invalidate()  # no answer may show the replaced or deleted chunks
         if self.written_during_rollout is not None:
             self.written_during_rollout.update(event.doc_id for event in events)
         return outcome
+
+    def restore_document(self, doc_id: str) -> None:
+        """After a failed write of `doc_id`: its chunks as its ledger entry says (on the store-writer thread)."""
+        pair = self.current
+        pair.indexer().restore(doc_id)
+        pair.searcher.invalidate()
 
     def publish_model_info(self) -> None:
         encoder = self.current.encoder

@@ -2,7 +2,8 @@
 
 Enabled by `GRISTMILL_FAULTS_FILE`; the JSON file is re-read whenever it changes, so faults can be switched on
 and off while the worker runs: `{"mode": "error" | "timeout" | "slow" | "ok", "delay_s": 0.5,
-"operations": ["upsert_chunks", ...]}` (all operations when `operations` is absent).
+"operations": ["upsert_chunks", ...], "doc_ids": ["d1", ...]}` (all operations when `operations` is absent; with
+`doc_ids`, only operations on those documents fail: a drill can withhold one chosen batch).
 """
 
 from __future__ import annotations
@@ -63,9 +64,10 @@ class FaultInjectingStore:
         self.plan = plan
         self._sleep = sleep
 
-    def _run(self, operation: str, call: Callable[[], T]) -> T:
+    def _run(self, operation: str, call: Callable[[], T], doc_ids: Sequence[str] = ()) -> T:
         plan = self.plan.current()
-        if plan["mode"] != "ok" and operation in plan.get("operations", [operation]):
+        targeted = "doc_ids" not in plan or bool(set(plan["doc_ids"]) & set(doc_ids))
+        if plan["mode"] != "ok" and operation in plan.get("operations", [operation]) and targeted:
             delay = float(plan.get("delay_s", 0.5))
             if plan["mode"] == "error":
                 raise StoreError(f"injected fault: {operation} failed")
@@ -80,13 +82,13 @@ class FaultInjectingStore:
         return self.inner.dim
 
     def upsert_chunks(self, points: Sequence[ChunkPoint]) -> None:
-        self._run("upsert_chunks", lambda: self.inner.upsert_chunks(points))
+        self._run("upsert_chunks", lambda: self.inner.upsert_chunks(points), [p.doc_id for p in points])
 
     def delete_chunks(self, doc_id: str, from_chunk: int = 0) -> None:
-        self._run("delete_chunks", lambda: self.inner.delete_chunks(doc_id, from_chunk))
+        self._run("delete_chunks", lambda: self.inner.delete_chunks(doc_id, from_chunk), [doc_id])
 
     def set_chunk_version(self, doc_id: str, version: int) -> None:
-        self._run("set_chunk_version", lambda: self.inner.set_chunk_version(doc_id, version))
+        self._run("set_chunk_version", lambda: self.inner.set_chunk_version(doc_id, version), [doc_id])
 
     def search(self, vector: np.ndarray, limit: int,
                filter_: Mapping[str, ScalarValue] | None = None) -> list[SearchHit]:
@@ -102,10 +104,10 @@ class FaultInjectingStore:
         return self._run("count_chunks", self.inner.count_chunks)
 
     def get_documents(self, doc_ids: Sequence[str]) -> dict[str, DocumentState]:
-        return self._run("get_documents", lambda: self.inner.get_documents(doc_ids))
+        return self._run("get_documents", lambda: self.inner.get_documents(doc_ids), doc_ids)
 
     def put_documents(self, states: Sequence[DocumentState]) -> None:
-        self._run("put_documents", lambda: self.inner.put_documents(states))
+        self._run("put_documents", lambda: self.inner.put_documents(states), [s.doc_id for s in states])
 
     def count_documents(self, include_deleted: bool = False) -> int:
         return self._run("count_documents", lambda: self.inner.count_documents(include_deleted))

@@ -21,10 +21,22 @@ class LoggedQuery:
     via: str
 
 
-class QueryLog:
-    """One row per query_id (a re-delivered query overwrites its row with the same answer)."""
+def bounded(entry: LoggedQuery, text_chars: int) -> LoggedQuery:
+    """The entry with its query text and hit texts cut to `text_chars` (the log keeps bounded text)."""
+    def cut(text: object) -> object:
+        return text[:text_chars] + "…" if isinstance(text, str) and len(text) > text_chars else text
 
-    def __init__(self, path: Path) -> None:
+    query = {**entry.query, "text": cut(entry.query.get("text"))}
+    hits = [{**hit, "text": cut(hit.get("text"))} for hit in entry.response.get("hits") or []]
+    return LoggedQuery(entry.query_id, query, {**entry.response, "hits": hits}, entry.answered_at, entry.via)
+
+
+class QueryLog:
+    """One row per query_id (a re-delivered query overwrites its row with the same answer); texts are kept up to
+    `text_chars`, and `prune` bounds the log by age and rows."""
+
+    def __init__(self, path: Path, text_chars: int = 2_000) -> None:
+        self.text_chars = text_chars
         self._db = open_wal_database(path)
         self._lock = threading.Lock()
         with self._lock:
@@ -35,6 +47,7 @@ class QueryLog:
             self._db.execute("CREATE INDEX IF NOT EXISTS queries_answered_at ON queries (answered_at)")
 
     def record(self, entries: Sequence[LoggedQuery]) -> None:
+        entries = [bounded(e, self.text_chars) for e in entries]
         rows = [(e.query_id, json.dumps(e.query, default=str), json.dumps(e.response, default=str), e.answered_at,
                  e.via, e.response.get("model_version", ""), e.response.get("index_version", ""))
                 for e in entries]
@@ -63,6 +76,15 @@ class QueryLog:
             rows = self._db.execute("SELECT query_id, query, response, answered_at, via FROM queries "
                                     "ORDER BY answered_at DESC LIMIT ?", (limit,)).fetchall()
         return [LoggedQuery(r[0], json.loads(r[1]), json.loads(r[2]), r[3], r[4]) for r in rows]
+
+    def prune(self, max_rows: int, max_age_s: float, now: float) -> int:
+        """Delete entries older than `max_age_s` and the oldest beyond `max_rows`; returns how many went."""
+        with self._lock:
+            before = self._db.total_changes
+            self._db.execute("DELETE FROM queries WHERE answered_at < ?", (now - max_age_s,))
+            self._db.execute("DELETE FROM queries WHERE query_id IN (SELECT query_id FROM queries "
+                             "ORDER BY answered_at DESC LIMIT -1 OFFSET ?)", (max_rows,))
+            return self._db.total_changes - before
 
     def count(self) -> int:
         with self._lock:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -16,6 +17,7 @@ from typing import Any, Protocol
 from streams.state.errors import ModelExportUnavailable, NothingToRollBack, UnknownModelVersion
 
 BASE_VERSION = "v1"
+VERSION_NAME = re.compile(r"v[0-9]{1,9}")  # a version names a directory and a collection: nothing else is one
 
 
 @dataclass(frozen=True)
@@ -93,8 +95,14 @@ class LocalModelRegistry:
         data = json.loads((version_dir / "manifest.json").read_text(encoding="utf-8"))
         return ModelVersion(name=self.name, path=version_dir, **data)
 
+    def _dir(self, version: str) -> Path:
+        """The directory of a version; only names like `v3` are versions, so a name can never leave the root."""
+        if not isinstance(version, str) or not VERSION_NAME.fullmatch(version):
+            raise UnknownModelVersion(f"{version!r} is not a model version name (v1, v2, ...)")
+        return self.root / version
+
     def get(self, version: str) -> ModelVersion:
-        version_dir = self.root / version
+        version_dir = self._dir(version)
         if not (version_dir / "manifest.json").is_file():
             raise UnknownModelVersion(f"model {self.name!r} has no version {version!r} under {self.root}")
         return self._manifest(version_dir)
@@ -120,7 +128,7 @@ class LocalModelRegistry:
                  version: str | None = None) -> ModelVersion:
         """Move an exported `files_dir` (model.onnx, tokenizer.json) in as a new version."""
         version = version or self.next_version()
-        target = self.root / version
+        target = self._dir(version)
         if target.exists():
             raise FileExistsError(f"model version {version!r} already exists at {target}")
         manifest = {

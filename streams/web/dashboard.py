@@ -54,6 +54,14 @@ def histogram_quantile(metric: str, q: float, **match: str) -> float | None:
     return lower
 
 
+SHOWN_CHARS = 200  # the page shows at most this much of any text a client sent
+
+
+def shown(text: object, limit: int = SHOWN_CHARS) -> str:
+    value = "" if text is None else str(text)
+    return value if len(value) <= limit else value[:limit] + "…"
+
+
 def dashboard_state(shared: Shared, trains: bool, recent: int = 20) -> dict[str, Any]:
     """Everything the page shows, as JSON-ready data (`trains`: this worker runs the trainer agent)."""
     cache = counter_by("gristmill_query_cache", "result")
@@ -64,8 +72,8 @@ def dashboard_state(shared: Shared, trains: bool, recent: int = 20) -> dict[str,
     for entry in shared.query_log.recent(recent):
         hits = entry.response.get("hits") or []
         judged = shared.pairs.for_query(entry.query_id)
-        queries.append({"query_id": entry.query_id, "text": entry.query.get("text", ""), "via": entry.via,
-                        "answered_at": entry.answered_at, "top_hit": hits[0]["doc_id"] if hits else None,
+        queries.append({"query_id": shown(entry.query_id), "text": shown(entry.query.get("text")), "via": entry.via,
+                        "answered_at": entry.answered_at, "top_hit": shown(hits[0]["doc_id"]) if hits else None,
                         "score": hits[0]["score"] if hits else None, "hits": len(hits),
                         "latency_ms": entry.response.get("latency_ms"), "cached": entry.response.get("cached"),
                         "feedback": [f"{'+' if p.kind == 'positive' else '-'}{p.doc_id}" for p in judged
@@ -85,10 +93,13 @@ def dashboard_state(shared: Shared, trains: bool, recent: int = 20) -> dict[str,
         "freshness_s": {q: histogram_quantile("gristmill_freshness_seconds", q / 100) for q in (50, 99)},
         "cache_hit_ratio": cache.get("hit", 0.0) / lookups if lookups else None,
         "consumer_lag": gauge_sum("gristmill_consumer_lag"),
+        "agent_crashes": counter_by("gristmill_agent_crashes", "agent"),
+        "degraded_agents": shared.health.degraded(),
         "alerts": alerts,
-        "dead_letters": [{"topic": d.topic, "partition": d.partition, "offset": d.offset, "key": d.key,
-                          "value": (d.value or "")[:160], "value_encoding": d.value_encoding,
-                          "reasons": [f"{e.loc}: {e.msg}" for e in d.errors], "ts": d.ts.isoformat()}
+        "dead_letters": [{"topic": d.topic, "partition": d.partition, "offset": d.offset, "key": shown(d.key, 80),
+                          "value": shown(d.value, 160), "value_encoding": d.value_encoding,
+                          "value_truncated": d.value_truncated, "exception": d.exception,
+                          "reasons": [shown(f"{e.loc}: {e.msg}") for e in d.errors[:5]], "ts": d.ts.isoformat()}
                          for d in list(shared.dead_letters.recent)[:recent]],
         "recent_queries": queries,
         "models": [{"version": m.version, "created_at": m.created_at, "metrics": m.metrics,
@@ -166,6 +177,8 @@ async function refresh() {
     card("freshness p50", `${num(s.freshness_s["50"], 2)} s`, `p99 ${num(s.freshness_s["99"], 2)} s`),
     card("cache hit ratio", s.cache_hit_ratio == null ? "-" : `${num(100 * s.cache_hit_ratio, 1)} %`, ""),
     card("consumer lag", num(s.consumer_lag), "records behind"),
+    card("agent crashes", num(sum(s.agent_crashes)), s.degraded_agents.length
+      ? `degraded: ${s.degraded_agents.join(", ")}` : "all agents healthy"),
   ].join("");
   document.getElementById("alerts").innerHTML = s.alerts.length
     ? s.alerts.map(a => `<span class="alert">${esc(a.topic)}: ${esc(a.kind)}</span>`).join(" · ")

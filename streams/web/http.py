@@ -1,4 +1,7 @@
-"""HTTP API of a worker (aiohttp, 127.0.0.1 by default): search, health, documents, Prometheus metrics."""
+"""HTTP API of a worker (aiohttp, 127.0.0.1 by default): search, health, documents, Prometheus metrics.
+
+Errors are answered by type: an invalid request 400, an oversized query 413, an unknown version 404, nothing to
+roll back 409; a Host or Origin that is not allowed 403 (`streams.web.guards`)."""
 
 from __future__ import annotations
 
@@ -16,16 +19,18 @@ from aiohttp import web
 from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from schemas import FILTER_FIELDS, InvalidFilter, ModelUpdate, validate_filter
+from schemas import FILTER_FIELDS, INTEGER_FILTER_FIELDS, InvalidFilter, ModelUpdate, validate_filter
 from streams import metrics
 from streams.app import Worker
 from streams.batching import MicroBatcher
+from streams.host import AgentHost
 from streams.ml.search import SearchRequest, SearchResult
 from streams.ml.trainer import promote_update, rollback_update
 from streams.processing import publish
 from streams.state.errors import NothingToRollBack, UnknownModelVersion
 from streams.state.query_log import LoggedQuery
 from streams.web.dashboard import PAGE, dashboard_state
+from streams.web.guards import BadRequestBody, GuardedSite, headers_expected_next, host_guard, read_json
 from streams.web.openapi import OPENAPI
 
 log = logging.getLogger(__name__)
@@ -36,9 +41,24 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
-def build_http_app(worker: Worker) -> web.Application:
+def query_filter(params: Any) -> dict[str, Any]:
+    """The filter of a GET search from its query parameters: integer fields parsed (`InvalidFilter` if not)."""
+    filter_: dict[str, Any] = {}
+    for key, value in params.items():
+        if key in INTEGER_FILTER_FIELDS:
+            try:
+                filter_[key] = int(value)
+            except ValueError as exc:
+                raise InvalidFilter(f"filter {key!r} must be an integer, not {value[:40]!r}") from exc
+        elif key in FILTER_FIELDS:
+            filter_[key] = value
+    return filter_
+
+
+def build_http_app(worker: AgentHost) -> web.Application:
     routes = web.RouteTableDef()
     shared = worker.shared
+    settings = worker.settings
 
     async def search_many(requests: Sequence[SearchRequest]) -> list[SearchResult]:
         searcher = shared.serving.current.searcher  # the pair, taken once per batch
@@ -49,6 +69,9 @@ def build_http_app(worker: Worker) -> web.Application:
     async def run_search(text: str, k: int, filter_: dict[str, Any]) -> web.Response:
         if not text.strip():
             return _error(400, "query text 'q' is required")
+        if len(text) > settings.http_max_query_chars:
+            return _error(413, f"query text 'q' has {len(text):,} characters; at most "
+                               f"{settings.http_max_query_chars:,} are accepted")
         if not 1 <= k <= MAX_K:
             return _error(400, f"k must be between 1 and {MAX_K}")
         try:
@@ -81,15 +104,18 @@ def build_http_app(worker: Worker) -> web.Application:
             k = int(request.query.get("k", "10"))
         except ValueError:
             return _error(400, "k must be an integer")
-        filter_ = {key: value for key, value in request.query.items() if key in FILTER_FIELDS}
+        try:
+            filter_ = query_filter(request.query)
+        except InvalidFilter as exc:
+            return _error(400, str(exc))
         return await run_search(request.query.get("q", ""), k, filter_)
 
     @routes.post("/search")
     async def search_post(request: web.Request) -> web.Response:
         try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return _error(400, "body must be a JSON object")
+            body = await read_json(request, settings.http_body_timeout_s)
+        except BadRequestBody as exc:
+            return _error(400, str(exc))
         if not isinstance(body, dict) or not isinstance(body.get("q", ""), str):
             return _error(400, "body must be a JSON object with a string 'q'")
         k, filter_ = body.get("k", 10), body.get("filter") or {}
@@ -116,11 +142,11 @@ def build_http_app(worker: Worker) -> web.Application:
     @routes.post("/documents/versions")
     async def document_versions(request: web.Request) -> web.Response:
         try:
-            body = await request.json()
+            body = await read_json(request, settings.http_body_timeout_s)
             doc_ids = body["doc_ids"]
             if not isinstance(doc_ids, list) or not all(isinstance(d, str) for d in doc_ids) or len(doc_ids) > 10_000:
                 raise ValueError
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError):
+        except (BadRequestBody, KeyError, TypeError, ValueError):
             return _error(400, "body must be {\"doc_ids\": [up to 10,000 strings]}")
         store = shared.serving.current.store
         states = await shared.threads.peek(lambda: store.get_documents(doc_ids))
@@ -147,8 +173,11 @@ def build_http_app(worker: Worker) -> web.Application:
         chunks, documents = await asyncio.gather(shared.threads.peek(serving.store.count_chunks),
                                                  shared.threads.peek(serving.store.count_documents))
         rollout = shared.serving.rollout
+        crash_looping = shared.health.degraded()
         return web.json_response({
-            "status": "ok",
+            "status": "degraded" if crash_looping else "ok",
+            "degraded_agents": crash_looping,
+            "agents": shared.health.as_dict(),
             "model_version": serving.encoder.version,
             "index_version": serving.searcher.index_version,
             "encoder_provider": serving.encoder.provider,
@@ -178,7 +207,7 @@ def build_http_app(worker: Worker) -> web.Application:
         if (error := refused(request)) is not None:
             return error
         try:
-            body = await request.json()
+            body = await read_json(request, settings.http_body_timeout_s)
             version = body["version"]
             if not isinstance(version, str):
                 raise TypeError("'version' must be a string")
@@ -206,7 +235,8 @@ def build_http_app(worker: Worker) -> web.Application:
     async def prometheus(request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    app = web.Application(client_max_size=1024 * 1024)
+    allowed = [settings.http_host, *settings.http_allowed_hosts.split(",")]
+    app = web.Application(client_max_size=1024 * 1024, middlewares=[host_guard(allowed), headers_expected_next])
     app.add_routes(routes)
     return app
 
@@ -221,9 +251,10 @@ class HttpService(Service):
 
     async def on_start(self) -> None:
         settings = self.worker.settings
-        self._runner = web.AppRunner(build_http_app(self.worker), access_log=None)
+        self._runner = web.AppRunner(build_http_app(self.worker), access_log=None,
+                                     keepalive_timeout=settings.http_idle_timeout_s)
         await self._runner.setup()
-        await web.TCPSite(self._runner, settings.http_host, settings.http_port).start()
+        await GuardedSite(self._runner, settings.http_host, settings.http_port, settings.http_header_timeout_s).start()
         log.info("HTTP API on http://%s:%d", settings.http_host, settings.http_port)
 
     async def on_stop(self) -> None:

@@ -7,6 +7,10 @@ from pathlib import Path
 
 from schemas import QueryResponse
 from streams.devtools.harness import Harness, message
+from streams.ml.serving import serving_pair
+from streams.settings import Settings
+from streams.state.hashing_encoder import HashingEncoder
+from streams.state.memory_store import InMemoryVectorStore
 
 DOCS = {"tea": ("Green tea is steeped at eighty degrees for two minutes.", "kitchen"),
         "bikes": ("Oil the bicycle chain every few hundred kilometres.", "workshop")}
@@ -32,3 +36,47 @@ def test_queries_are_answered_filtered_cached_and_logged(tmp_path: Path) -> None
         assert letter.errors[0].loc == "text"  # type: ignore[attr-defined]
         logged = harness.shared.query_log.get("q2")
         assert logged is not None and logged.via == "kafka" and logged.response["hits"][0]["doc_id"] == "bikes"
+
+
+class ExplodingStore(InMemoryVectorStore):
+    """Raises for searches filtered on source `boom` (a search the store cannot answer)."""
+
+    def search(self, vector, limit, filter_=None):  # type: ignore[no-untyped-def]
+        if (filter_ or {}).get("source") == "boom":
+            raise ValueError("the store cannot answer this search")
+        return super().search(vector, limit, filter_)
+
+
+def test_a_query_that_fails_costs_only_itself(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    store = ExplodingStore("chunks", 64)
+    opener = lambda model: serving_pair(settings, model, HashingEncoder(model.version, 64), store)  # noqa: E731
+    with Harness(tmp_path, opener=opener).register("ingest", "query") as harness:
+        harness.send("documents", [{"doc_id": d, "version": 1, "op": "upsert", "text": t, "source": s}
+                                   for d, (t, s) in DOCS.items()])
+        harness.send("queries", [
+            {"query_id": "before", "text": "green tea", "top_k": 1},
+            {"query_id": "poison", "text": "green tea", "top_k": 1, "filter": {"source": "boom"}},
+            message("queries", b'{"query_id": "typed", "text": "x", "filter": {"version": 1.5}}', "typed", offset=2),
+            {"query_id": "after", "text": "bicycle chain", "top_k": 1},
+        ])
+        assert [r.query_id for r in harness.published("responses")] == ["before", "after"]  # type: ignore[attr-defined]
+        letters = {letter.key: letter for letter in harness.published("deadletter")}  # type: ignore[attr-defined]
+        assert letters["poison"].exception == "ValueError" and letters["typed"].errors[0].loc == "filter"
+
+
+def test_no_answer_shows_a_deleted_or_replaced_document(tmp_path: Path) -> None:
+    with Harness(tmp_path, query_cache_ttl_s=3600).register("ingest", "query") as harness:
+        harness.send("documents", [{"doc_id": "h1", "version": 1, "op": "upsert", "text": "Heron nests by the lake."},
+                                   {"doc_id": "h2", "version": 1, "op": "upsert", "text": "Otters swim in rivers."}])
+        ask = {"text": "heron nests lake", "top_k": 2}
+        harness.send("queries", [{"query_id": "q1", **ask}])
+        harness.send("queries", [{"query_id": "q2", **ask}])
+        harness.send("documents", [{"doc_id": "h1", "version": 2, "op": "delete"}])
+        harness.send("queries", [{"query_id": "q3", **ask}])
+        harness.send("documents", [{"doc_id": "h2", "version": 2, "op": "upsert", "text": "Otters now rest."}])
+        harness.send("queries", [{"query_id": "q4", **ask}])
+        answers = {r.query_id: r for r in harness.published("responses")}  # type: ignore[attr-defined]
+        assert answers["q2"].cached and answers["q1"].hits[0].doc_id == "h1"
+        assert not answers["q3"].cached and "h1" not in [h.doc_id for h in answers["q3"].hits]
+        assert not answers["q4"].cached and [h.text for h in answers["q4"].hits] == ["Otters now rest."]

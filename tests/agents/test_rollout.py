@@ -26,3 +26,18 @@ def test_a_promotion_is_rolled_out_and_switches_serving(tmp_path: Path) -> None:
         assert serving.current.model.version == "v2" and registry.current().version == "v2"  # type: ignore[union-attr]
         assert serving.current.store.count_documents() == 5 and serving.rollout.state == "switched"  # type: ignore[union-attr]
         assert serving.current.searcher.search("note 3", 1).hits[0].doc_id == "d3"
+
+
+def test_a_rollout_that_cannot_happen_ends_failed_with_its_reason_and_serving_stays(tmp_path: Path) -> None:
+    with Harness(tmp_path).register("ingest", "rollout") as harness:
+        harness.send("model-updates", [message("model-updates", update("v7"), "minilm"),  # never registered
+                                       message("model-updates", b'{"version": "../../../../tmp", "uri": "", '
+                                                                b'"status": "rolled_back"}', "minilm", offset=1)])
+        serving = harness.shared.serving
+        assert serving.current.model.version == "v1"
+        assert serving.rollout is not None and serving.rollout.state == "failed"
+        assert "UnknownModelVersion" in (serving.rollout.error or "")
+        (letter,) = harness.published("deadletter")
+        assert letter.errors[0].loc == "version"  # type: ignore[attr-defined]
+        harness.tick()  # following the registry does not retry a failed rollout in a loop
+        assert serving.current.model.version == "v1"

@@ -29,7 +29,7 @@ def check(key: bytes | None, value: bytes | None) -> None:
         result = validate_message(RawMessage("t", 0, 1, key, value), model, key_field)
         assert isinstance(result, (Accepted, Rejected))
         if isinstance(result, Rejected):
-            letter = DeadLetter.model_validate_json(result.dead_letter().model_dump_json())
+            letter = DeadLetter.model_validate_json(result.dead_letter()[1].model_dump_json())
             assert letter.errors and all(e.msg for e in letter.errors)
             stored = letter.value
             if value is None:

@@ -60,3 +60,56 @@ def bad_documents(prefix: str = "bad") -> list[BadRecord]:
         BadRecord("nested metadata", k, _doc(doc_id=prefix, metadata={"a": {"b": 1}}), "metadata.a"),
         BadRecord("updated_at not a time", k, _doc(doc_id=prefix, updated_at="yesterday"), "updated_at"),
     ]
+
+
+def poison_documents(prefix: str = "poison") -> list[BadRecord]:
+    """Records that once took their valid neighbours down: dead letters too large for the producer (as received,
+    JSON-escaped, base64-grown), and values the store cannot hold."""
+    k = prefix.encode()
+    return [
+        BadRecord("1.9 MB text", k, _doc(doc_id=prefix, text="lorem ipsum " * 160_000), "text"),
+        BadRecord("600 KB of quotes", k, _doc(doc_id=prefix, text='"' * 600_000), "text"),
+        BadRecord("800 KB not UTF-8", k, b"\xff\xfe" + bytes(range(128, 256)) * 6_400, "value"),
+        BadRecord("NaN metadata", k, _doc(doc_id=prefix).replace(b'"text"', b'"metadata": {"m": NaN}, "text"'),
+                  "metadata.m"),
+        BadRecord("Infinity metadata", k, _doc(doc_id=prefix).replace(b'"text"', b'"metadata": {"m": -Infinity}, '
+                                                                                  b'"text"'), "metadata.m"),
+        BadRecord("metadata beyond 64 bits", k, _doc(doc_id=prefix, metadata={"m": 2**64}), "metadata.m"),
+        BadRecord("1.2 MB key", b"k" * 1_200_000, _doc(doc_id=prefix), "key"),
+    ]
+
+
+def bad_queries(prefix: str = "bad") -> list[BadRecord]:
+    """Queries that must be dead-lettered (filters of the wrong type crashed the query agent once)."""
+    def query(**fields: object) -> bytes:
+        return json.dumps({"query_id": prefix, "text": "a question", **fields}).encode()
+
+    k = prefix.encode()
+    return [
+        BadRecord("filter version float", k, query(filter={"version": 1.5}), "filter"),
+        BadRecord("filter version null", k, query(filter={"version": None}), "filter"),
+        BadRecord("filter version 2**64", k, query(filter={"version": 2**64}), "filter"),
+        BadRecord("filter version bool", k, query(filter={"version": True}), "filter"),
+        BadRecord("filter source list", k, query(filter={"source": ["a"]}), "filter.source"),
+        BadRecord("filter source object", k, query(filter={"source": {"a": 1}}), "filter.source"),
+        BadRecord("unknown filter field", k, query(filter={"text": "x"}), "filter.text"),
+        BadRecord("text too long", k, query(text="x" * 4_001), "text"),
+        BadRecord("top_k 0", k, query(top_k=0), "top_k"),
+        BadRecord("not json", k, b"{query", "value"),
+    ]
+
+
+def bad_feedback(prefix: str = "bad") -> list[BadRecord]:
+    """Feedback that must be dead-lettered at the gate (strict booleans are not labels)."""
+    def feedback(**fields: object) -> bytes:
+        return json.dumps({"query_id": prefix, "doc_id": "d", **fields}).encode()
+
+    k = prefix.encode()
+    return [
+        BadRecord("label true", k, feedback(label=True), "label"),
+        BadRecord("label 1.0", k, feedback(label=1.0), "label"),
+        BadRecord("rating true", k, feedback(rating=True), "rating"),
+        BadRecord("label and rating", k, feedback(label=1, rating=5), "value"),
+        BadRecord("no judgement", k, feedback(), "value"),
+        BadRecord("rating 9", k, feedback(rating=9), "rating"),
+    ]

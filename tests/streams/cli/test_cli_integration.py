@@ -110,3 +110,31 @@ def test_http_rejects_bad_requests(stack: WorkerProcess) -> None:
     assert caught.value.code == 400 and "cannot filter" in json.loads(caught.value.read())["error"]
     assert stack.get("/documents/never-seen") is None
     assert os.path.exists(stack.data_dir / "run.json")
+
+
+def test_bad_inputs_end_in_one_clear_line_and_lose_no_good_record(stack: WorkerProcess, tmp_path: Path) -> None:
+    stack.start()
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    for i in range(40):
+        (notes / f"note-{i}.txt").write_text(f"Note {i} about the harbour lantern.\n")
+    (notes / "huge.txt").write_text("lorem ipsum " * 160_000)  # 1.9 MB
+    (notes / "latin1.txt").write_bytes("caf\xe9 au lait".encode("latin-1"))
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    (notes / "passwd.txt").symlink_to(secret)
+    produced = gristmill(stack, "produce", "documents", str(notes))
+    assert produced.returncode == 4 and "Traceback" not in produced.stderr + produced.stdout
+    assert "produced 40 records" in produced.stdout and "3 could not be sent" in produced.stdout
+    assert "huge.txt" in produced.stdout and "latin1.txt" in produced.stdout and "--follow-symlinks" in produced.stdout
+    stack.wait_for(lambda: stack.get("/health")["index"]["documents"] == 40, 120, "the 40 notes indexed")
+    assert stack.get("/documents/passwd.txt") is None
+
+    binary = tmp_path / "events.bin"
+    binary.write_bytes(b"\xff\xfe\x00 not a text file")
+    replayed = gristmill(stack, "deadletter", "replay", str(binary))
+    assert replayed.returncode == 1 and "not UTF-8" in replayed.stdout and "Traceback" not in replayed.stderr
+    missing = gristmill(stack, "deadletter", "replay", str(tmp_path / "nope.jsonl"))
+    assert missing.returncode == 1 and "cannot read" in missing.stdout and "Traceback" not in missing.stderr
+    unknown = gristmill(stack, "promote", "v9")
+    assert unknown.returncode == 1 and "v9" in unknown.stdout and "Traceback" not in unknown.stderr

@@ -110,3 +110,15 @@ def test_micro_batcher_propagates_failures() -> None:
 
     with pytest.raises(RuntimeError, match="store down"):
         asyncio.run(scenario())
+
+
+def test_the_cache_is_bounded_by_bytes_and_a_write_generation_invalidates_it(encoder: OnnxEncoder,
+                                                                             store: EdgeVectorStore) -> None:
+    searcher = Searcher(encoder, store, cache_size=1_000, cache_bytes=4_000)
+    for i in range(30):
+        searcher.search(f"tea question number {i}", 3)
+    assert searcher._cache is not None and searcher._cache.currsize <= 4_000 and len(searcher._cache) < 30
+    searcher.search("kafka partitions", 1)
+    assert searcher.search("kafka partitions", 1).cached
+    searcher.invalidate()
+    assert not searcher.search("kafka partitions", 1).cached

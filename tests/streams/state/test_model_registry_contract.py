@@ -57,3 +57,13 @@ def test_promotion_history_and_rollback_target(registry: ModelRegistry, tmp_path
     assert [v for v, _ in registry.history()] == ["v1", "v3", "v1"]
     with pytest.raises(UnknownModelVersion):
         registry.promote("v7")
+
+
+def test_only_version_names_are_versions_so_no_name_leaves_the_registry(registry: ModelRegistry,
+                                                                        tmp_path: Path) -> None:
+    registry.register(export(tmp_path, "a"), source="a", facts={"dim": 8, "max_tokens": 16})
+    for name in ("../../../../tmp", "v1/../..", "/etc", "v", "latest", ""):
+        with pytest.raises(UnknownModelVersion):
+            registry.get(name)
+        with pytest.raises(UnknownModelVersion):
+            registry.promote(name)

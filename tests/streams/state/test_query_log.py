@@ -1,3 +1,5 @@
+"""The query log keeps bounded text and is pruned by age and rows."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -5,28 +7,20 @@ from pathlib import Path
 from streams.state.query_log import LoggedQuery, QueryLog
 
 
-def entry(query_id: str, at: float, doc: str = "d1") -> LoggedQuery:
-    return LoggedQuery(query_id, {"query_id": query_id, "text": "tea"},
-                       {"query_id": query_id, "hits": [{"doc_id": doc}], "model_version": "v1",
-                        "index_version": "v1"}, at, "kafka")
+def entry(query_id: str, at: float, text: str = "q") -> LoggedQuery:
+    return LoggedQuery(query_id, {"text": text, "top_k": 1}, {"hits": [{"doc_id": "d", "text": text * 2}],
+                                                              "model_version": "v1", "index_version": "v1"}, at, "http")
 
 
-def test_queries_survive_a_reopen_and_redelivery_overwrites(tmp_path: Path) -> None:
-    log = QueryLog(tmp_path / "q.sqlite3")
-    log.record([entry("q1", 1.0), entry("q2", 2.0)])
-    log.record([entry("q1", 3.0, doc="d9")])  # the same query answered again (at-least-once)
-    log.close()
-    reopened = QueryLog(tmp_path / "q.sqlite3")
-    assert reopened.count() == 2
-    q1 = reopened.get("q1")
-    assert q1 is not None and q1.response["hits"][0]["doc_id"] == "d9" and q1.via == "kafka"
-    assert reopened.get("missing") is None
-    assert [e.query_id for e in reopened.since(1.5)] == ["q2", "q1"]
-    reopened.close()
-
-
-def test_recent_is_newest_first(tmp_path: Path) -> None:
-    log = QueryLog(tmp_path / "q.sqlite3")
-    log.record([entry(f"q{i}", float(i)) for i in range(5)])
-    assert [e.query_id for e in log.recent(3)] == ["q4", "q3", "q2"]
-    log.close()
+def test_texts_are_cut_and_old_or_surplus_entries_pruned(tmp_path: Path) -> None:
+    log = QueryLog(tmp_path / "queries.sqlite3", text_chars=100)
+    try:
+        log.record([entry("long", 1_000.0, "x" * 10_000)])
+        logged = log.get("long")
+        assert logged is not None and len(logged.query["text"]) == 101
+        assert len(logged.response["hits"][0]["text"]) == 101
+        log.record([entry(f"q{i}", 2_000.0 + i) for i in range(10)])
+        assert log.prune(max_rows=5, max_age_s=500.0, now=2_400.0) == 6  # "long" by age, 5 oldest by rows
+        assert sorted(e.query_id for e in log.since(0)) == [f"q{i}" for i in range(5, 10)]
+    finally:
+        log.close()

@@ -1,0 +1,63 @@
+"""The commit gate: commits never pass a record that was delivered and not handled."""
+
+from __future__ import annotations
+
+from streams.commit_gate import CommitGate
+
+TP = ("documents", 3)
+
+
+def deliver(gate: CommitGate, offsets: range) -> None:
+    for offset in offsets:
+        gate.delivered(TP, offset)
+
+
+def ack(gate: CommitGate, offsets: range) -> None:
+    for offset in offsets:
+        gate.acknowledged(TP, offset)
+
+
+def test_nothing_handled_nothing_to_commit_and_all_handled_commits_past_the_last() -> None:
+    gate = CommitGate()
+    assert gate.safe_offset(TP) is None
+    deliver(gate, range(0, 5))
+    ack(gate, range(0, 5))
+    assert gate.safe_offset(TP) == 5
+
+
+def test_a_withheld_first_batch_holds_commits_at_its_start_whatever_comes_after() -> None:
+    gate = CommitGate()  # faust committed 4 here: offsets 0-2 withheld, 3 handled, nothing committed before
+    deliver(gate, range(0, 4))
+    for offset in range(0, 3):
+        gate.withhold(TP, offset)
+    ack(gate, range(0, 4))
+    assert gate.safe_offset(TP) == 0 and gate.pending(TP) == 3
+
+
+def test_a_withheld_single_record_batch_between_two_good_ones() -> None:
+    gate = CommitGate()
+    deliver(gate, range(0, 9))
+    gate.withhold(TP, 4)
+    ack(gate, range(0, 9))
+    assert gate.safe_offset(TP) == 4
+
+
+def test_a_re_delivered_record_that_is_handled_opens_the_gate() -> None:
+    gate = CommitGate()
+    deliver(gate, range(0, 6))
+    gate.withhold(TP, 2)
+    ack(gate, range(0, 6))
+    gate.rewind(TP, 2)  # read again from the withheld record
+    assert gate.safe_offset(TP) == 2  # still not past it before its new delivery is handled ...
+    deliver(gate, range(2, 6))
+    ack(gate, range(2, 6))
+    assert gate.safe_offset(TP) == 6  # ... and, once handled again, past everything
+
+
+def test_partitions_given_up_are_forgotten() -> None:
+    gate = CommitGate()
+    deliver(gate, range(0, 3))
+    gate.withhold(TP, 0)
+    ack(gate, range(0, 3))
+    gate.forget([TP])
+    assert gate.safe_offset(TP) is None and gate.pending(TP) == 0
