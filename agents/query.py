@@ -35,13 +35,14 @@ async def respond(batch: Sequence[Accepted[QueryEvent]], *, serving: ServingSlot
     started = time.perf_counter()
     metrics.BATCH_RECORDS.labels("query").observe(len(batch))
     queries = [a.record for a in batch]
-    requests = [SearchRequest(q.text, q.top_k, q.filter) for q in queries]
+    requests = [SearchRequest(q.text, q.top_k, q.filter, q.mode, q.group) for q in queries]
     searcher = serving.current.searcher  # the pair, taken once for the batch
     results = await threads.read(lambda: searcher.search_many(requests), "search")
     latency_ms = round((time.perf_counter() - started) * 1000, 3)
     responses = [fit(QueryResponse(query_id=q.query_id, model_version=r.model_version, index_version=r.index_version,
                                    hits=[Hit(doc_id=h.doc_id, chunk=h.chunk, score=h.score, text=h.text)
-                                         for h in r.hits], latency_ms=latency_ms, cached=r.cached), max_bytes)
+                                         for h in r.hits], latency_ms=latency_ms, cached=r.cached, mode=r.mode,
+                                   group=r.group), max_bytes)
                  for q, r in zip(queries, results, strict=True)]
     await outbox.publish_many("responses", [(r.query_id.encode(), r) for r in responses])
     answered = time.time()

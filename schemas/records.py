@@ -48,6 +48,11 @@ FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 #: A model version's name: `v` and a number (it names directories and collections).
 VersionName = Annotated[str, StringConstraints(pattern=r"^v[0-9]{1,9}$")]
 
+#: How a search ranks chunks: by the dense model, by BM25 (sparse), or both fused inside Qdrant.
+SearchMode = Literal["dense", "sparse", "hybrid"]
+#: Whether hits are chunks, or documents (each document's best chunk).
+SearchGroup = Literal["chunk", "doc"]
+
 #: Chunk payload fields a query may filter on (exact match), and the type each one holds.
 FilterField = Literal["doc_id", "source", "title", "version", "model_version"]
 FILTER_FIELDS: frozenset[str] = frozenset(FilterField.__args__)  # type: ignore[attr-defined]
@@ -126,6 +131,10 @@ class QueryEvent(Record):
     text: Annotated[str, StringConstraints(min_length=1, max_length=MAX_QUERY_CHARS, pattern=r"\S")]
     top_k: int = Field(default=10, ge=1, le=1000)
     filter: dict[FilterField, ScalarValue] = Field(default_factory=dict, max_length=8)
+    mode: SearchMode | None = Field(default=None, description="dense, sparse or hybrid; absent: the worker's "
+                                                              "default (hybrid unless configured).")
+    group: SearchGroup = Field(default="chunk", description="doc: at most one hit per document, so top_k counts "
+                                                            "documents.")
     user_id: EntityId | None = None
     ts: datetime | None = None
 
@@ -179,6 +188,8 @@ class QueryResponse(Record):
     index_version: str
     latency_ms: FiniteFloat
     cached: bool
+    mode: SearchMode = Field(description="The mode that answered (dense where the index has no sparse vectors).")
+    group: SearchGroup = "chunk"
 
 
 class FieldError(Record):

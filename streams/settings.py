@@ -66,6 +66,22 @@ class Settings(BaseSettings):
     onnx_threads: int = Field(default=2, ge=1, description="ONNX Runtime intra-op threads.")
     int8: bool = Field(default=False, description="Dynamic int8 quantized encoder: faster, changes answers.")
 
+    # Retrieval: dense, sparse (BM25) or both fused inside Qdrant
+    sparse_vectors: bool = Field(default=True, description="New collections hold BM25 sparse vectors beside the "
+                                 "dense ones (false: dense-only, as collections made before).")
+    search_mode: Literal["dense", "sparse", "hybrid"] = Field(default="hybrid", description="Mode of a search "
+                                                                                            "that names none.")
+    search_fusion: Literal["rrf", "dbsf"] = Field(default="rrf", description="How hybrid fuses the two rankings.")
+    search_candidates: int = Field(default=100, ge=1, le=10_000, description="Chunks each side of a hybrid search "
+                                                                             "prefetches for the fusion.")
+    rrf_k: int = Field(default=60, ge=1, description="Reciprocal rank fusion constant.")
+    group_candidates: int = Field(default=4, ge=1, le=100, description="Chunks fetched per document asked for by "
+                                                                        "a document-level search (more when needed).")
+    bm25_k1: float = Field(default=1.2, gt=0, description="BM25 term-frequency saturation.")
+    bm25_b: float = Field(default=0.75, ge=0, le=1, description="BM25 length normalization.")
+    bm25_avg_len: float = Field(default=90.0, gt=0, description="Average chunk length (words) BM25 normalizes by; "
+                                "90 fits 128-token chunks (tuned on NFCorpus dev).")
+
     # Chunking
     chunk_tokens: int = Field(default=128, ge=16, description="Tokens per chunk (model max bounds it).")
     chunk_overlap: int = Field(default=32, ge=0, description="Tokens shared by consecutive chunks.")

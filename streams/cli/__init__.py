@@ -25,7 +25,7 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(deadletter_app, name="deadletter")
 
 for command in (stack.up, stack.demo, stack.status, query.search, query.ask, models.retrain, models.rollback,
-                models.promote, models.models):
+                models.promote, models.reindex, models.models):
     app.command()(command)
 app.command("eval")(query.evaluate)
 produce_app.command("documents")(produce.produce_documents)

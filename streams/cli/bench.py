@@ -19,12 +19,13 @@ def bench_ingest(
 
 
 def bench_query(
-    chunks: Annotated[int, typer.Option(help="Chunks in the benchmark index.")] = 10_000,
+    chunks: Annotated[list[int] | None, typer.Option(help="Index sizes in chunks (repeatable).")] = None,
 ) -> None:
-    """Query latency (HTTP, Kafka round trip) and sustained QPS against a per-query baseline."""
+    """Dense and hybrid HTTP latency and QPS at each index size, the Kafka round trip, against a per-query
+    baseline."""
     from streams.devtools.bench_query import run_query_bench
 
-    run_query_bench(load_settings(), chunks, console)
+    run_query_bench(load_settings(), chunks or [10_000, 100_000], console)
 
 
 def bench_monitor(

@@ -56,7 +56,8 @@ def progress_bar() -> Progress:
 
 def print_hits(result: dict[str, Any]) -> None:
     cached = ", cached" if result.get("cached") else ""
-    table = Table(title=f"{result['query']!r}  ({result['latency_ms']:.1f} ms, model {result['model_version']}"
+    table = Table(title=f"{result['query']!r}  ({result['latency_ms']:.1f} ms, model {result['model_version']}, "
+                        f"{result.get('mode', 'dense')}{', by document' if result.get('group') == 'doc' else ''}"
                         f"{cached})")
     for column in ("score", "doc_id", "chunk", "text"):
         table.add_column(column, overflow="fold" if column == "text" else "ellipsis")

@@ -69,6 +69,25 @@ def promote(version: str) -> None:
     console.print(f"promotion of {version} requested")
 
 
+def reindex() -> None:
+    """Rebuild the serving index into a new collection with dense and BM25 sparse vectors (a rollout of the serving
+    model registered again as the next version); searches go on against the current index meanwhile."""
+    from streams.ml.serving import open_registry
+    from streams.ml.trainer import reindex_update
+    from streams.state.errors import UnknownModelVersion
+
+    settings = require_kafka(load_settings())
+    registry = open_registry(settings)
+    try:
+        update = reindex_update(registry, registry.root)
+    except UnknownModelVersion as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    _send_model_update(settings, update)
+    console.print(f"reindex requested: {update.previous_version} -> {update.version} (the same model; "
+                  "`gristmill status` shows the rollout)")
+
+
 def models() -> None:
     """Registered model versions with their evaluation and lineage."""
     from streams.ml.serving import open_registry

@@ -88,15 +88,16 @@ class PipelineRun:
     server_ms: list[float]
 
 
-def query_pipeline(settings: Settings, dataset: BeirDataset, top_k: int = 200, window: int = 8,
-                   timeout_s: float = 600) -> PipelineRun:
-    """Send every judged query through `queries` (at most `window` in flight) and score the responses."""
-    run_id = f"eval-{int(time.time())}"
+def query_pipeline(settings: Settings, dataset: BeirDataset, top_k: int = 100, window: int = 8,
+                   timeout_s: float = 600, mode: str | None = None, group: str = "doc") -> PipelineRun:
+    """Send every judged query through `queries` (at most `window` in flight, in `mode`, document-level by default)
+    and score the responses."""
+    run_id = f"eval-{mode or 'default'}-{group}-{int(time.time())}"
     answers = {}
     with QueryRoundTrip(settings) as roundtrip:
         ids = list(dataset.queries)
         for start in range(0, len(ids), window):
-            sent = {roundtrip.send(dataset.queries[q], top_k, query_id=f"{run_id}-{q}"): q
+            sent = {roundtrip.send(dataset.queries[q], top_k, query_id=f"{run_id}-{q}", mode=mode, group=group): q
                     for q in ids[start:start + window]}
             for query_id, answer in roundtrip.wait(sent, timeout_s).items():
                 answers[sent[query_id]] = answer

@@ -4,12 +4,11 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import statistics
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import aiohttp
@@ -23,31 +22,35 @@ from streams.devtools.worker_process import WorkerProcess
 from streams.ml.chunking import Chunker
 from streams.ml.indexer import DocumentIndexer
 from streams.ml.ranking import percentile
-from streams.ml.serving import open_registry
+from streams.ml.serving import bm25, collection_name, open_registry
 from streams.roundtrip import QueryRoundTrip
 from streams.settings import Settings
 from streams.state.edge_store import EdgeVectorStore
 from streams.state.encoder import OnnxEncoder
-from streams.state.registry import ensure_base_model
+from streams.state.registry import ModelVersion, ensure_base_model
 from streams.state.store import ChunkPoint
 from streams.topics import create_topics
 
 
 def build_index(store: EdgeVectorStore, encoder: OnnxEncoder, settings: Settings, chunks: int,
-                real_docs: list[str]) -> list[ChunkPoint]:  # with vectors
-    """Real embedded documents plus unit-vector filler up to `chunks` points (search cost depends on count)."""
+                real_docs: list[str], vocabulary: list[str]) -> list[ChunkPoint]:  # with vectors
+    """Real documents indexed as ingest indexes them, plus filler up to `chunks` points: random unit vectors and
+    texts of random corpus words with their BM25 vectors (search cost depends on the count, not the content)."""
+    sparse = bm25(settings)
     chunker = Chunker(encoder.tokenizer, settings.chunk_tokens, settings.chunk_overlap, encoder.max_tokens)
-    DocumentIndexer(store, encoder, chunker).apply(
+    DocumentIndexer(store, encoder, chunker, sparse).apply(
         [DocumentEvent(doc_id=f"real-{i}", version=1, op="upsert", text=t) for i, t in enumerate(real_docs)])
     rng = np.random.default_rng(5)
     filler_count = max(0, chunks - store.count_chunks())
     vectors = rng.normal(size=(filler_count, encoder.dim)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    filler = [ChunkPoint(f"filler-{i // 4}", i % 4, f"filler chunk {i}", 1, "filler", encoder.version, vectors[i])
-              for i in range(filler_count)]
-    for start in range(0, len(filler), 1_000):
-        store.upsert_chunks(filler[start:start + 1_000])
-    return store.all_chunks(with_vectors=True)
+    for start in range(0, filler_count, 2_000):
+        texts = [" ".join(rng.choice(vocabulary, 60)) for _ in range(start, min(filler_count, start + 2_000))]
+        store.upsert_chunks([ChunkPoint(f"filler-{(start + j) // 4}", (start + j) % 4, text, 1, "filler",
+                                        encoder.version, vectors[start + j], None, None, terms)
+                             for j, (text, terms) in enumerate(zip(texts, sparse.embed_documents(texts),
+                                                                   strict=True))])
+    return store.all_chunks(with_vectors=True) if chunks <= 20_000 else []
 
 
 def latencies(call: Callable[[str], object], queries: list[str]) -> list[float]:
@@ -59,7 +62,8 @@ def latencies(call: Callable[[str], object], queries: list[str]) -> list[float]:
     return out
 
 
-async def sustained_qps(url: str, queries: list[str], concurrency: int, seconds: float) -> float:
+async def sustained_qps(url: str, queries: list[str], concurrency: int, seconds: float, mode: str = "hybrid"
+                        ) -> float:
     done = 0
     deadline = time.perf_counter() + seconds
 
@@ -67,7 +71,7 @@ async def sustained_qps(url: str, queries: list[str], concurrency: int, seconds:
         nonlocal done
         i = offset
         while time.perf_counter() < deadline:
-            params = urllib.parse.urlencode({"q": queries[i % len(queries)], "k": 10})
+            params = urllib.parse.urlencode({"q": queries[i % len(queries)], "k": 10, "mode": mode})
             async with session.get(f"{url}/search?{params}") as response:
                 await response.read()
                 response.raise_for_status()
@@ -79,77 +83,108 @@ async def sustained_qps(url: str, queries: list[str], concurrency: int, seconds:
     return done / (time.perf_counter() - started)
 
 
-def run_query_bench(settings: Settings, chunks: int, console: Console) -> list[Row]:
-    from qdrant_client import QdrantClient
-    from qdrant_client import models as qm
-    from sentence_transformers import SentenceTransformer  # [train] extra: the baseline only
-
+def run_query_bench(settings: Settings, sizes: Sequence[int], console: Console) -> list[Row]:
     model = ensure_base_model(open_registry(settings))
     encoder = OnnxEncoder(model, threads=settings.onnx_threads, batch_size=settings.encode_batch_size)
     short, long = bench_texts()
     queries = short[:300]
+    vocabulary = sorted({w for text in long for w in text.split()})
+    bench = settings.model_copy(update={"namespace": NAMESPACE})
+    rows: list[Row] = []
+    base_ms: list[float] = []
     with tempfile.TemporaryDirectory(prefix="gristmill-bench-") as tmp:
-        data_dir = Path(tmp)
-        console.print(f"building a {chunks:,}-chunk index...")
-        store = EdgeVectorStore(data_dir / "qdrant", f"{NAMESPACE}-{settings.collection}", encoder.dim)
-        points = build_index(store, encoder, settings, chunks, long[:100])
-        store.close()
-        del encoder, store  # no idle ONNX Runtime threads beside the baseline
-        gc.collect()
+        for n, chunks in enumerate(sorted(sizes)):
+            data_dir = Path(tmp) / f"index-{chunks}"
+            console.print(f"building a {chunks:,}-chunk index (dense and BM25 vectors)...")
+            store = EdgeVectorStore(data_dir / "qdrant", collection_name(bench, model.version), encoder.dim)
+            points = build_index(store, encoder, settings, chunks, long[:100], vocabulary)
+            store.close()
+            if n == 0:
+                base_ms = baseline_latencies(model, points, queries, console)
+                rows.append(Row(f"baseline, one query at a time, {chunks:,} chunks: p50 / p99 (ms)",
+                                f"{pct(base_ms, 50)} / {pct(base_ms, 99)}"))
+            http_ms: dict[str, list[float]] = {}
+            qps: dict[str, float] = {}
+            with EmbeddedBroker() as broker:
+                worker = WorkerProcess(data_dir, settings.models_dir, broker.bootstrap_servers, NAMESPACE,
+                                       GRISTMILL_QUERY_CACHE_SIZE="0")
+                create_topics(bench.model_copy(update={"kafka_bootstrap_servers": broker.bootstrap_servers}))
+                try:
+                    worker.start()
+                    console.print(f"worker up with {worker.get('/health')['index']['chunks']:,} chunks; HTTP...")
+                    for mode in ("dense", "hybrid"):
+                        def http(q: str, mode: str = mode, worker: WorkerProcess = worker) -> object:
+                            return worker.get("/search", q=q, k=10, mode=mode)
 
-        console.print("baseline: sentence-transformers + qdrant-client local mode, one query at a time...")
-        reference = SentenceTransformer(model.source, device="cpu")
-        local = QdrantClient(location=":memory:")
-        local.create_collection("bench", vectors_config=qm.VectorParams(size=model.dim, distance=qm.Distance.COSINE))
-        local.upload_points("bench", [qm.PointStruct(id=p.point_id, vector=p.vector.tolist(),  # type: ignore[union-attr]
-                                                     payload={"text": p.text}) for p in points], batch_size=1_000)
-
-        def baseline(query: str) -> object:
-            return local.query_points("bench", query=reference.encode([query])[0].tolist(), limit=10,
-                                      with_payload=True)
-
-        baseline(queries[0])
-        base_ms = latencies(baseline, queries[:150])
-        base_qps = 1000 / statistics.fmean(base_ms)
-
-        with EmbeddedBroker() as broker:
-            worker = WorkerProcess(data_dir, settings.models_dir, broker.bootstrap_servers, NAMESPACE,
-                                   GRISTMILL_QUERY_CACHE_SIZE="0")
-            create_topics(settings.model_copy(update={"kafka_bootstrap_servers": broker.bootstrap_servers,
-                                                      "namespace": NAMESPACE}))
-            try:
-                worker.start()
-                console.print(f"worker up with {worker.get('/health')['index']['chunks']:,} chunks; HTTP...")
-                http = lambda q: worker.get("/search", q=q, k=10)  # noqa: E731
-                http(queries[0])
-                http_ms = latencies(http, queries[:200])
-                console.print("Kafka round trips...")
-                with QueryRoundTrip(settings.model_copy(update={"kafka_bootstrap_servers": broker.bootstrap_servers,
-                                                                "namespace": NAMESPACE})) as roundtrip:
-                    def kafka(query: str) -> object:
-                        query_id = roundtrip.send(query, 10)
-                        return roundtrip.wait([query_id], 30)
-
-                    kafka(queries[0])
-                    kafka_ms = latencies(kafka, queries[:150])
-                console.print("sustained QPS over HTTP (16 concurrent clients, 10 s)...")
-                qps = asyncio.run(sustained_qps(worker.url, queries, 16, 10.0))
-            finally:
-                worker.stop()
-
-    def pct(values: list[float], q: float) -> str:
-        return f"{percentile(values, q):.1f}"
-
-    rows = [Row("index size (chunks)", f"{len(points):,}", f"{len(points):,}")]
-    for q, target in ((50, 10.0), (95, None), (99, 30.0)):
-        met = None if target is None else percentile(http_ms, q) <= target
-        rows.append(Row(f"HTTP latency p{q} (ms)", pct(http_ms, q), pct(base_ms, q),
-                        percentile(base_ms, q) / percentile(http_ms, q), f"<= {target:.0f} ms" if target else "", met))
-    for q, target in ((50, 25.0), (95, None), (99, None)):
-        met = None if target is None else percentile(kafka_ms, q) <= target
-        rows.append(Row(f"Kafka round trip p{q} (ms)", pct(kafka_ms, q), pct(base_ms, q),
-                        percentile(base_ms, q) / percentile(kafka_ms, q), f"<= {target:.0f} ms" if target else "", met))
-    rows.append(Row("sustained QPS (HTTP, 16 clients)", f"{qps:,.0f}", f"{base_qps:,.0f}", qps / base_qps,
-                    ">= 3.0x", qps / base_qps >= 3.0))
+                        http(queries[0])
+                        http_ms[mode] = latencies(http, queries[:200])
+                        console.print(f"sustained QPS over HTTP, {mode} (16 concurrent clients, 8 s)...")
+                        qps[mode] = asyncio.run(sustained_qps(worker.url, queries, 16, 8.0, mode))
+                    if n == 0:
+                        rows += kafka_rows(bench.model_copy(update={"kafka_bootstrap_servers":
+                                                                    broker.bootstrap_servers}), queries, base_ms,
+                                           console)
+                finally:
+                    worker.stop()
+            rows += mode_rows(chunks, http_ms, qps, base_ms, check=chunks >= 100_000)
     print_rows("gristmill bench query", rows, console)
+    return rows
+
+
+def pct(values: list[float], q: float) -> str:
+    return f"{percentile(values, q):.1f}"
+
+
+def baseline_latencies(model: ModelVersion, points: list[ChunkPoint], queries: list[str], console: Console
+                       ) -> list[float]:
+    """What a user writes instead: sentence-transformers encode + qdrant-client local-mode search, one query at a
+    time (ms each)."""
+    from qdrant_client import QdrantClient
+    from qdrant_client import models as qm
+    from sentence_transformers import SentenceTransformer  # [train] extra: the baseline only
+
+    console.print("baseline: sentence-transformers + qdrant-client local mode, one query at a time...")
+    reference = SentenceTransformer(model.source, device="cpu")
+    local = QdrantClient(location=":memory:")
+    local.create_collection("bench", vectors_config=qm.VectorParams(size=model.dim, distance=qm.Distance.COSINE))
+    local.upload_points("bench", [qm.PointStruct(id=p.point_id, vector=p.vector.tolist(),  # type: ignore[union-attr]
+                                                 payload={"text": p.text}) for p in points], batch_size=1_000)
+
+    def baseline(query: str) -> object:
+        return local.query_points("bench", query=reference.encode([query])[0].tolist(), limit=10, with_payload=True)
+
+    baseline(queries[0])
+    return latencies(baseline, queries[:150])
+
+
+def kafka_rows(settings: Settings, queries: list[str], base: list[float], console: Console) -> list[Row]:
+    console.print("Kafka round trips (hybrid)...")
+    with QueryRoundTrip(settings) as roundtrip:
+        def kafka(query: str) -> object:
+            query_id = roundtrip.send(query, 10)
+            return roundtrip.wait([query_id], 30)
+
+        kafka(queries[0])
+        kafka_ms = latencies(kafka, queries[:150])
+    return [Row(f"Kafka round trip p{q} (ms)", pct(kafka_ms, q), pct(base, q), percentile(base, q) /
+                percentile(kafka_ms, q), "<= 25 ms" if q == 50 else "", percentile(kafka_ms, q) <= 25.0 if q == 50
+                else None) for q in (50, 99)]
+
+
+def mode_rows(chunks: int, http_ms: dict[str, list[float]], qps: dict[str, float], base: list[float],
+              check: bool) -> list[Row]:
+    """HTTP latency and QPS per mode at one index size, dense beside hybrid, each against the baseline."""
+    rows = []
+    base_qps = 1000 / statistics.fmean(base)
+    for mode in ("dense", "hybrid"):
+        for q, target in ((50, 10.0 if mode == "dense" else None), (99, 30.0 if mode == "dense" else None)):
+            met = None if target is None else percentile(http_ms[mode], q) <= target
+            rows.append(Row(f"{chunks:,} chunks: HTTP {mode} p{q} (ms)", pct(http_ms[mode], q), pct(base, q),
+                            percentile(base, q) / percentile(http_ms[mode], q), f"<= {target:.0f} ms" if target else "",
+                            met))
+        rows.append(Row(f"{chunks:,} chunks: sustained QPS {mode} (HTTP, 16 clients)", f"{qps[mode]:,.0f}",
+                        f"{base_qps:,.0f}", qps[mode] / base_qps))
+    ratio = percentile(http_ms["hybrid"], 50) / percentile(http_ms["dense"], 50)
+    rows.append(Row(f"{chunks:,} chunks: hybrid p50 / dense p50", f"{ratio:.2f}x", target="<= 2.0x" if check else "",
+                    met=ratio <= 2.0 if check else None))
     return rows

@@ -13,6 +13,7 @@ import numpy as np
 from schemas import DocumentEvent, document_content
 from streams.ml.chunking import Chunker
 from streams.state.encoder import Encoder
+from streams.state.sparse import SparseEncoder
 from streams.state.store import ChunkPoint, DocumentState, VectorStore
 
 
@@ -46,10 +47,13 @@ class DocumentIndexer:
     Writes go chunks first, ledger last, so a crash in between is repaired by re-delivery.
     """
 
-    def __init__(self, store: VectorStore, encoder: Encoder, chunker: Chunker) -> None:
+    def __init__(self, store: VectorStore, encoder: Encoder, chunker: Chunker, sparse: SparseEncoder | None = None
+                 ) -> None:
         self.store = store
         self.encoder = encoder
         self.chunker = chunker
+        # chunks get BM25 vectors in the same upsert as the dense ones, where the collection holds them
+        self.sparse = sparse if sparse is not None and "sparse" in store.modes else None
 
     def apply(self, events: Sequence[DocumentEvent]) -> IndexOutcome:
         outcome = IndexOutcome()
@@ -93,12 +97,14 @@ class DocumentIndexer:
             outcome.encode_s = time.perf_counter() - started
             if not np.isfinite(vectors).all():
                 raise ValueError("the encoder returned non-finite vectors; nothing of this batch was written")
+            lexical = self.sparse.embed_documents(texts) if self.sparse is not None else [None] * len(texts)
             started = time.perf_counter()
             points, row = [], 0
             for (event, digest), chunks in zip(to_embed, split, strict=True):
                 for chunk in chunks:
                     points.append(ChunkPoint(event.doc_id, chunk.number, chunk.text, event.version, digest,
-                                             self.encoder.version, vectors[row], event.source, event.title))
+                                             self.encoder.version, vectors[row], event.source, event.title,
+                                             lexical[row]))
                     row += 1
                 states.append(self._state(event, digest, len(chunks)))
             self.store.upsert_chunks(points)
@@ -121,10 +127,13 @@ class DocumentIndexer:
             self.store.delete_chunks(doc_id)
             return
         chunks = self.chunker.split(document_content(state.title, state.text))
-        vectors = self.encoder.encode([chunk.text for chunk in chunks])
+        texts = [chunk.text for chunk in chunks]
+        vectors = self.encoder.encode(texts)
+        lexical = self.sparse.embed_documents(texts) if self.sparse is not None else [None] * len(texts)
         self.store.upsert_chunks([ChunkPoint(doc_id, chunk.number, chunk.text, state.version,
                                              state.content_hash or "", self.encoder.version, vector, state.source,
-                                             state.title) for chunk, vector in zip(chunks, vectors, strict=True)])
+                                             state.title, terms)
+                                  for chunk, vector, terms in zip(chunks, vectors, lexical, strict=True)])
         self.store.delete_chunks(doc_id, from_chunk=len(chunks))
 
     def _state(self, event: DocumentEvent, digest: str, chunks: int) -> DocumentState:

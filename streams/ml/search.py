@@ -6,20 +6,32 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 from cachetools import TTLCache
 
 from schemas import ScalarValue, validate_filter
 from streams import metrics
 from streams.state.encoder import Encoder
-from streams.state.store import SearchHit, VectorStore
+from streams.state.sparse import SparseEncoder
+from streams.state.store import Fusion, Mode, SearchHit, VectorQuery, VectorStore
+
+MAX_CANDIDATES = 10_000  # chunks a document-level search reads at most to find its documents
+
+
+Group = Literal["chunk", "doc"]
 
 
 @dataclass(frozen=True)
 class SearchRequest:
+    """A search: `mode` None means the searcher's default; `group="doc"` answers at most one hit (its best chunk)
+    per document, so `limit` counts documents."""
+
     text: str
     limit: int = 10
     filter: Mapping[str, ScalarValue] = field(default_factory=dict)
+    mode: Mode | None = None
+    group: Group = "chunk"
 
 
 @dataclass(frozen=True)
@@ -29,6 +41,8 @@ class SearchResult:
     index_version: str
     latency_ms: float
     cached: bool = False
+    mode: Mode = "dense"  # the mode that answered (dense where the collection has no sparse vectors)
+    group: Group = "chunk"
 
 
 def normalize_query(text: str) -> str:
@@ -44,6 +58,10 @@ def result_bytes(result: SearchResult) -> int:
 class Searcher:
     """Answers searches from one (encoder, index) pair; `index_version` names the model that built the index.
 
+    Dense, sparse (BM25) and hybrid searches all run inside the store (hybrid: both rankings prefetched and fused
+    by Qdrant); a mode the collection cannot answer (one made before chunks carried sparse vectors) is answered
+    dense, and the result says so. Document-level searches read chunks until they have `limit` documents.
+
     Repeated queries within the same versions come from a TTL cache, bounded by entries and by bytes. The TTL
     bounds how long a cached answer can miss documents indexed after it; an index write that replaces or deletes
     a document bumps the write generation (`invalidate`), which is part of every key, so no answer, cached or
@@ -51,9 +69,17 @@ class Searcher:
     """
 
     def __init__(self, encoder: Encoder, store: VectorStore, index_version: str | None = None,
-                 cache_size: int = 10_000, cache_ttl_s: float = 30.0, cache_bytes: int = 64 * 2**20) -> None:
+                 cache_size: int = 10_000, cache_ttl_s: float = 30.0, cache_bytes: int = 64 * 2**20,
+                 sparse: SparseEncoder | None = None, default_mode: Mode = "hybrid", fusion: Fusion = "rrf",
+                 candidates: int = 100, rrf_k: int = 60, group_candidates: int = 4) -> None:
         self.encoder = encoder
         self.store = store
+        self.sparse = sparse
+        self.default_mode: Mode = default_mode
+        self.fusion: Fusion = fusion
+        self.candidates = candidates
+        self.rrf_k = rrf_k
+        self.group_candidates = group_candidates
         self.index_version = index_version or encoder.version
         # every entry costs at least `cache_bytes / cache_size`: at most `cache_size` entries, `cache_bytes` bytes
         least = max(1, cache_bytes // max(1, cache_size))
@@ -70,12 +96,22 @@ class Searcher:
             if self._cache is not None:
                 self._cache.clear()
 
+    def mode_of(self, request: SearchRequest) -> Mode:
+        """The mode that answers `request`: its own or the default, dense where the collection has no sparse
+        vectors (or no sparse encoder is at hand)."""
+        mode = request.mode or self.default_mode
+        if mode != "dense" and (mode not in self.store.modes or self.sparse is None):
+            return "dense"
+        return mode
+
     def _key(self, request: SearchRequest, generation: int) -> tuple[object, ...]:
         return (normalize_query(request.text), request.limit, tuple(sorted(request.filter.items())),
-                self.encoder.version, self.index_version, generation)
+                self.mode_of(request), request.group, self.fusion, self.encoder.version, self.index_version,
+                generation)
 
-    def search(self, text: str, limit: int = 10, filter_: Mapping[str, ScalarValue] | None = None) -> SearchResult:
-        return self.search_many([SearchRequest(text, limit, dict(filter_ or {}))])[0]
+    def search(self, text: str, limit: int = 10, filter_: Mapping[str, ScalarValue] | None = None,
+               mode: Mode | None = None, group: Group = "chunk") -> SearchResult:
+        return self.search_many([SearchRequest(text, limit, dict(filter_ or {}), mode, group)])[0]
 
     def search_many(self, requests: Sequence[SearchRequest]) -> list[SearchResult]:
         """Answer a batch: cache hits at once, the misses embedded together in one encoder call."""
@@ -95,14 +131,35 @@ class Searcher:
         metrics.QUERY_CACHE.labels("hit").inc(len(requests) - len(misses))
         metrics.QUERY_CACHE.labels("miss").inc(len(misses))
         if misses:
-            vectors = self.encoder.encode([requests[i].text for i in misses])
-            for i, vector in zip(misses, vectors, strict=True):
-                hits = self.store.search(vector, requests[i].limit, requests[i].filter)
+            modes = {i: self.mode_of(requests[i]) for i in misses}
+            dense_needed = [i for i in misses if modes[i] != "sparse"]
+            vectors = dict(zip(dense_needed, self.encoder.encode([requests[i].text for i in dense_needed]),
+                               strict=True))  # one encoder call for the batch
+            for i in misses:
+                request, mode = requests[i], modes[i]
+                lexical = self.sparse.embed_query(request.text) if mode != "dense" and self.sparse else None
+                query = VectorQuery(vectors.get(i), lexical, mode, self.fusion, self.candidates, self.rrf_k)
+                hits = self._find(query, request)
                 results[i] = SearchResult(hits, self.encoder.version, self.index_version,
-                                          (time.perf_counter() - started) * 1000)
+                                          (time.perf_counter() - started) * 1000, mode=mode, group=request.group)
             if self._cache is not None:
                 with self._lock:
                     for i in misses:
                         if result_bytes(results[i]) <= self._cache.maxsize:  # type: ignore[arg-type]
                             self._cache[self._key(requests[i], generation)] = results[i]  # type: ignore[assignment]
         return results  # type: ignore[return-value]
+
+    def _find(self, query: VectorQuery, request: SearchRequest) -> list[SearchHit]:
+        """Chunk hits, or one hit per document (its best chunk, scored as fused for the document)."""
+        if request.group == "chunk":
+            return self.store.search(replace(query, candidates=max(query.candidates, request.limit)), request.limit,
+                                     request.filter)
+        fetch = min(MAX_CANDIDATES, request.limit * self.group_candidates)
+        while True:
+            chunks = self.store.search(replace(query, candidates=max(query.candidates, fetch)), fetch, request.filter)
+            best: dict[str, SearchHit] = {}
+            for hit in chunks:
+                best.setdefault(hit.doc_id, hit)
+            if len(best) >= request.limit or len(chunks) < fetch or fetch >= MAX_CANDIDATES:
+                return list(best.values())[:request.limit]
+            fetch = min(MAX_CANDIDATES, fetch * 4)

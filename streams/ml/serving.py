@@ -21,6 +21,7 @@ from streams.ml.search import Searcher
 from streams.settings import Settings
 from streams.state.encoder import Encoder, OnnxEncoder
 from streams.state.registry import BASE_VERSION, LocalModelRegistry, ModelRegistry, ModelVersion
+from streams.state.sparse import Bm25Encoder, Bm25Parameters, SparseEncoder
 from streams.state.store import VectorStore
 
 log = logging.getLogger(__name__)
@@ -53,11 +54,11 @@ def open_store(settings: Settings, dim: int, model_version: str = BASE_VERSION) 
         from streams.state.server_store import ServerVectorStore
 
         api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
-        store = ServerVectorStore.connect(settings.qdrant_url, collection, dim, api_key)
+        store = ServerVectorStore.connect(settings.qdrant_url, collection, dim, api_key, settings.sparse_vectors)
     else:
         from streams.state.edge_store import EdgeVectorStore
 
-        store = EdgeVectorStore(settings.shard_dir, collection, dim)
+        store = EdgeVectorStore(settings.shard_dir, collection, dim, settings.sparse_vectors)
     if settings.faults_file is not None:
         from streams.state.faults import FaultInjectingStore, FaultPlan
 
@@ -75,9 +76,10 @@ class Serving:
     chunker: Chunker
     store: VectorStore
     searcher: Searcher
+    sparse: SparseEncoder | None = None  # BM25, where the collection holds sparse vectors
 
     def indexer(self) -> DocumentIndexer:
-        return DocumentIndexer(self.store, self.encoder, self.chunker)
+        return DocumentIndexer(self.store, self.encoder, self.chunker, self.sparse)
 
     def close(self) -> None:
         self.store.close()
@@ -87,12 +89,19 @@ class Serving:
 PairOpener = Callable[[ModelVersion], Serving]
 
 
+def bm25(settings: Settings) -> Bm25Encoder:
+    return Bm25Encoder(Bm25Parameters(settings.bm25_k1, settings.bm25_b, settings.bm25_avg_len))
+
+
 def serving_pair(settings: Settings, model: ModelVersion, encoder: Encoder, store: VectorStore) -> Serving:
-    """The pair of `encoder` and `store`, chunked and cached as `settings` say."""
+    """The pair of `encoder` and `store`, chunked, searched and cached as `settings` say."""
     chunker = Chunker(encoder.tokenizer, settings.chunk_tokens, settings.chunk_overlap, encoder.max_tokens)
+    sparse = bm25(settings) if "sparse" in store.modes else None
     searcher = Searcher(encoder, store, cache_size=settings.query_cache_size, cache_ttl_s=settings.query_cache_ttl_s,
-                        cache_bytes=settings.query_cache_bytes)
-    return Serving(model, encoder, chunker, store, searcher)
+                        cache_bytes=settings.query_cache_bytes, sparse=sparse, default_mode=settings.search_mode,
+                        fusion=settings.search_fusion, candidates=settings.search_candidates, rrf_k=settings.rrf_k,
+                        group_candidates=settings.group_candidates)
+    return Serving(model, encoder, chunker, store, searcher, sparse)
 
 
 def onnx_pairs(settings: Settings) -> PairOpener:

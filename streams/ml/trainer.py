@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,6 +24,7 @@ from schemas.errors import GristmillError
 from streams import metrics
 from streams.ml.training import CANDIDATE_DIR, Hyperparameters, TrainingJob, TrainingResult
 from streams.settings import Settings
+from streams.state.errors import UnknownModelVersion
 from streams.state.registry import ModelRegistry, ModelVersion
 from streams.state.store import DocumentState
 from streams.state.training_pairs import TrainingPair, TrainingPairs
@@ -211,3 +213,24 @@ def promote_update(registry: ModelRegistry, version: str, reason: str) -> ModelU
     current = registry.current()
     return ModelUpdate(version=version, uri=model.path.as_uri(), status="promoted", metrics=model.metrics,
                        reason=reason, previous_version=current.version if current else None, at=datetime.now(UTC))
+
+
+def reindex_update(registry: ModelRegistry, staging_root: Path) -> ModelUpdate:
+    """The `model-updates` record that rebuilds the serving index into a new collection: the serving model is
+    registered again as the next version (same files, lineage `reindex_of`) and promoted, so the rollout re-embeds
+    every document into a collection with today's layout (dense and BM25 sparse vectors) while serving goes on."""
+    current = registry.current()
+    if current is None:
+        raise UnknownModelVersion("no model serves yet: nothing to reindex")
+    staging = Path(tempfile.mkdtemp(prefix=".reindex-", dir=staging_root))
+    try:
+        shutil.copytree(current.path, staging, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("manifest.json", "model.int8.onnx"))
+        model = registry.register(staging, source=current.source, facts={"dim": current.dim,
+                                                                         "max_tokens": current.max_tokens},
+                                  metrics=current.metrics, lineage={**current.lineage, "reindex_of": current.version})
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return ModelUpdate(version=model.version, uri=model.path.as_uri(), status="promoted", metrics=model.metrics,
+                       reason=f"reindex of {current.version}: the same model, a collection with today's layout",
+                       previous_version=current.version, at=datetime.now(UTC))

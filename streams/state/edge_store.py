@@ -7,10 +7,22 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import qdrant_edge as qe
 
 from streams.state.errors import StoreError
-from streams.state.qdrant_store import SCROLL_PAGE, Condition, Match, QdrantStore, StoredPoint
+from streams.state.qdrant_store import (
+    DENSE,
+    SCROLL_PAGE,
+    SPARSE,
+    Condition,
+    Match,
+    PointToWrite,
+    QdrantStore,
+    StoredPoint,
+)
+from streams.state.sparse import Sparse
+from streams.state.store import ALL_MODES, DENSE_ONLY, VectorQuery
 
 T = TypeVar("T")
 # Optimizing blocks the GIL; building HNSW takes seconds (7 s at 14k chunks here), vacuuming ~0.1 s. Exact search
@@ -33,6 +45,20 @@ def _open(path: Path, config: qe.EdgeConfig) -> qe.EdgeShard:
     return qe.EdgeShard.create(str(path), config)
 
 
+def _chunk_config(dim: int, hybrid: bool) -> qe.EdgeConfig:
+    """Named dense + BM25 vectors (IDF applied by Qdrant), or the one unnamed dense vector of older shards.
+    Cold memory: mapped pages follow the live vectors."""
+    dense = qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine, memory=qe.Memory.Cold)
+    if not hybrid:
+        return qe.EdgeConfig(vectors=dense, optimizers=_VACUUM_ONLY)
+    return qe.EdgeConfig(vectors={DENSE: dense}, sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(
+        modifier=qe.Modifier.Idf)}, optimizers=_VACUUM_ONLY)
+
+
+def _edge_sparse(vector: Sparse) -> qe.SparseVector:
+    return qe.SparseVector(list(vector.indices), list(vector.values))
+
+
 def _call(fn: Callable[[], T]) -> T:
     try:
         return fn()
@@ -43,16 +69,23 @@ def _call(fn: Callable[[], T]) -> T:
 class EdgeVectorStore(QdrantStore):
     """Two shards under `root`: `<collection>/` (chunks) and `<collection>.documents/` (ledger).
 
-    qdrant-edge allows one writer per shard, so one process owns `root`; writes are serialized here.
+    A new chunk shard holds dense and sparse vectors (unless `sparse` is False); `<collection>.layout` beside it
+    says so. A shard without that file was made before chunks carried sparse vectors: it is opened as it is and
+    answers dense searches only. qdrant-edge allows one writer per shard, so one process owns `root`; writes are
+    serialized here.
     """
 
-    def __init__(self, root: Path, collection: str, dim: int) -> None:
+    def __init__(self, root: Path, collection: str, dim: int, sparse: bool = True) -> None:
         super().__init__(collection, dim)
         self._write_lock = threading.Lock()
+        path, marker = root / collection, root / f"{collection}.layout"
+        existing = path.is_dir() and any(path.iterdir())
+        hybrid = marker.is_file() if existing else sparse
         try:
-            chunks = _open(root / collection, qe.EdgeConfig(  # Cold: mapped pages follow the live vectors
-                vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine, memory=qe.Memory.Cold),
-                optimizers=_VACUUM_ONLY))
+            if hybrid and not existing:
+                root.mkdir(parents=True, exist_ok=True)
+                marker.write_text('{"vectors": {"dense": "cosine"}, "sparse_vectors": {"bm25": "idf"}}\n')
+            chunks = _open(path, _chunk_config(dim, hybrid))
             docs = _open(root / self.ledger, qe.EdgeConfig(
                 vectors=qe.EdgeVectorParams(size=1, distance=qe.Distance.Dot), optimizers=_VACUUM_ONLY))
             for field, schema in (("doc_id", qe.PayloadSchemaType.Keyword), ("chunk", qe.PayloadSchemaType.Integer),
@@ -62,21 +95,31 @@ class EdgeVectorStore(QdrantStore):
         except Exception as exc:  # qdrant-edge raises bare Exception
             raise StoreError(f"cannot open qdrant-edge shards under {root}: {exc}") from exc
         self._shards = {collection: chunks, self.ledger: docs}
+        self._modes = ALL_MODES if hybrid else DENSE_ONLY
         if chunks.info().points_count and self._chunk_dim() not in (None, dim):
             raise StoreError(f"shard {root / collection} holds vectors of another dimension than {dim}")
 
     def _chunk_dim(self) -> int | None:
         records, _ = self._shards[self.collection].scroll(
             qe.ScrollRequest(limit=1, with_vector=True, with_payload=False))
-        return len(records[0].vector) if records and records[0].vector else None  # type: ignore[arg-type]
+        vector = self._dense(records[0].vector) if records else None
+        return len(vector) if vector else None
+
+    @staticmethod
+    def _dense(vector: Any) -> Any:
+        return vector.get(DENSE) if isinstance(vector, dict) else vector
 
     def _update(self, collection: str, operation: qe.UpdateOperation) -> None:
         shard = self._shards[collection]
         with self._write_lock:
             _call(lambda: shard.update(operation))
 
-    def _upsert(self, collection: str, points: Sequence[tuple[str, list[float], dict[str, Any]]]) -> None:
-        self._update(collection, qe.UpdateOperation.upsert_points([qe.Point(*p) for p in points]))
+    def _upsert(self, collection: str, points: Sequence[PointToWrite]) -> None:
+        named = collection == self.collection and self.sparse
+        self._update(collection, qe.UpdateOperation.upsert_points([
+            qe.Point(point_id, {DENSE: dense, **({SPARSE: _edge_sparse(sparse)} if sparse else {})} if named
+                     else dense, payload)
+            for point_id, dense, sparse, payload in points]))
 
     def _delete(self, collection: str, conditions: Sequence[Condition]) -> None:
         self._update(collection, qe.UpdateOperation.delete_points_by_filter(_filter(conditions)))
@@ -84,10 +127,25 @@ class EdgeVectorStore(QdrantStore):
     def _set_payload(self, collection: str, conditions: Sequence[Condition], payload: dict[str, Any]) -> None:
         self._update(collection, qe.UpdateOperation.set_payload_by_filter(_filter(conditions), payload))
 
-    def _nearest(self, vector: list[float], limit: int, conditions: Sequence[Condition]
-                 ) -> list[tuple[float, Mapping[str, Any]]]:
-        request = qe.QueryRequest(limit=limit, query=qe.Query.Nearest(vector), filter=_filter(conditions),
-                                  with_payload=True, with_vector=False)
+    def _query(self, query: VectorQuery, limit: int, conditions: Sequence[Condition]
+               ) -> list[tuple[float, Mapping[str, Any]]]:
+        filter_ = _filter(conditions)
+        dense = sparse = None
+        if query.mode in ("dense", "hybrid"):
+            vector = np.asarray(query.dense, dtype=np.float32).tolist()
+            dense = qe.Query.Nearest(vector, using=DENSE) if self.sparse else qe.Query.Nearest(vector)
+        if query.mode in ("sparse", "hybrid") and query.sparse is not None:
+            sparse = qe.Query.Nearest(_edge_sparse(query.sparse), using=SPARSE)
+        if query.mode == "hybrid":
+            fusion = qe.Fusion.Rrf(k=query.rrf_k) if query.fusion == "rrf" else qe.Fusion.Dbsf()
+            request = qe.QueryRequest(limit=limit, query=fusion, filter=filter_, with_payload=True, with_vector=False,
+                                      prefetches=[qe.Prefetch(limit=query.candidates, query=q, filter=filter_)
+                                                  for q in (dense, sparse) if q is not None])
+        else:
+            request = qe.QueryRequest(limit=limit, query=dense if query.mode == "dense" else sparse, filter=filter_,
+                                      with_payload=True, with_vector=False)
+        if request.query is None:
+            return []  # a sparse query without a term the model knows
         return [(p.score, p.payload or {}) for p in _call(lambda: self._shards[self.collection].query(request))]
 
     def _scroll_page(self, collection: str, conditions: Sequence[Condition], offset: Any, with_vectors: bool
@@ -95,7 +153,7 @@ class EdgeVectorStore(QdrantStore):
         request = qe.ScrollRequest(offset=offset, limit=SCROLL_PAGE, filter=_filter(conditions), with_payload=True,
                                    with_vector=with_vectors)
         page, next_offset = _call(lambda: self._shards[collection].scroll(request))
-        return [(r.payload or {}, r.vector if with_vectors else None) for r in page], next_offset  # type: ignore[misc]
+        return [(r.payload or {}, self._dense(r.vector) if with_vectors else None) for r in page], next_offset
 
     def _retrieve(self, collection: str, ids: Sequence[str]) -> list[Mapping[str, Any]]:
         records = _call(lambda: self._shards[collection].retrieve(list(ids), with_payload=True, with_vector=False))

@@ -16,11 +16,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
-
 from schemas import ScalarValue
 from streams.state.errors import StoreError
-from streams.state.store import ChunkPoint, DocumentState, SearchHit, VectorStore
+from streams.state.store import ChunkPoint, DocumentState, SearchHit, VectorQuery, VectorStore
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -90,9 +88,13 @@ class FaultInjectingStore:
     def set_chunk_version(self, doc_id: str, version: int) -> None:
         self._run("set_chunk_version", lambda: self.inner.set_chunk_version(doc_id, version), [doc_id])
 
-    def search(self, vector: np.ndarray, limit: int,
+    @property
+    def modes(self) -> frozenset[str]:
+        return self.inner.modes
+
+    def search(self, query: VectorQuery, limit: int,
                filter_: Mapping[str, ScalarValue] | None = None) -> list[SearchHit]:
-        return self._run("search", lambda: self.inner.search(vector, limit, filter_))
+        return self._run("search", lambda: self.inner.search(query, limit, filter_))
 
     def chunks(self, doc_id: str, with_vectors: bool = False) -> list[ChunkPoint]:
         return self._run("chunks", lambda: self.inner.chunks(doc_id, with_vectors))

@@ -1,7 +1,9 @@
 """An in-memory `VectorStore` (dicts and exact numpy cosine search): the test double of the Qdrant backends.
 
 It runs the same shared algorithms as they do (`QdrantStore`) over primitives on Python dicts, so the contract
-suite and the in-process agent tests exercise real behaviour without a shard on disk.
+suite and the in-process agent tests exercise real behaviour without a shard on disk. It answers dense searches
+only (`modes`), as a collection made before sparse vectors does: lexical scoring and fusion are Qdrant's, not
+something to imitate here.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from streams.state.qdrant_store import Condition, Match, QdrantStore, StoredPoint
+from streams.state.qdrant_store import Condition, Match, PointToWrite, QdrantStore, StoredPoint
+from streams.state.store import VectorQuery
 
 
 def _matches(payload: Mapping[str, Any], conditions: Sequence[Condition]) -> bool:
@@ -37,9 +40,9 @@ class InMemoryVectorStore(QdrantStore):
     def _select(self, collection: str, conditions: Sequence[Condition]) -> list[str]:
         return [pid for pid, (_, payload) in self._collections[collection].items() if _matches(payload, conditions)]
 
-    def _upsert(self, collection: str, points: Sequence[tuple[str, list[float], dict[str, Any]]]) -> None:
+    def _upsert(self, collection: str, points: Sequence[PointToWrite]) -> None:
         with self._lock:
-            for point_id, vector, payload in points:
+            for point_id, vector, _, payload in points:
                 self._collections[collection][point_id] = (np.asarray(vector, dtype=np.float32), dict(payload))
 
     def _delete(self, collection: str, conditions: Sequence[Condition]) -> None:
@@ -52,8 +55,9 @@ class InMemoryVectorStore(QdrantStore):
             for point_id in self._select(collection, conditions):
                 self._collections[collection][point_id][1].update(payload)
 
-    def _nearest(self, vector: list[float], limit: int, conditions: Sequence[Condition]
-                 ) -> list[tuple[float, Mapping[str, Any]]]:
+    def _query(self, query: VectorQuery, limit: int, conditions: Sequence[Condition]
+               ) -> list[tuple[float, Mapping[str, Any]]]:
+        vector = query.dense
         with self._lock:
             candidates = [self._collections[self.collection][pid] for pid in self._select(self.collection, conditions)]
         if not candidates:

@@ -1,8 +1,11 @@
 """What the two Qdrant `VectorStore` backends share: payload mapping, paging, ledger reads and writes.
 
-A store keeps two collections: `<collection>` (one point per chunk) and `<collection>.documents` (the ledger, one
-point per document with a 1-d dummy vector). The backends (qdrant-edge in-process, qdrant-client against a server
-or its `:memory:` mode) only supply the primitive calls of their client, on neutral filter conditions.
+A store keeps two collections: `<collection>` (one point per chunk, with a named `dense` vector and a named
+`bm25` sparse vector whose IDF Qdrant applies) and `<collection>.documents` (the ledger, one point per document
+with a 1-d dummy vector). A chunk collection made before chunks carried sparse vectors has one unnamed dense
+vector: it keeps answering dense searches (`modes`) until a rollout builds a new one. The backends (qdrant-edge
+in-process, qdrant-client against a server or its `:memory:` mode) only supply the primitive calls of their client,
+on neutral filter conditions; dense, sparse and hybrid queries are all answered inside Qdrant.
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ from typing import Any
 import numpy as np
 
 from schemas import ScalarValue, validate_filter
-from streams.state.store import ChunkPoint, DocumentState, SearchHit, document_point_id
+from streams.state.sparse import Sparse
+from streams.state.store import DENSE_ONLY, ChunkPoint, DocumentState, SearchHit, VectorQuery, document_point_id
 
 SCROLL_PAGE = 1_000
+DENSE, SPARSE = "dense", "bm25"  # the names of a chunk's vectors
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,8 +43,10 @@ class AtLeast:
 
 
 Condition = Match | AtLeast
-#: One point as read back: its payload and, when asked for, its vector.
+#: One point as read back: its payload and, when asked for, its dense vector.
 StoredPoint = tuple[Mapping[str, Any], Sequence[float] | None]
+#: One point to write: id, dense vector, sparse vector (chunks of a hybrid collection only), payload.
+PointToWrite = tuple[str, list[float], Sparse | None, dict[str, Any]]
 
 
 class QdrantStore(ABC):
@@ -49,10 +56,11 @@ class QdrantStore(ABC):
         self.collection = collection
         self.ledger = f"{collection}.documents"
         self._dim = dim
+        self._modes: frozenset[str] = DENSE_ONLY  # subclasses set what their chunk collection's layout allows
 
     # -- primitives of a client --------------------------------------------------------------------------------
     @abstractmethod
-    def _upsert(self, collection: str, points: Sequence[tuple[str, list[float], dict[str, Any]]]) -> None: ...
+    def _upsert(self, collection: str, points: Sequence[PointToWrite]) -> None: ...
 
     @abstractmethod
     def _delete(self, collection: str, conditions: Sequence[Condition]) -> None: ...
@@ -61,8 +69,9 @@ class QdrantStore(ABC):
     def _set_payload(self, collection: str, conditions: Sequence[Condition], payload: dict[str, Any]) -> None: ...
 
     @abstractmethod
-    def _nearest(self, vector: list[float], limit: int, conditions: Sequence[Condition]
-                 ) -> list[tuple[float, Mapping[str, Any]]]: ...
+    def _query(self, query: VectorQuery, limit: int, conditions: Sequence[Condition]
+               ) -> list[tuple[float, Mapping[str, Any]]]:
+        """(score, payload) of the best chunks for a query whose mode this collection answers."""
 
     @abstractmethod
     def _scroll_page(self, collection: str, conditions: Sequence[Condition], offset: Any, with_vectors: bool
@@ -79,10 +88,19 @@ class QdrantStore(ABC):
     def dim(self) -> int:
         return self._dim
 
+    @property
+    def modes(self) -> frozenset[str]:
+        return self._modes
+
+    @property
+    def sparse(self) -> bool:
+        """Whether chunks carry sparse vectors here."""
+        return self._modes != DENSE_ONLY
+
     def upsert_chunks(self, points: Sequence[ChunkPoint]) -> None:
         if points:
-            self._upsert(self.collection, [(p.point_id, np.asarray(p.vector, dtype=np.float32).tolist(), p.payload())
-                                           for p in points])
+            self._upsert(self.collection, [(p.point_id, np.asarray(p.vector, dtype=np.float32).tolist(),
+                                            p.sparse if self.sparse else None, p.payload()) for p in points])
 
     def delete_chunks(self, doc_id: str, from_chunk: int = 0) -> None:
         conditions: list[Condition] = [Match("doc_id", doc_id)]
@@ -93,10 +111,13 @@ class QdrantStore(ABC):
     def set_chunk_version(self, doc_id: str, version: int) -> None:
         self._set_payload(self.collection, [Match("doc_id", doc_id)], {"version": version})
 
-    def search(self, vector: np.ndarray, limit: int,
+    def search(self, query: VectorQuery, limit: int,
                filter_: Mapping[str, ScalarValue] | None = None) -> list[SearchHit]:
         conditions = [Match(key, value) for key, value in validate_filter(filter_).items()]
-        found = self._nearest(np.asarray(vector, dtype=np.float32).tolist(), limit, conditions)
+        if query.mode not in self.modes:
+            raise ValueError(f"collection {self.collection!r} answers {sorted(self.modes)} searches, not "
+                             f"{query.mode!r} (it predates sparse vectors: `gristmill reindex` rebuilds it)")
+        found = self._query(query, limit, conditions)
         return [SearchHit(p["doc_id"], int(p["chunk"]), float(score), p["text"], p.get("source"))
                 for score, p in found if p]
 
@@ -121,7 +142,7 @@ class QdrantStore(ABC):
     def put_documents(self, states: Sequence[DocumentState]) -> None:
         if states:
             stamp = time.time()
-            self._upsert(self.ledger, [(document_point_id(s.doc_id), [1.0], {**s.payload(), "indexed_at": stamp})
+            self._upsert(self.ledger, [(document_point_id(s.doc_id), [1.0], None, {**s.payload(), "indexed_at": stamp})
                                        for s in states])
 
     def count_documents(self, include_deleted: bool = False) -> int:

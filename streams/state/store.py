@@ -5,13 +5,19 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
 from schemas import ScalarValue
+from streams.state.sparse import Sparse
 
 GRISTMILL_NS = uuid.UUID("6f1f5a8e-3c1d-5b7e-9a2f-6d4c2b1e0a99")
+
+Mode = Literal["dense", "sparse", "hybrid"]
+Fusion = Literal["rrf", "dbsf"]
+DENSE_ONLY: frozenset[str] = frozenset({"dense"})
+ALL_MODES: frozenset[str] = frozenset({"dense", "sparse", "hybrid"})
 
 
 def chunk_point_id(doc_id: str, chunk: int) -> str:
@@ -36,6 +42,7 @@ class ChunkPoint:
     vector: np.ndarray | None = None
     source: str | None = None
     title: str | None = None
+    sparse: Sparse | None = None  # BM25 weights of the chunk's text (absent in dense-only collections)
 
     @property
     def point_id(self) -> str:
@@ -92,6 +99,21 @@ class DocumentState:
         return cls(**{key: payload.get(key) for key in cls.__slots__ if key in payload})  # type: ignore[arg-type]
 
 
+@dataclass(frozen=True)
+class VectorQuery:
+    """What to search with: the dense query vector, the sparse one, or both fused inside the store.
+
+    `hybrid` prefetches `candidates` chunks by each and fuses the two rankings with reciprocal rank fusion
+    (`rrf`, constant `rrf_k`) or distribution-based score fusion (`dbsf`)."""
+
+    dense: np.ndarray | None = None
+    sparse: Sparse | None = None
+    mode: Mode = "dense"
+    fusion: Fusion = "rrf"
+    candidates: int = 100
+    rrf_k: int = 60
+
+
 @dataclass(frozen=True, slots=True)
 class SearchHit:
     doc_id: str
@@ -117,9 +139,16 @@ class VectorStore(Protocol):
         """Stamp a newer version on unchanged chunks (content hash equal, nothing re-embedded)."""
         ...
 
-    def search(self, vector: np.ndarray, limit: int,
+    @property
+    def modes(self) -> frozenset[str]:
+        """The query modes this collection can answer: all three, or only `dense` (a collection made before
+        chunks carried sparse vectors)."""
+        ...
+
+    def search(self, query: VectorQuery, limit: int,
                filter_: Mapping[str, ScalarValue] | None = None) -> list[SearchHit]:
-        """Nearest chunks by cosine, best first; `filter_` is checked (`InvalidFilter` for unknown fields)."""
+        """Chunks best first: by cosine (`dense`), BM25 (`sparse`) or both fused (`hybrid`); `filter_` is checked
+        (`InvalidFilter`) and applies to every mode. A mode not in `modes` is a `ValueError`."""
         ...
 
     def chunks(self, doc_id: str, with_vectors: bool = False) -> list[ChunkPoint]: ...

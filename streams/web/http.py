@@ -35,6 +35,8 @@ from streams.web.openapi import OPENAPI
 
 log = logging.getLogger(__name__)
 MAX_K = 1000
+MODES = ("dense", "sparse", "hybrid")
+GROUPS = ("chunk", "doc")
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -66,7 +68,8 @@ def build_http_app(worker: AgentHost) -> web.Application:
 
     batcher = MicroBatcher(search_many, worker.settings.query_batch_records)  # concurrent searches share encodes
 
-    async def run_search(text: str, k: int, filter_: dict[str, Any]) -> web.Response:
+    async def run_search(text: str, k: int, filter_: dict[str, Any], mode: Any = None, group: Any = "chunk"
+                         ) -> web.Response:
         if not text.strip():
             return _error(400, "query text 'q' is required")
         if len(text) > settings.http_max_query_chars:
@@ -74,12 +77,16 @@ def build_http_app(worker: AgentHost) -> web.Application:
                                f"{settings.http_max_query_chars:,} are accepted")
         if not 1 <= k <= MAX_K:
             return _error(400, f"k must be between 1 and {MAX_K}")
+        if mode not in (None, *MODES):
+            return _error(400, f"mode must be one of {', '.join(MODES)}")
+        if group not in GROUPS:
+            return _error(400, f"group must be one of {', '.join(GROUPS)}")
         try:
             validate_filter(filter_)
         except InvalidFilter as exc:
             return _error(400, str(exc))
         started = time.perf_counter()
-        result = await batcher.submit(SearchRequest(text, k, filter_))
+        result = await batcher.submit(SearchRequest(text, k, filter_, mode, group))
         latency_s = time.perf_counter() - started
         metrics.QUERY_LATENCY_SECONDS.labels("http").observe(latency_s)
         metrics.QUERIES.labels("http").inc()
@@ -92,8 +99,11 @@ def build_http_app(worker: AgentHost) -> web.Application:
             "index_version": result.index_version,
             "latency_ms": round(latency_s * 1000, 3),
             "cached": result.cached,
+            "mode": result.mode,
+            "group": result.group,
         }
-        logged = LoggedQuery(body["query_id"], {"text": text, "top_k": k, "filter": filter_},
+        logged = LoggedQuery(body["query_id"], {"text": text, "top_k": k, "filter": filter_, "mode": mode,
+                                                "group": group},
                              {k: v for k, v in body.items() if k != "query"}, time.time(), "http")
         await shared.threads.peek(lambda: shared.query_log.record([logged]))
         return web.json_response(body)
@@ -108,7 +118,8 @@ def build_http_app(worker: AgentHost) -> web.Application:
             filter_ = query_filter(request.query)
         except InvalidFilter as exc:
             return _error(400, str(exc))
-        return await run_search(request.query.get("q", ""), k, filter_)
+        return await run_search(request.query.get("q", ""), k, filter_, request.query.get("mode"),
+                                request.query.get("group", "chunk"))
 
     @routes.post("/search")
     async def search_post(request: web.Request) -> web.Response:
@@ -121,7 +132,7 @@ def build_http_app(worker: AgentHost) -> web.Application:
         k, filter_ = body.get("k", 10), body.get("filter") or {}
         if not isinstance(k, int) or isinstance(k, bool) or not isinstance(filter_, dict):
             return _error(400, "'k' must be an integer and 'filter' an object")
-        return await run_search(body.get("q", ""), k, filter_)
+        return await run_search(body.get("q", ""), k, filter_, body.get("mode"), body.get("group", "chunk"))
 
     @routes.get("/documents/{doc_id:.+}")
     async def document(request: web.Request) -> web.Response:

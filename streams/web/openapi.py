@@ -23,8 +23,14 @@ _SEARCH_RESPONSE = {
         "hits": {"type": "array", "items": {"$ref": "#/components/schemas/Hit"}},
         "model_version": {"type": "string"}, "index_version": {"type": "string"},
         "latency_ms": {"type": "number"}, "cached": {"type": "boolean"},
+        "mode": {"enum": ["dense", "sparse", "hybrid"], "description": "The mode that answered."},
+        "group": {"enum": ["chunk", "doc"]},
     },
 }
+_MODE = {"enum": ["dense", "sparse", "hybrid"], "description": "dense, BM25 (sparse), or both fused inside Qdrant "
+                                                              "(hybrid, the default)."}
+_GROUP = {"enum": ["chunk", "doc"], "default": "chunk", "description": "doc: at most one hit (the best chunk) per "
+                                                                       "document; k counts documents."}
 _ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
 _FILTER = {"type": "object", "description": "Exact-match payload filter.",
            "propertyNames": {"enum": sorted(FILTER_FIELDS)},
@@ -44,11 +50,13 @@ OPENAPI: dict[str, Any] = {
     "paths": {
         "/search": {
             "get": {
-                "summary": "Semantic search over the serving index",
+                "summary": "Dense, sparse (BM25) or hybrid search over the serving index",
                 "parameters": [
                     {"name": "q", "in": "query", "required": True, "schema": {"type": "string"}},
                     {"name": "k", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000,
                                                              "default": 10}},
+                    {"name": "mode", "in": "query", "schema": _MODE},
+                    {"name": "group", "in": "query", "schema": _GROUP},
                     *({"name": f, "in": "query", "schema": {"type": "string"}} for f in sorted(FILTER_FIELDS)),
                 ],
                 "responses": {"200": _json("SearchResponse", "Hits, best first"), "400": _BAD},
@@ -58,7 +66,7 @@ OPENAPI: dict[str, Any] = {
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
                     "type": "object", "required": ["q"],
                     "properties": {"q": {"type": "string"}, "k": {"type": "integer", "minimum": 1, "maximum": 1000},
-                                   "filter": _FILTER}}}}},
+                                   "filter": _FILTER, "mode": _MODE, "group": _GROUP}}}}},
                 "responses": {"200": _json("SearchResponse", "Hits, best first"), "400": _BAD},
             },
         },

@@ -41,10 +41,10 @@ def test_queries_are_answered_filtered_cached_and_logged(tmp_path: Path) -> None
 class ExplodingStore(InMemoryVectorStore):
     """Raises for searches filtered on source `boom` (a search the store cannot answer)."""
 
-    def search(self, vector, limit, filter_=None):  # type: ignore[no-untyped-def]
+    def search(self, query, limit, filter_=None):  # type: ignore[no-untyped-def]
         if (filter_ or {}).get("source") == "boom":
             raise ValueError("the store cannot answer this search")
-        return super().search(vector, limit, filter_)
+        return super().search(query, limit, filter_)
 
 
 def test_a_query_that_fails_costs_only_itself(tmp_path: Path) -> None:

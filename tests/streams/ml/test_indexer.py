@@ -12,6 +12,7 @@ from streams.ml.chunking import Chunker
 from streams.ml.indexer import DocumentIndexer
 from streams.state.edge_store import EdgeVectorStore
 from streams.state.encoder import OnnxEncoder
+from streams.state.store import VectorQuery
 
 LONG = " ".join(f"Paragraph {i} explains how consumers commit offsets after the write." for i in range(40))
 
@@ -44,7 +45,7 @@ def test_new_document_is_chunked_embedded_and_searchable(indexer: DocumentIndexe
                                                          store: EdgeVectorStore) -> None:
     outcome = indexer.apply([upsert("a", 1, LONG, source="manual"), upsert("b", 1, "Bananas are yellow fruit.")])
     assert outcome.embedded == 2 and outcome.chunks == store.count_chunks() > 2
-    assert store.search(indexer.encoder.encode(["yellow fruit"])[0], 1)[0].doc_id == "b"
+    assert store.search(VectorQuery(indexer.encoder.encode(["yellow fruit"])[0]), 1)[0].doc_id == "b"
     state = store.get_documents(["a"])["a"]
     assert (state.version, state.deleted, state.chunks, state.source) == (1, False, len(store.chunks("a")), "manual")
 

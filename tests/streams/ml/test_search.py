@@ -14,6 +14,7 @@ from streams.ml.indexer import DocumentIndexer
 from streams.ml.search import Searcher, SearchRequest, normalize_query
 from streams.state.edge_store import EdgeVectorStore
 from streams.state.encoder import OnnxEncoder
+from streams.state.sparse import Bm25Encoder
 
 DOCS = {
     "tea": "Green tea is steeped at about 80 degrees Celsius for two minutes.",
@@ -25,7 +26,7 @@ DOCS = {
 @pytest.fixture
 def store(tmp_path: Path, encoder: OnnxEncoder) -> Iterator[EdgeVectorStore]:
     backend = EdgeVectorStore(tmp_path / "q", "chunks", encoder.dim)
-    DocumentIndexer(backend, encoder, Chunker(encoder.tokenizer, 128, 16, encoder.max_tokens)).apply([
+    DocumentIndexer(backend, encoder, Chunker(encoder.tokenizer, 128, 16, encoder.max_tokens), Bm25Encoder()).apply([
         DocumentEvent(doc_id=d, version=1, op="upsert", text=t, source="manual" if d == "bikes" else "web")
         for d, t in DOCS.items()])
     yield backend
@@ -122,3 +123,47 @@ def test_the_cache_is_bounded_by_bytes_and_a_write_generation_invalidates_it(enc
     assert searcher.search("kafka partitions", 1).cached
     searcher.invalidate()
     assert not searcher.search("kafka partitions", 1).cached
+
+
+def test_modes_answer_in_the_store_and_say_which_answered(encoder: OnnxEncoder, store: EdgeVectorStore,
+                                                          tmp_path: Path) -> None:
+    searcher = Searcher(encoder, store, sparse=Bm25Encoder(), cache_size=0)
+    for mode in ("dense", "sparse", "hybrid"):
+        result = searcher.search("bicycle chain oiled", 2, mode=mode)  # type: ignore[arg-type]
+        assert result.mode == mode and result.hits[0].doc_id == "bikes"
+    assert searcher.search("partitions", 3, mode="sparse").hits[0].doc_id == "kafka"  # an exact term
+    assert [h.doc_id for h in searcher.search("tea", 3, {"source": "manual"}, mode="sparse").hits] == []
+    without_bm25 = Searcher(encoder, store)  # no sparse encoder at hand: answered dense, and it says so
+    assert without_bm25.search("bicycle chain", 1, mode="hybrid").mode == "dense"
+    older = EdgeVectorStore(tmp_path / "older", "chunks", encoder.dim, sparse=False)
+    try:
+        assert Searcher(encoder, older, sparse=Bm25Encoder()).search("x", 1, mode="sparse").mode == "dense"
+    finally:
+        older.close()
+
+
+def test_document_level_answers_hold_one_hit_per_document(encoder: OnnxEncoder, tmp_path: Path) -> None:
+    store = EdgeVectorStore(tmp_path / "docs", "chunks", encoder.dim)
+    long_tea = " ".join(f"Green tea note {i}: steep it at eighty degrees for two minutes." for i in range(40))
+    try:
+        DocumentIndexer(store, encoder, Chunker(encoder.tokenizer, 24, 4, encoder.max_tokens), Bm25Encoder()).apply(
+            [DocumentEvent(doc_id="tea", version=1, op="upsert", text=long_tea)]
+            + [DocumentEvent(doc_id=f"other-{i}", version=1, op="upsert", text=f"Note {i} about rivers and otters.")
+               for i in range(5)])
+        searcher = Searcher(encoder, store, sparse=Bm25Encoder(), cache_size=0)
+        chunks = searcher.search("steep green tea", 5)
+        assert [h.doc_id for h in chunks.hits] == ["tea"] * 5  # chunk-level: one document fills the top
+        documents = searcher.search("steep green tea", 4, group="doc")
+        assert len(documents.hits) == 4 and len({h.doc_id for h in documents.hits}) == 4
+        assert documents.hits[0].doc_id == "tea" and documents.group == "doc"
+        assert documents.hits[0].score == chunks.hits[0].score  # the document scores as its best chunk
+    finally:
+        store.close()
+
+
+def test_the_cache_key_holds_the_mode_and_the_grouping(encoder: OnnxEncoder, store: EdgeVectorStore) -> None:
+    searcher = Searcher(encoder, store, sparse=Bm25Encoder())
+    assert not searcher.search("tea", 2, mode="dense").cached
+    assert not searcher.search("tea", 2, mode="sparse").cached
+    assert not searcher.search("tea", 2, mode="dense", group="doc").cached
+    assert searcher.search("tea", 2, mode="sparse").cached

@@ -14,7 +14,8 @@ from streams.state.edge_store import EdgeVectorStore
 from streams.state.faults import FaultInjectingStore, FaultPlan
 from streams.state.memory_store import InMemoryVectorStore
 from streams.state.server_store import ServerVectorStore
-from streams.state.store import ChunkPoint, DocumentState, VectorStore, chunk_point_id
+from streams.state.sparse import Bm25Encoder
+from streams.state.store import ChunkPoint, DocumentState, VectorQuery, VectorStore, chunk_point_id
 
 DIM = 8
 
@@ -48,7 +49,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[VectorStor
 
 def test_upsert_then_search_ranks_by_cosine(store: VectorStore) -> None:
     store.upsert_chunks([point("a", 0, unit(1, 0)), point("b", 0, unit(0, 1)), point("c", 0, unit(1, 1))])
-    hits = store.search(unit(1, 0.1), limit=2)
+    hits = store.search(VectorQuery(unit(1, 0.1)), limit=2)
     assert [h.doc_id for h in hits] == ["a", "c"]
     assert hits[0].score == pytest.approx(float(unit(1, 0.1) @ unit(1, 0)), abs=1e-5)
     assert hits[0].text == "a chunk 0" and hits[0].chunk == 0
@@ -81,9 +82,9 @@ def test_set_chunk_version_touches_only_that_doc(store: VectorStore) -> None:
 
 def test_search_filter_by_payload(store: VectorStore) -> None:
     store.upsert_chunks([point("a", 0, unit(1, 0), source="wiki"), point("b", 0, unit(1, 0.2), source="faq")])
-    assert [h.doc_id for h in store.search(unit(1, 0), 10, {"source": "faq"})] == ["b"]
+    assert [h.doc_id for h in store.search(VectorQuery(unit(1, 0)), 10, {"source": "faq"})] == ["b"]
     with pytest.raises(InvalidFilter, match="cannot filter"):
-        store.search(unit(1, 0), 10, {"text": "x"})
+        store.search(VectorQuery(unit(1, 0)), 10, {"text": "x"})
 
 
 def test_document_ledger_round_trip_and_tombstones(store: VectorStore) -> None:
@@ -121,7 +122,7 @@ def test_compaction_keeps_exactly_the_live_points(store: VectorStore) -> None:
     assert {(c.doc_id, c.chunk) for c in store.all_chunks()} == left
     assert store.count_chunks() == len(left) and store.count_documents() == 600
     probe = store.chunks("d500", with_vectors=True)[3]
-    (nearest,) = store.search(probe.vector, 1)
+    (nearest,) = store.search(VectorQuery(probe.vector), 1)
     assert (nearest.doc_id, nearest.chunk) == ("d500", 3)
     store.upsert_chunks([point("d0", 0, unit(1))])  # still writable after compaction
     assert [c.chunk for c in store.chunks("d0")] == [0]
@@ -159,3 +160,103 @@ def test_edge_store_reopens_with_its_data(tmp_path: Path) -> None:
     reopened = EdgeVectorStore(tmp_path / "q", "chunks", DIM)
     assert reopened.count_chunks() == 1 and reopened.get_documents(["a"])["a"].version == 1
     reopened.close()
+
+
+BM25 = Bm25Encoder()
+
+
+def lexical(doc_id: str, chunk: int, text: str, vector: np.ndarray, version: int = 1,
+            source: str | None = None) -> ChunkPoint:
+    """A chunk with both vectors, as the indexer writes it (one upsert)."""
+    return ChunkPoint(doc_id, chunk, text, version, f"h{version}", "v1", vector, source, None,
+                      BM25.embed_documents([text])[0])
+
+
+@pytest.fixture(params=["qdrant-edge", "qdrant-client", "fault-injection-off"])
+def hybrid_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[VectorStore]:
+    """The backends whose new collections hold dense and sparse vectors (the in-memory double answers dense only)."""
+    backend: VectorStore
+    if request.param == "qdrant-edge":
+        backend = EdgeVectorStore(tmp_path / "qdrant", "chunks", DIM)
+    elif request.param == "qdrant-client":
+        backend = ServerVectorStore.connect(":memory:", "chunks", DIM)
+    else:
+        backend = FaultInjectingStore(EdgeVectorStore(tmp_path / "qdrant", "chunks", DIM),
+                                      FaultPlan(tmp_path / "no-faults.json"))
+    yield backend
+    backend.close()
+
+
+def sparse(text: str) -> VectorQuery:
+    return VectorQuery(sparse=BM25.embed_query(text), mode="sparse")
+
+
+def ids(hits: list) -> list[str]:  # type: ignore[type-arg]
+    return [h.doc_id for h in hits]
+
+
+def test_sparse_ranks_by_bm25_and_hybrid_fuses_both_rankings(hybrid_store: VectorStore) -> None:
+    assert hybrid_store.modes == {"dense", "sparse", "hybrid"}
+    hybrid_store.upsert_chunks([lexical("kettle", 0, "the kettle boils water for green tea", unit(1, 0)),
+                                lexical("part", 0, "spare part code KE-7468 for the lantern", unit(0, 1)),
+                                lexical("otter", 0, "otters swim in the river at dawn", unit(0.6, 0.8))])
+    assert ids(hybrid_store.search(sparse("KE-7468"), 3)) == ["part"]  # only the exact term
+    assert ids(hybrid_store.search(sparse("green tea kettle"), 3)) == ["kettle"]
+    assert ids(hybrid_store.search(VectorQuery(unit(1, 0.05)), 3))[0] == "kettle"
+    for fusion in ("rrf", "dbsf"):
+        fused = hybrid_store.search(VectorQuery(unit(1, 0.05), BM25.embed_query("lantern KE-7468"), "hybrid",
+                                                fusion), 2)  # type: ignore[arg-type]
+        assert set(ids(fused)) == {"kettle", "part"}, fusion  # the best of each ranking, fused
+    assert hybrid_store.search(sparse("zyxwvut"), 3) == []  # no matching term: nothing, not an error
+
+
+def test_filters_apply_to_every_mode(hybrid_store: VectorStore) -> None:
+    hybrid_store.upsert_chunks([lexical("a", 0, "tea kettle", unit(1, 0), source="kitchen"),
+                                lexical("b", 0, "tea kettle spare", unit(1, 0.1), source="shop")])
+    for query in (VectorQuery(unit(1, 0)), sparse("tea kettle"),
+                  VectorQuery(unit(1, 0), BM25.embed_query("tea kettle"), "hybrid")):
+        assert ids(hybrid_store.search(query, 5, {"source": "shop"})) == ["b"], query.mode
+
+
+def test_updates_deletes_and_shrinks_keep_both_vectors_consistent(hybrid_store: VectorStore) -> None:
+    hybrid_store.upsert_chunks([lexical("a", i, f"old alpha words part {i} token{i}", unit(1, i)) for i in range(3)])
+    hybrid_store.upsert_chunks([lexical("a", 0, "new beta words", unit(0, 1), version=2)])  # same point id
+    assert ids(hybrid_store.search(sparse("beta"), 5)) == ["a"]
+    assert sorted(h.chunk for h in hybrid_store.search(sparse("alpha"), 5)) == [1, 2]  # chunk 0 lost its old terms
+    hybrid_store.delete_chunks("a", from_chunk=2)  # a shorter document
+    assert hybrid_store.search(sparse("token2"), 5) == [] and ids(hybrid_store.search(sparse("token1"), 5)) == ["a"]
+    hybrid_store.delete_chunks("a")
+    for word in ("beta", "alpha", "token1"):
+        assert hybrid_store.search(sparse(word), 5) == []
+    assert hybrid_store.search(VectorQuery(unit(0, 1), BM25.embed_query("beta"), "hybrid"), 5) == []
+
+
+@pytest.mark.parametrize("backend", ["qdrant-edge", "qdrant-client", "in-memory-double"])
+def test_a_dense_only_collection_answers_dense_and_refuses_the_other_modes(backend: str, tmp_path: Path) -> None:
+    store: VectorStore = {"qdrant-edge": lambda: EdgeVectorStore(tmp_path / "q", "chunks", DIM, sparse=False),
+                          "qdrant-client": lambda: ServerVectorStore.connect(":memory:", "chunks", DIM, sparse=False),
+                          "in-memory-double": lambda: InMemoryVectorStore("chunks", DIM)}[backend]()
+    try:
+        assert store.modes == {"dense"}
+        store.upsert_chunks([lexical("a", 0, "tea kettle", unit(1, 0))])  # the sparse vector is not kept
+        assert ids(store.search(VectorQuery(unit(1, 0)), 1)) == ["a"]
+        with pytest.raises(ValueError, match="answers \\['dense'\\] searches"):
+            store.search(sparse("tea"), 1)
+    finally:
+        store.close()
+
+
+def test_an_edge_shard_keeps_its_layout_when_reopened(tmp_path: Path) -> None:
+    hybrid = EdgeVectorStore(tmp_path / "q", "new", DIM)
+    hybrid.upsert_chunks([lexical("a", 0, "tea kettle", unit(1, 0))])
+    hybrid.close()
+    older = EdgeVectorStore(tmp_path / "q", "old", DIM, sparse=False)  # as shards were made before sparse vectors
+    older.upsert_chunks([point("b", 0, unit(1, 0))])
+    older.close()
+    hybrid, older = EdgeVectorStore(tmp_path / "q", "new", DIM), EdgeVectorStore(tmp_path / "q", "old", DIM)
+    try:
+        assert ids(hybrid.search(sparse("kettle"), 1)) == ["a"] and hybrid.modes == {"dense", "sparse", "hybrid"}
+        assert older.modes == {"dense"} and ids(older.search(VectorQuery(unit(1, 0)), 1)) == ["b"]
+    finally:
+        hybrid.close()
+        older.close()

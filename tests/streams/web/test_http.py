@@ -25,10 +25,10 @@ DOCS = [{"doc_id": "tea", "version": 1, "op": "upsert", "text": "Green tea is st
 
 
 class ExplodingStore(InMemoryVectorStore):
-    def search(self, vector, limit, filter_=None):  # type: ignore[no-untyped-def]
+    def search(self, query, limit, filter_=None):  # type: ignore[no-untyped-def]
         if (filter_ or {}).get("source") == "boom":
             raise ValueError("the store cannot answer this search")
-        return super().search(vector, limit, filter_)
+        return super().search(query, limit, filter_)
 
 
 def harness(tmp_path: Path, **settings: Any) -> Harness:
