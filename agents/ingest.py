@@ -36,6 +36,8 @@ async def index(batch: Sequence[Accepted[DocumentEvent]], *, serving: ServingSlo
     for accepted in batch:
         if accepted.message.timestamp:
             metrics.FRESHNESS_SECONDS.observe(max(0.0, now - accepted.message.timestamp))
+    for stage, seconds in outcome.stages.items():
+        metrics.STAGE_SECONDS.labels(stage).inc(seconds)
     metrics.ENCODE_SECONDS.labels("ingest").observe(outcome.encode_s)
     metrics.STORE_WRITE_SECONDS.observe(outcome.write_s)
     metrics.CHUNKS_UPSERTED.inc(outcome.chunks)

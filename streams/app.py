@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from importlib.metadata import entry_points
 from typing import Any, TypeVar
@@ -139,7 +140,10 @@ class Worker:
 
         @self.app.agent(self.outbox.topic(contract.topic), name=name)
         async def run(stream: Any) -> None:
+            waiting = time.perf_counter()
             async for events in stream.take_events(size, within):
+                if name == "ingest":
+                    metrics.STAGE_SECONDS.labels("fetch").inc(time.perf_counter() - waiting)
                 try:
                     await runner.run([raw_message(e) for e in events])
                 except (Unfinished, asyncio.CancelledError):
@@ -151,6 +155,7 @@ class Worker:
                     log.exception("agent %s crashed; its batch of %d records is read again", name, len(events))
                     await self.consumer.redeliver(first_offsets(events))
                     raise
+                waiting = time.perf_counter()
         return runner
 
     @property
@@ -164,7 +169,10 @@ class Worker:
         @self.app.agent(self.outbox.topic(topic), name=name)
         async def watch(stream: Any) -> None:
             async for events in stream.take_events(size, within):
+                started = time.perf_counter()
                 observe([raw_message(e) for e in events])
+                if topic == "documents":
+                    metrics.STAGE_SECONDS.labels("monitor").inc(time.perf_counter() - started)
 
     def timer(self, interval_s: float, tick: Callable[[], Awaitable[None]]) -> None:
         """Call `tick` every `interval_s` while the worker runs."""

@@ -29,6 +29,7 @@ from faust.types.tuples import ack_lock
 from mode import Service
 from mode.utils.futures import notify
 
+from streams import metrics
 from streams.commit_gate import CommitGate
 
 DEFAULT_FETCH_MAX_WAIT_MS = 1500  # faust's own value
@@ -117,6 +118,13 @@ class Consumer(faust_aiokafka.Consumer):
                 notify(self._waiting_for_ack)
                 return False
             return super().ack(message)
+
+    async def _commit(self, offsets: Mapping[TP, int]) -> bool:
+        started = time.perf_counter()
+        try:
+            return await super()._commit(offsets)  # type: ignore[no-any-return]
+        finally:
+            metrics.STAGE_SECONDS.labels("commit").inc(time.perf_counter() - started)
 
     def _new_offset(self, tp: TP) -> int | None:
         """The commit gate decides; faust's list of acknowledged offsets is only cleared (it is not used)."""

@@ -158,7 +158,10 @@ class BatchRunner(Generic[R]):
 
     async def admit(self, messages: Sequence[RawMessage]) -> list[Accepted[R]]:
         """The validation gate: count the batch, dead-letter the rejects (delivered before this returns)."""
+        started = time.perf_counter()
         checked = [self.contract.check(m) for m in messages]
+        if self.contract.topic == "documents":
+            metrics.STAGE_SECONDS.labels("validate").inc(time.perf_counter() - started)
         accepted = [c for c in checked if isinstance(c, Accepted)]
         metrics.RECORDS_IN.labels(self.contract.topic).inc(len(checked))
         metrics.RECORDS_VALID.labels(self.contract.topic).inc(len(accepted))

@@ -35,8 +35,13 @@ class StoreThreads:
         self._readers = ThreadPoolExecutor(2, thread_name_prefix="search")
 
     async def write(self, operation: Callable[[], T], what: str) -> T:
-        """Run a store write on the writer thread until it succeeds."""
-        return await self._until_done(operation, what, self._writer)
+        """Run a store write on the writer thread until it succeeds (the wait for the thread is the `queue` stage)."""
+        submitted = time.perf_counter()
+
+        def timed() -> T:
+            metrics.STAGE_SECONDS.labels("queue").inc(time.perf_counter() - submitted)
+            return operation()
+        return await self._until_done(timed, what, self._writer)
 
     async def read(self, operation: Callable[[], T], what: str) -> T:
         """Run a read (a search, a ledger lookup) on a reader thread until it succeeds."""

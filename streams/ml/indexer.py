@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -23,18 +24,38 @@ def content_hash(event: DocumentEvent) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+#: Where an index write spends its time, in order.
+STAGES = ("read", "chunk", "encode", "sparse", "write", "ledger")
+
+
 @dataclass
 class IndexOutcome:
-    """What one batch did, by document; timings in seconds."""
+    """What one batch did, by document; seconds spent per stage (`STAGES`)."""
 
     embedded: int = 0
     chunks: int = 0
     deleted: int = 0
-    replaced: int = 0  # documents whose indexed chunks were rewritten or deleted (answers may have changed)
     unchanged: int = 0
     stale: int = 0
-    encode_s: float = 0.0
-    write_s: float = 0.0
+    replaced: int = 0  # documents whose indexed chunks were rewritten or deleted (answers may have changed)
+    stages: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+
+    @contextmanager
+    def timing(self, stage: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stages[stage] += time.perf_counter() - started
+
+    @property
+    def encode_s(self) -> float:
+        return self.stages["encode"]
+
+    @property
+    def write_s(self) -> float:
+        """Store time: reading the ledger, writing chunks and ledger entries."""
+        return self.stages["read"] + self.stages["write"] + self.stages["ledger"]
 
 
 class DocumentIndexer:
@@ -63,60 +84,59 @@ class DocumentIndexer:
             if held is None or event.version > held.version:  # equal version: the first one wins, as across
                 latest[event.doc_id] = event                  # batches (a version is applied once)
         outcome.stale += len(events) - len(latest)
-        ledger = self.store.get_documents(list(latest))
+        with outcome.timing("read"):
+            ledger = self.store.get_documents(list(latest))
 
         to_embed: list[tuple[DocumentEvent, str]] = []
         states: list[DocumentState] = []
-        started = time.perf_counter()
-        for doc_id, event in latest.items():
-            previous = ledger.get(doc_id)
-            if previous is not None and event.version <= previous.version:
-                outcome.stale += 1
-            elif event.op == "delete":
-                self.store.delete_chunks(doc_id)
-                states.append(DocumentState(doc_id, event.version, deleted=True))
-                outcome.deleted += 1
-                outcome.replaced += 1
-            else:
-                digest = content_hash(event)
-                if (previous is not None and not previous.deleted and previous.content_hash == digest
-                        and previous.model_version == self.encoder.version):
-                    self.store.set_chunk_version(doc_id, event.version)
-                    states.append(self._state(event, digest, previous.chunks))
-                    outcome.unchanged += 1
+        with outcome.timing("write"):
+            for doc_id, event in latest.items():
+                previous = ledger.get(doc_id)
+                if previous is not None and event.version <= previous.version:
+                    outcome.stale += 1
+                elif event.op == "delete":
+                    self.store.delete_chunks(doc_id)
+                    states.append(DocumentState(doc_id, event.version, deleted=True))
+                    outcome.deleted += 1
+                    outcome.replaced += 1
                 else:
-                    to_embed.append((event, digest))
-                    outcome.replaced += previous is not None and not previous.deleted
-        write_s = time.perf_counter() - started
+                    digest = content_hash(event)
+                    if (previous is not None and not previous.deleted and previous.content_hash == digest
+                            and previous.model_version == self.encoder.version):
+                        self.store.set_chunk_version(doc_id, event.version)
+                        states.append(self._state(event, digest, previous.chunks))
+                        outcome.unchanged += 1
+                    else:
+                        to_embed.append((event, digest))
+                        outcome.replaced += previous is not None and not previous.deleted
 
         if to_embed:
-            split = self.chunker.split_many([event.content for event, _ in to_embed])
-            texts = [chunk.text for chunks in split for chunk in chunks]
-            started = time.perf_counter()
-            vectors = self.encoder.encode(texts)
-            outcome.encode_s = time.perf_counter() - started
+            with outcome.timing("chunk"):
+                split = self.chunker.split_many([event.content for event, _ in to_embed])
+                texts = [chunk.text for chunks in split for chunk in chunks]
+            with outcome.timing("encode"):
+                vectors = self.encoder.encode(texts)
             if not np.isfinite(vectors).all():
                 raise ValueError("the encoder returned non-finite vectors; nothing of this batch was written")
-            lexical = self.sparse.embed_documents(texts) if self.sparse is not None else [None] * len(texts)
-            started = time.perf_counter()
-            points, row = [], 0
-            for (event, digest), chunks in zip(to_embed, split, strict=True):
-                for chunk in chunks:
-                    points.append(ChunkPoint(event.doc_id, chunk.number, chunk.text, event.version, digest,
-                                             self.encoder.version, vectors[row], event.source, event.title,
-                                             lexical[row]))
-                    row += 1
-                states.append(self._state(event, digest, len(chunks)))
-            self.store.upsert_chunks(points)
-            for (event, _), chunks in zip(to_embed, split, strict=True):
-                self.store.delete_chunks(event.doc_id, from_chunk=len(chunks))
-            write_s += time.perf_counter() - started
+            with outcome.timing("sparse"):
+                lexical = self.sparse.embed_documents(texts) if self.sparse is not None else [None] * len(texts)
+            with outcome.timing("write"):
+                points, row = [], 0
+                for (event, digest), chunks in zip(to_embed, split, strict=True):
+                    for chunk in chunks:
+                        points.append(ChunkPoint(event.doc_id, chunk.number, chunk.text, event.version, digest,
+                                                 self.encoder.version, vectors[row], event.source, event.title,
+                                                 lexical[row]))
+                        row += 1
+                    states.append(self._state(event, digest, len(chunks)))
+                self.store.upsert_chunks(points)
+                for (event, _), chunks in zip(to_embed, split, strict=True):
+                    self.store.delete_chunks(event.doc_id, from_chunk=len(chunks))
             outcome.embedded += len(to_embed)
             outcome.chunks += len(points)
 
-        started = time.perf_counter()
-        self.store.put_documents(states)
-        outcome.write_s = write_s + time.perf_counter() - started
+        with outcome.timing("ledger"):
+            self.store.put_documents(states)
         return outcome
 
     def restore(self, doc_id: str) -> None:
