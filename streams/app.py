@@ -119,6 +119,7 @@ class Worker:
             producer_acks=-1,
             producer_max_request_size=settings.producer_max_bytes,
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
+            fetch_idle_wait_ms=settings.fetch_idle_wait_ms,
             in_flight_wait_s=settings.in_flight_wait_s,
             broker_credentials=faust_credentials(settings),
         )
@@ -141,9 +142,10 @@ class Worker:
         @self.app.agent(self.outbox.topic(contract.topic), name=name)
         async def run(stream: Any) -> None:
             waiting = time.perf_counter()
-            async for events in stream.take_events(size, within):
-                if name == "ingest":
-                    metrics.STAGE_SECONDS.labels("fetch").inc(time.perf_counter() - waiting)
+            async for events in stream.take_batches(size, within):
+                if name == "ingest":  # a wait of more than a second was an idle stream, not a fetch
+                    waited = time.perf_counter() - waiting
+                    metrics.STAGE_SECONDS.labels("fetch" if waited <= 1.0 else "idle").inc(waited)
                 try:
                     await runner.run([raw_message(e) for e in events])
                 except (Unfinished, asyncio.CancelledError):
@@ -168,7 +170,7 @@ class Worker:
         never holds an offset back (iterating events one by one would keep the last unacknowledged)."""
         @self.app.agent(self.outbox.topic(topic), name=name)
         async def watch(stream: Any) -> None:
-            async for events in stream.take_events(size, within):
+            async for events in stream.take_batches(size, within):
                 started = time.perf_counter()
                 observe([raw_message(e) for e in events])
                 if topic == "documents":

@@ -30,11 +30,11 @@ STORE_FAILURES = Counter("gristmill_store_failures_total", "Vector store operati
 STORE_UP = Gauge("gristmill_store_up", "1 when the last vector store operation succeeded")
 STORE_COMPACT_SECONDS = Histogram("gristmill_store_compact_seconds", "Time the embedded store spent vacuuming "
                                   "deleted points (index writes wait meanwhile)", buckets=LATENCY_BUCKETS)
-STAGE_SECONDS = Counter("gristmill_stage_seconds_total", "Seconds spent per stage of the ingest path: fetch (an "
-                        "agent waiting for its next batch), validate, queue (waiting for the writer thread), read, "
-                        "chunk, encode, sparse, write, ledger, commit, monitor", ["stage"])
-INGEST_STAGES = ("fetch", "validate", "queue", "read", "chunk", "encode", "sparse", "write", "ledger", "commit",
-                 "monitor")
+STAGE_SECONDS = Counter("gristmill_stage_seconds_total", "Seconds spent per stage of the ingest path: idle (waits "
+                        "of over a second for a batch), fetch (shorter waits), validate, queue (for the writer "
+                        "thread), read, chunk, encode, sparse, write, ledger, commit, monitor", ["stage"])
+INGEST_STAGES = ("idle", "fetch", "validate", "queue", "read", "chunk", "encode", "sparse", "write", "ledger",
+                 "commit", "monitor")
 FRESHNESS_SECONDS = Histogram("gristmill_freshness_seconds", "Event produced -> searchable",
                               buckets=FRESHNESS_BUCKETS)
 

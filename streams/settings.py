@@ -42,8 +42,11 @@ class Settings(BaseSettings):
                                     "produces (key, value and framing); the broker must accept it.")
     deadletter_max_bytes: int = Field(default=900_000, ge=10_000, description="Dead letters larger than this keep "
                                       "a prefix of the value (with its size and sha256).")
-    fetch_max_wait_ms: int = Field(default=10, ge=1, le=5000,
-                                   description="Longest a consumer fetch waits for data (bounds added latency).")
+    fetch_idle_wait_ms: int = Field(default=500, ge=1, le=5000, description="Longest a fetch waits once no record "
+                                    "came for a second (an idle worker and broker sleep; the first record after an "
+                                    "idle stretch may wait this long).")
+    fetch_max_wait_ms: int = Field(default=10, ge=1, le=5000, description="Longest a fetch waits while records flow "
+                                                                          "(bounds the latency it adds).")
 
     # Vector store
     qdrant_url: str | None = Field(

@@ -10,12 +10,16 @@ from streams.cli.context import console, load_settings
 
 
 def bench_ingest(
-    docs: Annotated[int, typer.Option(help="Documents in the pipeline runs.")] = 200,
+    docs: Annotated[int, typer.Option(help="Documents in each pipeline run.")] = 200,
+    runs: Annotated[int, typer.Option(help="Pipeline runs (the median is reported, with min and max).")] = 3,
+    profile: Annotated[bool, typer.Option(help="Also show time per stage and a py-spy profile of the worker.")] = False,
+    naive: Annotated[bool, typer.Option(help="Also the loops a user writes by hand (per record, batched).")] = False,
 ) -> None:
-    """ONNX encoder vs sentence-transformers, and the end-to-end pipeline, on the same texts."""
+    """ONNX encoder vs sentence-transformers, and the end-to-end pipeline against the bare encoder on the same
+    chunks; idle CPU; with --naive, against hand-written consume-encode-upsert-commit loops."""
     from streams.devtools.bench_ingest import run_ingest_bench
 
-    run_ingest_bench(load_settings(), docs, console)
+    run_ingest_bench(load_settings(), docs, console, runs=runs, profile=profile, naive=naive)
 
 
 def bench_query(

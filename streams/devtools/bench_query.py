@@ -17,7 +17,8 @@ from rich.console import Console
 
 from schemas import DocumentEvent
 from streams.broker import EmbeddedBroker
-from streams.devtools.bench_ingest import NAMESPACE, Row, bench_texts, print_rows
+from streams.devtools.bench_ingest import Row, bench_texts, print_rows
+from streams.devtools.ingest_rig import NAMESPACE
 from streams.devtools.worker_process import WorkerProcess
 from streams.ml.chunking import Chunker
 from streams.ml.indexer import DocumentIndexer

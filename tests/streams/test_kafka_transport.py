@@ -83,3 +83,14 @@ def test_nothing_in_flight_returns_at_once_and_a_stopping_consumer_does_not_wait
     stopping = TrackingConsumer({InFlightRecord()}, should_stop=True)  # as faust: no wait once stopping
     assert asyncio.run(asyncio.wait_for(drain_in_flight(stopping, None), 5)) is True
     assert len(stopping._unacked_messages) == 1
+
+
+def test_the_fetch_wait_stays_short_while_records_flow_and_grows_when_idle() -> None:
+    from streams.kafka_transport import AdaptiveFetchWait
+
+    wait = AdaptiveFetchWait(busy_ms=10, idle_ms=500, idle_after_s=1.0)
+    assert wait.after_fetch(5, now=100.0) == 10
+    assert wait.after_fetch(0, now=100.5) == 10  # a pause shorter than idle_after_s: still busy
+    waits = [wait.after_fetch(0, now=101.0 + i) for i in range(8)]
+    assert waits == [20, 40, 80, 160, 320, 500, 500, 500]
+    assert wait.after_fetch(1, now=110.0) == 10  # the first record: short again at once
