@@ -141,6 +141,10 @@ class Settings(BaseSettings):
                                                               "needs to be promoted.")
     trainer_attempts: int = Field(default=3, ge=1, description="Tries of one retrain before it is given up.")
     trainer_timeout_s: float = Field(default=3600.0, gt=0, description="Longest one training run may take.")
+    trainer_nice: int = Field(default=10, ge=0, le=19, description="How much lower the training child's CPU "
+                              "priority is than the worker's (serving and ingest come first).")
+    trainer_rollout_wait_s: float = Field(default=7200.0, ge=0, description="Longest a retrain waits for a "
+                                          "running or pending rollout to finish before it trains anyway.")
     rollout_step_documents: int = Field(default=64, ge=1, description="Documents re-embedded per rollout step "
                                                                       "(ingest interleaves between steps).")
     rollout_retire_after_s: float = Field(default=30.0, ge=0, description="How long the previous collection "

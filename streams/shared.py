@@ -8,12 +8,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from streams.ml.serving import PairOpener, ServingSlot, onnx_pairs, open_registry, open_store
-from streams.ml.trainer import Trainer
+from streams.ml.trainer import ServingIndex, Trainer
 from streams.processing import AgentHealth, DeadLetterSink, Outbox
 from streams.settings import Settings
 from streams.state.query_log import QueryLog
 from streams.state.registry import ModelRegistry, ensure_base_model
-from streams.state.store import DocumentState
 from streams.state.training_pairs import TrainingPairs
 from streams.store_threads import StoreThreads
 
@@ -49,18 +48,21 @@ class Shared:
                            closer=lambda pair: threads.submit_write(pair.close))
         pairs = TrainingPairs(settings.pairs_path)
 
-        def serving_ledger() -> list[DocumentState]:
-            """The ledger of the serving version's index (a trainer-only process does not roll out itself)."""
+        def serving_index() -> ServingIndex:
+            """The ledger and chunks of the serving version's index (a trainer-only process does not roll out
+            itself, so the registry's serving version may not be the pair this worker has open)."""
             current, pair = registry.current(), slot.current
             if current is None or current.version == pair.model.version:
-                return pair.store.all_documents()
+                return ServingIndex(pair.store.all_documents(), pair.store.all_chunks(with_vectors=True),
+                                    frozenset(pair.store.modes))
             store = open_store(settings, current.dim, current.version)
             try:
-                return store.all_documents()
+                return ServingIndex(store.all_documents(), store.all_chunks(with_vectors=True),
+                                    frozenset(store.modes))
             finally:
                 store.close()
 
-        trainer = Trainer(settings, registry, pairs, serving_ledger, child_setup)
+        trainer = Trainer(settings, registry, pairs, serving_index, child_setup, rollouts=slot)
         query_log = QueryLog(settings.query_log_path, settings.query_log_text_chars)
         return cls(settings, registry, slot, threads, query_log, pairs, trainer,
                    DeadLetterSink(outbox, settings.deadletter_max_bytes), AgentHealth())

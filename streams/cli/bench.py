@@ -42,13 +42,15 @@ def bench_monitor(
 
 
 def bench_flywheel(
-    pairs: Annotated[int, typer.Option(help="Positive feedback pairs in the retrain.")] = 2_000,
-    chunks: Annotated[int, typer.Option(help="Chunks in the index that is rolled out.")] = 10_000,
+    pairs: Annotated[int, typer.Option(help="Positive feedback pairs in the retrain.")] = 400,
+    documents: Annotated[int, typer.Option(help="Documents in the index (the held-out evaluation ranks over it, "
+                                                "the rollout re-embeds it).")] = 2_000,
 ) -> None:
-    """Wall time of one retrain and of one rollout, next to the serving model and to first-time indexing."""
+    """Feedback to a served model: the retrain's phases (before and after the held-out evaluation reused the
+    index), the rollout next to first-time indexing, and the two as one figure."""
     from streams.devtools.bench_flywheel import run_flywheel_bench
 
-    run_flywheel_bench(load_settings(), pairs, chunks, console)
+    run_flywheel_bench(load_settings(), pairs, documents, console)
 
 
 def bench_badinput(

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from schemas import ModelUpdate
 from streams.cli.context import console, load_settings, require_kafka
-from streams.settings import Settings
+
+if TYPE_CHECKING:
+    from streams.state.registry import ModelRegistry
 
 
 def retrain(reason: Annotated[str, typer.Option(help="Recorded reason.")] = "manual") -> None:
@@ -29,61 +32,45 @@ def retrain(reason: Annotated[str, typer.Option(help="Recorded reason.")] = "man
     console.print(f"retrain requested ({reason}) for model {settings.model_name}")
 
 
-def _send_model_update(settings: Settings, update: ModelUpdate) -> None:
+def _request_update(build: Callable[[ModelRegistry], ModelUpdate]) -> ModelUpdate:
+    """Build a model update from the registry and send it to `model-updates`; a refusal is one line, exit 1."""
+    from streams.ml.serving import open_registry
     from streams.produce import produce_record
+    from streams.state.errors import NothingToRollBack, UnknownModelVersion
 
+    settings = require_kafka(load_settings())
+    try:
+        update = build(open_registry(settings))
+    except (NothingToRollBack, UnknownModelVersion) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
     produce_record(settings, "model-updates", settings.model_name, update)
+    return update
 
 
 def rollback() -> None:
     """Serve the model (and its collection) that served before the current one, in one step."""
-    from streams.ml.serving import open_registry
     from streams.ml.trainer import rollback_update
-    from streams.state.errors import NothingToRollBack
 
-    settings = require_kafka(load_settings())
-    try:
-        update = rollback_update(open_registry(settings))
-    except NothingToRollBack as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from exc
-    _send_model_update(settings, update)
+    update = _request_update(rollback_update)
     console.print(f"rollback requested: {update.previous_version} -> {update.version} "
                   "(`gristmill status` shows the switch)")
 
 
 def promote(version: str) -> None:
     """Roll out a registered version (e.g. a rejected candidate) regardless of its evaluation."""
-    from streams.ml.serving import open_registry
     from streams.ml.trainer import promote_update
-    from streams.state.errors import UnknownModelVersion
 
-    settings = require_kafka(load_settings())
-    try:
-        update = promote_update(open_registry(settings), version,
-                                "promoted by an operator")
-    except UnknownModelVersion as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from exc
-    _send_model_update(settings, update)
+    _request_update(lambda registry: promote_update(registry, version, "promoted by an operator"))
     console.print(f"promotion of {version} requested")
 
 
 def reindex() -> None:
     """Rebuild the serving index into a new collection with dense and BM25 sparse vectors (a rollout of the serving
     model registered again as the next version); searches go on against the current index meanwhile."""
-    from streams.ml.serving import open_registry
     from streams.ml.trainer import reindex_update
-    from streams.state.errors import UnknownModelVersion
 
-    settings = require_kafka(load_settings())
-    registry = open_registry(settings)
-    try:
-        update = reindex_update(registry, registry.root)
-    except UnknownModelVersion as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from exc
-    _send_model_update(settings, update)
+    update = _request_update(lambda registry: reindex_update(registry, registry.root))
     console.print(f"reindex requested: {update.previous_version} -> {update.version} (the same model; "
                   "`gristmill status` shows the rollout)")
 

@@ -120,7 +120,58 @@ def demo() -> None:
     _demo(settings, url)
 
 
-def status() -> None:
+def trainer_line(trainer: dict[str, Any]) -> str:
+    """One line of the trainer's state: waiting for what, or its phase with done of total and an ETA."""
+    last = trainer.get("last") or {}
+    line = f"trainer {trainer['state']}"
+    if trainer.get("waiting_for"):
+        line += f" for {trainer['waiting_for']}"
+    if trainer.get("pid"):
+        line += f" (attempt {trainer['attempt']}, pid {trainer['pid']})"
+    progress = trainer.get("progress") or {}
+    if progress.get("step"):
+        eta = f", ETA {progress['eta_s']:.0f}s" if progress.get("eta_s") is not None else ""
+        line += (f": {progress['phase']} (phase {progress['step']}/{progress['steps']}) {progress['done']}/"
+                 f"{progress['total']} {progress['unit']}{eta}")
+    if last:
+        line += f"; last: {last.get('version')} {last.get('status')} {last.get('reason') or ''}"
+    return line
+
+
+def watch_progress(url: str, interval_s: float = 1.0) -> None:
+    """Progress bars of the rollout and the training run, refreshed from `/health` until Ctrl-C."""
+    with progress_bar() as bars:
+        rollout_task = bars.add_task("rollout", total=None, visible=False)
+        trainer_task = bars.add_task("trainer", total=None, visible=False)
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                try:
+                    health = get_json(f"{url}/health", timeout=5)
+                except (urllib.error.URLError, OSError) as exc:
+                    console.print(f"[red]the stack stopped answering:[/red] {exc}")
+                    raise typer.Exit(1) from exc
+                rollout = health.get("rollout")
+                if rollout:
+                    bars.update(rollout_task, visible=True, total=max(1, rollout["documents"]),
+                                completed=rollout["copied"],
+                                description=f"rollout {rollout['previous']} -> {rollout['version']} "
+                                            f"({rollout['state']})")
+                trainer = health.get("trainer") or {}
+                progress = trainer.get("progress") or {}
+                if progress.get("step"):
+                    bars.update(trainer_task, visible=True, total=max(1, progress["total"]),
+                                completed=progress["done"],
+                                description=f"trainer {progress['phase']} ({progress['step']}/{progress['steps']}, "
+                                            f"{progress['unit'] or 'step'})")
+                else:
+                    bars.update(trainer_task, visible=bool(trainer), total=1, completed=0,
+                                description=trainer_line(trainer) if trainer else "trainer")
+                time.sleep(interval_s)
+
+
+def status(watch: Annotated[bool, typer.Option("--watch", help="Then follow the rollout and the training run "
+                                                                 "with progress bars until Ctrl-C.")] = False
+           ) -> None:
     """Where the running stack is (broker, HTTP) and what it holds."""
     settings = load_settings()
     info = running(settings)
@@ -141,10 +192,9 @@ def status() -> None:
                           f"documents ({r['progress']:.0%}), {r['embedded']} re-embedded"
                           + (f", error: {r['error']}" if r.get("error") else ""))
         if health.get("trainer"):
-            t = health["trainer"]
-            last = t.get("last") or {}
-            console.print(f"trainer {t['state']}" + (f" (attempt {t['attempt']}, pid {t['pid']})" if t["pid"] else "")
-                          + (f"; last: {last.get('version')} {last.get('status')} {last.get('reason') or ''}"
-                             if last else ""))
+            console.print(trainer_line(health["trainer"]), markup=False, highlight=False)
     except (urllib.error.URLError, OSError) as exc:
         console.print(f"[yellow]HTTP API not answering yet:[/yellow] {exc}")
+        return
+    if watch:
+        watch_progress(info["http"])

@@ -168,6 +168,12 @@ class ServingSlot:
 
         asyncio.get_running_loop().call_later(self._retire_after_s, retire)
 
+    def rollout_running(self) -> bool:
+        return self.rolling.locked()
+
+    def rollout_failed(self, version: str) -> bool:
+        return self.rollout is not None and self.rollout.version == version and self.rollout.state == "failed"
+
     def apply_documents(self, events: Sequence[DocumentEvent]) -> IndexOutcome:
         """Apply document events to the serving index (call it on the store-writer thread)."""
         pair = self.current

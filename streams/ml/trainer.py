@@ -1,8 +1,10 @@
 """The trainer: turns a `retrain` request into a registered candidate and a promote/reject decision.
 
-Training itself runs in a child process (`python -m streams.ml.training`), so the worker's event loop, memory
-and threads are never touched by it; a failed or killed run is retried, and nothing serving changes until a
-promoted version is rolled out by the rollout agent.
+Training itself runs in a child process (`python -m streams.ml.training`) at a lower CPU priority, so the
+worker's event loop, memory and threads are never touched by it and serving and ingest come first; a failed or
+killed run is retried, and nothing serving changes until a promoted version is rolled out by the rollout agent.
+A retrain that would start while a rollout runs (or while the version it last promoted waits for its rollout)
+waits for it, then trains from the version that serves.
 """
 
 from __future__ import annotations
@@ -18,15 +20,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 from schemas import ModelUpdate, RetrainRequest, document_content
 from schemas.errors import GristmillError
 from streams import metrics
-from streams.ml.training import CANDIDATE_DIR, Hyperparameters, TrainingJob, TrainingResult
+from streams.ml.held_out import Ranking, write_snapshot
+from streams.ml.training import CANDIDATE_DIR, Hyperparameters, TrainingJob, TrainingProgress, TrainingResult
 from streams.settings import Settings
 from streams.state.errors import UnknownModelVersion
 from streams.state.registry import ModelRegistry, ModelVersion
-from streams.state.store import DocumentState
+from streams.state.store import ChunkPoint, DocumentState
 from streams.state.training_pairs import TrainingPair, TrainingPairs
 
 log = logging.getLogger(__name__)
@@ -40,12 +44,46 @@ class TrainingFailed(GristmillError):
 class TrainerStatus:
     """Shown by `/health`, `gristmill status` and the dashboard."""
 
-    state: str = "idle"  # idle, training
+    state: str = "idle"  # idle, waiting (for a rollout), training
     pid: int | None = None
     attempt: int = 0
     reason: str | None = None
     started_at: float | None = None
+    waiting_for: str | None = None  # the rollout a retrain waits for
+    job_dir: str | None = None
     last: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ServingIndex:
+    """What a training job reads of the serving index: the ledger, every chunk with its vector, and the query
+    modes the collection answers."""
+
+    documents: list[DocumentState]
+    chunks: list[ChunkPoint]
+    modes: frozenset[str]
+
+
+class Rollouts(Protocol):
+    """What the trainer needs to know of rollouts (the serving slot answers it)."""
+
+    def rollout_running(self) -> bool:
+        """A rollout is copying the index now."""
+        ...
+
+    def rollout_failed(self, version: str) -> bool:
+        """The latest rollout of `version` failed."""
+        ...
+
+
+class NoRollouts:
+    """A trainer with no rollouts to wait for (a process that only trains, a test)."""
+
+    def rollout_running(self) -> bool:
+        return False
+
+    def rollout_failed(self, version: str) -> bool:
+        return False
 
 
 def feedback_offsets(pairs: Sequence[TrainingPair]) -> dict[str, list[int]]:
@@ -62,16 +100,61 @@ def feedback_offsets(pairs: Sequence[TrainingPair]) -> dict[str, list[int]]:
 
 class Trainer:
     def __init__(self, settings: Settings, registry: ModelRegistry, pairs: TrainingPairs,
-                 documents: Callable[[], list[DocumentState]], child_setup: Callable[[], None] | None = None) -> None:
-        """`documents` reads the serving index's ledger; `child_setup` runs in the training child before it starts
-        (the worker passes one that ties the child's life to its own)."""
+                 index: Callable[[], ServingIndex], child_setup: Callable[[], None] | None = None,
+                 rollouts: Rollouts | None = None, poll_s: float = 1.0) -> None:
+        """`index` reads the serving index; `child_setup` runs in the training child before it starts (the worker
+        passes one that ties the child's life to its own); `rollouts` tells whether a rollout runs or failed."""
         self.settings = settings
         self.registry = registry
         self.pairs = pairs
-        self.documents = documents
+        self.index = index
         self.child_setup = child_setup
+        self.rollouts = rollouts or NoRollouts()
+        self.poll_s = poll_s
         self.status = TrainerStatus()
         self.work_dir = settings.data_dir / "training"
+        self.awaiting: str | None = None  # the version this trainer promoted last, until it serves
+
+    def snapshot(self) -> dict[str, object]:
+        """The status with the running job's progress (phase, done of total, ETA) for `/health`."""
+        progress = TrainingProgress.read(Path(self.status.job_dir)) if self.status.job_dir else None
+        return {**asdict(self.status), "progress": progress.as_dict(time.time()) if progress else None}
+
+    def _rollout_pending(self) -> str | None:
+        """The rollout a retrain must wait for: one copying now, or the version promoted last until it serves."""
+        if self.rollouts.rollout_running():
+            return "a running rollout"
+        if self.awaiting is not None:
+            current = self.registry.current()
+            if (current is not None and current.version == self.awaiting) or self.rollouts.rollout_failed(
+                    self.awaiting):
+                self.awaiting = None
+            else:
+                return f"the rollout of {self.awaiting}"
+        return None
+
+    async def wait_for_rollouts(self) -> None:
+        """Wait (at most `trainer_rollout_wait_s`) while a rollout is running or pending, so that a retrain trains
+        from the version that serves once it is done and does not compete with it for the CPU."""
+        deadline = time.monotonic() + self.settings.trainer_rollout_wait_s
+        while (pending := self._rollout_pending()) is not None:
+            if time.monotonic() >= deadline:
+                log.warning("retrain waited %.0fs for %s; training from the serving version now",
+                            self.settings.trainer_rollout_wait_s, pending)
+                self.awaiting = None
+                break
+            if self.status.state != "waiting":
+                log.info("retrain waits for %s", pending)
+            self.status.state, self.status.waiting_for = "waiting", pending
+            await asyncio.sleep(self.poll_s)
+        self.status.state, self.status.waiting_for = "idle", None
+
+    def _child_setup(self) -> None:
+        """In the training child, before it starts: the worker's setup, then a lower CPU priority."""
+        if self.child_setup is not None:
+            self.child_setup()
+        if self.settings.trainer_nice:
+            os.nice(self.settings.trainer_nice)
 
     def covered(self, request: RetrainRequest) -> bool:
         """A request made before the pairs of the last finished run were read adds nothing to that run."""
@@ -94,17 +177,25 @@ class Trainer:
             self.pairs.record_training(snapshot_at, None, "skipped", reason)
             self.status.last = {"status": "skipped", "reason": reason, "at": time.time()}
             return []
+        await self.wait_for_rollouts()
         base = self.registry.current()
         assert base is not None, "the worker registers the base model before agents start"
-        documents = await loop.run_in_executor(None, self.documents)
-        corpus = {d.doc_id: document_content(d.title, d.text) for d in documents if not d.deleted}
+        index = await loop.run_in_executor(None, self.index)
+        corpus = {d.doc_id: document_content(d.title, d.text) for d in index.documents if not d.deleted}
         s = self.settings
         params = Hyperparameters(s.trainer_epochs, s.trainer_batch_size, s.trainer_learning_rate,
                                  held_out_fraction=s.trainer_held_out_fraction)
-        job = TrainingJob(base.version, base.source, [asdict(p) for p in pairs], corpus, params)
+        job = TrainingJob(base.version, base.source, str(base.path), [asdict(p) for p in pairs], corpus,
+                          Ranking.of(s, index.modes).as_dict(), params)
         job_dir = self.work_dir / f"job-{int(snapshot_at * 1000)}"
+
+        def write_job(chunks: list[ChunkPoint]) -> None:
+            job.write(job_dir)
+            write_snapshot(job_dir, chunks)
+            chunks.clear()  # the job holds them now, not the worker's memory during training
+
         try:
-            await loop.run_in_executor(None, job.write, job_dir)
+            await loop.run_in_executor(None, write_job, index.chunks)
             result = await self._run(job_dir, request.reason)
             updates = self._register_and_decide(job_dir, base, result, pairs, params, request, snapshot_at)
         except TrainingFailed as exc:
@@ -113,6 +204,8 @@ class Trainer:
         finally:
             shutil.rmtree(job_dir, ignore_errors=True)
         last = updates[-1]
+        if last.status == "promoted":
+            self.awaiting = last.version  # the next retrain trains from it, once it serves
         self.pairs.record_training(snapshot_at, last.version, last.status, last.reason)
         self.status.last = {"version": last.version, "status": last.status, "reason": last.reason,
                             "metrics": last.metrics, "at": time.time()}
@@ -121,7 +214,8 @@ class Trainer:
     async def _run(self, job_dir: Path, reason: str) -> TrainingResult:
         """Run the job in a child process, retrying a failed or killed run; the child dies with the worker."""
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-        self.status = TrainerStatus("training", reason=reason, started_at=time.time(), last=self.status.last)
+        self.status = TrainerStatus("training", reason=reason, started_at=time.time(), job_dir=str(job_dir),
+                                    last=self.status.last)
         metrics.TRAINING_RUNNING.set(1)
         started = time.perf_counter()
         try:
@@ -131,7 +225,7 @@ class Trainer:
                 with open(log_path, "wb") as output:
                     child = await asyncio.create_subprocess_exec(
                         sys.executable, "-m", "streams.ml.training", str(job_dir), stdout=output,
-                        stderr=asyncio.subprocess.STDOUT, env=env, preexec_fn=self.child_setup)
+                        stderr=asyncio.subprocess.STDOUT, env=env, preexec_fn=self._child_setup)
                     self.status.pid = child.pid
                     try:
                         code: int | str = await asyncio.wait_for(child.wait(), self.settings.trainer_timeout_s)
@@ -154,7 +248,7 @@ class Trainer:
             raise TrainingFailed(f"training failed {self.settings.trainer_attempts} times; last exit code {code}")
         finally:
             metrics.TRAINING_RUNNING.set(0)
-            self.status.state, self.status.pid = "idle", None
+            self.status.state, self.status.pid, self.status.job_dir = "idle", None, None
 
     def _register_and_decide(self, job_dir: Path, base: ModelVersion, result: TrainingResult,
                              pairs: Sequence[TrainingPair], params: Hyperparameters, request: RetrainRequest,
@@ -163,11 +257,13 @@ class Trainer:
         scores = {**{f"current_{k}": v for k, v in result.current.items()},
                   **{f"candidate_{k}": v for k, v in result.candidate.items()},
                   "held_out_queries": float(result.held_out_queries), "train_pairs": float(result.train_pairs),
-                  "train_seconds": result.train_seconds, "total_seconds": result.total_seconds}
+                  "held_out_index_chunks": float(result.index_chunks), "train_seconds": result.train_seconds,
+                  "total_seconds": result.total_seconds}
         offsets = feedback_offsets(pairs)
         lineage = {"base_version": base.version, "reason": request.reason, "feedback_offsets": offsets,
                    "pairs": len(pairs), "hyperparameters": asdict(params), "snapshot_at": snapshot_at,
-                   "trained_at": time.time(), "train_seconds": result.train_seconds}
+                   "trained_at": time.time(), "train_seconds": result.train_seconds,
+                   "phase_seconds": result.phase_seconds}
         model = self.registry.register(job_dir / CANDIDATE_DIR, source=str(self.registry.root / version / "st"),
                                        facts={"dim": result.dim, "max_tokens": result.max_tokens},
                                        metrics=scores, lineage=lineage, version=version)

@@ -1,9 +1,10 @@
 """Fine-tuning job: a copy of the serving model trained with MultipleNegativesRankingLoss on feedback pairs,
-evaluated against the serving model on held-out queries over the indexed documents, exported to ONNX.
+exported to ONNX, and evaluated against the serving model on held-out queries ranked the way serving ranks them
+(`streams.ml.held_out`: the serving index's chunks and vectors, best chunk per document, the serving mode).
 
 Runs as its own process (`python -m streams.ml.training JOB_DIR`) so that training never touches the worker's
-event loop, memory or threads; the trainer agent writes `job.json` and reads `result.json`. Needs the
-`[train]` extra. Never contacts a model hub.
+event loop, memory or threads; the trainer agent writes `job.json` and the index snapshot, follows
+`progress.json` and reads `result.json`. Needs the `[train]` extra. Never contacts a model hub.
 """
 
 from __future__ import annotations
@@ -20,10 +21,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from streams.ml.ranking import mrr_at, ndcg_at
+from streams.ml.held_out import HeldOutIndex, Ranking, embed_chunks, rank_metrics, read_snapshot
 
 JOB_FILE = "job.json"
 RESULT_FILE = "result.json"
+PROGRESS_FILE = "progress.json"
+PHASES = ("load", "index", "evaluate-serving", "fine-tune", "export", "embed-candidate", "evaluate-candidate")
+PHASE_UNITS = {"index": "chunks", "evaluate-serving": "queries", "fine-tune": "steps", "embed-candidate": "chunks",
+               "evaluate-candidate": "queries"}
 CANDIDATE_DIR = "candidate"  # ONNX export (model.onnx, tokenizer.json) + `st/` weights for the next fine-tune
 
 
@@ -43,8 +48,10 @@ class TrainingJob:
 
     base_version: str
     base_source: str  # sentence-transformers weights of the serving version
+    base_path: str  # the serving version's registry directory (its ONNX export embeds the held-out queries)
     pairs: list[dict[str, str]]  # TrainingPair fields
     corpus: dict[str, str]  # doc_id -> indexed content (title + text) of every live document
+    ranking: dict[str, Any] = field(default_factory=lambda: Ranking().as_dict())  # how serving ranks
     hyperparameters: Hyperparameters = field(default_factory=Hyperparameters)
 
     def write(self, job_dir: Path) -> None:
@@ -69,6 +76,8 @@ class TrainingResult:
     total_seconds: float
     dim: int
     max_tokens: int
+    index_chunks: int = 0  # chunks of the serving index the held-out queries were ranked over
+    phase_seconds: dict[str, float] = field(default_factory=dict)
 
     def write(self, job_dir: Path) -> None:
         (job_dir / RESULT_FILE).write_text(json.dumps(asdict(self)), encoding="utf-8")
@@ -76,6 +85,78 @@ class TrainingResult:
     @classmethod
     def read(cls, job_dir: Path) -> TrainingResult:
         return cls(**json.loads((job_dir / RESULT_FILE).read_text(encoding="utf-8")))
+
+
+@dataclass
+class TrainingProgress:
+    """Where a training run is: its phase (of `PHASES`), work done of total in it, seconds of finished phases."""
+
+    phase: str
+    done: int
+    total: int
+    phase_started_at: float
+    started_at: float
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self, now: float) -> dict[str, object]:
+        """For `/health`: adds the phase's number, unit, elapsed time and ETA (from its own pace so far)."""
+        elapsed = max(0.0, now - self.phase_started_at)
+        eta = elapsed / self.done * (self.total - self.done) if 0 < self.done < self.total else None
+        return {**asdict(self), "step": PHASES.index(self.phase) + 1 if self.phase in PHASES else 0,
+                "steps": len(PHASES), "unit": PHASE_UNITS.get(self.phase, ""), "phase_elapsed_s": round(elapsed, 1),
+                "elapsed_s": round(max(0.0, now - self.started_at), 1),
+                "eta_s": None if eta is None else round(eta, 1)}
+
+    @classmethod
+    def read(cls, job_dir: Path) -> TrainingProgress | None:
+        """The child's latest progress, None before its first write (or if the file is being replaced)."""
+        try:
+            return cls(**json.loads((job_dir / PROGRESS_FILE).read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError):
+            return None
+
+
+class ProgressWriter:
+    """Writes `TrainingProgress` for the trainer to read: atomically, at every phase change and at most once a
+    second in between."""
+
+    def __init__(self, path: Path, interval_s: float = 1.0) -> None:
+        self.path = path
+        self.interval_s = interval_s
+        now = time.time()
+        self.progress = TrainingProgress("", 0, 0, now, now)
+        self._written = 0.0
+
+    @property
+    def phase_seconds(self) -> dict[str, float]:
+        return self.progress.phase_seconds
+
+    def phase(self, name: str, total: int) -> None:
+        self._close_phase()
+        p = self.progress
+        p.phase, p.done, p.total, p.phase_started_at = name, 0, total, time.time()
+        self._write()
+
+    def advance(self, n: int = 1) -> None:
+        self.progress.done = min(self.progress.total, self.progress.done + n)
+        if time.monotonic() - self._written >= self.interval_s:
+            self._write()
+
+    def finish(self) -> None:
+        self._close_phase()
+        self.progress.phase, self.progress.done, self.progress.total = "done", 0, 0
+        self._write()
+
+    def _close_phase(self) -> None:
+        p = self.progress
+        if p.phase:
+            p.phase_seconds[p.phase] = p.phase_seconds.get(p.phase, 0.0) + time.time() - p.phase_started_at
+
+    def _write(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self.progress)), encoding="utf-8")
+        os.replace(tmp, self.path)
+        self._written = time.monotonic()
 
 
 def held_out(query_id: str, fraction: float) -> bool:
@@ -126,27 +207,8 @@ def triplets(train: Sequence[Mapping[str, str]], corpus: Mapping[str, str], seed
     return out
 
 
-def rank_metrics(model: Any, judged: Mapping[str, tuple[str, dict[str, int]]], corpus: Mapping[str, str]
-                 ) -> dict[str, float]:
-    """Mean nDCG@10 and MRR@10 of `model` ranking every indexed document for each held-out query."""
-    if not judged:
-        return {"nDCG@10": 0.0, "MRR@10": 0.0}
-    doc_ids = list(corpus)
-    docs = model.encode([corpus[d] for d in doc_ids], batch_size=64, normalize_embeddings=True,
-                        convert_to_tensor=True)
-    query_ids = list(judged)
-    queries = model.encode([judged[q][0] for q in query_ids], batch_size=64, normalize_embeddings=True,
-                           convert_to_tensor=True)
-    top = (queries @ docs.T).topk(min(10, len(doc_ids)), dim=1).indices.tolist()
-    rankings = {q: [doc_ids[j] for j in row] for q, row in zip(query_ids, top, strict=True)}
-    n = len(query_ids)
-    return {
-        "nDCG@10": sum(ndcg_at(rankings[q], judged[q][1], 10) for q in query_ids) / n,
-        "MRR@10": sum(mrr_at(rankings[q], judged[q][1], 10) for q in query_ids) / n,
-    }
-
-
-def fine_tune(model: Any, examples: Sequence[tuple[str, str, str]], params: Hyperparameters) -> None:
+def fine_tune(model: Any, examples: Sequence[tuple[str, str, str]], params: Hyperparameters,
+              progress: ProgressWriter | None = None) -> None:
     """Plain training loop over sentence-transformers' MultipleNegativesRankingLoss (in-batch + hard negatives)."""
     import torch
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
@@ -159,6 +221,8 @@ def fine_tune(model: Any, examples: Sequence[tuple[str, str, str]], params: Hype
     warmup = max(1, int(steps * params.warmup_fraction))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min((step + 1) / warmup, max(0.0, (steps - step) / max(1, steps - warmup))))
+    if progress is not None:
+        progress.phase("fine-tune", steps)
     model.train()
     order = list(examples)
     for _ in range(params.epochs):
@@ -178,36 +242,61 @@ def fine_tune(model: Any, examples: Sequence[tuple[str, str, str]], params: Hype
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
+            if progress is not None:
+                progress.advance()
     model.eval()
 
 
 def run(job_dir: Path) -> TrainingResult:
-    """Train, evaluate and export the candidate of `job_dir/job.json` into `job_dir/candidate/`."""
+    """Train, export and evaluate the candidate of `job_dir/job.json` into `job_dir/candidate/`."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    progress = ProgressWriter(job_dir / PROGRESS_FILE)
+    progress.phase("load", 1)
     from sentence_transformers import SentenceTransformer
 
+    from streams.state.encoder import OnnxEncoder
     from streams.state.onnx_export import export_onnx
+    from streams.state.registry import ModelVersion, read_version
 
-    started = time.perf_counter()
     job = TrainingJob.read(job_dir)
     params = job.hyperparameters
+    ranking = Ranking.from_dict(job.ranking)
     train, judged = split_pairs(job.pairs, params.held_out_fraction)
     examples = triplets(train, job.corpus, params.seed)
     if not examples:
         raise ValueError(f"no positive training pairs outside the held-out slice ({len(job.pairs)} pairs in all)")
+    chunks = read_snapshot(job_dir)
+    serving = OnnxEncoder(read_version(Path(job.base_path), "serving"), threads=ranking.threads,
+                          batch_size=ranking.batch_size)
     model = SentenceTransformer(job.base_source, device="cuda" if _cuda() else "cpu")
-    current = rank_metrics(model, judged, job.corpus)
-    train_started = time.perf_counter()
-    fine_tune(model, examples, params)
-    train_seconds = time.perf_counter() - train_started
-    candidate = rank_metrics(model, judged, job.corpus)
+
+    progress.phase("index", len(chunks))
+    index = HeldOutIndex(job_dir / "held-out", chunks, ranking)
+    progress.advance(len(chunks))
+    progress.phase("evaluate-serving", len(judged))
+    current = rank_metrics(index.rank(serving, judged, progress.advance), judged)
+
+    fine_tune(model, examples, params, progress)
+    progress.phase("export", 1)
     weights = job_dir / CANDIDATE_DIR / "st"
     model.save(str(weights), create_model_card=False)
+    del model
     facts = export_onnx(weights, job_dir / CANDIDATE_DIR)
+
+    exported = ModelVersion("candidate", "candidate", job_dir / CANDIDATE_DIR, int(facts["dim"]),  # type: ignore[call-overload]
+                            int(facts["max_tokens"]), str(weights), created_at="")  # type: ignore[call-overload]
+    encoder = OnnxEncoder(exported, threads=ranking.threads, batch_size=ranking.batch_size)
+    progress.phase("embed-candidate", len(chunks))
+    vectors = embed_chunks(encoder, chunks, progress.advance)
+    progress.phase("evaluate-candidate", len(judged))
+    candidate = rank_metrics(index.rank(encoder, judged, progress.advance, vectors), judged)
+    progress.finish()
+    seconds = progress.phase_seconds
     result = TrainingResult(current, candidate, len(examples), len({p["query_id"] for p in train}), len(judged),
-                            round(train_seconds, 3), round(time.perf_counter() - started, 3),
-                            int(facts["dim"]), int(facts["max_tokens"]))  # type: ignore[call-overload]
+                            round(seconds["fine-tune"], 3), round(sum(seconds.values()), 3),
+                            int(facts["dim"]), int(facts["max_tokens"]),  # type: ignore[call-overload]
+                            len(chunks), {k: round(v, 3) for k, v in seconds.items()})
     result.write(job_dir)
     return result
 

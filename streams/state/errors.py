@@ -9,6 +9,10 @@ class StoreError(GristmillError):
     """A vector store operation failed (an outage or timeout: the caller retries it with backoff)."""
 
 
+class UnsupportedSearchMode(GristmillError, ValueError):
+    """The collection cannot answer this search mode (it predates sparse vectors: `gristmill reindex`)."""
+
+
 class UnknownModelVersion(GristmillError, LookupError):
     """The registry holds no such model version."""
 

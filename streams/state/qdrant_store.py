@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from schemas import ScalarValue, validate_filter
+from streams.state.errors import UnsupportedSearchMode
 from streams.state.sparse import Sparse
 from streams.state.store import DENSE_ONLY, ChunkPoint, DocumentState, SearchHit, VectorQuery, document_point_id
 
@@ -115,7 +116,7 @@ class QdrantStore(ABC):
                filter_: Mapping[str, ScalarValue] | None = None) -> list[SearchHit]:
         conditions = [Match(key, value) for key, value in validate_filter(filter_).items()]
         if query.mode not in self.modes:
-            raise ValueError(f"collection {self.collection!r} answers {sorted(self.modes)} searches, not "
+            raise UnsupportedSearchMode(f"collection {self.collection!r} answers {sorted(self.modes)} searches, not "
                              f"{query.mode!r} (it predates sparse vectors: `gristmill reindex` rebuilds it)")
         found = self._query(query, limit, conditions)
         return [SearchHit(p["doc_id"], int(p["chunk"]), float(score), p["text"], p.get("source"))

@@ -84,6 +84,12 @@ class ModelRegistry(Protocol):
         ...
 
 
+def read_version(version_dir: Path, name: str) -> ModelVersion:
+    """The registered version in `version_dir` (from its manifest)."""
+    data = json.loads((version_dir / "manifest.json").read_text(encoding="utf-8"))
+    return ModelVersion(name=name, path=version_dir, **data)
+
+
 class LocalModelRegistry:
     """A registry on a filesystem path: `<root>/<name>/<version>/` plus a `CURRENT` pointer file."""
 
@@ -92,8 +98,7 @@ class LocalModelRegistry:
         self.name = name
 
     def _manifest(self, version_dir: Path) -> ModelVersion:
-        data = json.loads((version_dir / "manifest.json").read_text(encoding="utf-8"))
-        return ModelVersion(name=self.name, path=version_dir, **data)
+        return read_version(version_dir, self.name)
 
     def _dir(self, version: str) -> Path:
         """The directory of a version; only names like `v3` are versions, so a name can never leave the root."""

@@ -148,7 +148,7 @@ class VectorStore(Protocol):
     def search(self, query: VectorQuery, limit: int,
                filter_: Mapping[str, ScalarValue] | None = None) -> list[SearchHit]:
         """Chunks best first: by cosine (`dense`), BM25 (`sparse`) or both fused (`hybrid`); `filter_` is checked
-        (`InvalidFilter`) and applies to every mode. A mode not in `modes` is a `ValueError`."""
+        (`InvalidFilter`) and applies to every mode. A mode not in `modes` is `UnsupportedSearchMode`."""
         ...
 
     def chunks(self, doc_id: str, with_vectors: bool = False) -> list[ChunkPoint]: ...

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
 from typing import Any
 
 from prometheus_client import REGISTRY
@@ -113,7 +112,7 @@ def dashboard_state(shared: Shared, trains: bool, recent: int = 20) -> dict[str,
         "index_version": serving.searcher.index_version,
         "encoder_provider": serving.encoder.provider,
         "rollout": rollout.as_dict() if rollout else None,
-        "trainer": asdict(shared.trainer.status) if trains else None,
+        "trainer": shared.trainer.snapshot() if trains else None,
         "admin_enabled": shared.settings.admin_token is not None,
     }
 
@@ -198,9 +197,14 @@ async function refresh() {
     <td>${m.serving ? "serving" : ""}</td><td>${m.serving ? "" : s.admin_enabled
       ? `<button type="button" data-promote="${esc(m.version)}">Promote</button>` : ""}</td></tr>`, "no models");
   const trainer = s.trainer, rollout = s.rollout;
+  const duration = t => t == null ? "?"
+    : t >= 60 ? `${Math.floor(t / 60)}m ${Math.round(t % 60)}s` : `${Math.round(t)}s`;
+  const phase = p => !p || !p.step ? "" : `: ${esc(p.phase)} (phase ${p.step}/${p.steps}) ${num(p.done)}/${
+    num(p.total)} ${esc(p.unit)}, ETA ${duration(p.eta_s)}`;
   document.getElementById("flywheel").innerHTML = [
     `serving <b>${esc(s.model_version)}</b> (index ${esc(s.index_version)})`,
     trainer ? `trainer ${esc(trainer.state)}${trainer.pid ? ` (attempt ${trainer.attempt})` : ""}${
+      trainer.waiting_for ? ` for ${esc(trainer.waiting_for)}` : ""}${phase(trainer.progress)}${
       trainer.last && trainer.last.status ? `; last ${esc(trainer.last.version || "")} ${esc(trainer.last.status)}`
       : ""}` : "",
     rollout ? `rollout ${esc(rollout.previous)} → ${esc(rollout.version)}: ${esc(rollout.state)} ${

@@ -12,7 +12,6 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict
 from typing import Any
 
 from aiohttp import web
@@ -194,7 +193,7 @@ def build_http_app(worker: AgentHost) -> web.Application:
             "encoder_provider": serving.encoder.provider,
             "index": {"chunks": chunks, "documents": documents},
             "rollout": rollout.as_dict() if rollout else None,
-            "trainer": asdict(shared.trainer.status) if "trainer" in worker.agents else None,
+            "trainer": shared.trainer.snapshot() if "trainer" in worker.agents else None,
             "kafka": worker.settings.kafka_bootstrap_servers,
             "namespace": worker.settings.namespace,
         })

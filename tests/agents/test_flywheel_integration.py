@@ -123,6 +123,14 @@ def test_feedback_retrains_rolls_out_and_rolls_back(tmp_path: Path, registry_dir
         searcher = threading.Thread(target=hammer, daemon=True)
         searcher.start()
         cli(worker, "retrain")
+
+        def fine_tuning() -> dict[str, Any] | None:  # the run shows its phase, done of total and an ETA
+            progress = (worker.get("/health")["trainer"] or {}).get("progress") or {}
+            return progress if progress.get("phase") == "fine-tune" and progress["done"] > 0 else None
+
+        progress = worker.wait_for(fine_tuning, 180, "fine-tuning progress on /health")
+        assert progress["unit"] == "steps" and 0 < progress["done"] <= progress["total"] and progress["step"] == 4
+        assert set(progress["phase_seconds"]) == {"load", "index", "evaluate-serving"}
         candidate, decision = updates(bootstrap, namespace, 2)
         assert candidate["status"] == "candidate" and decision["status"] == "promoted", decision
         assert decision["version"] == "v2" and decision["previous_version"] == "v1"
@@ -142,6 +150,9 @@ def test_feedback_retrains_rolls_out_and_rolls_back(tmp_path: Path, registry_dir
 
         manifest = json.loads((tmp_path / "models" / "minilm" / "v2" / "manifest.json").read_text())
         assert manifest["lineage"]["base_version"] == "v1" and manifest["lineage"]["hyperparameters"]["epochs"] == 2
+        assert set(manifest["lineage"]["phase_seconds"]) == {"load", "index", "evaluate-serving", "fine-tune",
+                                                             "export", "embed-candidate", "evaluate-candidate"}
+        assert metrics["held_out_index_chunks"] >= len(CATALOG)  # ranked over the serving index's chunks
         assert "feedback" in " ".join(manifest["lineage"]["feedback_offsets"])
 
         # a document written after the switch is in the v2 index; rollback re-embeds it into v1's collection

@@ -1,19 +1,23 @@
-"""The trainer's decisions around a training run: skipped, covered, failed (and serving untouched)."""
+"""The trainer's decisions around a training run: skipped, covered, failed (and serving untouched); a retrain
+waits for a rollout and trains from the version that serves then; the training child runs at a lower priority."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from schemas import RetrainRequest
-from streams.ml.trainer import Trainer
+from streams.ml.trainer import Rollouts, ServingIndex, Trainer
 from streams.settings import Settings
 from streams.state.registry import LocalModelRegistry
-from streams.state.store import DocumentState
+from streams.state.store import ChunkPoint, DocumentState
 from streams.state.training_pairs import TrainingPair, TrainingPairs
 
 
@@ -36,10 +40,13 @@ def pairs(tmp_path: Path) -> TrainingPairs:
     return store
 
 
-def trainer(tmp_path: Path, registry: LocalModelRegistry, pairs: TrainingPairs, **settings: object) -> Trainer:
+def trainer(tmp_path: Path, registry: LocalModelRegistry, pairs: TrainingPairs, rollouts: Rollouts | None = None,
+            **settings: object) -> Trainer:
     docs = [DocumentState(f"d{i}", 1, False, "h", 1, f"text {i}") for i in range(30)]
+    chunks = [ChunkPoint(f"d{i}", 0, f"text {i}", 1, "h", "v1", np.ones(4, np.float32) / 2) for i in range(30)]
     config = Settings(data_dir=tmp_path / "data", trainer_attempts=1, **settings)  # type: ignore[arg-type]
-    return Trainer(config, registry, pairs, lambda: docs)
+    return Trainer(config, registry, pairs, lambda: ServingIndex(docs, list(chunks), frozenset({"dense"})),
+                   rollouts=rollouts, poll_s=0.01)
 
 
 def request(at: datetime | None = None) -> RetrainRequest:
@@ -67,3 +74,82 @@ def test_too_few_positive_pairs_skip_training(tmp_path: Path, registry: LocalMod
     (run,) = pairs.trainings()
     assert run["status"] == "skipped" and "30 positive pairs" in run["reason"]
     assert json.dumps(job.status.last)  # shown on /health and the dashboard
+
+
+class Rollout:
+    """A rollout the test runs by hand: copying until `finish`, or failed."""
+
+    def __init__(self) -> None:
+        self.running, self.failed = False, False
+
+    def rollout_running(self) -> bool:
+        return self.running
+
+    def rollout_failed(self, version: str) -> bool:
+        return self.failed
+
+
+def second_version(registry: LocalModelRegistry, tmp_path: Path) -> str:
+    files = tmp_path / "v2-files"
+    files.mkdir()
+    (files / "model.onnx").write_bytes(b"not used here")
+    return registry.register(files, source="none", facts={"dim": 4, "max_tokens": 8}).version
+
+
+def test_a_retrain_waits_for_a_running_rollout_then_trains_from_the_version_that_serves(
+        tmp_path: Path, registry: LocalModelRegistry, pairs: TrainingPairs) -> None:
+    rollout = Rollout()
+    job = trainer(tmp_path, registry, pairs, rollout)
+
+    async def scenario() -> list[object]:
+        rollout.running = True
+        retrain = asyncio.create_task(job.handle(request()))
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if job.status.state == "waiting":
+                break
+        assert job.status.state == "waiting" and job.status.waiting_for == "a running rollout"
+        assert not (tmp_path / "data" / "training").exists()  # nothing started
+        registry.promote(second_version(registry, tmp_path))  # the rollout switches to v2 ...
+        rollout.running = False  # ... and ends
+        return await asyncio.wait_for(retrain, 60)
+
+    (update,) = asyncio.run(scenario())
+    assert update.previous_version == "v2"  # trained (and failed, on this fake model) from the version serving now
+    assert job.status.state == "idle" and job.status.waiting_for is None
+
+
+def test_the_version_a_trainer_promoted_is_waited_for_until_it_serves_or_its_rollout_fails(
+        tmp_path: Path, registry: LocalModelRegistry, pairs: TrainingPairs) -> None:
+    rollout = Rollout()
+    job = trainer(tmp_path, registry, pairs, rollout)
+    job.awaiting = second_version(registry, tmp_path)  # as after a run that promoted v2
+
+    async def waits() -> bool:
+        try:
+            await asyncio.wait_for(job.wait_for_rollouts(), 0.3)
+        except TimeoutError:
+            return True
+        return False
+
+    assert asyncio.run(waits()) and job.status.waiting_for == "the rollout of v2"
+    rollout.failed = True  # its rollout failed: v1 keeps serving and the next retrain trains from it
+    assert not asyncio.run(waits()) and job.awaiting is None and job.status.state == "idle"
+
+    job.awaiting, rollout.failed = "v2", False
+    registry.promote("v2")  # it serves
+    assert not asyncio.run(waits()) and job.awaiting is None
+
+    impatient = trainer(tmp_path, registry, pairs, rollout, trainer_rollout_wait_s=0.05)
+    rollout.running = True  # stuck: a retrain waits at most trainer_rollout_wait_s, then trains anyway
+    asyncio.run(asyncio.wait_for(impatient.wait_for_rollouts(), 5))
+    assert impatient.status.state == "idle"
+
+
+def test_the_training_child_runs_at_a_lower_cpu_priority(tmp_path: Path, registry: LocalModelRegistry,
+                                                         pairs: TrainingPairs) -> None:
+    job = trainer(tmp_path, registry, pairs, trainer_nice=7)
+    probe = [sys.executable, "-c", "import os; print(os.nice(0))"]
+    own = int(subprocess.run(probe, capture_output=True, text=True, check=True).stdout)
+    child = subprocess.run(probe, capture_output=True, text=True, check=True, preexec_fn=job._child_setup)
+    assert int(child.stdout) == min(19, own + 7)

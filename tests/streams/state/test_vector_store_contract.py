@@ -11,6 +11,7 @@ import pytest
 
 from schemas import InvalidFilter
 from streams.state.edge_store import EdgeVectorStore
+from streams.state.errors import UnsupportedSearchMode
 from streams.state.faults import FaultInjectingStore, FaultPlan
 from streams.state.memory_store import InMemoryVectorStore
 from streams.state.server_store import ServerVectorStore
@@ -31,18 +32,22 @@ def point(doc_id: str, chunk: int, vector: np.ndarray, version: int = 1, source:
                       content_hash=f"h{version}", model_version="v1", vector=vector, source=source)
 
 
+def open_backend(name: str, tmp_path: Path, sparse: bool = True) -> VectorStore:
+    """A fresh store of the named backend; `fault-injection-off` is the drill wrapper with no fault planned,
+    which must be transparent."""
+    if name == "qdrant-edge":
+        return EdgeVectorStore(tmp_path / "qdrant", "chunks", DIM, sparse=sparse)
+    if name == "qdrant-client":
+        return ServerVectorStore.connect(":memory:", "chunks", DIM, sparse=sparse)
+    if name == "in-memory-double":
+        return InMemoryVectorStore("chunks", DIM)
+    return FaultInjectingStore(EdgeVectorStore(tmp_path / "qdrant", "chunks", DIM, sparse=sparse),
+                               FaultPlan(tmp_path / "no-faults.json"))
+
+
 @pytest.fixture(params=["qdrant-edge", "qdrant-client", "in-memory-double", "fault-injection-off"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[VectorStore]:
-    backend: VectorStore
-    if request.param == "qdrant-edge":
-        backend = EdgeVectorStore(tmp_path / "qdrant", "chunks", DIM)
-    elif request.param == "qdrant-client":
-        backend = ServerVectorStore.connect(":memory:", "chunks", DIM)
-    elif request.param == "in-memory-double":
-        backend = InMemoryVectorStore("chunks", DIM)
-    else:  # the drill wrapper must be transparent while no fault is planned
-        backend = FaultInjectingStore(EdgeVectorStore(tmp_path / "qdrant", "chunks", DIM),
-                                      FaultPlan(tmp_path / "no-faults.json"))
+    backend = open_backend(request.param, tmp_path)
     yield backend
     backend.close()
 
@@ -175,14 +180,7 @@ def lexical(doc_id: str, chunk: int, text: str, vector: np.ndarray, version: int
 @pytest.fixture(params=["qdrant-edge", "qdrant-client", "fault-injection-off"])
 def hybrid_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[VectorStore]:
     """The backends whose new collections hold dense and sparse vectors (the in-memory double answers dense only)."""
-    backend: VectorStore
-    if request.param == "qdrant-edge":
-        backend = EdgeVectorStore(tmp_path / "qdrant", "chunks", DIM)
-    elif request.param == "qdrant-client":
-        backend = ServerVectorStore.connect(":memory:", "chunks", DIM)
-    else:
-        backend = FaultInjectingStore(EdgeVectorStore(tmp_path / "qdrant", "chunks", DIM),
-                                      FaultPlan(tmp_path / "no-faults.json"))
+    backend = open_backend(request.param, tmp_path)
     yield backend
     backend.close()
 
@@ -233,14 +231,12 @@ def test_updates_deletes_and_shrinks_keep_both_vectors_consistent(hybrid_store: 
 
 @pytest.mark.parametrize("backend", ["qdrant-edge", "qdrant-client", "in-memory-double"])
 def test_a_dense_only_collection_answers_dense_and_refuses_the_other_modes(backend: str, tmp_path: Path) -> None:
-    store: VectorStore = {"qdrant-edge": lambda: EdgeVectorStore(tmp_path / "q", "chunks", DIM, sparse=False),
-                          "qdrant-client": lambda: ServerVectorStore.connect(":memory:", "chunks", DIM, sparse=False),
-                          "in-memory-double": lambda: InMemoryVectorStore("chunks", DIM)}[backend]()
+    store = open_backend(backend, tmp_path, sparse=False)
     try:
         assert store.modes == {"dense"}
         store.upsert_chunks([lexical("a", 0, "tea kettle", unit(1, 0))])  # the sparse vector is not kept
         assert ids(store.search(VectorQuery(unit(1, 0)), 1)) == ["a"]
-        with pytest.raises(ValueError, match="answers \\['dense'\\] searches"):
+        with pytest.raises(UnsupportedSearchMode):
             store.search(sparse("tea"), 1)
     finally:
         store.close()
