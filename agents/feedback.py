@@ -14,6 +14,7 @@ from streams.host import AgentHost
 from streams.ml.pairing import FeedbackJoin, RetrainPolicy
 from streams.ml.serving import ServingSlot
 from streams.processing import Contract, DeadLetterSink, Outbox, publish
+from streams.state.evaluation_store import EvaluationStore
 from streams.state.training_pairs import PendingFeedback, TrainingPairs
 from streams.validation import Accepted, RawMessage, Rejected
 
@@ -28,7 +29,8 @@ def register(worker: AgentHost) -> None:
                            s.retrain_schedule_s)
     settle_held = partial(settle, join=join, policy=policy, lock=asyncio.Lock(), dead_letters=shared.dead_letters,
                           outbox=worker.outbox, model_key=s.model_name.encode())
-    worker.batch_agent(FEEDBACK, "feedback", 64, 0.2, partial(receive, pairs=shared.pairs, settle=settle_held))
+    worker.batch_agent(FEEDBACK, "feedback", 64, 0.2, partial(receive, pairs=shared.pairs, settle=settle_held,
+                                                              evaluation=shared.evaluation))
     worker.timer(1.0, partial(retry_held, pairs=shared.pairs, settle=settle_held))
 
 
@@ -38,9 +40,14 @@ def document_text(serving: ServingSlot, doc_id: str) -> str | None:
     return chunks[0].text if chunks else None
 
 
-async def receive(batch: Sequence[Accepted[FeedbackEvent]], *, pairs: TrainingPairs, settle: Settle) -> None:
-    """Hold the batch durably (before it is acknowledged), then join what can be joined."""
+async def receive(batch: Sequence[Accepted[FeedbackEvent]], *, pairs: TrainingPairs, settle: Settle,
+                  evaluation: EvaluationStore | None = None) -> None:
+    """Hold the batch durably (before it is acknowledged), judge the answers it is about in the evaluation store
+    (joined to the arms that served them by query_id), then join what can be joined into training pairs."""
     now = time.time()
+    if evaluation is not None:
+        judged = [(a.record.query_id, a.record.doc_id, a.record.judgement, now) for a in batch]
+        await asyncio.get_running_loop().run_in_executor(None, evaluation.record_judgements, judged)
     held = [PendingFeedback(a.message.topic, a.message.partition, a.message.offset, a.message.key,
                             a.message.value or b"", a.record.query_id, now) for a in batch]
     pairs.hold(held)

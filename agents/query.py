@@ -8,9 +8,10 @@ from functools import partial
 
 from schemas import Hit, QueryEvent, QueryResponse
 from streams import metrics
+from streams.answering import Answering
 from streams.host import AgentHost
+from streams.ml.experiments import RoutedQuery
 from streams.ml.search import SearchRequest
-from streams.ml.serving import ServingSlot
 from streams.processing import Contract, Outbox
 from streams.state.query_log import LoggedQuery, QueryLog
 from streams.store_threads import StoreThreads
@@ -22,33 +23,36 @@ QUERIES = Contract("queries", QueryEvent, "query_id")
 def register(worker: AgentHost) -> None:
     s, shared = worker.settings, worker.shared
     worker.batch_agent(QUERIES, "query", s.query_batch_records, s.query_batch_seconds,
-                       partial(respond, serving=shared.serving, threads=shared.threads, outbox=worker.outbox,
+                       partial(respond, answering=shared.answering, threads=shared.threads, outbox=worker.outbox,
                                query_log=shared.query_log, max_bytes=s.deadletter_max_bytes))
     worker.timer(60.0, partial(prune_log, shared.query_log, shared.threads, s.query_log_max_rows,
                                s.query_log_max_age_s))
 
 
-async def respond(batch: Sequence[Accepted[QueryEvent]], *, serving: ServingSlot, threads: StoreThreads,
+async def respond(batch: Sequence[Accepted[QueryEvent]], *, answering: Answering, threads: StoreThreads,
                   outbox: Outbox, query_log: QueryLog, max_bytes: int = 900_000) -> None:
-    """Answer a batch of queries from one serving pair (one encoder call for the cache misses), produce the
-    responses, then log every query with its response."""
+    """Answer a batch of queries from one serving pair (one encoder call for the cache misses; a live experiment
+    routes its share to the candidate), produce the responses, then log every query and its answer's row."""
     started = time.perf_counter()
     metrics.BATCH_RECORDS.labels("query").observe(len(batch))
     queries = [a.record for a in batch]
-    requests = [SearchRequest(q.text, q.top_k, q.filter, q.mode, q.group) for q in queries]
-    searcher = serving.current.searcher  # the pair, taken once for the batch
-    results = await threads.read(lambda: searcher.search_many(requests), "search")
+    answers = await answering.answer([RoutedQuery(q.query_id, SearchRequest(q.text, q.top_k, q.filter, q.mode,
+                                                                            q.group), q.user_id, q.segment)
+                                      for q in queries])
     latency_ms = round((time.perf_counter() - started) * 1000, 3)
-    responses = [fit(QueryResponse(query_id=q.query_id, model_version=r.model_version, index_version=r.index_version,
+    responses = [fit(QueryResponse(query_id=q.query_id, model_version=a.result.model_version,
+                                   index_version=a.result.index_version,
                                    hits=[Hit(doc_id=h.doc_id, chunk=h.chunk, score=h.score, text=h.text)
-                                         for h in r.hits], latency_ms=latency_ms, cached=r.cached, mode=r.mode,
-                                   group=r.group), max_bytes)
-                 for q, r in zip(queries, results, strict=True)]
+                                         for h in a.result.hits], latency_ms=latency_ms, cached=a.result.cached,
+                                   mode=a.result.mode, group=a.result.group, arm=a.arm,  # type: ignore[arg-type]
+                                   experiment=a.experiment if a.arm != "serving" else None), max_bytes)
+                 for q, a in zip(queries, answers, strict=True)]
     await outbox.publish_many("responses", [(r.query_id.encode(), r) for r in responses])
     answered = time.time()
     entries = [LoggedQuery(q.query_id, q.model_dump(mode="json"), r.model_dump(mode="json"), answered, "kafka")
                for q, r in zip(queries, responses, strict=True)]
     await threads.read(lambda: query_log.record(entries), "query log")
+    await answering.record(answers, answered)
     metrics.QUERIES.labels("kafka").inc(len(responses))
     metrics.QUERY_LATENCY_SECONDS.labels("kafka").observe(latency_ms / 1000)
 

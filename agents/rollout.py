@@ -3,7 +3,9 @@ while the current pair serves -> switch atomically. Workers that did not get the
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 
@@ -12,6 +14,8 @@ from streams.host import AgentHost
 from streams.ml.rollout import roll_out
 from streams.ml.serving import ServingSlot
 from streams.processing import Contract
+from streams.state.errors import ExperimentConflict
+from streams.state.evaluation_store import LIVE_STATES, EvaluationStore, ExperimentRecord
 from streams.store_threads import WriteAborted
 from streams.validation import Accepted
 
@@ -24,7 +28,8 @@ def register(worker: AgentHost) -> None:
     s, shared = worker.settings, worker.shared
     rollout = partial(roll_out, shared.serving, write=shared.threads.write, step_documents=s.rollout_step_documents)
     worker.batch_agent(MODEL_UPDATES, "rollout", 1, 1.0, partial(apply_updates, serving=shared.serving,
-                                                                 roll=rollout, model_key=s.model_name.encode()))
+                                                                 roll=rollout, model_key=s.model_name.encode(),
+                                                                 experiments=shared.evaluation))
     worker.timer(2.0, partial(follow_registry, serving=shared.serving, roll=rollout))
 
 
@@ -36,11 +41,17 @@ def outdated(update: ModelUpdate, serving: ServingSlot) -> bool:
 
 
 async def apply_updates(batch: Sequence[Accepted[ModelUpdate]], *, serving: ServingSlot, roll: Roll,
-                        model_key: bytes) -> None:
-    """Roll out each promotion or rollback of this model that is not already serving nor outdated."""
+                        model_key: bytes, experiments: EvaluationStore | None = None) -> None:
+    """Record experiments started and ended; roll out each promotion or rollback of this model that is not
+    already serving nor outdated."""
     for accepted in batch:
         update = accepted.record
-        if accepted.message.key != model_key or update.status not in ("promoted", "rolled_back"):
+        if accepted.message.key != model_key:
+            continue
+        if experiments is not None and update.experiment is not None:
+            await asyncio.get_running_loop().run_in_executor(
+                None, record_experiment, experiments, model_key.decode(), update, serving.current.model.version)
+        if update.status not in ("promoted", "rolled_back"):
             continue
         if update.version == serving.current.model.version or outdated(update, serving):
             continue
@@ -50,6 +61,30 @@ async def apply_updates(batch: Sequence[Accepted[ModelUpdate]], *, serving: Serv
             raise  # stopping: the record is re-delivered and the rollout resumes
         except Exception:
             log.exception("rollout of %s failed; %s keeps serving", update.version, serving.current.model.version)
+
+
+def record_experiment(store: EvaluationStore, model: str, update: ModelUpdate, serving_version: str) -> None:
+    """An experiment's start (one at a time: a second is refused and logged) or its end by an operator or a
+    decision (a decision already moved it: then this changes nothing)."""
+    spec = update.experiment
+    assert spec is not None
+    at = update.at.timestamp() if update.at is not None else time.time()
+    if update.status == "experiment":
+        try:
+            store.start_experiment(ExperimentRecord(spec.id, model, update.version, serving_version, spec.mode,
+                                                    spec.fraction, "building", at))
+        except ExperimentConflict as exc:
+            if not any(e.id == spec.id for e in store.experiments(model)):  # not a re-delivery of this start
+                log.warning("experiment %s refused: %s", spec.id, exc)
+    elif update.status == "stopped":
+        store.transition(spec.id, LIVE_STATES, "stopped", decision="stop", reason=update.reason, ended=True,
+                         evidence=dict(update.metrics) or None)
+    elif update.status == "promoted":
+        store.transition(spec.id, LIVE_STATES, "promoted", decision="promote", reason=update.reason, ended=True,
+                         evidence=dict(update.metrics) or None)
+    elif update.status == "rolled_back":
+        store.transition(spec.id, ("promoted",), "rolled_back", decision="rollback", reason=update.reason,
+                         ended=True)
 
 
 async def follow_registry(*, serving: ServingSlot, roll: Roll) -> None:

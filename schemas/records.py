@@ -48,6 +48,13 @@ FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 #: A model version's name: `v` and a number (it names directories and collections).
 VersionName = Annotated[str, StringConstraints(pattern=r"^v[0-9]{1,9}$")]
 
+#: A producer-chosen slice name (bounded, printable).
+Segment = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")]
+#: Which side of an experiment answered: the serving version, the candidate (a split), or both interleaved.
+Arm = Literal["serving", "candidate", "interleave"]
+#: How an experiment exposes a candidate: answering off the served path, a share of users, or interleaved lists.
+ExperimentMode = Literal["shadow", "split", "interleave"]
+
 #: How a search ranks chunks: by the dense model, by BM25 (sparse), or both fused inside Qdrant.
 SearchMode = Literal["dense", "sparse", "hybrid"]
 #: Whether hits are chunks, or documents (each document's best chunk).
@@ -136,6 +143,8 @@ class QueryEvent(Record):
     group: SearchGroup = Field(default="chunk", description="doc: at most one hit per document, so top_k counts "
                                                             "documents.")
     user_id: EntityId | None = None
+    segment: Segment | None = Field(default=None, description="The producer's slice of this query (e.g. a tenant or "
+                                                              "a client); online metrics are reported per segment.")
     ts: datetime | None = None
 
     @field_validator("filter")
@@ -190,6 +199,9 @@ class QueryResponse(Record):
     cached: bool
     mode: SearchMode = Field(description="The mode that answered (dense where the index has no sparse vectors).")
     group: SearchGroup = "chunk"
+    arm: Arm = Field(default="serving", description="Which side of a running experiment answered (model_version and "
+                                                    "index_version name it; `interleave`: both, hits credited).")
+    experiment: str | None = Field(default=None, max_length=64, description="The experiment this answer is part of.")
 
 
 class FieldError(Record):
@@ -249,12 +261,24 @@ class QualityReport(Record):
     drift: dict[str, float]
 
 
+class ExperimentSpec(Record):
+    """A live experiment of a candidate version against the serving one."""
+
+    id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    mode: ExperimentMode
+    fraction: float = Field(gt=0.0, le=1.0, description="Share of queries (shadow, interleave) or of users (split) "
+                                                         "the candidate sees.")
+
+
 class ModelUpdate(Record):
-    """`model-updates` topic (compacted, keyed by model name): lifecycle of a model version."""
+    """`model-updates` topic (compacted, keyed by model name): lifecycle of a model version. `experiment` starts a
+    live experiment of `version` (the spec in `experiment`); `stopped` ends it without a switch; a decision that ends
+    it in a switch is `promoted`, with the evidence in `metrics`."""
 
     version: VersionName
     uri: str = Field(max_length=2_000)
-    status: Literal["candidate", "promoted", "rejected", "rolled_back", "failed"]
+    status: Literal["candidate", "promoted", "rejected", "rolled_back", "failed", "experiment", "stopped"]
+    experiment: ExperimentSpec | None = None
     metrics: dict[str, FiniteFloat] = Field(default_factory=dict)
     trained_on: dict[str, ScalarValue | list[int] | dict[str, list[int]]] = Field(default_factory=dict)
     reason: str | None = Field(default=None, max_length=2_000, description="Why rejected, failed or rolled back.")

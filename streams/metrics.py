@@ -16,7 +16,7 @@ RECORDS_FAILED = Counter("gristmill_records_failed_total", "Valid records whose 
                          "alone, their batch-mates applied), by exception type", ["topic", "exception"])
 AGENT_CRASHES = Counter("gristmill_agent_crashes_total", "Exceptions that escaped an agent's batch loop (the "
                         "agent restarts; its batch is re-delivered)", ["agent"])
-AGENTS = ("ingest", "query", "feedback", "monitor", "trainer", "rollout")
+AGENTS = ("ingest", "query", "feedback", "monitor", "trainer", "rollout", "experiment")
 
 BATCH_RECORDS = Histogram("gristmill_batch_records", "Records per micro-batch", ["agent"],
                           buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
@@ -116,3 +116,15 @@ DRIFT_STATISTICS = {
 
 TRAINING_PAIRS = Counter("gristmill_training_pairs_total", "Training pairs built from feedback", ["kind"])
 FEEDBACK_WAITING = Gauge("gristmill_feedback_waiting", "Feedback records waiting for their query's response")
+
+ONLINE_QUERIES = Gauge("gristmill_online_queries", "Answered queries in the last evaluation window, per version and "
+                       "arm (slice: all or the query length bucket)", ["version", "arm", "slice"])
+ONLINE_POSITIVE_RATE = Gauge("gristmill_online_positive_rate", "Share of judged queries with a positively judged "
+                             "document in the top 10", ["version", "arm", "slice"])
+ONLINE_MRR = Gauge("gristmill_online_mrr_at_10", "MRR@10 over judged queries", ["version", "arm", "slice"])
+ONLINE_NDCG = Gauge("gristmill_online_ndcg_at_10", "nDCG@10 over judged queries", ["version", "arm", "slice"])
+ONLINE_LATENCY_P99 = Gauge("gristmill_online_latency_p99_seconds", "Answer latency p99", ["version", "arm", "slice"])
+SHADOW_SEARCHES = Counter("gristmill_shadow_searches_total", "Shadow searches, by outcome (answered, skipped when "
+                          "too many wait, failed)", ["outcome"])
+EXPERIMENT_RUNNING = Gauge("gristmill_experiment_running", "1 while an experiment runs, by mode", ["mode"])
+EXPERIMENT_DECISIONS = Counter("gristmill_experiment_decisions_total", "Experiment decisions", ["action"])

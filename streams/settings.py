@@ -149,6 +149,23 @@ class Settings(BaseSettings):
                                                                       "(ingest interleaves between steps).")
     rollout_retire_after_s: float = Field(default=30.0, ge=0, description="How long the previous collection "
                                                                           "stays open for in-flight searches.")
+    experiment_metric: Literal["positive_rate", "mrr@10", "ndcg@10"] = Field(
+        default="mrr@10", description="Online metric an experiment's candidate must beat serving on.")
+    experiment_margin: float = Field(default=0.0, ge=0, description="Least gain on the metric (and the interval's low "
+                                                                    "end above zero) to promote.")
+    experiment_min_judged: int = Field(default=100, ge=1, description="Judged queries per arm before an experiment "
+                                                                      "decides (interleave: judged interleaved ones).")
+    experiment_guardrail_positive_rate: float = Field(default=0.05, ge=0, description="Largest drop in positive rate "
+                                                      "(candidate vs serving) tolerated before stopping.")
+    experiment_guardrail_latency_ratio: float = Field(default=2.0, gt=1, description="Largest candidate/serving "
+                                                      "latency p99 ratio tolerated before stopping.")
+    experiment_watch_s: float = Field(default=3600.0, ge=0, description="How long a promoted candidate stays watched "
+                                      "by the guardrails (a regression rolls it back).")
+    experiment_check_s: float = Field(default=10.0, gt=0, description="How often running experiments are decided.")
+    shadow_max_pending: int = Field(default=256, ge=1, description="Shadow searches waiting at most; more are "
+                                    "skipped (counted): the shadow never slows the served path down.")
+    evaluation_max_age_s: float = Field(default=7 * 86400.0, gt=0, description="How long answers and judgements "
+                                        "stay in the evaluation store.")
     agents: str = Field(default="", description="Comma-separated agents to run (e.g. `trainer`); empty: all.")
     shared_dir: Path | None = Field(default=None, description="Query log and training pairs, shared by the "
                                                               "workers and the trainer; default DATA_DIR.")
@@ -197,6 +214,10 @@ class Settings(BaseSettings):
     @property
     def query_log_path(self) -> Path:
         return (self.shared_dir or self.data_dir) / "queries.sqlite3"
+
+    @property
+    def evaluation_path(self) -> Path:
+        return (self.shared_dir or self.data_dir) / "evaluation.sqlite3"
 
     @property
     def pairs_path(self) -> Path:

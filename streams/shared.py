@@ -7,10 +7,19 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from streams.ml.serving import PairOpener, ServingSlot, onnx_pairs, open_registry, open_store
+from streams.answering import ActiveExperiment, Answering, ShadowRunner
+from streams.ml.serving import (
+    ChallengerPairs,
+    PairOpener,
+    ServingSlot,
+    onnx_pairs,
+    open_registry,
+    open_store,
+)
 from streams.ml.trainer import ServingIndex, Trainer
 from streams.processing import AgentHealth, DeadLetterSink, Outbox
 from streams.settings import Settings
+from streams.state.evaluation_store import EvaluationStore
 from streams.state.query_log import QueryLog
 from streams.state.registry import ModelRegistry, ensure_base_model
 from streams.state.training_pairs import TrainingPairs
@@ -28,6 +37,8 @@ class Shared:
     trainer: Trainer  # its status is shown whether or not this worker trains
     dead_letters: DeadLetterSink
     health: AgentHealth  # agent crashes and completed batches (`/health` says degraded while one crash-loops)
+    evaluation: EvaluationStore  # answers per arm, judgements, offline metrics, experiments
+    answering: Answering  # answers queries as the live experiment routes them
 
     @classmethod
     def open(cls, settings: Settings, outbox: Outbox, *, stopping: Callable[[], bool] = lambda: False,
@@ -45,7 +56,8 @@ class Shared:
             model = registry.current()  # type: ignore[assignment]
             assert model is not None, "a registry passed in must have a serving version"
         slot = ServingSlot(registry, model, opener or onnx_pairs(settings), settings.rollout_retire_after_s,
-                           closer=lambda pair: threads.submit_write(pair.close))
+                           closer=lambda pair: threads.submit_write(pair.close),
+                           challengers=None if opener else ChallengerPairs(settings))
         pairs = TrainingPairs(settings.pairs_path)
 
         def serving_index() -> ServingIndex:
@@ -64,11 +76,17 @@ class Shared:
 
         trainer = Trainer(settings, registry, pairs, serving_index, child_setup, rollouts=slot)
         query_log = QueryLog(settings.query_log_path, settings.query_log_text_chars)
+        evaluation = EvaluationStore(settings.evaluation_path)
+        trainer.evaluation = evaluation
+        answering = Answering(slot, threads, evaluation, ActiveExperiment(evaluation, settings.model_name),
+                              ShadowRunner(evaluation, settings.shadow_max_pending))
         return cls(settings, registry, slot, threads, query_log, pairs, trainer,
-                   DeadLetterSink(outbox, settings.deadletter_max_bytes), AgentHealth())
+                   DeadLetterSink(outbox, settings.deadletter_max_bytes), AgentHealth(), evaluation, answering)
 
     def close(self) -> None:
         self.threads.close()
         self.serving.close()
         self.query_log.close()
+        self.answering.shadow.close()
+        self.evaluation.close()
         self.pairs.close()

@@ -12,7 +12,7 @@ import typer
 from confluent_kafka import KafkaException
 
 from schemas.errors import GristmillError
-from streams.cli import bench, deadletter, models, produce, query, stack
+from streams.cli import bench, deadletter, experiments, models, produce, query, stack
 from streams.cli.context import console
 
 app = typer.Typer(help="gristmill: a streaming pipeline that keeps a semantic-search index fresh.",
@@ -20,19 +20,25 @@ app = typer.Typer(help="gristmill: a streaming pipeline that keeps a semantic-se
 produce_app = typer.Typer(help="Produce events to gristmill's topics.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks, each against a baseline measured in the same run.", no_args_is_help=True)
 deadletter_app = typer.Typer(help="Inspect dead letters and replay fixed records.", no_args_is_help=True)
+experiment_app = typer.Typer(help="Live experiments of a candidate version: shadow, split, interleave.",
+                             no_args_is_help=True)
 app.add_typer(produce_app, name="produce")
 app.add_typer(bench_app, name="bench")
 app.add_typer(deadletter_app, name="deadletter")
+app.add_typer(experiment_app, name="experiment")
 
 for command in (stack.up, stack.demo, stack.status, query.search, query.ask, models.retrain, models.rollback,
                 models.promote, models.reindex, models.models):
     app.command()(command)
 app.command("eval")(query.evaluate)
+app.command("evaluation")(experiments.evaluation)
+for command in (experiments.start, experiments.stop, experiments.promote, experiments.status):
+    experiment_app.command()(command)
 produce_app.command("documents")(produce.produce_documents)
 produce_app.command("feedback")(produce.produce_feedback)
 deadletter_app.command("inspect")(deadletter.deadletter_inspect)
 deadletter_app.command("replay")(deadletter.deadletter_replay)
-for name in ("ingest", "query", "monitor", "flywheel", "badinput", "soak"):
+for name in ("ingest", "query", "monitor", "flywheel", "experiments", "badinput", "soak"):
     bench_app.command(name)(getattr(bench, f"bench_{name}"))
 
 

@@ -53,6 +53,13 @@ def bench_flywheel(
     run_flywheel_bench(load_settings(), pairs, documents, console)
 
 
+def bench_experiments(queries: Annotated[int, typer.Option(help="Queries in the stream.")] = 600) -> None:
+    """Judged queries a split and an interleaving experiment need to decide, on the same stream and users."""
+    from streams.devtools.bench_experiments import run_experiments_bench
+
+    run_experiments_bench(queries, console)
+
+
 def bench_badinput(
     records: Annotated[int, typer.Option(help="Document records per run.")] = 100_000,
     bad_share: Annotated[float, typer.Option(help="Share of bad records (30 kinds) in the second run.")] = 0.1,

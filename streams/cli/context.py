@@ -49,6 +49,19 @@ def get_json(url: str, timeout: float = 10.0) -> Any:
         return json.load(response)
 
 
+def stack_json(url: str, what: str, timeout: float = 30.0) -> Any:
+    """GET a JSON answer from the running stack; a refusal or a stack that is not answering is one line and
+    exit status 1."""
+    try:
+        return get_json(url, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        console.print(f"[red]{what} failed ({exc.code}):[/red] {exc.read().decode(errors='replace')[:300]}")
+        raise typer.Exit(1) from exc
+    except (urllib.error.URLError, OSError) as exc:
+        console.print(f"[red]no HTTP API at {url.split('?')[0]}:[/red] {exc} (is `gristmill up` running?)")
+        raise typer.Exit(1) from exc
+
+
 def progress_bar() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                     console=console)

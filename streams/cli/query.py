@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from streams.cli.context import console, get_json, load_settings, print_hits, progress_bar, require_kafka, with_stack
+from streams.cli.context import console, load_settings, print_hits, progress_bar, require_kafka, stack_json, with_stack
 
 Mode = Annotated[str | None, typer.Option(help="dense, sparse or hybrid (default: the worker's, hybrid).")]
 Group = Annotated[str, typer.Option(help="chunk, or doc: one hit per document.")]
@@ -23,14 +23,7 @@ def search(text: str, k: Annotated[int, typer.Option("-k", help="Number of hits.
     _, url = with_stack(load_settings())
     params = {"q": text, "k": k, "group": group, **({"source": source} if source else {}),
               **({"mode": mode} if mode else {})}
-    try:
-        print_hits(get_json(f"{url}/search?" + urllib.parse.urlencode(params)))
-    except urllib.error.HTTPError as exc:
-        console.print(f"[red]search failed ({exc.code}):[/red] {exc.read().decode(errors='replace')}")
-        raise typer.Exit(1) from exc
-    except (urllib.error.URLError, OSError) as exc:
-        console.print(f"[red]no HTTP API at {url}:[/red] {exc} (is `gristmill up` running?)")
-        raise typer.Exit(1) from exc
+    print_hits(stack_json(f"{url}/search?" + urllib.parse.urlencode(params), "search"))
 
 
 def ask(text: str, k: Annotated[int, typer.Option("-k", help="Number of hits.")] = 5,

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import statistics
 import tempfile
 import time
 import urllib.parse
+import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -28,7 +30,7 @@ from streams.roundtrip import QueryRoundTrip
 from streams.settings import Settings
 from streams.state.edge_store import EdgeVectorStore
 from streams.state.encoder import OnnxEncoder
-from streams.state.registry import ModelVersion, ensure_base_model
+from streams.state.registry import LocalModelRegistry, ModelVersion, ensure_base_model
 from streams.state.store import ChunkPoint
 from streams.topics import create_topics
 
@@ -127,9 +129,96 @@ def run_query_bench(settings: Settings, sizes: Sequence[int], console: Console) 
                                            console)
                 finally:
                     worker.stop()
+                if n == 0:
+                    rows += experiment_rows(settings, model, encoder, data_dir, Path(tmp) / "registry", broker,
+                                            queries, long[:100], vocabulary, chunks, console)
             rows += mode_rows(chunks, http_ms, qps, base_ms, check=chunks >= 100_000)
     print_rows("gristmill bench query", rows, console)
     return rows
+
+
+EXPERIMENTS = (("no experiment", None, 0.0), ("shadow at 0.2", "shadow", 0.2), ("shadow at 1.0", "shadow", 1.0),
+               ("split at 0.5", "split", 0.5), ("no experiment, again", None, 0.0))
+
+
+def experiment_rows(settings: Settings, model: ModelVersion, encoder: OnnxEncoder, data_dir: Path,
+                    registry_dir: Path, broker: EmbeddedBroker, queries: list[str], real_docs: list[str],
+                    vocabulary: list[str], chunks: int, console: Console) -> list[Row]:
+    """Served HTTP latency (one query at a time, cache off, 300 queries a phase) with no experiment (before and
+    after the others, pooled), a shadow at 0.2 and 1.0 and a 50% split of a candidate version (the same model
+    registered again, its collection as large as serving's), and how many searches each shadow answered."""
+    registry = LocalModelRegistry(registry_dir, model.name)
+    for version in ("v1", "v2"):
+        staging = registry_dir / f".staging-{version}"
+        shutil.copytree(model.path, staging, ignore=shutil.ignore_patterns("manifest.json", "model.int8.onnx"))
+        registry.register(staging, source=model.source, facts={"dim": model.dim, "max_tokens": model.max_tokens},
+                          version=version)
+    registry.promote("v1")
+    bench = settings.model_copy(update={"namespace": NAMESPACE})
+    console.print("building the candidate's collection (v2) as large as serving's...")
+    store = EdgeVectorStore(data_dir / "qdrant", collection_name(bench, "v2"), encoder.dim)
+    build_index(store, encoder, settings, chunks, real_docs, vocabulary)
+    store.close()
+    worker = WorkerProcess(data_dir, registry_dir, broker.bootstrap_servers, NAMESPACE,
+                           GRISTMILL_QUERY_CACHE_SIZE="0", GRISTMILL_ADMIN_TOKEN="bench",
+                           GRISTMILL_EXPERIMENT_MIN_JUDGED=str(10**9), GRISTMILL_AGENTS="query,rollout,experiment")
+    served: dict[str, list[float]] = {}
+    shadow: dict[str, dict[str, float]] = {}
+    try:
+        worker.start()
+        for name, mode, fraction in EXPERIMENTS:
+            if mode is not None:
+                worker.post("/admin/experiment", {"version": "v2", "mode": mode, "fraction": fraction},
+                            token="bench")
+                worker.wait_for(lambda: (worker.get("/experiment")["latest"] or {}).get("experiment", {}).get(
+                    "state") == "running", 120, f"the {name} experiment to run")
+            console.print(f"served HTTP latency, {name}...")
+            latencies(lambda q: worker.get("/search", q=q, k=10), queries[:50])  # warm-up
+            served[name] = latencies(lambda q: worker.get("/search", q=q, k=10), queries[:300])
+            if mode == "shadow":
+                time.sleep(2.0)  # the queue drains
+                shadow[name] = shadow_counts(worker)
+            if mode is not None:
+                if worker.get("/experiment")["latest"]["experiment"]["state"] == "running":
+                    worker.post("/admin/experiment/stop", {}, token="bench")
+                worker.wait_for(lambda: worker.get("/experiment")["latest"]["experiment"]["state"] == "stopped",
+                                60, "the experiment to stop")
+                time.sleep(3.0)  # the challenger is let go and the shadow's queue drains
+    finally:
+        worker.stop()
+    base = served.pop("no experiment") + served.pop("no experiment, again")  # before and after: no drift hides
+    served["no experiment"] = base
+    rows = []
+    for name, _, _ in EXPERIMENTS[:-1]:
+        for q in (50, 99):
+            ratio = percentile(served[name], q) / percentile(base, q)
+            check = name == "shadow at 0.2" and q == 50
+            rows.append(Row(f"{chunks:,} chunks: served HTTP p{q}, {name} (ms)", pct(served[name], q),
+                            pct(base, q) if name != "no experiment" else "", base_ratio(ratio, name),
+                            "p50 within 15%" if check else "", ratio <= 1.15 if check else None))
+    before = {"answered": 0.0, "skipped": 0.0}
+    for name, counts in shadow.items():  # counters accumulate over the phases
+        rows.append(Row(f"{chunks:,} chunks: {name}: shadow searches answered / skipped",
+                        f"{counts['answered'] - before['answered']:.0f} / {counts['skipped'] - before['skipped']:.0f}"))
+        before = counts
+    return rows
+
+
+def shadow_counts(worker: WorkerProcess) -> dict[str, float]:
+    """`gristmill_shadow_searches_total` by outcome, from the worker's /metrics."""
+    with urllib.request.urlopen(f"{worker.url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    counts = {"answered": 0.0, "skipped": 0.0}
+    for line in text.splitlines():
+        if line.startswith("gristmill_shadow_searches_total{"):
+            outcome = line.split('outcome="')[1].split('"')[0]
+            counts[outcome] = float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def base_ratio(ratio: float, name: str) -> float | None:
+    """The ratio column reads 'baseline / measured' (above 1: faster than the baseline)."""
+    return None if name == "no experiment" else 1 / ratio
 
 
 def pct(values: list[float], q: float) -> str:

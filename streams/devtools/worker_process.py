@@ -65,6 +65,13 @@ class WorkerProcess:
                 return None
             raise
 
+    def post(self, path: str, body: Any, token: str | None = None) -> Any:
+        """POST a JSON body (with the admin token when given); the JSON answer."""
+        headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+        request = urllib.request.Request(f"{self.url}{path}", data=json.dumps(body).encode(), headers=headers)
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.load(response)
+
     def wait_for(self, check: Callable[[], Any], timeout_s: float, what: str) -> Any:
         deadline = time.monotonic() + timeout_s
         last: Any = None

@@ -41,10 +41,19 @@ def copy_documents(states: Sequence[DocumentState], target: Serving) -> int:
 async def roll_out(slot: ServingSlot, version: str, write: Write, step_documents: int = 64) -> RolloutProgress:
     """Make `version` serve, re-embedding the index into its collection first. Safe to call again after a crash."""
     async with slot.rolling:
-        return await _roll_out(slot, version, write, step_documents)
+        return await _copy_then(slot, version, write, step_documents, switch=True)
 
 
-async def _roll_out(slot: ServingSlot, version: str, write: Write, step_documents: int) -> RolloutProgress:
+async def build_challenger(slot: ServingSlot, version: str, write: Write, step_documents: int = 64,
+                           mode: str = "split") -> RolloutProgress:
+    """Build `version`'s collection exactly as a rollout does, then keep it beside the serving pair as the
+    experiment's challenger (ingest writes to both from then on) instead of switching."""
+    async with slot.rolling:
+        return await _copy_then(slot, version, write, step_documents, switch=False, mode=mode)
+
+
+async def _copy_then(slot: ServingSlot, version: str, write: Write, step_documents: int, switch: bool,
+                     mode: str = "split") -> RolloutProgress:
     loop = asyncio.get_running_loop()
     source = slot.current
     progress = RolloutProgress(version, source.model.version)
@@ -55,7 +64,8 @@ async def _roll_out(slot: ServingSlot, version: str, write: Write, step_document
     metrics.ROLLOUT_PROGRESS.set(0)
     try:
         model = slot.registry.get(version)
-        target = await loop.run_in_executor(None, slot.open, model)
+        target = await loop.run_in_executor(None, slot.open if switch else lambda m: slot.open_challenger(m, mode),
+                                            model)
     except BaseException as exc:  # an unknown version, an encoder or collection that cannot be opened
         progress.state, progress.error, progress.finished_at = "failed", f"{type(exc).__name__}: {exc}", time.time()
         raise
@@ -73,22 +83,30 @@ async def _roll_out(slot: ServingSlot, version: str, write: Write, step_document
             progress.copied += len(batch)
             metrics.ROLLOUT_PROGRESS.set(progress.copied / max(1, progress.documents))
 
-        def switch() -> None:
+        def finish() -> None:
             written = sorted(slot.written_during_rollout or ())
             slot.written_during_rollout = None
             progress.embedded += copy_documents(list(source.store.get_documents(written).values()), target)
-            slot.switch(target)  # the one assignment that switches model and index together
-            slot.registry.promote(version)
+            if switch:
+                slot.switch(target)  # the one assignment that switches model and index together
+                slot.registry.promote(version)
+            else:
+                slot.attach_challenger(target)  # from here on, every ingest write reaches both pairs
 
-        await write(switch, f"rollout switch to {version}")
+        await write(finish, f"rollout {'switch' if switch else 'challenger'} {version}")
     except BaseException as exc:
         slot.written_during_rollout = None
         progress.state, progress.error = "failed", f"{type(exc).__name__}: {exc}"
         progress.finished_at = time.time()
-        await loop.run_in_executor(None, target.close)
+        if slot.challenger is not target:
+            await loop.run_in_executor(None, target.close)
         raise
-    progress.state, progress.finished_at = "switched", time.time()
+    progress.state, progress.finished_at = ("switched" if switch else "challenging"), time.time()
     metrics.ROLLOUT_PROGRESS.set(1)
+    if not switch:
+        log.info("%s challenges %s: %d documents copied, %d embedded in %.1fs", version, source.model.version,
+                 progress.copied, progress.embedded, progress.finished_at - progress.started_at)
+        return progress
     metrics.ROLLOUT_SECONDS.observe(progress.finished_at - progress.started_at)
     slot.publish_model_info()
     log.info("serving %s (was %s): %d documents copied, %d re-embedded in %.1fs", version, source.model.version,

@@ -113,6 +113,38 @@ def onnx_pairs(settings: Settings) -> PairOpener:
     return open_pair
 
 
+class ChallengerPairs:
+    """How an experiment's candidate pair is opened, and made fit to serve when the experiment promotes it.
+
+    A shadow's encoder runs on its caller's thread alone (the shadow thread, at lower priority: it takes no core
+    from serving); a split's or interleave's on as many threads as serving's. Neither spins after a run, so
+    neither holds cores the serving session needs next. Promoted, the same collection gets a serving encoder.
+    """
+
+    def __init__(self, settings: Settings | None = None, opener: PairOpener | None = None) -> None:
+        """With `settings`: ONNX Runtime pairs as above; with `opener` (test doubles): that opener's pairs."""
+        self.settings = settings
+        self.opener = opener
+
+    def open(self, model: ModelVersion, mode: str, reuse: Serving | None = None) -> Serving:
+        """The candidate pair for `mode`; on the collection of `reuse` when given (a pair still open: one writer
+        per shard)."""
+        if self.settings is None:
+            assert self.opener is not None
+            return reuse or self.opener(model)
+        s = self.settings
+        encoder = OnnxEncoder(model, threads=1 if mode == "shadow" else s.onnx_threads,
+                              batch_size=s.encode_batch_size, int8=s.int8, spinning=False)
+        return serving_pair(s, model, encoder, reuse.store if reuse else open_store(s, model.dim, model.version))
+
+    def for_serving(self, pair: Serving) -> Serving:
+        if self.settings is None:
+            return pair
+        s = self.settings
+        encoder = OnnxEncoder(pair.model, threads=s.onnx_threads, batch_size=s.encode_batch_size, int8=s.int8)
+        return serving_pair(s, pair.model, encoder, pair.store)
+
+
 @dataclass
 class RolloutProgress:
     """What `gristmill status`, `/health` and the dashboard show about the latest rollout."""
@@ -135,12 +167,17 @@ class ServingSlot:
     """Which pair serves now, the pairs retired but still open for searches in flight, and the rollout state."""
 
     def __init__(self, registry: ModelRegistry, model: ModelVersion, opener: PairOpener,
-                 retire_after_s: float = 30.0, closer: Callable[[Serving], None] | None = None) -> None:
+                 retire_after_s: float = 30.0, closer: Callable[[Serving], None] | None = None,
+                 challengers: ChallengerPairs | None = None) -> None:
         self.registry = registry
         self._opener = opener
+        self._challengers = challengers or ChallengerPairs(opener=opener)
+        self._retired_challengers: set[str] = set()  # versions in `_retiring` that were challengers
         self._retire_after_s = retire_after_s
         self._closer = closer or (lambda pair: pair.close())
         self._retiring: dict[str, Serving] = {}
+        #: an experiment's candidate pair: kept as fresh as the serving one, answers only what the experiment routes
+        self.challenger: Serving | None = None
         self.current = self.open(model)
         #: doc_ids written while a rollout copies the index (re-applied to the new collection before the switch)
         self.written_during_rollout: set[str] | None = None
@@ -149,13 +186,42 @@ class ServingSlot:
         self.publish_model_info()
 
     def open(self, model: ModelVersion) -> Serving:
-        """The pair of `model`: still open if it served within the grace period, else loaded anew."""
-        return self._retiring.pop(model.version, None) or self._opener(model)
+        """The pair of `model`: the challenger's, or still open if it served within the grace period, else loaded
+        anew."""
+        if self.challenger is not None and self.challenger.model.version == model.version:
+            pair = self._challengers.for_serving(self.challenger)  # the same collection, a serving encoder
+            self.challenger = pair
+            return pair
+        retired = self._retiring.pop(model.version, None)
+        if retired is not None and model.version in self._retired_challengers:
+            self._retired_challengers.discard(model.version)
+            return self._challengers.for_serving(retired)
+        return retired or self._opener(model)
 
     def switch(self, to: Serving) -> Serving:
-        """Serve `to` from now on (one assignment); returns the pair that served before."""
+        """Serve `to` from now on (one assignment); returns the pair that served before. A challenger that starts
+        serving is no longer a challenger."""
         before, self.current = self.current, to
+        if self.challenger is to:
+            self.challenger = None
         return before
+
+    def open_challenger(self, model: ModelVersion, mode: str) -> Serving:
+        """The pair an experiment of `mode` challenges serving with (see `ChallengerPairs`)."""
+        self._retired_challengers.discard(model.version)
+        return self._challengers.open(model, mode, self._retiring.pop(model.version, None))
+
+    def attach_challenger(self, pair: Serving) -> None:
+        """Keep `pair` beside the serving one for an experiment (call it on the store-writer thread)."""
+        self.challenger = pair
+
+    def detach_challenger(self) -> Serving | None:
+        """End the experiment's pair (call it on the store-writer thread) and retire it (searches in flight
+        finish; reopened within the grace period, it gets a serving encoder)."""
+        pair, self.challenger = self.challenger, None
+        if pair is not None:
+            self._retired_challengers.add(pair.model.version)
+        return pair
 
     def retire_later(self, pair: Serving) -> None:
         """Close a pair that no longer serves after the grace period (unless it serves again by then)."""
@@ -164,6 +230,7 @@ class ServingSlot:
         def retire() -> None:
             if self._retiring.get(pair.model.version) is pair:
                 del self._retiring[pair.model.version]
+                self._retired_challengers.discard(pair.model.version)
                 self._closer(pair)
 
         asyncio.get_running_loop().call_later(self._retire_after_s, retire)
@@ -180,15 +247,19 @@ class ServingSlot:
         outcome = pair.indexer().apply(events)
         if outcome.replaced:
             pair.searcher.invalidate()  # no answer may show the replaced or deleted chunks
+        challenger = self.challenger
+        if challenger is not None and challenger.indexer().apply(events).replaced:  # kept exactly as fresh
+            challenger.searcher.invalidate()
         if self.written_during_rollout is not None:
             self.written_during_rollout.update(event.doc_id for event in events)
         return outcome
 
     def restore_document(self, doc_id: str) -> None:
         """After a failed write of `doc_id`: its chunks as its ledger entry says (on the store-writer thread)."""
-        pair = self.current
-        pair.indexer().restore(doc_id)
-        pair.searcher.invalidate()
+        for pair in (self.current, self.challenger):
+            if pair is not None:
+                pair.indexer().restore(doc_id)
+                pair.searcher.invalidate()
 
     def publish_model_info(self) -> None:
         encoder = self.current.encoder
@@ -197,6 +268,8 @@ class ServingSlot:
 
     def close(self) -> None:
         self.current.close()
+        if self.challenger is not None:
+            self.challenger.close()
         for pair in self._retiring.values():
             pair.close()
         self._retiring.clear()

@@ -29,6 +29,7 @@ from streams.ml.held_out import Ranking, write_snapshot
 from streams.ml.training import CANDIDATE_DIR, Hyperparameters, TrainingJob, TrainingProgress, TrainingResult
 from streams.settings import Settings
 from streams.state.errors import UnknownModelVersion
+from streams.state.evaluation_store import EvaluationStore
 from streams.state.registry import ModelRegistry, ModelVersion
 from streams.state.store import ChunkPoint, DocumentState
 from streams.state.training_pairs import TrainingPair, TrainingPairs
@@ -114,6 +115,7 @@ class Trainer:
         self.status = TrainerStatus()
         self.work_dir = settings.data_dir / "training"
         self.awaiting: str | None = None  # the version this trainer promoted last, until it serves
+        self.evaluation: EvaluationStore | None = None  # where each version's held-out metrics are kept too
 
     def snapshot(self) -> dict[str, object]:
         """The status with the running job's progress (phase, done of total, ETA) for `/health`."""
@@ -269,6 +271,11 @@ class Trainer:
                                        metrics=scores, lineage=lineage, version=version)
         metrics.CANDIDATE_NDCG.labels("current").set(result.current["nDCG@10"])
         metrics.CANDIDATE_NDCG.labels("candidate").set(result.candidate["nDCG@10"])
+        if self.evaluation is not None:
+            self.evaluation.record_offline(version, {
+                "held_out_nDCG@10": result.candidate["nDCG@10"], "held_out_MRR@10": result.candidate["MRR@10"],
+                "base_held_out_nDCG@10": result.current["nDCG@10"], "base_held_out_MRR@10": result.current["MRR@10"],
+                "held_out_queries": float(result.held_out_queries)})
         trained_on = {"pairs": len(pairs), "queries": result.train_queries, "feedback_offsets": offsets}
         now = datetime.now(UTC)
         common = {"version": version, "uri": model.path.as_uri(), "metrics": scores, "trained_on": trained_on,

@@ -64,7 +64,9 @@ class OnnxEncoder:
     """
 
     def __init__(self, model: ModelVersion, *, threads: int = 2, batch_size: int = 32, int8: bool = False,
-                 providers: Sequence[str] | None = None) -> None:
+                 providers: Sequence[str] | None = None, spinning: bool = True) -> None:
+        """`spinning` False: ONNX Runtime's intra-op threads sleep as soon as a run ends instead of spinning for
+        the next one (a second session beside the serving one must not take its cores)."""
         self.model = model
         self._tokenizer = Tokenizer.from_file(str(model.tokenizer_path))
         self._tokenizer.enable_truncation(max_length=model.max_tokens)
@@ -73,6 +75,8 @@ class OnnxEncoder:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         chosen = list(providers) if providers else (
             [CUDA, CPU] if CUDA in ort.get_available_providers() and not int8 else [CPU]
         )

@@ -23,3 +23,11 @@ class NothingToRollBack(GristmillError):
 
 class ModelExportUnavailable(GristmillError):
     """No model is registered yet and the exporter (the `[train]` extra) is not installed."""
+
+
+class ExperimentConflict(GristmillError):
+    """An experiment of this model is already live (one at a time), or the id was used before."""
+
+
+class NoExperiment(GristmillError, LookupError):
+    """No experiment of this model is live."""

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 from prometheus_client import REGISTRY
 
+from streams.ml.evaluation import summarize
 from streams.shared import Shared
 
 
@@ -114,7 +116,17 @@ def dashboard_state(shared: Shared, trains: bool, recent: int = 20) -> dict[str,
         "rollout": rollout.as_dict() if rollout else None,
         "trainer": shared.trainer.snapshot() if trains else None,
         "admin_enabled": shared.settings.admin_token is not None,
+        "online": online_metrics(shared),
     }
+
+
+def online_metrics(shared: Shared, window_s: float = 3600.0) -> dict[str, Any]:
+    """The last hour (its latest 5,000 answers) per version and arm, and the model's latest experiment with its
+    decision and evidence."""
+    answers = shared.evaluation.answers(since=time.time() - window_s, limit=5_000)  # bounded per refresh
+    rows = summarize(answers, shared.evaluation.judgements(a.query_id for a in answers), ("version", "arm"))
+    experiments = shared.evaluation.experiments(shared.settings.model_name, limit=1)
+    return {"rows": rows, "experiment": experiments[0].as_dict() if experiments else None}
 
 
 PAGE = """<!doctype html>
@@ -142,6 +154,10 @@ PAGE = """<!doctype html>
  <section><h2>Recent queries</h2><table><thead><tr><th>query</th><th>via</th><th>top hit</th><th>score</th>
   <th>hits</th><th>latency ms</th><th>cached</th><th>feedback</th></tr></thead><tbody id="queries"></tbody>
   </table></section>
+ <section><h2>Online evaluation (last hour)</h2><p id="experiment"></p>
+  <table><thead><tr><th>version</th><th>arm</th><th>queries</th><th>judged</th><th>positive rate</th><th>MRR@10</th>
+  <th>nDCG@10</th><th>p50 ms</th><th>p99 ms</th><th>overlap@10</th></tr></thead><tbody id="online"></tbody></table>
+ </section>
  <section><h2>Model versions</h2>
   <p id="flywheel"></p>
   <p id="admin"><label>admin token <input id="token" type="password" autocomplete="off" size="24"></label>
@@ -211,6 +227,16 @@ async function refresh() {
       num(100 * rollout.progress)} %` : "",
   ].filter(Boolean).join(" · ");
   document.getElementById("admin").hidden = !s.admin_enabled;
+  rows("online", s.online.rows, o => `<tr><td>${esc(o.version)}</td><td>${esc(o.arm)}</td><td>${num(o.queries)}</td>
+    <td>${num(o.judged)}</td><td>${num(o.positive_rate, 3)}</td><td>${num(o["mrr@10"], 3)}</td>
+    <td>${num(o["ndcg@10"], 3)}</td><td>${num(o.latency_p50_ms, 1)}</td><td>${num(o.latency_p99_ms, 1)}</td>
+    <td>${num(o["overlap@10"], 2)}</td></tr>`, "no answers in the last hour");
+  const e = s.online.experiment, ev = (e && e.evidence) || {};
+  document.getElementById("experiment").innerHTML = !e ? "no experiment yet" : `experiment <b>${esc(e.id)}</b>: ${
+    esc(e.version)} vs ${esc(e.baseline)}, ${esc(e.mode)} at ${num(e.fraction, 2)} — <b>${esc(e.state)}</b>${
+    e.decision ? ` (${esc(e.decision)}: ${esc(e.reason)})` : ""}; judged ${num(ev.judged_candidate)} / ${
+    num(ev.judged_serving)}, positive rate ${num(ev.positive_rate_candidate, 3)} vs ${
+    num(ev.positive_rate_serving, 3)}${ev.preference != null ? `, preference ${num(ev.preference, 3)}` : ""}`;
 }
 async function admin(path, body) {
   const response = await fetch(path, {method: "POST", headers: {"Content-Type": "application/json",

@@ -11,7 +11,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -23,12 +23,14 @@ from streams import metrics
 from streams.app import Worker
 from streams.batching import MicroBatcher
 from streams.host import AgentHost
-from streams.ml.search import SearchRequest, SearchResult
+from streams.ml.experiments import Answer, RoutedQuery, end_update, start_update
+from streams.ml.search import SearchRequest
 from streams.ml.trainer import promote_update, rollback_update
 from streams.processing import publish
-from streams.state.errors import NothingToRollBack, UnknownModelVersion
+from streams.state.errors import ExperimentConflict, NoExperiment, NothingToRollBack, UnknownModelVersion
 from streams.state.query_log import LoggedQuery
 from streams.web.dashboard import PAGE, dashboard_state
+from streams.web.evaluation import evaluation_body, evaluation_query, experiment_body
 from streams.web.guards import BadRequestBody, GuardedSite, headers_expected_next, host_guard, read_json
 from streams.web.openapi import OPENAPI
 
@@ -61,14 +63,13 @@ def build_http_app(worker: AgentHost) -> web.Application:
     shared = worker.shared
     settings = worker.settings
 
-    async def search_many(requests: Sequence[SearchRequest]) -> list[SearchResult]:
-        searcher = shared.serving.current.searcher  # the pair, taken once per batch
-        return await shared.threads.peek(lambda: searcher.search_many(requests))
+    async def search_many(queries: Sequence[RoutedQuery]) -> list[Answer]:
+        return await shared.answering.answer(queries, retry=False)  # the pair taken once per batch
 
     batcher = MicroBatcher(search_many, worker.settings.query_batch_records)  # concurrent searches share encodes
 
-    async def run_search(text: str, k: int, filter_: dict[str, Any], mode: Any = None, group: Any = "chunk"
-                         ) -> web.Response:
+    async def run_search(text: str, k: int, filter_: dict[str, Any], mode: Any = None, group: Any = "chunk",
+                         user_id: Any = None, segment: Any = None) -> web.Response:
         if not text.strip():
             return _error(400, "query text 'q' is required")
         if len(text) > settings.http_max_query_chars:
@@ -80,17 +81,24 @@ def build_http_app(worker: AgentHost) -> web.Application:
             return _error(400, f"mode must be one of {', '.join(MODES)}")
         if group not in GROUPS:
             return _error(400, f"group must be one of {', '.join(GROUPS)}")
+        for name, value in (("user_id", user_id), ("segment", segment)):
+            if value is not None and (not isinstance(value, str) or not 1 <= len(value) <= 64
+                                      or not value.isprintable()):
+                return _error(400, f"{name} must be a printable string of 1 to 64 characters")
         try:
             validate_filter(filter_)
         except InvalidFilter as exc:
             return _error(400, str(exc))
         started = time.perf_counter()
-        result = await batcher.submit(SearchRequest(text, k, filter_, mode, group))
+        query_id = f"http-{uuid.uuid4()}"
+        answer = await batcher.submit(RoutedQuery(query_id, SearchRequest(text, k, filter_, mode, group), user_id,
+                                                  segment))
+        result = answer.result
         latency_s = time.perf_counter() - started
         metrics.QUERY_LATENCY_SECONDS.labels("http").observe(latency_s)
         metrics.QUERIES.labels("http").inc()
         body = {
-            "query_id": f"http-{uuid.uuid4()}",
+            "query_id": query_id,
             "query": text,
             "hits": [{"doc_id": h.doc_id, "chunk": h.chunk, "score": round(h.score, 6), "text": h.text,
                       "source": h.source} for h in result.hits],
@@ -100,11 +108,15 @@ def build_http_app(worker: AgentHost) -> web.Application:
             "cached": result.cached,
             "mode": result.mode,
             "group": result.group,
+            "arm": answer.arm,
+            "experiment": answer.experiment if answer.arm != "serving" else None,
         }
-        logged = LoggedQuery(body["query_id"], {"text": text, "top_k": k, "filter": filter_, "mode": mode,
-                                                "group": group},
-                             {k: v for k, v in body.items() if k != "query"}, time.time(), "http")
+        answered = time.time()
+        logged = LoggedQuery(query_id, {"text": text, "top_k": k, "filter": filter_, "mode": mode, "group": group,
+                                        "user_id": user_id, "segment": segment},
+                             {k: v for k, v in body.items() if k != "query"}, answered, "http")
         await shared.threads.peek(lambda: shared.query_log.record([logged]))
+        await shared.answering.record([answer], answered)
         return web.json_response(body)
 
     @routes.get("/search")
@@ -118,7 +130,8 @@ def build_http_app(worker: AgentHost) -> web.Application:
         except InvalidFilter as exc:
             return _error(400, str(exc))
         return await run_search(request.query.get("q", ""), k, filter_, request.query.get("mode"),
-                                request.query.get("group", "chunk"))
+                                request.query.get("group", "chunk"), request.query.get("user_id"),
+                                request.query.get("segment"))
 
     @routes.post("/search")
     async def search_post(request: web.Request) -> web.Response:
@@ -131,7 +144,8 @@ def build_http_app(worker: AgentHost) -> web.Application:
         k, filter_ = body.get("k", 10), body.get("filter") or {}
         if not isinstance(k, int) or isinstance(k, bool) or not isinstance(filter_, dict):
             return _error(400, "'k' must be an integer and 'filter' an object")
-        return await run_search(body.get("q", ""), k, filter_, body.get("mode"), body.get("group", "chunk"))
+        return await run_search(body.get("q", ""), k, filter_, body.get("mode"), body.get("group", "chunk"),
+                                body.get("user_id"), body.get("segment"))
 
     @routes.get("/documents/{doc_id:.+}")
     async def document(request: web.Request) -> web.Response:
@@ -212,6 +226,21 @@ def build_http_app(worker: AgentHost) -> web.Application:
             return _error(401, "admin token required (Authorization: Bearer <token>)")
         return None
 
+    async def send_admin_update(request: web.Request, build: Callable[[], ModelUpdate],
+                                refusals: Mapping[type[Exception], int]) -> web.Response:
+        """An operator's model update: token checked, built off the loop (a typed refusal answers with its
+        status), sent to `model-updates`."""
+        if (error := refused(request)) is not None:
+            return error
+        try:
+            update = await asyncio.get_running_loop().run_in_executor(None, build)
+        except tuple(refusals) as exc:
+            return _error(next(status for kind, status in refusals.items() if isinstance(exc, kind)), str(exc))
+        await send_model_update(update)
+        return web.json_response({"requested": update.status, "version": update.version,
+                                  "experiment": update.experiment.model_dump() if update.experiment else None},
+                                 status=202)
+
     @routes.post("/admin/promote")
     async def admin_promote(request: web.Request) -> web.Response:
         if (error := refused(request)) is not None:
@@ -223,23 +252,50 @@ def build_http_app(worker: AgentHost) -> web.Application:
                 raise TypeError("'version' must be a string")
         except (ValueError, TypeError, KeyError) as exc:
             return _error(400, f"body must be {{\"version\": \"vN\"}}: {exc}")
-        try:
-            update = promote_update(shared.registry, version, "promoted by an operator")
-        except UnknownModelVersion as exc:
-            return _error(404, f"cannot promote: {exc}")
-        await send_model_update(update)
-        return web.json_response({"requested": update.status, "version": update.version}, status=202)
+        return await send_admin_update(request, lambda: promote_update(shared.registry, version,
+                                                                       "promoted by an operator"),
+                                       {UnknownModelVersion: 404})
 
     @routes.post("/admin/rollback")
     async def admin_rollback(request: web.Request) -> web.Response:
+        return await send_admin_update(request, lambda: rollback_update(shared.registry), {NothingToRollBack: 409})
+
+    @routes.get("/evaluation")
+    async def evaluation(request: web.Request) -> web.Response:
+        try:
+            query = evaluation_query(request.query)
+        except ValueError as exc:
+            return _error(400, str(exc))
+        body = await asyncio.get_running_loop().run_in_executor(None, lambda: evaluation_body(shared, **query))
+        return web.json_response(body, dumps=lambda value: json.dumps(value, default=str))
+
+    @routes.get("/experiment")
+    async def experiment_status(request: web.Request) -> web.Response:
+        body = await asyncio.get_running_loop().run_in_executor(None, lambda: experiment_body(shared))
+        return web.json_response(body, dumps=lambda value: json.dumps(value, default=str))
+
+    @routes.post("/admin/experiment")
+    async def admin_experiment(request: web.Request) -> web.Response:
         if (error := refused(request)) is not None:
             return error
         try:
-            update = rollback_update(shared.registry)
-        except NothingToRollBack as exc:
-            return _error(409, str(exc))
-        await send_model_update(update)
-        return web.json_response({"requested": update.status, "version": update.version}, status=202)
+            body = await read_json(request, settings.http_body_timeout_s)
+            version, mode, fraction = body["version"], body.get("mode", "shadow"), body.get("fraction", 0.1)
+            if not isinstance(version, str) or mode not in ("shadow", "split", "interleave") or \
+                    isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction <= 1:
+                raise ValueError("'version' a string, 'mode' shadow|split|interleave, 'fraction' in (0, 1]")
+        except (BadRequestBody, ValueError, TypeError, KeyError) as exc:
+            return _error(400, f"body must be {{\"version\": \"vN\", \"mode\": ..., \"fraction\": ...}}: {exc}")
+        return await send_admin_update(
+            request, lambda: start_update(shared.registry, shared.evaluation, version, mode, float(fraction)),
+            {UnknownModelVersion: 404, ExperimentConflict: 409})
+
+    @routes.post("/admin/experiment/{action:stop|promote}")
+    async def admin_experiment_end(request: web.Request) -> web.Response:
+        action = request.match_info["action"]
+        return await send_admin_update(
+            request, lambda: end_update(shared.evaluation, settings.model_name, action,  # type: ignore[arg-type]
+                                        f"{action} by an operator"), {NoExperiment: 409})
 
     @routes.get("/metrics")
     async def prometheus(request: web.Request) -> web.Response:

@@ -25,8 +25,16 @@ _SEARCH_RESPONSE = {
         "latency_ms": {"type": "number"}, "cached": {"type": "boolean"},
         "mode": {"enum": ["dense", "sparse", "hybrid"], "description": "The mode that answered."},
         "group": {"enum": ["chunk", "doc"]},
+        "arm": {"enum": ["serving", "candidate", "interleave"], "description": "Which side of a live experiment "
+                                                                               "answered."},
+        "experiment": {"type": ["string", "null"], "description": "The experiment, when not the serving arm."},
     },
 }
+_SLICE_PARAMS = [{"name": "user_id", "in": "query", "schema": {"type": "string", "maxLength": 64},
+                  "description": "Split experiments route by it (else by query_id)."},
+                 {"name": "segment", "in": "query", "schema": {"type": "string", "maxLength": 64},
+                  "description": "The caller's slice: online metrics are reported per segment."}]
+_ADMIN = {"401": {"description": "Admin token missing or wrong"}, "403": {"description": "Admin actions disabled"}}
 _MODE = {"enum": ["dense", "sparse", "hybrid"], "description": "dense, BM25 (sparse), or both fused inside Qdrant "
                                                               "(hybrid, the default)."}
 _GROUP = {"enum": ["chunk", "doc"], "default": "chunk", "description": "doc: at most one hit (the best chunk) per "
@@ -57,6 +65,7 @@ OPENAPI: dict[str, Any] = {
                                                              "default": 10}},
                     {"name": "mode", "in": "query", "schema": _MODE},
                     {"name": "group", "in": "query", "schema": _GROUP},
+                    *_SLICE_PARAMS,
                     *({"name": f, "in": "query", "schema": {"type": "string"}} for f in sorted(FILTER_FIELDS)),
                 ],
                 "responses": {"200": _json("SearchResponse", "Hits, best first"), "400": _BAD},
@@ -66,7 +75,8 @@ OPENAPI: dict[str, Any] = {
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
                     "type": "object", "required": ["q"],
                     "properties": {"q": {"type": "string"}, "k": {"type": "integer", "minimum": 1, "maximum": 1000},
-                                   "filter": _FILTER, "mode": _MODE, "group": _GROUP}}}}},
+                                   "filter": _FILTER, "mode": _MODE, "group": _GROUP,
+                                   "user_id": {"type": "string"}, "segment": {"type": "string"}}}}}},
                 "responses": {"200": _json("SearchResponse", "Hits, best first"), "400": _BAD},
             },
         },
@@ -82,6 +92,38 @@ OPENAPI: dict[str, Any] = {
                 "properties": {"doc_ids": {"type": "array", "items": {"type": "string"}, "maxItems": 10000}}}}}},
             "responses": {"200": {"description": "doc_id -> version"}, "400": _BAD},
         }},
+        "/evaluation": {"get": {
+            "summary": "Online metrics per version, arm, slice and window; offline held-out metrics; experiments",
+            "parameters": [
+                {"name": "by", "in": "query", "schema": {"type": "string", "default": "version,arm"},
+                 "description": "Comma-separated: version, arm, slice, window, experiment."},
+                {"name": "since", "in": "query", "schema": {"type": "string", "default": "24h"},
+                 "description": "1h, 30m, 7d, epoch seconds or an ISO time."},
+                {"name": "slices", "in": "query", "schema": {"type": "string", "default": "length,source,segment"}},
+                {"name": "window", "in": "query", "schema": {"type": "number"}, "description": "Seconds per window."},
+            ],
+            "responses": {"200": {"description": "rows (queries, judged, positive_rate with its 95% Wilson "
+                                                 "interval, mrr@10, ndcg@10, latency p50/p99; shadow rows: "
+                                                 "overlap@10, rank_correlation), offline, experiments"},
+                          "400": _BAD}}},
+        "/experiment": {"get": {"summary": "The latest experiment: state, decision, evidence, metrics per arm and "
+                                           "slice; the ones before it",
+                                "responses": {"200": {"description": "Experiment report"}}}},
+        "/admin/experiment": {"post": {
+            "summary": "Start a live experiment of a registered version (Authorization: Bearer <admin token>)",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["version"],
+                "properties": {"version": {"type": "string"}, "mode": {"enum": ["shadow", "split", "interleave"]},
+                               "fraction": {"type": "number", "exclusiveMinimum": 0, "maximum": 1}}}}}},
+            "responses": {"202": {"description": "Requested on model-updates"}, "400": _BAD, **_ADMIN,
+                          "404": _json("Error", "Unknown version"),
+                          "409": _json("Error", "An experiment is live already, or the version serves")}}},
+        "/admin/experiment/{action}": {"post": {
+            "summary": "End the live experiment: stop, or promote its candidate now",
+            "parameters": [{"name": "action", "in": "path", "required": True,
+                            "schema": {"enum": ["stop", "promote"]}}],
+            "responses": {"202": {"description": "Requested on model-updates"}, **_ADMIN,
+                          "409": _json("Error", "No experiment is live")}}},
         "/health": {"get": {"summary": "Model, encoder provider and index size",
                             "responses": {"200": {"description": "Healthy"}}}},
         "/metrics": {"get": {"summary": "Prometheus metrics (text exposition format)",

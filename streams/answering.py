@@ -1,0 +1,140 @@
+"""Answering queries as a live experiment routes them (the Kafka query agent and HTTP share this): the served
+answers, their rows in the evaluation store, and the shadow's answers computed later, off the served path."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from streams import metrics
+from streams.ml.experiments import Answer, RoutedQuery, answer, answer_record
+from streams.ml.serving import Serving, ServingSlot
+from streams.state.evaluation_store import EvaluationStore, ExperimentRecord
+from streams.store_threads import StoreThreads
+
+log = logging.getLogger(__name__)
+
+
+class ActiveExperiment:
+    """The model's live experiment as the evaluation store says, re-read at most every `ttl_s` (so the query path
+    does not read SQLite per batch)."""
+
+    def __init__(self, store: EvaluationStore, model: str, ttl_s: float = 1.0) -> None:
+        self.store = store
+        self.model = model
+        self.ttl_s = ttl_s
+        self._cached: tuple[float, ExperimentRecord | None] = (-1e18, None)
+        self._lock = threading.Lock()
+
+    def get(self) -> ExperimentRecord | None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._cached[0] < self.ttl_s:
+                return self._cached[1]
+        experiment = self.store.active(self.model)
+        with self._lock:
+            self._cached = (now, experiment)
+        return experiment
+
+    def forget(self) -> None:
+        """Re-read on the next `get` (after this worker changed the experiment)."""
+        with self._lock:
+            self._cached = (-1e18, None)
+
+
+def lower_priority() -> None:
+    """Shadow searches yield the CPU to served ones: the Linux SCHED_IDLE policy (this thread runs only on a core
+    nothing else wants, and any served thread that wakes preempts it at once), else niceness 19."""
+    try:
+        os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
+    except (OSError, AttributeError):  # not permitted, or not Linux
+        with contextlib.suppress(OSError, AttributeError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+
+
+class ShadowRunner:
+    """Runs the shadow's searches on a thread of their own at lower priority, after the served answers went out;
+    at most `max_pending` wait (more are skipped and counted), so the served path never waits for the shadow."""
+
+    def __init__(self, evaluation: EvaluationStore, max_pending: int = 256) -> None:
+        self.evaluation = evaluation
+        self.max_pending = max_pending
+        self.pending = 0
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="shadow", initializer=lower_priority)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def submit(self, queries: Sequence[RoutedQuery], challenger: Serving | None,
+               experiment: ExperimentRecord | None) -> None:
+        if not queries or challenger is None or experiment is None:
+            return
+        room = max(0, self.max_pending - self.pending)
+        if len(queries) > room:
+            metrics.SHADOW_SEARCHES.labels("skipped").inc(len(queries) - room)
+            queries = queries[:room]
+        if not queries:
+            return
+        self.pending += len(queries)
+        task = asyncio.get_running_loop().create_task(self._run(list(queries), challenger, experiment.id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, queries: list[RoutedQuery], challenger: Serving, experiment_id: str) -> None:
+        def search_and_record() -> None:
+            results = challenger.searcher.search_many([q.request for q in queries])
+            now = time.time()
+            self.evaluation.record_answers([answer_record(q, r, "shadow", experiment_id, None, r.latency_ms, now)
+                                            for q, r in zip(queries, results, strict=True)])
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, search_and_record)
+            metrics.SHADOW_SEARCHES.labels("answered").inc(len(queries))
+        except Exception:  # the shadow must never hurt serving
+            metrics.SHADOW_SEARCHES.labels("failed").inc(len(queries))
+            log.exception("shadow searches of %s failed", experiment_id)
+        finally:
+            self.pending -= len(queries)
+
+    async def drain(self) -> None:
+        """Wait for the shadow searches in flight (tests, shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class Answering:
+    """One worker's way of answering: the serving slot, the live experiment, the evaluation store, the shadow."""
+
+    def __init__(self, serving: ServingSlot, threads: StoreThreads, evaluation: EvaluationStore,
+                 experiment: ActiveExperiment, shadow: ShadowRunner) -> None:
+        self.serving = serving
+        self.threads = threads
+        self.evaluation = evaluation
+        self.experiment = experiment
+        self.shadow = shadow
+
+    async def answer(self, queries: Sequence[RoutedQuery], *, retry: bool = True) -> list[Answer]:
+        """Answer a batch from one serving pair (and the challenger where the experiment routes a query there);
+        the shadow's share is queued, not awaited. `retry` False: one try (HTTP; the caller sees the error)."""
+        pair, challenger = self.serving.current, self.serving.challenger  # taken once for the batch
+        experiment = await asyncio.get_running_loop().run_in_executor(None, self.experiment.get)
+
+        def search() -> tuple[list[Answer], list[RoutedQuery]]:
+            return answer(queries, pair, challenger, experiment)
+
+        answers, shadow = await (self.threads.read(search, "search") if retry else self.threads.peek(search))
+        self.shadow.submit(shadow, challenger, experiment)
+        return answers
+
+    async def record(self, answers: Sequence[Answer], answered_at: float) -> None:
+        """The answers' rows in the evaluation store, each with the time its arm's searcher took (embedding and
+        search in its batch; interleave: the slower of the two), so arms compare on what they cost."""
+        rows = [answer_record(a.query, a.result, a.arm, a.experiment, a.credits, a.result.latency_ms, answered_at)
+                for a in answers]
+        await self.threads.read(lambda: self.evaluation.record_answers(rows), "evaluation store")

@@ -1,0 +1,231 @@
+"""The evaluation store (SQLite, WAL, in the shared data directory next to the query log): every answer with the
+arm and versions that gave it and its slice keys, the judgements feedback made of it, each version's offline
+held-out metrics, and the experiments with their decisions.
+
+Several workers may write: each process serializes its writes under one lock, SQLite's file lock serializes the
+processes (`busy_timeout`), and every state change of an experiment is one conditional UPDATE, so two workers can
+never both decide it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from streams.state.errors import ExperimentConflict
+from streams.state.sqlite import open_wal_database
+
+#: Arms an answer row can have: the three that users saw, and the shadow's answer that nobody saw.
+ARMS = ("serving", "candidate", "interleave", "shadow")
+#: States of an experiment: building its collection, running, promoted (watched by the guardrails for a while),
+#: then finished, stopped or rolled back.
+LIVE_STATES = ("building", "running")
+
+
+@dataclass(frozen=True)
+class AnswerRecord:
+    """One arm's answer to one query."""
+
+    query_id: str
+    arm: str
+    model_version: str
+    index_version: str
+    latency_ms: float
+    doc_ids: list[str]
+    answered_at: float
+    length: str  # slice: the query's length bucket
+    source: str  # slice: the top hit's source ("" when none)
+    segment: str  # slice: the producer's segment ("" when none)
+    experiment: str = ""
+    user_key: str = ""
+    credits: dict[str, str] | None = None  # interleave: doc_id -> "serving" | "candidate"
+
+
+@dataclass(frozen=True)
+class ExperimentRecord:
+    id: str
+    model: str
+    version: str
+    baseline: str
+    mode: str
+    fraction: float
+    state: str
+    started_at: float
+    ended_at: float | None = None
+    decision: str | None = None  # promote, stop, rollback
+    reason: str | None = None
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def live(self) -> bool:
+        return self.state in LIVE_STATES
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class EvaluationStore:
+    """Answers, judgements, offline metrics and experiments; rows of answers older than `max_age_s` are pruned."""
+
+    def __init__(self, path: Path) -> None:
+        self._db = open_wal_database(path)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA busy_timeout=10000")
+            self._db.executescript("""
+                CREATE TABLE IF NOT EXISTS answers (query_id TEXT NOT NULL, arm TEXT NOT NULL,
+                    model_version TEXT NOT NULL, index_version TEXT NOT NULL, latency_ms REAL NOT NULL,
+                    doc_ids TEXT NOT NULL, answered_at REAL NOT NULL, length TEXT NOT NULL, source TEXT NOT NULL,
+                    segment TEXT NOT NULL, experiment TEXT NOT NULL, user_key TEXT NOT NULL, credits TEXT,
+                    PRIMARY KEY (query_id, arm));
+                CREATE INDEX IF NOT EXISTS answers_answered_at ON answers (answered_at);
+                CREATE TABLE IF NOT EXISTS judgements (query_id TEXT NOT NULL, doc_id TEXT NOT NULL,
+                    judgement INTEGER NOT NULL, judged_at REAL NOT NULL, PRIMARY KEY (query_id, doc_id));
+                CREATE TABLE IF NOT EXISTS offline (version TEXT NOT NULL, measure TEXT NOT NULL, value REAL NOT NULL,
+                    recorded_at REAL NOT NULL, PRIMARY KEY (version, measure));
+                CREATE TABLE IF NOT EXISTS experiments (id TEXT PRIMARY KEY, model TEXT NOT NULL, version TEXT NOT NULL,
+                    baseline TEXT NOT NULL, mode TEXT NOT NULL, fraction REAL NOT NULL, state TEXT NOT NULL,
+                    started_at REAL NOT NULL, ended_at REAL, decision TEXT, reason TEXT, evidence TEXT NOT NULL);
+            """)
+
+    # answers and judgements
+
+    def record_answers(self, answers: Sequence[AnswerRecord]) -> None:
+        """Store answers (a re-delivered query overwrites its row with the same answer)."""
+        rows = [(a.query_id, a.arm, a.model_version, a.index_version, a.latency_ms, json.dumps(a.doc_ids),
+                 a.answered_at, a.length, a.source, a.segment, a.experiment, a.user_key,
+                 None if a.credits is None else json.dumps(a.credits)) for a in answers]
+        if rows:
+            self._write("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def record_judgements(self, judgements: Iterable[tuple[str, str, int, float]]) -> None:
+        """(query_id, doc_id, judgement -1/0/1, when): the latest judgement of a document for a query counts."""
+        rows = list(judgements)
+        if rows:
+            self._write("INSERT OR REPLACE INTO judgements VALUES (?, ?, ?, ?)", rows)
+
+    def answers(self, since: float = 0.0, until: float | None = None, limit: int = 1_000_000) -> list[AnswerRecord]:
+        """Answers in [since, until), oldest first; at most the latest `limit` of them."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT query_id, arm, model_version, index_version, latency_ms, doc_ids, answered_at, length, source, "
+                "segment, experiment, user_key, credits FROM answers WHERE answered_at >= ? AND answered_at < ? "
+                "ORDER BY answered_at DESC LIMIT ?", (since, until if until is not None else float("inf"), limit)
+            ).fetchall()[::-1]
+        return [AnswerRecord(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7], r[8], r[9], r[10], r[11],
+                             None if r[12] is None else json.loads(r[12])) for r in rows]
+
+    def judgements(self, query_ids: Iterable[str] | None = None) -> dict[str, dict[str, int]]:
+        """query_id -> {doc_id: judgement}."""
+        with self._lock:
+            if query_ids is None:
+                rows = self._db.execute("SELECT query_id, doc_id, judgement FROM judgements").fetchall()
+            else:
+                rows = []
+                ids = list(dict.fromkeys(query_ids))
+                for start in range(0, len(ids), 500):
+                    part = ids[start:start + 500]
+                    rows += self._db.execute(
+                        f"SELECT query_id, doc_id, judgement FROM judgements WHERE query_id IN "
+                        f"({','.join('?' * len(part))})", part).fetchall()
+        judged: dict[str, dict[str, int]] = {}
+        for query_id, doc_id, judgement in rows:
+            judged.setdefault(query_id, {})[doc_id] = judgement
+        return judged
+
+    def prune(self, max_age_s: float, now: float) -> int:
+        with self._lock:
+            before = self._db.total_changes
+            self._db.execute("DELETE FROM answers WHERE answered_at < ?", (now - max_age_s,))
+            self._db.execute("DELETE FROM judgements WHERE judged_at < ?", (now - max_age_s,))
+            return self._db.total_changes - before
+
+    # offline metrics
+
+    def record_offline(self, version: str, measures: dict[str, float], now: float | None = None) -> None:
+        at = time.time() if now is None else now
+        self._write("INSERT OR REPLACE INTO offline VALUES (?, ?, ?, ?)",
+                    [(version, name, float(value), at) for name, value in measures.items()])
+
+    def offline(self) -> dict[str, dict[str, float]]:
+        """version -> {measure: value}."""
+        with self._lock:
+            rows = self._db.execute("SELECT version, measure, value FROM offline ORDER BY version").fetchall()
+        offline: dict[str, dict[str, float]] = {}
+        for version, measure, value in rows:
+            offline.setdefault(version, {})[measure] = value
+        return offline
+
+    # experiments
+
+    def start_experiment(self, experiment: ExperimentRecord) -> ExperimentRecord:
+        """Store a new experiment; `ExperimentConflict` if one of the model is still live or promoted-and-watched,
+        or the id was used before."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                running = self._db.execute(
+                    "SELECT id, version, state FROM experiments WHERE model = ? AND state IN "
+                    "('building', 'running', 'promoted')", (experiment.model,)).fetchone()
+                if running is not None:
+                    raise ExperimentConflict(f"experiment {running[0]} of {running[1]} is {running[2]}; stop it "
+                                             "first (one experiment per model at a time)")
+                if self._db.execute("SELECT 1 FROM experiments WHERE id = ?", (experiment.id,)).fetchone():
+                    raise ExperimentConflict(f"experiment id {experiment.id!r} was used before")
+                self._db.execute("INSERT INTO experiments VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                 (experiment.id, experiment.model, experiment.version, experiment.baseline,
+                                  experiment.mode, experiment.fraction, experiment.state, experiment.started_at,
+                                  experiment.ended_at, experiment.decision, experiment.reason,
+                                  json.dumps(experiment.evidence)))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return experiment
+
+    def transition(self, experiment_id: str, from_states: Sequence[str], to_state: str, *,
+                   decision: str | None = None, reason: str | None = None, evidence: dict[str, Any] | None = None,
+                   ended: bool = False, now: float | None = None) -> bool:
+        """Move an experiment from one of `from_states` to `to_state` (with the decision and its evidence);
+        False when it was not in one of them (another worker decided first)."""
+        at = time.time() if now is None else now
+        with self._lock:
+            cursor = self._db.execute(
+                f"UPDATE experiments SET state = ?, decision = COALESCE(?, decision), reason = COALESCE(?, reason), "
+                f"evidence = COALESCE(?, evidence), ended_at = CASE WHEN ? THEN ? ELSE ended_at END "
+                f"WHERE id = ? AND state IN ({','.join('?' * len(from_states))})",
+                (to_state, decision, reason, None if evidence is None else json.dumps(evidence), ended, at,
+                 experiment_id, *from_states))
+            return cursor.rowcount == 1
+
+    def experiments(self, model: str | None = None, limit: int = 20) -> list[ExperimentRecord]:
+        """The latest experiments, newest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, model, version, baseline, mode, fraction, state, started_at, ended_at, decision, reason, "
+                "evidence FROM experiments WHERE ? IS NULL OR model = ? ORDER BY started_at DESC LIMIT ?",
+                (model, model, limit)).fetchall()
+        return [ExperimentRecord(*r[:11], evidence=json.loads(r[11])) for r in rows]
+
+    def active(self, model: str) -> ExperimentRecord | None:
+        """The model's experiment that is building, running or promoted and watched, if any."""
+        return next((e for e in self.experiments(model, limit=5) if e.state in (*LIVE_STATES, "promoted")), None)
+
+    def _write(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany(sql, rows)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

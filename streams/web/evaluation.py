@@ -1,0 +1,74 @@
+"""What `GET /evaluation` and `GET /experiment` answer (the CLI and the dashboard read the same bodies)."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from streams.ml.evaluation import GROUP_KEYS, SLICE_KEYS, summarize
+from streams.ml.experiments import Guardrails, report
+
+if TYPE_CHECKING:
+    from streams.shared import Shared
+
+RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(text: str, now: float) -> float:
+    """`1h`, `30m`, `7d` ago; epoch seconds; or an ISO 8601 time (`ValueError` otherwise)."""
+    if match := RELATIVE.match(text.strip()):
+        return now - float(match[1]) * UNITS[match[2]]
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise ValueError(f"since must be like 1h, 30m, 7d, epoch seconds or an ISO time, not {text[:40]!r}") \
+            from None
+
+
+def evaluation_query(params: Mapping[str, str], now: float | None = None) -> dict[str, Any]:
+    """`by` (comma-separated: version, arm, slice, window, experiment), `since` (default 24h), `window` (seconds;
+    with by=window), `slices` (comma-separated: length, source, segment)."""
+    now = time.time() if now is None else now
+    by = [part for part in params.get("by", "version,arm").split(",") if part]
+    unknown = set(by) - set(GROUP_KEYS)
+    if not by or unknown:
+        raise ValueError(f"by must name some of {', '.join(GROUP_KEYS)}; unknown: {sorted(unknown)}")
+    slices = [part for part in params.get("slices", ",".join(SLICE_KEYS)).split(",") if part]
+    if set(slices) - set(SLICE_KEYS):
+        raise ValueError(f"slices must name some of {', '.join(SLICE_KEYS)}")
+    try:
+        window_s = float(params["window"]) if "window" in params else (3600.0 if "window" in by else None)
+    except ValueError:
+        raise ValueError("window must be a number of seconds") from None
+    if window_s is not None and window_s <= 0:
+        raise ValueError("window must be positive")
+    return {"by": by, "since": parse_since(params.get("since", "24h"), now), "slices": slices, "window_s": window_s}
+
+
+def evaluation_body(shared: Shared, by: Sequence[str], since: float, slices: Sequence[str],
+                    window_s: float | None) -> dict[str, Any]:
+    store = shared.evaluation
+    answers = store.answers(since=since)
+    judgements = store.judgements(a.query_id for a in answers)
+    return {"by": list(by), "since": since, "window_s": window_s,
+            "rows": summarize(answers, judgements, by, slices, window_s),
+            "offline": store.offline(),
+            "experiments": [e.as_dict() for e in store.experiments(shared.settings.model_name, limit=10)]}
+
+
+def experiment_body(shared: Shared) -> dict[str, Any]:
+    """The model's latest experiment with its evidence, the decision it would reach now and its per-slice metrics;
+    the ones before it."""
+    experiments = shared.evaluation.experiments(shared.settings.model_name, limit=10)
+    rails = Guardrails.of(shared.settings)
+    latest = report(shared.evaluation, experiments[0], rails) if experiments else None
+    return {"latest": latest, "history": [e.as_dict() for e in experiments[1:]],
+            "guardrails": dict(rails.__dict__)}
