@@ -15,7 +15,7 @@ from schemas import Record
 from schemas.records import MAX_TEXT_CHARS
 from streams.errors import DeliveryFailed
 from streams.settings import Settings
-from streams.topics import TopicNames, kafka_config
+from streams.topics import PARTITIONER, TopicNames, kafka_config
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst"}
 
@@ -151,7 +151,7 @@ def produce(settings: Settings, topic: str, records: Iterable[Outgoing],
             on_sent: Callable[[int], None] | None = None) -> Delivery:
     """Produce records and wait for every delivery; a record the client or the broker refuses (too large, say) is
     counted in `failed` with the reason, the others are sent."""
-    producer = Producer({**kafka_config(settings), "linger.ms": 5, "acks": "all",
+    producer = Producer({**kafka_config(settings), **PARTITIONER, "linger.ms": 5, "acks": "all",
                          "message.max.bytes": 4_000_000})
     delivery = Delivery()
 

@@ -13,7 +13,7 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Producer, To
 
 from streams.errors import TopicUnavailable
 from streams.settings import Settings
-from streams.topics import TopicNames, kafka_config
+from streams.topics import PARTITIONER, TopicNames, kafka_config
 
 END_LOOKUP_S = 2.0
 
@@ -33,7 +33,7 @@ class QueryRoundTrip:
         topics = TopicNames(settings.namespace)
         self._queries, responses = topics.queries, topics.responses
         config = kafka_config(settings)
-        self._producer = Producer({**config, "linger.ms": 0, "acks": "all"})
+        self._producer = Producer({**config, **PARTITIONER, "linger.ms": 0, "acks": "all"})
         self._consumer = Consumer({**config, "group.id": f"gristmill-ask-{uuid.uuid4()}",
                                    "enable.auto.commit": False, "fetch.wait.max.ms": 10})
         metadata = self._consumer.list_topics(responses, timeout=setup_timeout_s).topics[responses]

@@ -51,6 +51,11 @@ class TopicNames:
         return [self[name] for name in TOPIC_RECORDS]
 
 
+#: librdkafka's partitioner that matches the Java client's and aiokafka's (the workers'): a key lands on the same
+#: partition whichever client produced it, so records about one entity (or one model) stay in order.
+PARTITIONER = {"partitioner": "murmur2_random"}
+
+
 def kafka_config(settings: Settings) -> dict[str, str | int]:
     """librdkafka settings shared by gristmill's admin clients, producers and consumers (TLS/SASL included)."""
     if not settings.kafka_bootstrap_servers:

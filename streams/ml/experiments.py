@@ -153,7 +153,7 @@ def answer_record(query: RoutedQuery, result: SearchResult, arm: str, experiment
     return AnswerRecord(query.query_id, arm, result.model_version, result.index_version, latency_ms,
                         served_documents(result.hits), answered_at, length_bucket(query.request.text),
                         (result.hits[0].source or "") if result.hits else "", query.segment or "", experiment or "",
-                        query.user_id or "", dict(credits) if credits is not None else None)
+                        query.user_id or "", dict(credits) if credits is not None else None, result.cached)
 
 
 # decisions
@@ -191,7 +191,9 @@ def finite(values: Mapping[str, float | int | None]) -> dict[str, float]:
 
 
 def p99(answers: Sequence[AnswerRecord], arm: str) -> tuple[float | None, int]:
-    latencies = [a.latency_ms for a in answers if a.arm == arm]
+    """Latency p99 of an arm's answers that were computed (a cache hit costs nothing of the model), and their
+    count."""
+    latencies = [a.latency_ms for a in answers if a.arm == arm and not a.cached]
     return (float(np.percentile(latencies, 99)) if latencies else None), len(latencies)
 
 
@@ -299,7 +301,7 @@ def start_update(registry: ModelRegistry, store: EvaluationStore, version: str, 
     if current is not None and current.version == version:
         raise ExperimentConflict(f"{version} is serving already: an experiment needs another version")
     live_one = store.active(registry.name)
-    if live_one is not None:
+    if live_one is not None and live_one.live:
         raise ExperimentConflict(f"experiment {live_one.id} of {live_one.version} is {live_one.state}; stop it "
                                  "first (one experiment per model at a time)")
     spec = ExperimentSpec(id=f"{version}-{mode}-{int(at)}", mode=mode, fraction=fraction)  # type: ignore[arg-type]

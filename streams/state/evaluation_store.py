@@ -44,6 +44,7 @@ class AnswerRecord:
     experiment: str = ""
     user_key: str = ""
     credits: dict[str, str] | None = None  # interleave: doc_id -> "serving" | "candidate"
+    cached: bool = False  # answered from the query cache (its latency says nothing of the model)
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ class EvaluationStore:
                     model_version TEXT NOT NULL, index_version TEXT NOT NULL, latency_ms REAL NOT NULL,
                     doc_ids TEXT NOT NULL, answered_at REAL NOT NULL, length TEXT NOT NULL, source TEXT NOT NULL,
                     segment TEXT NOT NULL, experiment TEXT NOT NULL, user_key TEXT NOT NULL, credits TEXT,
-                    PRIMARY KEY (query_id, arm));
+                    cached INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (query_id, arm));
                 CREATE INDEX IF NOT EXISTS answers_answered_at ON answers (answered_at);
                 CREATE TABLE IF NOT EXISTS judgements (query_id TEXT NOT NULL, doc_id TEXT NOT NULL,
                     judgement INTEGER NOT NULL, judged_at REAL NOT NULL, PRIMARY KEY (query_id, doc_id));
@@ -99,9 +100,9 @@ class EvaluationStore:
         """Store answers (a re-delivered query overwrites its row with the same answer)."""
         rows = [(a.query_id, a.arm, a.model_version, a.index_version, a.latency_ms, json.dumps(a.doc_ids),
                  a.answered_at, a.length, a.source, a.segment, a.experiment, a.user_key,
-                 None if a.credits is None else json.dumps(a.credits)) for a in answers]
+                 None if a.credits is None else json.dumps(a.credits), int(a.cached)) for a in answers]
         if rows:
-            self._write("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            self._write("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
     def record_judgements(self, judgements: Iterable[tuple[str, str, int, float]]) -> None:
         """(query_id, doc_id, judgement -1/0/1, when): the latest judgement of a document for a query counts."""
@@ -113,12 +114,13 @@ class EvaluationStore:
         """Answers in [since, until), oldest first; at most the latest `limit` of them."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT query_id, arm, model_version, index_version, latency_ms, doc_ids, answered_at, length, source, "
-                "segment, experiment, user_key, credits FROM answers WHERE answered_at >= ? AND answered_at < ? "
+                "SELECT query_id, arm, model_version, index_version, latency_ms, doc_ids, answered_at, length, "
+                "source, segment, experiment, user_key, credits, cached FROM answers "
+                "WHERE answered_at >= ? AND answered_at < ? "
                 "ORDER BY answered_at DESC LIMIT ?", (since, until if until is not None else float("inf"), limit)
             ).fetchall()[::-1]
         return [AnswerRecord(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7], r[8], r[9], r[10], r[11],
-                             None if r[12] is None else json.loads(r[12])) for r in rows]
+                             None if r[12] is None else json.loads(r[12]), bool(r[13])) for r in rows]
 
     def judgements(self, query_ids: Iterable[str] | None = None) -> dict[str, dict[str, int]]:
         """query_id -> {doc_id: judgement}."""
@@ -164,19 +166,23 @@ class EvaluationStore:
     # experiments
 
     def start_experiment(self, experiment: ExperimentRecord) -> ExperimentRecord:
-        """Store a new experiment; `ExperimentConflict` if one of the model is still live or promoted-and-watched,
-        or the id was used before."""
+        """Store a new experiment; `ExperimentConflict` if one of the model is still live (building or running),
+        or the id was used before. A promoted one still watched by the guardrails finishes: the new experiment
+        compares against what serves now."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 running = self._db.execute(
                     "SELECT id, version, state FROM experiments WHERE model = ? AND state IN "
-                    "('building', 'running', 'promoted')", (experiment.model,)).fetchone()
+                    "('building', 'running')", (experiment.model,)).fetchone()
                 if running is not None:
                     raise ExperimentConflict(f"experiment {running[0]} of {running[1]} is {running[2]}; stop it "
                                              "first (one experiment per model at a time)")
                 if self._db.execute("SELECT 1 FROM experiments WHERE id = ?", (experiment.id,)).fetchone():
                     raise ExperimentConflict(f"experiment id {experiment.id!r} was used before")
+                self._db.execute("UPDATE experiments SET state = 'finished', reason = COALESCE(reason, '') || "
+                                 "'; watch ended: experiment ' || ? || ' started' WHERE model = ? AND state = "
+                                 "'promoted'", (experiment.id, experiment.model))
                 self._db.execute("INSERT INTO experiments VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                                  (experiment.id, experiment.model, experiment.version, experiment.baseline,
                                   experiment.mode, experiment.fraction, experiment.state, experiment.started_at,

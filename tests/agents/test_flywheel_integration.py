@@ -1,6 +1,7 @@
 """The feedback flywheel end to end on the embedded stack: searches by internal part codes the base model
 cannot know, feedback on them, a retrain, a fine-tuned candidate evaluated on held-out queries, a blue/green
-rollout, and a rollback; a rejected candidate and a killed training run leave serving untouched."""
+rollout, and a rollback; a rejected candidate and a killed training run leave serving untouched, then live
+experiments decide: a split promotes the (better) candidate by itself and a shadow of the worse model is stopped."""
 
 from __future__ import annotations
 
@@ -177,7 +178,8 @@ def test_rejected_candidate_and_killed_training_leave_serving_alone(tmp_path: Pa
     namespace = "flywheel-reject"
     bootstrap = broker.bootstrap_servers
     worker = start_worker(tmp_path, private_registry(tmp_path, registry_dir), broker, namespace,
-                          GRISTMILL_PROMOTION_MARGIN="1.5")  # no candidate can gain more than 1.0
+                          GRISTMILL_PROMOTION_MARGIN="1.5",  # no candidate can gain more than 1.0
+                          GRISTMILL_EXPERIMENT_MIN_JUDGED="20", GRISTMILL_EXPERIMENT_CHECK_S="1")
     try:
         teach(worker, broker, namespace)
         cli(worker, "retrain")
@@ -193,14 +195,56 @@ def test_rejected_candidate_and_killed_training_leave_serving_alone(tmp_path: Pa
         assert health["model_version"] == health["index_version"] == "v1" and health["rollout"] is None
         assert "training attempt 1/3 exited" in worker.log()
 
-        # an operator can still promote the rejected version, with the admin token only
-        request = urllib.request.Request(f"{worker.url}/admin/promote", data=b'{"version": "v2"}', method="POST")
+        # live traffic decides instead: a split of the rejected (but, on part codes, better) candidate promotes
+        # it by itself; then a shadow of the base model, worse on them, is stopped and never serves
+        cli(worker, "experiment", "start", "v2", "--mode", "split", "--fraction", "0.5")
+        worker.wait_for(lambda: experiment_state(worker) == "running", 120, "the split running")
+        settings = Settings(kafka_bootstrap_servers=bootstrap, namespace=namespace)
+        judge_by_users(settings, bootstrap, namespace, "split-")
+        worker.wait_for(lambda: experiment_state(worker) == "promoted", 120, "the split deciding")
+        worker.wait_for(lambda: worker.get("/health")["index_version"] == "v2", 120, "the decision rolled out")
+        evidence = worker.get("/experiment")["latest"]["experiment"]["evidence"]
+        assert evidence["mrr@10_low"] > 0 and evidence["judged_candidate"] >= 20, evidence
+        cli(worker, "experiment", "start", "v1", "--mode", "shadow", "--fraction", "1.0")
+        worker.wait_for(lambda: experiment_state(worker) == "running", 120, "the shadow running")
+        responses = judge_by_users(settings, bootstrap, namespace, "shadow-")
+        assert {r["model_version"] for r in responses} == {"v2"}  # clients got the serving answers
+        worker.wait_for(lambda: experiment_state(worker) == "stopped", 120, "the shadow stopped")
+        assert worker.get("/health")["model_version"] == "v2"
+        decisions = [u["status"] for u in updates(bootstrap, namespace, 6)]
+        assert decisions[2:] == ["experiment", "promoted", "experiment", "stopped"], decisions
+
+        # an operator can still promote any registered version, with the admin token only
+        request = urllib.request.Request(f"{worker.url}/admin/promote", data=b'{"version": "v1"}', method="POST")
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(request, timeout=10)
         assert refused.value.code == 401
         request.add_header("Authorization", "Bearer s3cret")
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.status == 202
-        worker.wait_for(lambda: worker.get("/health")["index_version"] == "v2", 120, "operator promotion")
+        worker.wait_for(lambda: worker.get("/health")["index_version"] == "v1", 120, "operator promotion")
     finally:
         worker.stop()
+
+
+def experiment_state(worker: WorkerProcess) -> str | None:
+    latest = worker.get("/experiment")["latest"]
+    return latest["experiment"]["state"] if latest else None
+
+
+def judge_by_users(settings: Settings, bootstrap: str, namespace: str, prefix: str) -> list[dict[str, Any]]:
+    """Every code phrasing asked by one of 30 users through Kafka; each user marks the top hit good when it is
+    the product asked for, bad otherwise."""
+    with QueryRoundTrip(settings) as roundtrip:
+        for i, q in enumerate(QUERIES):
+            roundtrip.send(q.text, 10, query_id=f"{prefix}{q.query_id}", user_id=f"user-{i % 30}",
+                           segment="codes")
+        answers = roundtrip.wait([f"{prefix}{q.query_id}" for q in QUERIES], 120)
+    feedback = []
+    for q in QUERIES:
+        query_id = f"{prefix}{q.query_id}"
+        top = answers[query_id].response["hits"][0]["doc_id"]
+        feedback.append((query_id.encode(), json.dumps({"query_id": query_id, "doc_id": top,
+                                                        "label": 1 if top == q.doc_id else -1}).encode()))
+    produce(bootstrap, f"{namespace}.feedback", feedback)
+    return [answers[f"{prefix}{q.query_id}"].response for q in QUERIES]

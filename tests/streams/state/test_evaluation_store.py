@@ -53,3 +53,8 @@ def test_one_live_experiment_per_model_and_transitions_happen_once(tmp_path: Pat
         store.start_experiment(experiment("e1"))  # an id is never reused
     store.start_experiment(experiment("e4"))
     assert store.active("minilm").id == "e4"  # type: ignore[union-attr]
+    assert store.transition("e4", ("building",), "promoted", decision="promote", reason="better", ended=True)
+    store.start_experiment(experiment("e5"))  # a promotion still watched ends when the next experiment starts
+    states = {e.id: (e.state, e.reason) for e in store.experiments("minilm")}
+    assert states["e4"] == ("finished", "better; watch ended: experiment e5 started")
+    assert states["e5"][0] == "building"
