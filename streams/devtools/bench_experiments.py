@@ -24,14 +24,16 @@ def run_stream(mode: str, fraction: float, queries: int, seed: int) -> dict[str,
     """One experiment over `queries` queries and their simulated feedback; what it measured (never deciding)."""
     with tempfile.TemporaryDirectory(prefix="gristmill-bench-exp-") as tmp:
         root = Path(tmp)
-        overrides = {"experiment_min_judged": 10**9, "feedback_hold_s": 600.0}
+        overrides = {"experiment_min_judged": 10**9, "experiment_guardrail_latency_ratio": 1e6,
+                     "feedback_hold_s": 600.0}  # measure, never decide
         settings = Settings(data_dir=root, **overrides)
         harness = Harness(root, registry=double_registry(root / "models", versions=("v1", "v2"), dim=256),
                           opener=sliced_pairs(settings, VIEWS), **overrides)
         harness.register("ingest", "query", "feedback", "rollout", "experiment")
         items = catalogue()
         harness.send("documents", documents(items))
-        update = start_update(harness.shared.registry, harness.shared.evaluation, "v2", mode, fraction)
+        update = start_update(harness.shared.registry, harness.shared.evaluation, "v2", mode, fraction,
+                              now=1_700_000_000.0 + seed)  # the same routing every run
         harness.send("model-updates", [message("model-updates", update, settings.model_name)])
         harness.tick()
         stream = query_stream(items, queries, seed, "bench", top_k=5)

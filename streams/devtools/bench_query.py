@@ -161,7 +161,9 @@ def experiment_rows(settings: Settings, model: ModelVersion, encoder: OnnxEncode
     store.close()
     worker = WorkerProcess(data_dir, registry_dir, broker.bootstrap_servers, NAMESPACE,
                            GRISTMILL_QUERY_CACHE_SIZE="0", GRISTMILL_ADMIN_TOKEN="bench",
-                           GRISTMILL_EXPERIMENT_MIN_JUDGED=str(10**9), GRISTMILL_AGENTS="query,rollout,experiment")
+                           GRISTMILL_EXPERIMENT_MIN_JUDGED=str(10**9),  # measure, never decide
+                           GRISTMILL_EXPERIMENT_GUARDRAIL_LATENCY_RATIO="1e6",
+                           GRISTMILL_AGENTS="query,rollout,experiment")
     served: dict[str, list[float]] = {}
     shadow: dict[str, dict[str, float]] = {}
     try:

@@ -12,7 +12,10 @@ from streams.settings import Settings
 from streams.state.registry import LocalModelRegistry
 
 AGENTS = ("ingest", "query", "feedback", "rollout", "experiment")
-SETTINGS = {"experiment_min_judged": 40, "rollout_retire_after_s": 0.0, "feedback_hold_s": 60.0}
+SETTINGS = {"experiment_min_judged": 40, "rollout_retire_after_s": 0.0, "feedback_hold_s": 60.0,
+            # hashing encoders answer in microseconds: their latency is noise, not a model's cost
+            "experiment_guardrail_latency_ratio": 1e6}
+STARTED = 1_700_000_000.0  # a fixed start gives a fixed experiment id, so users land on the same sides every run
 
 
 def updates_back(harness: Harness, start: int) -> int:
@@ -49,7 +52,8 @@ def test_a_better_split_candidate_promotes_itself_across_a_restart_and_slices_sh
     opener = sliced_pairs(settings, views)  # the indexes outlive a worker restart, as on disk
     harness = open_harness(tmp_path, views, opener)
     harness.send("documents", documents(items))
-    update = start_update(harness.shared.registry, harness.shared.evaluation, "v2", "split", 0.5)
+    update = start_update(harness.shared.registry, harness.shared.evaluation, "v2", "split", 0.5,
+                          now=STARTED)
     harness.send("model-updates", [message("model-updates", update, "minilm")])
     harness.tick()  # builds v2's collection beside v1 through the rollout's copy, then runs
     assert harness.shared.serving.challenger is not None
@@ -74,7 +78,7 @@ def test_a_better_split_candidate_promotes_itself_across_a_restart_and_slices_sh
     published = len(harness.outbox.records["model-updates"])
     harness.tick()
     decision = harness.published("model-updates")[published:]
-    assert [u.status for u in decision] == ["promoted"]  # type: ignore[attr-defined]
+    assert [u.status for u in decision] == ["promoted"], [u.reason for u in decision]  # type: ignore[attr-defined]
     promoted: ModelUpdate = decision[0]  # type: ignore[assignment]
     assert promoted.version == "v2" and promoted.metrics["mrr@10_low"] > 0
     assert promoted.metrics["judged_candidate"] >= 40 and promoted.experiment is not None
@@ -97,7 +101,8 @@ def test_a_worse_shadow_is_stopped_and_never_serves_while_clients_get_the_servin
     items = catalogue()
     harness = open_harness(tmp_path, views)
     harness.send("documents", documents(items))
-    update = start_update(harness.shared.registry, harness.shared.evaluation, "v2", "shadow", 1.0)
+    update = start_update(harness.shared.registry, harness.shared.evaluation, "v2", "shadow", 1.0,
+                          now=STARTED)
     harness.send("model-updates", [message("model-updates", update, "minilm")])
     harness.tick()
     stream = query_stream(items, 160, seed=3, prefix="s")

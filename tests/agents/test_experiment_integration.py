@@ -72,7 +72,8 @@ def test_a_split_experiment_from_the_cli_survives_a_restart_and_is_stopped(
     shutil.copytree(base.path, staging, ignore=shutil.ignore_patterns("manifest.json", "model.int8.onnx"))
     candidate = registry.register(staging, source=base.source, facts={"dim": base.dim, "max_tokens": base.max_tokens})
     worker = WorkerProcess(tmp_path / "data", registry_copy, broker.bootstrap_servers, NAMESPACE,
-                           GRISTMILL_EXPERIMENT_CHECK_S="1", GRISTMILL_EXPERIMENT_MIN_JUDGED="1000").start()
+                           GRISTMILL_EXPERIMENT_CHECK_S="1", GRISTMILL_EXPERIMENT_MIN_JUDGED="1000",
+                           GRISTMILL_EXPERIMENT_GUARDRAIL_LATENCY_RATIO="1000").start()  # never decides here
     try:
         produce(broker.bootstrap_servers, f"{NAMESPACE}.documents", [
             (d.encode(), json.dumps({"doc_id": d, "version": 1, "op": "upsert", "text": t}).encode())
