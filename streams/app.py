@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from importlib.metadata import entry_points
 from typing import Any, TypeVar
 
@@ -37,9 +37,10 @@ def raw_message(event: EventT) -> RawMessage:
                       message.timestamp)
 
 
-def first_offsets(events: Sequence[EventT]) -> dict[Any, int]:
-    """The lowest offset of a batch on each of its partitions."""
-    offsets: dict[Any, int] = {}
+def redelivery(events: Sequence[EventT], unhandled: Mapping[Any, int]) -> dict[Any, int]:
+    """Where to read again after a crashed batch: per partition, the lowest offset of the batch or of anything else
+    delivered and not handled (the next batch, already filling)."""
+    offsets: dict[Any, int] = dict(unhandled)
     for event in events:
         tp = event.message.tp
         offsets[tp] = min(offsets.get(tp, event.message.offset), event.message.offset)
@@ -139,7 +140,9 @@ class Worker:
         """
         runner = BatchRunner(contract, name, handler, self.shared.dead_letters, self.shared.health, on_failure)
 
-        @self.app.agent(self.outbox.topic(contract.topic), name=name)
+        topic = self.outbox.topic(contract.topic)
+
+        @self.app.agent(topic, name=name)
         async def run(stream: Any) -> None:
             waiting = time.perf_counter()
             async for events in stream.take_batches(size, within):
@@ -155,7 +158,7 @@ class Worker:
                     self.consumer.withhold(e.message for e in events)
                     self.shared.health.crashed(name, exc)
                     log.exception("agent %s crashed; its batch of %d records is read again", name, len(events))
-                    await self.consumer.redeliver(first_offsets(events))
+                    await self.consumer.redeliver(redelivery(events, self.consumer.unhandled(topic.get_topic_name())))
                     raise
                 waiting = time.perf_counter()
         return runner

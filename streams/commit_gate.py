@@ -53,6 +53,11 @@ class CommitGate:
             handled = self._handled.get(tp)
             return None if handled is None else handled + 1
 
+    def lowest_pending(self) -> dict[Hashable, int]:
+        """The lowest delivered, unhandled offset of each partition that has one (where to read again from)."""
+        with self._lock:
+            return {tp: min(offsets) for tp, offsets in self._pending.items() if offsets}
+
     def pending(self, tp: Hashable) -> int:
         """How many delivered records of `tp` are not handled (yet, or ever: withheld)."""
         with self._lock:

@@ -65,23 +65,17 @@ class BatchingStream(faust.Stream):  # type: ignore[misc]
     """A faust stream whose batches wait for their first record without a short timer: an idle agent wakes once a
     second (to see whether it should stop) instead of every `within` seconds (faust's `take_events` does, 333 times a
     second for the query agent's 3 ms); `within` bounds how long a batch waits to fill once its first record is
-    there."""
+    there. The next batch fills while one is consumed (faust's holds every record back until then), so a busy agent
+    finds its next batch ready; a full next batch holds the stream back."""
 
     @_tracks_buffer_agen
     async def take_batches(self, max_: int, within: float) -> AsyncGenerator[Sequence[EventT], None]:
         """Like `take_events`: up to `max_` events, acknowledged after the consumer of the batch is done."""
-        events: list[EventT] = []
+        events: list[EventT] = []  # the next batch
         buffer_full, buffer_consumed, record_arrived = asyncio.Event(), asyncio.Event(), asyncio.Event()
-        consuming: asyncio.Future[None] | None = None
         enable_acks = self.enable_acks
 
         async def add_to_buffer(value: Any) -> Any:
-            nonlocal consuming
-            if consuming is not None:
-                try:
-                    await consuming
-                finally:
-                    consuming = None
             if self.current_event is None:
                 raise RuntimeError("batch buffer found current_event is None")
             events.append(self.current_event)
@@ -103,18 +97,15 @@ class BatchingStream(faust.Stream):  # type: ignore[misc]
                         continue
                 await self.wait_for_stopped(buffer_full, timeout=within)
                 if events:
-                    consuming = asyncio.get_running_loop().create_future()
+                    batch, events[:] = list(events), []
+                    record_arrived.clear()
+                    buffer_full.clear()
+                    buffer_consumed.set()  # the next batch fills from here on
                     try:
-                        yield list(events)
+                        yield batch
                     finally:
-                        batch, events[:] = list(events), []
                         for event in batch:
                             await self.ack(event)
-                        if not consuming.done():
-                            consuming.set_result(None)
-                        record_arrived.clear()
-                        buffer_full.clear()
-                        buffer_consumed.set()
         finally:
             self.enable_acks = enable_acks
             self._processors.remove(add_to_buffer)
@@ -230,6 +221,12 @@ class Consumer(faust_aiokafka.Consumer):
     async def seek(self, partition: TP, offset: int) -> None:
         self.gate.rewind(partition, offset)
         await super().seek(partition, offset)
+
+    def unhandled(self, topic: str) -> dict[TP, int]:
+        """The lowest delivered, unhandled offset of each of `topic`'s partitions that has one: a batch in
+        processing, and the next one filling behind it."""
+        return {tp: offset for tp, offset in self.gate.lowest_pending().items()
+                if tp.topic == topic}  # type: ignore[attr-defined]
 
     async def redeliver(self, offsets: Mapping[TP, int]) -> None:
         """Read these partitions again from these offsets (withheld records are processed again in this run)."""

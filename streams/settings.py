@@ -65,7 +65,9 @@ class Settings(BaseSettings):
 
     # Model and encoding
     model_name: str = "minilm"
-    encode_batch_size: int = Field(default=32, ge=1, description="Texts per ONNX run.")
+    encode_batch_size: int = Field(default=32, ge=1, description="Texts per ONNX run at most.")
+    encode_batch_tokens: int = Field(default=1024, ge=1, description="Padded tokens per ONNX run at most (texts "
+                                     "run sorted by token count; raised on CUDA).")
     onnx_threads: int = Field(default=2, ge=1, description="ONNX Runtime intra-op threads.")
     int8: bool = Field(default=False, description="Dynamic int8 quantized encoder: faster, changes answers.")
 
@@ -90,7 +92,7 @@ class Settings(BaseSettings):
     chunk_overlap: int = Field(default=32, ge=0, description="Tokens shared by consecutive chunks.")
 
     # Ingest micro-batching
-    ingest_batch_records: int = Field(default=64, ge=1, description="Max records per ingest batch.")
+    ingest_batch_records: int = Field(default=128, ge=1, description="Max records per ingest batch.")
     ingest_batch_seconds: float = Field(default=0.1, gt=0, description="Max wait to fill an ingest batch.")
     # Query serving
     query_batch_records: int = Field(default=64, ge=1, description="Max queries embedded together.")

@@ -12,9 +12,8 @@ from schemas import Record
 from streams.devtools.demo.synthetic import documents, feedback, queries
 from streams.ml.monitoring import StreamMonitor, Window
 from streams.ml.quality import QualityGate
-from streams.ml.serving import open_registry
+from streams.ml.serving import open_encoder, open_registry
 from streams.settings import Settings
-from streams.state.encoder import OnnxEncoder
 from streams.state.registry import ensure_base_model
 
 
@@ -28,7 +27,7 @@ def _window(monitor: StreamMonitor, topic: str, records: Sequence[Record]) -> Wi
 
 def run_monitor_bench(settings: Settings, sizes: Sequence[int], console: Console) -> None:
     model = ensure_base_model(open_registry(settings))
-    encoder = OnnxEncoder(model, threads=settings.onnx_threads, batch_size=settings.encode_batch_size)
+    encoder = open_encoder(settings, model)
     gate = QualityGate()
     table = Table(title="gristmill bench monitor (one window per topic, after a reference window)")
     for column in ("topic", "records", "expectations", "GX s", "GX ms / expectation", "monitor lag s"):

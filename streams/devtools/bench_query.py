@@ -25,7 +25,7 @@ from streams.devtools.worker_process import WorkerProcess
 from streams.ml.chunking import Chunker
 from streams.ml.indexer import DocumentIndexer
 from streams.ml.ranking import percentile
-from streams.ml.serving import bm25, collection_name, open_registry
+from streams.ml.serving import bm25, collection_name, open_encoder, open_registry
 from streams.roundtrip import QueryRoundTrip
 from streams.settings import Settings
 from streams.state.edge_store import EdgeVectorStore
@@ -88,7 +88,7 @@ async def sustained_qps(url: str, queries: list[str], concurrency: int, seconds:
 
 def run_query_bench(settings: Settings, sizes: Sequence[int], console: Console) -> list[Row]:
     model = ensure_base_model(open_registry(settings))
-    encoder = OnnxEncoder(model, threads=settings.onnx_threads, batch_size=settings.encode_batch_size)
+    encoder = open_encoder(settings, model)
     short, long = bench_texts()
     queries = short[:300]
     vocabulary = sorted({w for text in long for w in text.split()})

@@ -45,6 +45,7 @@ class Ranking:
     bm25: Bm25Parameters = field(default_factory=Bm25Parameters)
     threads: int = 2  # ONNX Runtime threads of the candidate's encoder
     batch_size: int = 32
+    batch_tokens: int = 1024
 
     @classmethod
     def of(cls, settings: Settings, modes: frozenset[str]) -> Ranking:
@@ -53,7 +54,7 @@ class Ranking:
         s = settings
         return cls(s.search_mode if s.search_mode in modes else "dense", s.search_fusion, s.search_candidates,
                    s.rrf_k, s.group_candidates, Bm25Parameters(s.bm25_k1, s.bm25_b, s.bm25_avg_len), s.onnx_threads,
-                   s.encode_batch_size)
+                   s.encode_batch_size, s.encode_batch_tokens)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)

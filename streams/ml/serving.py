@@ -107,10 +107,16 @@ def serving_pair(settings: Settings, model: ModelVersion, encoder: Encoder, stor
 def onnx_pairs(settings: Settings) -> PairOpener:
     """Pairs of an ONNX Runtime encoder and the version's collection in the configured store."""
     def open_pair(model: ModelVersion) -> Serving:
-        encoder = OnnxEncoder(model, threads=settings.onnx_threads, batch_size=settings.encode_batch_size,
-                              int8=settings.int8)
-        return serving_pair(settings, model, encoder, open_store(settings, model.dim, model.version))
+        return serving_pair(settings, model, open_encoder(settings, model), open_store(settings, model.dim,
+                                                                                       model.version))
     return open_pair
+
+
+def open_encoder(settings: Settings, model: ModelVersion, *, threads: int | None = None, spinning: bool = True
+                 ) -> OnnxEncoder:
+    """The configured ONNX Runtime encoder of `model` (threads, batch bounds, int8)."""
+    return OnnxEncoder(model, threads=threads or settings.onnx_threads, batch_size=settings.encode_batch_size,
+                       batch_tokens=settings.encode_batch_tokens, int8=settings.int8, spinning=spinning)
 
 
 class ChallengerPairs:
@@ -133,16 +139,14 @@ class ChallengerPairs:
             assert self.opener is not None
             return reuse or self.opener(model)
         s = self.settings
-        encoder = OnnxEncoder(model, threads=1 if mode == "shadow" else s.onnx_threads,
-                              batch_size=s.encode_batch_size, int8=s.int8, spinning=False)
+        encoder = open_encoder(s, model, threads=1 if mode == "shadow" else None, spinning=False)
         return serving_pair(s, model, encoder, reuse.store if reuse else open_store(s, model.dim, model.version))
 
     def for_serving(self, pair: Serving) -> Serving:
         if self.settings is None:
             return pair
         s = self.settings
-        encoder = OnnxEncoder(pair.model, threads=s.onnx_threads, batch_size=s.encode_batch_size, int8=s.int8)
-        return serving_pair(s, pair.model, encoder, pair.store)
+        return serving_pair(s, pair.model, open_encoder(s, pair.model), pair.store)
 
 
 @dataclass

@@ -268,7 +268,7 @@ def run(job_dir: Path) -> TrainingResult:
         raise ValueError(f"no positive training pairs outside the held-out slice ({len(job.pairs)} pairs in all)")
     chunks = read_snapshot(job_dir)
     serving = OnnxEncoder(read_version(Path(job.base_path), "serving"), threads=ranking.threads,
-                          batch_size=ranking.batch_size)
+                          batch_size=ranking.batch_size, batch_tokens=ranking.batch_tokens)
     model = SentenceTransformer(job.base_source, device="cuda" if _cuda() else "cpu")
 
     progress.phase("index", len(chunks))
@@ -286,7 +286,8 @@ def run(job_dir: Path) -> TrainingResult:
 
     exported = ModelVersion("candidate", "candidate", job_dir / CANDIDATE_DIR, int(facts["dim"]),  # type: ignore[call-overload]
                             int(facts["max_tokens"]), str(weights), created_at="")  # type: ignore[call-overload]
-    encoder = OnnxEncoder(exported, threads=ranking.threads, batch_size=ranking.batch_size)
+    encoder = OnnxEncoder(exported, threads=ranking.threads, batch_size=ranking.batch_size,
+                          batch_tokens=ranking.batch_tokens)
     progress.phase("embed-candidate", len(chunks))
     vectors = embed_chunks(encoder, chunks, progress.advance)
     progress.phase("evaluate-candidate", len(judged))

@@ -9,7 +9,7 @@ from typing import Protocol
 
 import numpy as np
 import onnxruntime as ort
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 
 from streams.state.registry import ModelVersion
 
@@ -56,21 +56,39 @@ def quantized_path(model: ModelVersion) -> Path:
     return target
 
 
+def token_batches(lengths: Sequence[int], max_texts: int, max_tokens: int) -> list[list[int]]:
+    """Indices of texts with these token counts, in runs of similar length: sorted by count, each run at most
+    `max_texts` long and at most `max_tokens` once padded to its longest member (a text longer than that runs
+    alone)."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    batches: list[list[int]] = []
+    for index in order:
+        current = batches[-1] if batches else None
+        if current is None or len(current) >= max_texts or (len(current) + 1) * lengths[index] > max_tokens:
+            batches.append([index])
+        else:
+            current.append(index)
+    return batches
+
+
 class OnnxEncoder:
     """ONNX Runtime session of an exported model (pooling and normalization live in the graph).
 
-    Uses the CUDA execution provider when onnxruntime-gpu offers it, the CPU provider otherwise.
-    Texts are sorted by length and encoded in sub-batches padded to their longest member.
+    Uses the CUDA execution provider when onnxruntime-gpu offers it, the CPU provider otherwise. Texts are
+    tokenized once, sorted by token count and run in batches padded to their longest member, bounded in texts
+    and in padded tokens: on a CPU, small batches of equal length beat large ones (padding, and activations that
+    no longer fit the cache, cost more than the per-run overhead); on CUDA the bounds are raised.
     """
 
-    def __init__(self, model: ModelVersion, *, threads: int = 2, batch_size: int = 32, int8: bool = False,
-                 providers: Sequence[str] | None = None, spinning: bool = True) -> None:
+    def __init__(self, model: ModelVersion, *, threads: int = 2, batch_size: int = 32, batch_tokens: int = 1024,
+                 int8: bool = False, providers: Sequence[str] | None = None, spinning: bool = True) -> None:
         """`spinning` False: ONNX Runtime's intra-op threads sleep as soon as a run ends instead of spinning for
         the next one (a second session beside the serving one must not take its cores)."""
         self.model = model
         self._tokenizer = Tokenizer.from_file(str(model.tokenizer_path))
         self._tokenizer.enable_truncation(max_length=model.max_tokens)
-        self._tokenizer.enable_padding(pad_id=self._tokenizer.token_to_id("[PAD]") or 0, pad_token="[PAD]")
+        self._tokenizer.no_padding()
+        self._pad_id = self._tokenizer.token_to_id("[PAD]") or 0
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads
@@ -86,6 +104,7 @@ class OnnxEncoder:
         self.int8 = int8
         self.threads = threads
         self.batch_size = batch_size if self.provider != CUDA else max(batch_size, 256)
+        self.batch_tokens = batch_tokens if self.provider != CUDA else max(batch_tokens, 256 * model.max_tokens)
         self._inputs = {i.name for i in self._session.get_inputs()}
         log.info("encoder %s on %s (int8=%s)", model.version, self.provider, int8)
 
@@ -107,18 +126,21 @@ class OnnxEncoder:
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
-            out[idx] = self._run([texts[i] for i in idx])
+        encodings = self._tokenizer.encode_batch(list(texts))
+        for rows in token_batches([len(e.ids) for e in encodings], self.batch_size, self.batch_tokens):
+            out[rows] = self._run([encodings[i] for i in rows])
         return out
 
-    def _run(self, texts: list[str]) -> np.ndarray:
-        encodings = self._tokenizer.encode_batch(texts)
-        feeds = {
-            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
-        }
+    def _run(self, encodings: list[Encoding]) -> np.ndarray:
+        width = max(len(e.ids) for e in encodings)
+        ids = np.full((len(encodings), width), self._pad_id, dtype=np.int64)
+        mask = np.zeros((len(encodings), width), dtype=np.int64)
+        types = np.zeros((len(encodings), width), dtype=np.int64)
+        for row, encoding in enumerate(encodings):
+            length = len(encoding.ids)
+            ids[row, :length] = encoding.ids
+            mask[row, :length] = 1
+            types[row, :length] = encoding.type_ids
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
         (vectors,) = self._session.run(None, {k: v for k, v in feeds.items() if k in self._inputs})
         return vectors

@@ -61,3 +61,17 @@ def test_partitions_given_up_are_forgotten() -> None:
     ack(gate, range(0, 3))
     gate.forget([TP])
     assert gate.safe_offset(TP) is None and gate.pending(TP) == 0
+
+
+def test_a_crashed_batch_is_read_again_from_below_itself_and_the_batch_filling_behind_it() -> None:
+    gate, other = CommitGate(), ("documents", 1)
+    deliver(gate, range(0, 10))  # 0-4: the batch that crashed; 5-9: the next batch, delivered, never handed over
+    gate.delivered(other, 7)  # on another partition, only in the next batch
+    ack(gate, range(0, 3))
+    for offset in range(3, 5):
+        gate.withhold(TP, offset)
+    ack(gate, range(3, 5))
+    assert gate.lowest_pending() == {TP: 3, other: 7}
+    ack(gate, range(5, 10))
+    gate.acknowledged(other, 7)
+    assert gate.lowest_pending() == {TP: 3}  # the withheld ones stay until read again

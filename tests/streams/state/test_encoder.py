@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from streams.devtools.demo import CORPUS
-from streams.state.encoder import CPU, OnnxEncoder
+from streams.state.encoder import CPU, OnnxEncoder, token_batches
 from streams.state.registry import ModelVersion
 
 
@@ -53,6 +53,24 @@ def test_vectors_are_unit_length_and_order_preserving(encoder: OnnxEncoder) -> N
     np.testing.assert_allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(together, alone, atol=1e-5)
     assert encoder.encode([]).shape == (0, 384)
+
+
+def test_token_batches_group_similar_lengths_within_both_bounds() -> None:
+    lengths = [50, 7, 300, 9, 48, 8, 52, 10, 49]
+    batches = token_batches(lengths, max_texts=3, max_tokens=160)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))  # each text exactly once
+    assert [[lengths[i] for i in batch] for batch in batches] == [[7, 8, 9], [10, 48, 49], [50, 52], [300]]
+    assert all(len(b) <= 3 and (len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 160) for b in batches)
+    assert token_batches([], 32, 1024) == []
+
+
+def test_batch_bounds_do_not_change_the_vectors(base_model: ModelVersion, encoder: OnnxEncoder) -> None:
+    texts = varied_texts(120)
+    one_at_a_time = OnnxEncoder(base_model, batch_size=1)
+    wide = OnnxEncoder(base_model, batch_size=64, batch_tokens=64 * 256)
+    reference = encoder.encode(texts)
+    for other in (one_at_a_time, wide):
+        np.testing.assert_allclose(other.encode(texts), reference, atol=1e-5)
 
 
 def test_runs_on_the_cpu_provider_without_a_gpu(encoder: OnnxEncoder) -> None:
