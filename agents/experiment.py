@@ -81,8 +81,8 @@ async def decide_live(*, settings: Settings, store: EvaluationStore, active: Act
         metrics.EXPERIMENT_RUNNING.labels(experiment.mode).set(1)
 
     def evaluate() -> tuple[Decision | None, dict[str, float]]:
-        answers = store.answers(since=experiment.started_at)
-        return decide(experiment, answers, store.judgements(a.query_id for a in answers), Guardrails.of(settings))
+        found = store.judged_answers(since=experiment.started_at)
+        return decide(experiment, found.answers, found.judgements, Guardrails.of(settings))
 
     decision, evidence = await loop.run_in_executor(None, evaluate)
     watched = experiment.state == "promoted"  # keep the evidence of the promotion beside the watch's
@@ -126,10 +126,9 @@ async def publish_gauges(*, store: EvaluationStore, max_age_s: float, window_s: 
     def compute() -> list[dict[str, object]]:
         now = time.time()
         store.prune(max_age_s, now)
-        answers = store.answers(since=now - window_s, limit=50_000)
-        judgements = store.judgements(a.query_id for a in answers)
-        rows = [{**row, "slice": "all"} for row in summarize(answers, judgements, ("version", "arm"))]
-        return rows + summarize(answers, judgements, ("version", "arm", "slice"), slices=("length",))
+        found = store.judged_answers(since=now - window_s, limit=50_000)
+        rows = [{**row, "slice": "all"} for row in summarize(found.answers, found.judgements, ("version", "arm"))]
+        return rows + summarize(found.answers, found.judgements, ("version", "arm", "slice"), slices=("length",))
 
     rows = await asyncio.get_running_loop().run_in_executor(None, compute)
     for gauge in (metrics.ONLINE_QUERIES, metrics.ONLINE_POSITIVE_RATE, metrics.ONLINE_MRR, metrics.ONLINE_NDCG,

@@ -325,11 +325,10 @@ def end_update(store: EvaluationStore, model: str, action: Literal["stop", "prom
 def report(store: EvaluationStore, experiment: ExperimentRecord, rails: Guardrails) -> dict[str, object]:
     """An experiment with its evidence now, the decision it would reach, and its metrics per arm and slice
     (shadow rows: overlap@10 and rank correlation with serving)."""
-    answers = [a for a in store.answers(since=experiment.started_at) if a.experiment == experiment.id]
-    judgements = store.judgements(a.query_id for a in answers)
-    decision, evidence = decide(experiment, answers, judgements, rails) if experiment.state in (
+    found = store.judged_answers(since=experiment.started_at, experiment=experiment.id)
+    decision, evidence = decide(experiment, found.answers, found.judgements, rails) if experiment.state in (
         "running", "promoted") else (None, experiment.evidence)
     return {"experiment": experiment.as_dict(), "evidence": evidence,
             "would_decide": None if decision is None else {"action": decision.action, "reason": decision.reason},
-            "arms": summarize(answers, judgements, ("arm",)),
-            "slices": summarize(answers, judgements, ("arm", "slice"))}
+            "arms": summarize(found.answers, found.judgements, ("arm",)),
+            "slices": summarize(found.answers, found.judgements, ("arm", "slice"))}

@@ -48,6 +48,14 @@ class AnswerRecord:
 
 
 @dataclass(frozen=True)
+class JudgedAnswers:
+    """Answers with the judgements of their queries (query_id -> {doc_id: judgement}): what metrics are made of."""
+
+    answers: list[AnswerRecord]
+    judgements: dict[str, dict[str, int]]
+
+
+@dataclass(frozen=True)
 class ExperimentRecord:
     id: str
     model: str
@@ -121,6 +129,14 @@ class EvaluationStore:
             ).fetchall()[::-1]
         return [AnswerRecord(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7], r[8], r[9], r[10], r[11],
                              None if r[12] is None else json.loads(r[12]), bool(r[13])) for r in rows]
+
+    def judged_answers(self, since: float = 0.0, until: float | None = None, limit: int = 1_000_000,
+                       experiment: str | None = None) -> JudgedAnswers:
+        """`answers` (only those of `experiment` when given) with their queries' judgements."""
+        answers = self.answers(since, until, limit)
+        if experiment is not None:
+            answers = [a for a in answers if a.experiment == experiment]
+        return JudgedAnswers(answers, self.judgements(a.query_id for a in answers))
 
     def judgements(self, query_ids: Iterable[str] | None = None) -> dict[str, dict[str, int]]:
         """query_id -> {doc_id: judgement}."""

@@ -123,8 +123,8 @@ def dashboard_state(shared: Shared, trains: bool, recent: int = 20) -> dict[str,
 def online_metrics(shared: Shared, window_s: float = 3600.0) -> dict[str, Any]:
     """The last hour (its latest 5,000 answers) per version and arm, and the model's latest experiment with its
     decision and evidence."""
-    answers = shared.evaluation.answers(since=time.time() - window_s, limit=5_000)  # bounded per refresh
-    rows = summarize(answers, shared.evaluation.judgements(a.query_id for a in answers), ("version", "arm"))
+    found = shared.evaluation.judged_answers(since=time.time() - window_s, limit=5_000)  # bounded per refresh
+    rows = summarize(found.answers, found.judgements, ("version", "arm"))
     experiments = shared.evaluation.experiments(shared.settings.model_name, limit=1)
     return {"rows": rows, "experiment": experiments[0].as_dict() if experiments else None}
 

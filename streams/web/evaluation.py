@@ -56,10 +56,9 @@ def evaluation_query(params: Mapping[str, str], now: float | None = None) -> dic
 def evaluation_body(shared: Shared, by: Sequence[str], since: float, slices: Sequence[str],
                     window_s: float | None) -> dict[str, Any]:
     store = shared.evaluation
-    answers = store.answers(since=since)
-    judgements = store.judgements(a.query_id for a in answers)
+    found = store.judged_answers(since=since)
     return {"by": list(by), "since": since, "window_s": window_s,
-            "rows": summarize(answers, judgements, by, slices, window_s),
+            "rows": summarize(found.answers, found.judgements, by, slices, window_s),
             "offline": store.offline(),
             "experiments": [e.as_dict() for e in store.experiments(shared.settings.model_name, limit=10)]}
 

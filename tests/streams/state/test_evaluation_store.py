@@ -13,6 +13,18 @@ def answer(query_id: str, arm: str = "serving", at: float = 100.0) -> AnswerReco
                         {"a": "serving", "b": "candidate"} if arm == "interleave" else None)
 
 
+def test_judged_answers_come_with_the_judgements_of_their_queries_only(tmp_path: Path) -> None:
+    store = EvaluationStore(tmp_path / "evaluation.sqlite3")
+    store.record_answers([answer("q1"), answer("q2", at=200.0), answer("q3", at=300.0)])
+    store.record_answers([AnswerRecord("q4", "serving", "v1", "v1", 5.0, ["a"], 250.0, "short", "", "", "e2")])
+    store.record_judgements([("q1", "a", 1, 101.0), ("q2", "b", -1, 201.0), ("q4", "a", 1, 251.0)])
+    found = store.judged_answers(since=150.0)
+    assert [a.query_id for a in found.answers] == ["q2", "q4", "q3"]
+    assert found.judgements == {"q2": {"b": -1}, "q4": {"a": 1}}  # q1 is before the window
+    mine = store.judged_answers(experiment="e1")
+    assert [a.query_id for a in mine.answers] == ["q1", "q2", "q3"] and set(mine.judgements) == {"q1", "q2"}
+
+
 def experiment(id_: str, state: str = "building", model: str = "minilm") -> ExperimentRecord:
     return ExperimentRecord(id_, model, "v2", "v1", "split", 0.5, state, 50.0)
 
