@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 NAMESPACE = "dash-it"
 SUFFIXES = ("_bucket", "_count", "_sum", "_total", "_info")
 DOCUMENTS_LAG = r'gristmill_consumer_lag\{partition="\d+",topic="dash-it.documents"\}'
+ONLINE_NDCG = r'gristmill_online_ndcg_at_10\{arm="serving",slice="all",version="v1"\} '
 INVALID_DOCUMENT = r'gristmill_records_invalid_total\{reason="[^"]+",topic="documents"\} 1\.0'
 
 
@@ -29,7 +30,7 @@ def dashboard_metric_names() -> set[str]:
     dashboard = json.loads((ROOT / "deploy/grafana/dashboards/gristmill.json").read_text())
     exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
     assert len(exprs) >= 14
-    return {name for expr in exprs for name in re.findall(r"\bgristmill_[a-z_]+", expr)}
+    return {name for expr in exprs for name in re.findall(r"\bgristmill_[a-z0-9_]+", expr)}
 
 
 def test_worker_exports_every_metric_the_dashboard_queries(tmp_path: Path, registry_dir: Path,
@@ -48,11 +49,16 @@ def test_worker_exports_every_metric_the_dashboard_queries(tmp_path: Path, regis
         settings = Settings(kafka_bootstrap_servers=bootstrap, namespace=NAMESPACE)
         with QueryRoundTrip(settings) as roundtrip:
             sent = [roundtrip.send(q.text, 3) for q in queries(5, seed=1)]
-            roundtrip.wait(sent, 60)
+            answers = roundtrip.wait(sent, 60)
+        judged = [(sent[0].encode(), json.dumps({"query_id": sent[0], "label": 1,
+                                                  "doc_id": answers[sent[0]].response["hits"][0]["doc_id"]}).encode())]
+        produce(bootstrap, f"{NAMESPACE}.feedback", judged)  # online quality gauges need a judged answer
         # the bad record may sit on another partition than the last good ones, and the lag gauge is refreshed
         # every 2 s: poll for both, with a bound, before reading the exposition
         worker.wait_for(lambda: re.search(INVALID_DOCUMENT, metrics_text(worker))
                         and re.search(DOCUMENTS_LAG, metrics_text(worker)), 30, "the invalid record and lag exported")
+        # the online evaluation gauges are published every 15 s
+        worker.wait_for(lambda: re.search(ONLINE_NDCG, metrics_text(worker)), 45, "online quality gauges exported")
         exposition = metrics_text(worker)
     finally:
         worker.stop()
