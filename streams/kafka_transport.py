@@ -109,6 +109,16 @@ class BatchingStream(faust.Stream):  # type: ignore[misc]
         finally:
             self.enable_acks = enable_acks
             self._processors.remove(add_to_buffer)
+            await self._release(events)
+
+    async def _release(self, events: Sequence[EventT]) -> None:
+        """Events buffered and never handed over (the agent stops): no longer in flight, so a stop or rebalance
+        does not wait for them, and never committed past; they are read again from the committed offset."""
+        withhold = getattr(self.app.consumer, "withhold", None)
+        if withhold is not None:
+            withhold(e.message for e in events)
+        for event in events:
+            await self.ack(event)
 
 
 class App(faust.App):
