@@ -20,7 +20,8 @@ from streams.ml.ranking import mrr_at, ndcg_at
 from streams.ml.search import Searcher, SearchRequest
 from streams.settings import Settings
 from streams.state.edge_store import EdgeVectorStore
-from streams.state.encoder import Encoder
+from streams.state.encoder import Encoder, OnnxEncoder
+from streams.state.registry import ModelVersion
 from streams.state.sparse import Bm25Encoder, Bm25Parameters
 from streams.state.store import ChunkPoint, Fusion, Mode, SearchHit
 
@@ -55,6 +56,10 @@ class Ranking:
         return cls(s.search_mode if s.search_mode in modes else "dense", s.search_fusion, s.search_candidates,
                    s.rrf_k, s.group_candidates, Bm25Parameters(s.bm25_k1, s.bm25_b, s.bm25_avg_len), s.onnx_threads,
                    s.encode_batch_size, s.encode_batch_tokens)
+
+    def encoder(self, model: ModelVersion) -> OnnxEncoder:
+        """An ONNX Runtime encoder of `model` with serving's threads and batch bounds."""
+        return OnnxEncoder(model, threads=self.threads, batch_size=self.batch_size, batch_tokens=self.batch_tokens)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)

@@ -255,7 +255,6 @@ def run(job_dir: Path) -> TrainingResult:
     progress.phase("load", 1)
     from sentence_transformers import SentenceTransformer
 
-    from streams.state.encoder import OnnxEncoder
     from streams.state.onnx_export import export_onnx
     from streams.state.registry import ModelVersion, read_version
 
@@ -267,8 +266,7 @@ def run(job_dir: Path) -> TrainingResult:
     if not examples:
         raise ValueError(f"no positive training pairs outside the held-out slice ({len(job.pairs)} pairs in all)")
     chunks = read_snapshot(job_dir)
-    serving = OnnxEncoder(read_version(Path(job.base_path), "serving"), threads=ranking.threads,
-                          batch_size=ranking.batch_size, batch_tokens=ranking.batch_tokens)
+    serving = ranking.encoder(read_version(Path(job.base_path), "serving"))
     model = SentenceTransformer(job.base_source, device="cuda" if _cuda() else "cpu")
 
     progress.phase("index", len(chunks))
@@ -286,8 +284,7 @@ def run(job_dir: Path) -> TrainingResult:
 
     exported = ModelVersion("candidate", "candidate", job_dir / CANDIDATE_DIR, int(facts["dim"]),  # type: ignore[call-overload]
                             int(facts["max_tokens"]), str(weights), created_at="")  # type: ignore[call-overload]
-    encoder = OnnxEncoder(exported, threads=ranking.threads, batch_size=ranking.batch_size,
-                          batch_tokens=ranking.batch_tokens)
+    encoder = ranking.encoder(exported)
     progress.phase("embed-candidate", len(chunks))
     vectors = embed_chunks(encoder, chunks, progress.advance)
     progress.phase("evaluate-candidate", len(judged))
