@@ -73,6 +73,8 @@ async def decide_live(*, settings: Settings, store: EvaluationStore, active: Act
                       outbox: Outbox) -> None:
     """Decide the live experiment; the store's conditional transition makes one worker the one that decides."""
     loop = asyncio.get_running_loop()
+    for decided in await loop.run_in_executor(None, store.unannounced, settings.model_name):
+        await announce(decided, settings, store, outbox)  # taken before a stop, not yet published
     experiment = await loop.run_in_executor(None, store.active, settings.model_name)
     metrics.EXPERIMENT_RUNNING.clear()
     if experiment is None or experiment.state == "building":
@@ -94,16 +96,29 @@ async def decide_live(*, settings: Settings, store: EvaluationStore, active: Act
     kept = {**experiment.evidence, **decision.evidence} if watched else decision.evidence
     moved = await loop.run_in_executor(None, lambda: store.transition(
         experiment.id, (experiment.state,), STATE_AFTER[decision.action], decision=decision.action,
-        reason=decision.reason, evidence=kept, ended=True))
+        reason=decision.reason, evidence=kept, ended=True, announce=decision.action in UPDATE_OF))
     if not moved:
         return  # another worker (or an operator) decided first
     active.forget()
     metrics.EXPERIMENT_DECISIONS.labels(decision.action).inc()
     log.info("experiment %s of %s: %s (%s)", experiment.id, experiment.version, decision.action, decision.reason)
     if decision.action in UPDATE_OF:
-        await publish(outbox, "model-updates", settings.model_name.encode(),
-                      decision_update(experiment, decision.action, decision.reason, decision.evidence))
-        metrics.MODEL_UPDATES.labels(UPDATE_OF[decision.action]).inc()
+        decided = next(e for e in await loop.run_in_executor(None, store.experiments, settings.model_name)
+                       if e.id == experiment.id)
+        await announce(decided, settings, store, outbox)
+
+
+async def announce(experiment: ExperimentRecord, settings: Settings, store: EvaluationStore, outbox: Outbox) -> None:
+    """Publish a taken decision, then mark it published: a stop in between publishes it again on the next check
+    (the rollout agent knows a decision it applied by its experiment id and status)."""
+    action = experiment.decision or ""
+    if action not in UPDATE_OF:
+        await asyncio.get_running_loop().run_in_executor(None, store.announced, experiment.id)
+        return
+    await publish(outbox, "model-updates", settings.model_name.encode(),
+                  decision_update(experiment, action, experiment.reason or "", experiment.evidence))
+    metrics.MODEL_UPDATES.labels(UPDATE_OF[action]).inc()
+    await asyncio.get_running_loop().run_in_executor(None, store.announced, experiment.id)
 
 
 def decision_update(experiment: ExperimentRecord, action: str, reason: str, evidence: dict[str, float]

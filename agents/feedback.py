@@ -1,9 +1,13 @@
 """Feedback agent: `feedback` -> validate -> join with the logged query/response -> training pairs -> `retrain`
-when the policy fires. Feedback that arrives before its response waits (durably) for `feedback_hold_s`."""
+when the policy fires. Feedback that arrives before its response waits (durably) for `feedback_hold_s`.
+
+Every read and write of the feedback state goes through the store threads: a store that fails (a locked SQLite
+file, a database away) pauses the agent and is retried; nothing is dead-lettered for it. Several workers share the
+hold: each settles only what it claimed, so a record becomes one dead letter, not one per worker.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
@@ -16,6 +20,7 @@ from streams.ml.serving import ServingSlot
 from streams.processing import Contract, DeadLetterSink, Outbox, publish
 from streams.state.evaluation_store import EvaluationStore
 from streams.state.training_pairs import PendingFeedback, TrainingPairs
+from streams.store_threads import StoreThreads, WriteAborted
 from streams.validation import Accepted, RawMessage, Rejected
 
 FEEDBACK = Contract("feedback", FeedbackEvent, "query_id")
@@ -27,11 +32,13 @@ def register(worker: AgentHost) -> None:
     join = FeedbackJoin(shared.pairs, shared.query_log, partial(document_text, shared.serving), s.feedback_hold_s)
     policy = RetrainPolicy(shared.pairs, s.retrain_every_positive_pairs, s.retrain_min_interval_s,
                            s.retrain_schedule_s)
-    settle_held = partial(settle, join=join, policy=policy, lock=asyncio.Lock(), dead_letters=shared.dead_letters,
-                          outbox=worker.outbox, model_key=s.model_name.encode())
+    settle_held = partial(settle, join=join, policy=policy, threads=shared.threads, claim_s=s.feedback_claim_s,
+                          dead_letters=shared.dead_letters, outbox=worker.outbox, model_key=s.model_name.encode())
     worker.batch_agent(FEEDBACK, "feedback", 64, 0.2, partial(receive, pairs=shared.pairs, settle=settle_held,
-                                                              evaluation=shared.evaluation))
-    worker.timer(1.0, partial(retry_held, pairs=shared.pairs, settle=settle_held))
+                                                              threads=shared.threads, evaluation=shared.evaluation))
+    worker.timer(1.0, partial(retry_held, pairs=shared.pairs, threads=shared.threads, settle=settle_held))
+    worker.timer(600.0, partial(prune_pairs, pairs=shared.pairs, threads=shared.threads, max_rows=s.pairs_max_rows,
+                                max_age_s=s.pairs_max_age_s))
 
 
 def document_text(serving: ServingSlot, doc_id: str) -> str | None:
@@ -41,41 +48,62 @@ def document_text(serving: ServingSlot, doc_id: str) -> str | None:
 
 
 async def receive(batch: Sequence[Accepted[FeedbackEvent]], *, pairs: TrainingPairs, settle: Settle,
-                  evaluation: EvaluationStore | None = None) -> None:
+                  threads: StoreThreads, evaluation: EvaluationStore | None = None) -> None:
     """Hold the batch durably (before it is acknowledged), judge the answers it is about in the evaluation store
     (joined to the arms that served them by query_id), then join what can be joined into training pairs."""
     now = time.time()
     if evaluation is not None:
         judged = [(a.record.query_id, a.record.doc_id, a.record.judgement, now) for a in batch]
-        await asyncio.get_running_loop().run_in_executor(None, evaluation.record_judgements, judged)
+        await threads.read(lambda: evaluation.record_judgements(judged), "evaluation store")
     held = [PendingFeedback(a.message.topic, a.message.partition, a.message.offset, a.message.key,
                             a.message.value or b"", a.record.query_id, now) for a in batch]
-    pairs.hold(held)
+    await threads.read(lambda: pairs.hold(held), "feedback hold")
     await settle(held)
 
 
-async def retry_held(*, pairs: TrainingPairs, settle: Settle) -> None:
+async def retry_held(*, pairs: TrainingPairs, threads: StoreThreads, settle: Settle) -> None:
     """Every second: join held feedback whose response has been logged meanwhile, expire the rest; the schedule."""
-    held = await asyncio.get_running_loop().run_in_executor(None, pairs.held)
-    await settle(held, tick=True)
+    try:
+        held = await threads.read(pairs.held, "feedback hold")
+        await settle(held, tick=True)
+    except WriteAborted:
+        return  # stopping while the feedback state fails: the hold keeps everything for the next start
 
 
-async def settle(held: Sequence[PendingFeedback], *, join: FeedbackJoin, policy: RetrainPolicy, lock: asyncio.Lock,
-                 dead_letters: DeadLetterSink, outbox: Outbox, model_key: bytes, tick: bool = False) -> None:
-    """Join `held` (those still held: the agent and the timer never settle the same feedback twice), dead-letter
-    what can never be joined, and emit a `retrain` when the policy fires."""
-    async with lock:
-        pending = {(p.topic, p.partition, p.offset) for p in join.pairs.held()}
-        held = [h for h in held if (h.topic, h.partition, h.offset) in pending]
-        outcome = await asyncio.get_running_loop().run_in_executor(None, join.settle, held, time.time())
-        await dead_letters.send([Rejected(RawMessage(item.topic, item.partition, item.offset, item.key, item.value),
-                                          (error,)) for item, error in outcome.refused], FEEDBACK.topic)
+async def settle(held: Sequence[PendingFeedback], *, join: FeedbackJoin, policy: RetrainPolicy,
+                 threads: StoreThreads, claim_s: float, dead_letters: DeadLetterSink, outbox: Outbox,
+                 model_key: bytes, tick: bool = False) -> None:
+    """Claim `held` (what another worker settles now is left to it), join it, dead-letter what can never be joined,
+    then release it from the hold; emit a `retrain` when the policy fires."""
+    now = time.time()
+    claimed = await threads.read(lambda: join.pairs.claim(held, now, claim_s), "feedback hold")
+    outcome = await threads.read(lambda: join.settle(claimed, now), "feedback join")
+    await dead_letters.send([Rejected(RawMessage(item.topic, item.partition, item.offset, item.key, item.value),
+                                      (error,)) for item, error in outcome.refused], FEEDBACK.topic)
+
+    def release() -> None:
+        join.pairs.release(outcome.settled)
+        join.pairs.unclaim(outcome.waiting)
+
+    await threads.read(release, "feedback hold")
     metrics.TRAINING_PAIRS.labels("positive").inc(sum(p.kind == "positive" for p in outcome.pairs))
     metrics.TRAINING_PAIRS.labels("negative").inc(sum(p.kind == "negative" for p in outcome.pairs))
-    metrics.FEEDBACK_WAITING.set(outcome.waiting)
-    request: RetrainRequest | None = policy.after_new_pairs() if outcome.pairs else None
-    if tick and request is None:
-        request = policy.on_tick()
+    if tick:
+        metrics.FEEDBACK_WAITING.set(len(outcome.waiting))
+
+    def decide() -> RetrainRequest | None:
+        request = policy.after_new_pairs() if outcome.pairs else None
+        return policy.on_tick() if tick and request is None else request
+
+    request = await threads.read(decide, "retrain policy")
     if request is not None:
         await publish(outbox, "retrain", model_key, request)
         metrics.RETRAIN_REQUESTS.labels(request.reason).inc()
+
+
+async def prune_pairs(*, pairs: TrainingPairs, threads: StoreThreads, max_rows: int, max_age_s: float) -> None:
+    """Keep the training pairs bounded by age and rows (each model's manifest keeps the lineage of its pairs)."""
+    try:
+        await threads.read(lambda: pairs.prune(max_rows, max_age_s, time.time()), "training pairs pruning")
+    except WriteAborted:
+        return

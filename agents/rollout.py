@@ -14,13 +14,14 @@ from streams.host import AgentHost
 from streams.ml.rollout import roll_out
 from streams.ml.serving import ServingSlot
 from streams.processing import Contract
-from streams.state.errors import ExperimentConflict
+from streams.state.errors import ExperimentConflict, PointerMoved
 from streams.state.evaluation_store import LIVE_STATES, EvaluationStore, ExperimentRecord
-from streams.store_threads import WriteAborted
+from streams.state.registry import ANY, LogPosition, ModelRegistry
+from streams.store_threads import StoreThreads, WriteAborted
 from streams.validation import Accepted
 
 MODEL_UPDATES = Contract("model-updates", ModelUpdate, None)
-Roll = Callable[[str], Awaitable[object]]  # `roll_out` of a version, with its dependencies bound
+Roll = Callable[..., Awaitable[object]]  # `roll_out` of a version (and its claim), with its dependencies bound
 log = logging.getLogger(__name__)
 
 
@@ -29,36 +30,68 @@ def register(worker: AgentHost) -> None:
     rollout = partial(roll_out, shared.serving, write=shared.threads.write, step_documents=s.rollout_step_documents)
     worker.batch_agent(MODEL_UPDATES, "rollout", 1, 1.0, partial(apply_updates, serving=shared.serving,
                                                                  roll=rollout, model_key=s.model_name.encode(),
-                                                                 experiments=shared.evaluation))
+                                                                 experiments=shared.evaluation,
+                                                                 threads=shared.threads))
     worker.timer(2.0, partial(follow_registry, serving=shared.serving, roll=rollout))
 
 
-def outdated(update: ModelUpdate, serving: ServingSlot) -> bool:
-    """Decided before the serving version was made current (e.g. history replayed to a new worker)."""
-    served_since = max((at for version, at in serving.registry.history()
-                        if version == serving.current.model.version), default=0.0)
-    return update.at is not None and update.at.timestamp() <= served_since
+def decision_key(update: ModelUpdate) -> str | None:
+    """What identifies a decision that may be published more than once (the trainer or the experiment agent
+    publishes again a decision taken before a stop): the retrain request it answers or the experiment it ends,
+    with its status."""
+    request = update.trained_on.get("request")
+    if isinstance(request, str):
+        return f"{request}:{update.status}"
+    return f"experiment:{update.experiment.id}:{update.status}" if update.experiment is not None else None
+
+
+def refusal(update: ModelUpdate, position: LogPosition, registry: ModelRegistry) -> str | None:
+    """Why this decision must not move the serving pointer, or None. Decisions are ordered by the log alone: one at
+    or before the position of the decision that moved the pointer last was applied already (a replay), one that was
+    applied under its key is a republication, and one made against another serving version than the one serving
+    now (its `previous_version`) was overtaken by a later decision."""
+    pointer = registry.pointer()
+    if pointer is not None and pointer.position is not None and position <= pointer.position:
+        return f"already decided: the pointer moved at {pointer.position.partition}@{pointer.position.offset}"
+    key = decision_key(update)
+    if key is not None and registry.applied(key):
+        return f"decision {key} was applied before"
+    serving = None if pointer is None else pointer.version
+    if update.previous_version is not None and serving not in (update.previous_version, update.version):
+        return f"decided against {update.previous_version}, but {serving} serves now"
+    return None
 
 
 async def apply_updates(batch: Sequence[Accepted[ModelUpdate]], *, serving: ServingSlot, roll: Roll,
-                        model_key: bytes, experiments: EvaluationStore | None = None) -> None:
-    """Record experiments started and ended; roll out each promotion or rollback of this model that is not
-    already serving nor outdated."""
+                        model_key: bytes, experiments: EvaluationStore | None = None,
+                        threads: StoreThreads | None = None) -> None:
+    """Record experiments started and ended; roll out each promotion or rollback of this model that the log's order
+    allows, moving the registry pointer by compare-and-set just before the switch. A refused decision is logged,
+    counted and shown on `/health`."""
+    loop = asyncio.get_running_loop()
     for accepted in batch:
         update = accepted.record
         if accepted.message.key != model_key:
             continue
         if experiments is not None and update.experiment is not None:
-            await asyncio.get_running_loop().run_in_executor(
-                None, record_experiment, experiments, model_key.decode(), update, serving.current.model.version)
+            def record(update: ModelUpdate = update) -> None:
+                record_experiment(experiments, model_key.decode(), update, serving.current.model.version)
+            await (threads.read(record, "evaluation store") if threads else loop.run_in_executor(None, record))
         if update.status not in ("promoted", "rolled_back"):
             continue
-        if update.version == serving.current.model.version or outdated(update, serving):
+        position = LogPosition(accepted.message.partition, accepted.message.offset)
+        why = await loop.run_in_executor(None, refusal, update, position, serving.registry)
+        if why is not None:
+            serving.refuse(update.version, update.status, why, position)
             continue
         try:
-            await roll(update.version)
+            await roll(update.version, claim=partial(
+                serving.registry.promote, update.version, expected=update.previous_version or ANY,
+                position=position, decision=decision_key(update)))
         except WriteAborted:
             raise  # stopping: the record is re-delivered and the rollout resumes
+        except PointerMoved as exc:
+            serving.refuse(update.version, update.status, str(exc), position)
         except Exception:
             log.exception("rollout of %s failed; %s keeps serving", update.version, serving.current.model.version)
 
@@ -88,7 +121,8 @@ def record_experiment(store: EvaluationStore, model: str, update: ModelUpdate, s
 
 
 async def follow_registry(*, serving: ServingSlot, roll: Roll) -> None:
-    """Another worker switched (shared registry and Qdrant server): catch up and switch too."""
+    """Another worker switched (shared registry and Qdrant server): catch up and switch too, as long as the pointer
+    still names that version when the copy is done (a follower never moves the pointer)."""
     current = serving.registry.current()
     if current is None or current.version == serving.current.model.version or serving.rolling.locked():
         return
@@ -99,6 +133,8 @@ async def follow_registry(*, serving: ServingSlot, roll: Roll) -> None:
         await roll(current.version)
     except WriteAborted:
         raise
+    except PointerMoved as exc:
+        log.info("stopped following the registry to %s: %s", current.version, exc)
     except Exception:
         log.exception("following the registry to %s failed; %s keeps serving", current.version,
                       serving.current.model.version)

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Sequence
 from functools import partial
 
-from schemas import RetrainRequest
+from schemas import ModelUpdate, RetrainRequest
 from streams import metrics
 from streams.host import AgentHost
 from streams.ml.trainer import Trainer
@@ -25,11 +25,16 @@ def register(worker: AgentHost) -> None:
 
 async def train(batch: Sequence[Accepted[RetrainRequest]], *, trainer: Trainer, outbox: Outbox,
                 model_key: bytes) -> None:
-    """Run each request of this model (keyed by its name) and publish the decisions in order."""
+    """Run each request of this model (keyed by its name); its decisions are published in order before the run is
+    recorded as finished (a stop in between republishes them, see `Trainer.handle`)."""
     for accepted in batch:
         if accepted.message.key != model_key:
             log.info("retrain for another model (key %r) ignored", accepted.message.key)
             continue
-        for update in await trainer.handle(accepted.record):
-            await publish(outbox, "model-updates", model_key, update)
-            metrics.MODEL_UPDATES.labels(update.status).inc()
+        async def decided(updates: list[ModelUpdate]) -> None:
+            for update in updates:
+                await publish(outbox, "model-updates", model_key, update)
+                metrics.MODEL_UPDATES.labels(update.status).inc()
+
+        message = accepted.message
+        await trainer.handle(accepted.record, f"{message.topic}/{message.partition}@{message.offset}", decided)

@@ -28,6 +28,8 @@ STORE_WRITE_SECONDS = Histogram("gristmill_store_write_seconds", "Vector store w
                                 buckets=LATENCY_BUCKETS)
 STORE_FAILURES = Counter("gristmill_store_failures_total", "Vector store operations that failed and were retried")
 STORE_UP = Gauge("gristmill_store_up", "1 when the last vector store operation succeeded")
+STORE_FAILING = Gauge("gristmill_store_failing", "1 while operations on this store fail and are retried (vector "
+                      "store, query log, feedback state, evaluation store)", ["store"])
 STORE_COMPACT_SECONDS = Histogram("gristmill_store_compact_seconds", "Time the embedded store spent vacuuming "
                                   "deleted points (index writes wait meanwhile)", buckets=LATENCY_BUCKETS)
 STAGE_SECONDS = Counter("gristmill_stage_seconds_total", "Seconds spent per stage of the ingest path: idle (waits "
@@ -58,6 +60,8 @@ DRIFT_SCORE = Gauge("gristmill_drift_score", "Latest drift statistic vs the refe
 ALERT = Gauge("gristmill_alert", "1 while an alert is raised", ["topic", "kind"])
 RETRAIN_REQUESTS = Counter("gristmill_retrain_requests_total", "retrain events emitted", ["reason"])
 MODEL_UPDATES = Counter("gristmill_model_updates_total", "model-updates records emitted, by status", ["status"])
+DECISIONS_REFUSED = Counter("gristmill_model_decisions_refused_total", "Promotions and rollbacks on model-updates "
+                            "not applied: replayed, republished, or overtaken by a later decision")
 TRAINING_SECONDS = Histogram("gristmill_training_seconds", "Wall time of one training run (fine-tune, evaluate, "
                              "export)", buckets=(10, 30, 60, 120, 300, 600, 1200, 3600))
 TRAINING_RUNNING = Gauge("gristmill_training_running", "1 while a training run is in progress")

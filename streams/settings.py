@@ -55,6 +55,12 @@ class Settings(BaseSettings):
         description="Qdrant server; when unset an embedded qdrant-edge shard under DATA_DIR is used.",
     )
     qdrant_api_key: SecretStr | None = None
+    qdrant_request_max_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=65_536,
+        description="Largest upsert request sent to a Qdrant server (estimated JSON bytes); keep it below the "
+                    "server's `service.max_request_size_mb` (32 MB by default) and any proxy's body limit. A point "
+                    "larger than this fails its own record (dead letter), not the store.",
+    )
     collection: str = Field(default="chunks", pattern=r"^[A-Za-z0-9_-]+$")
 
     # HTTP
@@ -62,6 +68,13 @@ class Settings(BaseSettings):
     http_port: int = Field(default=6066, ge=0, le=65535)
     admin_token: SecretStr | None = Field(default=None, description="Bearer token for admin HTTP actions; unset "
                                                                   "disables them.")
+    api_keys_file: Path | None = Field(default=None, description="JSON file of API keys (name, principals, roles "
+                                       "search/read/admin); set, every HTTP route but /, /health (status only), "
+                                       "/metrics and /openapi.json needs a key. Re-read when it changes.")
+    http_allow_open: bool = Field(default=False, description="Let `gristmill up` serve HTTP beyond loopback "
+                                  "without GRISTMILL_API_KEYS_FILE (anyone who reaches it reads the query log).")
+    api_key: SecretStr | None = Field(default=None, description="The CLI's API key, sent as a bearer token to the "
+                                      "worker's HTTP API (GRISTMILL_API_KEY).")
 
     # Model and encoding
     model_name: str = "minilm"
@@ -175,11 +188,18 @@ class Settings(BaseSettings):
     faults_file: Path | None = Field(default=None, description="Fault-injection plan for failure drills "
                                                                 "(see streams/state/faults.py); unset: no faults.")
     store_retry_max_s: float = Field(default=10.0, gt=0, description="Backoff cap while the store fails.")
+    sqlite_busy_timeout_s: float = Field(default=5.0, gt=0, description="How long a write to the SQLite state "
+                                         "waits for another process's lock before it fails (and is retried).")
+    feedback_claim_s: float = Field(default=60.0, gt=0, description="How long a worker settling held feedback "
+                                    "keeps it from the others (a worker that dies mid-settle lets it lapse).")
+    pairs_max_rows: int = Field(default=500_000, ge=1_000, description="Training pairs kept (oldest pruned "
+                                "first; trained models keep their lineage in their manifests).")
+    pairs_max_age_s: float = Field(default=90 * 86_400.0, gt=0, description="Longest a training pair is kept.")
     store_compact_interval_s: float = Field(default=30.0, ge=0, description="How often the embedded store "
                                             "vacuums replaced points and flushes (on the writer thread); 0 disables.")
 
     @field_validator("kafka_bootstrap_servers", "qdrant_url", "qdrant_api_key", "admin_token", "kafka_sasl_password",
-                     mode="before")
+                     "api_keys_file", "api_key", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

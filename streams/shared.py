@@ -58,7 +58,7 @@ class Shared:
         slot = ServingSlot(registry, model, opener or onnx_pairs(settings), settings.rollout_retire_after_s,
                            closer=lambda pair: threads.submit_write(pair.close),
                            challengers=None if opener else ChallengerPairs(settings))
-        pairs = TrainingPairs(settings.pairs_path)
+        pairs = TrainingPairs(settings.pairs_path, settings.sqlite_busy_timeout_s)
 
         def serving_index() -> ServingIndex:
             """The ledger and chunks of the serving version's index (a trainer-only process does not roll out
@@ -75,8 +75,8 @@ class Shared:
                 store.close()
 
         trainer = Trainer(settings, registry, pairs, serving_index, child_setup, rollouts=slot)
-        query_log = QueryLog(settings.query_log_path, settings.query_log_text_chars)
-        evaluation = EvaluationStore(settings.evaluation_path)
+        query_log = QueryLog(settings.query_log_path, settings.query_log_text_chars, settings.sqlite_busy_timeout_s)
+        evaluation = EvaluationStore(settings.evaluation_path, settings.sqlite_busy_timeout_s)
         trainer.evaluation = evaluation
         answering = Answering(slot, threads, evaluation, ActiveExperiment(evaluation, settings.model_name),
                               ShadowRunner(evaluation, settings.shadow_max_pending))

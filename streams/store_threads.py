@@ -1,5 +1,6 @@
-"""The threads the vector store is used from: one writer (qdrant-edge allows one writer per shard) and a few
-readers, each call retried with backoff while the store fails."""
+"""The threads the stores are used from: one writer (qdrant-edge allows one writer per shard) and a few readers,
+each call retried with backoff while its store fails (the vector store, the query log, the feedback state, the
+evaluation store); `/health` names the stores failing now."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ class StoreThreads:
     def __init__(self, retry_max_s: float, stopping: Callable[[], bool] = lambda: False) -> None:
         self.retry_max_s = retry_max_s
         self._stopping = stopping
+        self._failing: dict[str, dict[int, str]] = {}  # store -> {retry loop: its latest error}
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="store-writer")
         self._readers = ThreadPoolExecutor(2, thread_name_prefix="search")
 
@@ -55,22 +57,36 @@ class StoreThreads:
         """Queue work on the writer thread without waiting for it (closing a retired pair)."""
         return self._writer.submit(operation)
 
+    def failing(self) -> dict[str, str]:
+        """The stores an operation is retrying on now, with the latest error of each."""
+        return {store: next(reversed(loops.values())) for store, loops in self._failing.items() if loops}
+
     async def _until_done(self, operation: Callable[[], T], what: str, executor: ThreadPoolExecutor) -> T:
         loop = asyncio.get_running_loop()
         delay = 0.1
-        while True:
-            try:
-                result = await loop.run_in_executor(executor, operation)
-                metrics.STORE_UP.set(1)
-                return result
-            except StoreError as exc:
-                metrics.STORE_FAILURES.inc()
-                metrics.STORE_UP.set(0)
-                if self._stopping():
-                    raise WriteAborted(f"{what} not done before shutdown: {exc}") from exc
-                log.warning("%s failed, retrying in %.1fs: %s", what, delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.retry_max_s)
+        marked: set[str] = set()  # the stores this call has reported failing
+        try:
+            while True:
+                try:
+                    result = await loop.run_in_executor(executor, operation)
+                    metrics.STORE_UP.set(1)
+                    return result
+                except StoreError as exc:
+                    metrics.STORE_FAILURES.inc()
+                    metrics.STORE_FAILING.labels(exc.store).set(1)
+                    metrics.STORE_UP.set(0)
+                    self._failing.setdefault(exc.store, {})[id(marked)] = f"{type(exc).__name__}: {exc}"[:500]
+                    marked.add(exc.store)
+                    if self._stopping():
+                        raise WriteAborted(f"{what} not done before shutdown: {exc}") from exc
+                    log.warning("%s failed, retrying in %.1fs: %s", what, delay, exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.retry_max_s)
+        finally:
+            for store in marked:
+                self._failing.get(store, {}).pop(id(marked), None)
+                if not self._failing.get(store):
+                    metrics.STORE_FAILING.labels(store).set(0)
 
     async def compact(self, store: VectorStore, interval_s: float) -> bool:
         """Vacuum and flush `store` on the writer thread (`VectorStore.compact`); a failure waits for the next turn

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from schemas import FeedbackEvent, FieldError, RetrainRequest
+from streams.state.errors import StoreError
 from streams.state.query_log import LoggedQuery, QueryLog
 from streams.state.training_pairs import PendingFeedback, TrainingPair, TrainingPairs, pair_lineage
 
@@ -41,7 +42,9 @@ def pairs_from_feedback(feedback: FeedbackEvent, logged: LoggedQuery, document_t
 
 
 class RetrainPolicy:
-    """Fires on every N new positive pairs or on a schedule, at most once per `min_interval_s`."""
+    """Fires on every N new positive pairs or on a schedule, at most once per `min_interval_s`. "New" is counted by
+    the pairs' change sequence, so workers on hosts with different clocks agree on it; the shared feedback state
+    records each request in one transaction, so of several workers deciding at once one fires."""
 
     def __init__(self, pairs: TrainingPairs, every_positive: int, min_interval_s: float, schedule_s: float = 0.0,
                  clock: Callable[[], float] = time.time) -> None:
@@ -52,42 +55,42 @@ class RetrainPolicy:
         self.clock = clock
         self._started = clock()
 
-    def _request(self, reason: str) -> RetrainRequest | None:
-        now = self.clock()
-        last = self.pairs.last_retrain()
-        if last is not None and now - last < self.min_interval_s:
+    def _request(self, reason: str, now: float, new_pairs: int | None) -> RetrainRequest | None:
+        if new_pairs is None:
             return None
-        new_pairs = self.pairs.count(since=last or 0.0)
-        self.pairs.record_retrain(reason, new_pairs, now)
         return RetrainRequest(reason=reason, pairs=new_pairs, requested_at=datetime.fromtimestamp(now, UTC))
 
     def after_new_pairs(self) -> RetrainRequest | None:
-        positives = self.pairs.count("positive", since=self.pairs.last_retrain() or 0.0)
-        return self._request("feedback") if positives >= self.every_positive else None
+        now = self.clock()
+        return self._request("feedback", now, self.pairs.record_retrain_if(
+            "feedback", now, self.min_interval_s, min_new_positive=self.every_positive))
 
     def on_tick(self) -> RetrainRequest | None:
         """The schedule: a retrain every `schedule_s` (0 disables it) when there are new pairs."""
         if not self.schedule_s:
             return None
-        last = self.pairs.last_retrain() or self._started
-        if self.clock() - last < self.schedule_s or not self.pairs.count(since=last):
+        now = self.clock()
+        if now - (self.pairs.last_retrain() or self._started) < self.schedule_s:
             return None
-        return self._request("schedule")
+        return self._request("schedule", now, self.pairs.record_retrain_if(
+            "schedule", now, max(self.min_interval_s, self.schedule_s), min_new_pairs=1))
 
 
 @dataclass(frozen=True)
 class JoinOutcome:
-    """What settling held feedback gave: new pairs, feedback that can never be joined (with why), and how many
-    records still wait for their query's response."""
+    """What settling held feedback gave: new pairs (stored), feedback that can never be joined (with why), what is
+    settled (to release from the hold once its dead letters are out) and what still waits for its query's response."""
 
     pairs: list[TrainingPair]
     refused: list[tuple[PendingFeedback, FieldError]]
-    waiting: int
+    settled: list[PendingFeedback]
+    waiting: list[PendingFeedback]
 
 
 class FeedbackJoin:
     """Joins held feedback with the query log: pairs for feedback whose query is logged, refusals for unknown
-    documents and for feedback that waited longer than `hold_s`; settled records leave the durable hold."""
+    documents and for feedback that waited longer than `hold_s`. A store that fails (`StoreError`: the query log,
+    the index) fails the whole call, to be retried: only a record's own fault refuses it."""
 
     def __init__(self, pairs: TrainingPairs, query_log: QueryLog, document_text: Callable[[str], str | None],
                  hold_s: float) -> None:
@@ -106,6 +109,8 @@ class FeedbackJoin:
                 logged = self.query_log.get(item.query_id)
                 joined = None if logged is None else pairs_from_feedback(
                     feedback, logged, self.document_text, pair_lineage(item.topic, item.partition, item.offset))
+            except StoreError:
+                raise  # an outage, not this record's fault: retried
             except Exception as exc:  # one record's failure is its own: refused, the others joined
                 refused.append((item, FieldError(loc="record", msg=f"{type(exc).__name__}: {exc}")))
                 done.append(item)
@@ -122,5 +127,4 @@ class FeedbackJoin:
                     f"no logged query/response for {item.query_id!r} within {self.hold_s:.0f}s"))))
                 done.append(item)
         self.pairs.add(pairs)
-        self.pairs.release(done)
-        return JoinOutcome(pairs, refused, len(held) - len(done))
+        return JoinOutcome(pairs, refused, done, [item for item in held if item not in done])

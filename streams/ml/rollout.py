@@ -13,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from schemas import DocumentEvent
 from streams import metrics
 from streams.ml.serving import RolloutProgress, Serving, ServingSlot, Write
+from streams.state.errors import PointerMoved
 from streams.state.store import DocumentState
 
 log = logging.getLogger(__name__)
@@ -38,10 +39,29 @@ def copy_documents(states: Sequence[DocumentState], target: Serving) -> int:
     return target.indexer().apply([replay_event(s) for s in states]).embedded
 
 
-async def roll_out(slot: ServingSlot, version: str, write: Write, step_documents: int = 64) -> RolloutProgress:
-    """Make `version` serve, re-embedding the index into its collection first. Safe to call again after a crash."""
+#: Called on the store-writer thread just before the switch; raising aborts it (nothing switches, the current pair
+#: keeps serving). The worker applying a decision moves the registry pointer here (compare-and-set); a worker
+#: following the registry checks that the pointer still names this version.
+Claim = Callable[[], None]
+
+
+def follow(slot: ServingSlot, version: str) -> Claim:
+    """The claim of a worker following the registry: switch only while the pointer still names `version` (a slow
+    follower never serves, nor writes, a version that a later decision replaced)."""
+    def claim() -> None:
+        pointer = slot.registry.pointer()
+        if pointer is None or pointer.version != version:
+            raise PointerMoved(version, version, None if pointer is None else pointer.version)
+    return claim
+
+
+async def roll_out(slot: ServingSlot, version: str, write: Write, step_documents: int = 64,
+                   claim: Claim | None = None) -> RolloutProgress:
+    """Make `version` serve, re-embedding the index into its collection first; `claim` (default: `follow`) runs
+    just before the switch. Safe to call again after a crash."""
     async with slot.rolling:
-        return await _copy_then(slot, version, write, step_documents, switch=True)
+        return await _copy_then(slot, version, write, step_documents, switch=True,
+                                claim=claim or follow(slot, version))
 
 
 async def build_challenger(slot: ServingSlot, version: str, write: Write, step_documents: int = 64,
@@ -53,11 +73,13 @@ async def build_challenger(slot: ServingSlot, version: str, write: Write, step_d
 
 
 async def _copy_then(slot: ServingSlot, version: str, write: Write, step_documents: int, switch: bool,
-                     mode: str = "split") -> RolloutProgress:
+                     mode: str = "split", claim: Claim | None = None) -> RolloutProgress:
     loop = asyncio.get_running_loop()
     source = slot.current
     progress = RolloutProgress(version, source.model.version)
     if version == source.model.version:
+        if claim is not None:
+            await write(claim, f"rollout claim {version}")  # a decision for what serves here moves the pointer
         progress.state, progress.finished_at = "switched", time.time()
         return progress
     slot.rollout = progress
@@ -88,15 +110,18 @@ async def _copy_then(slot: ServingSlot, version: str, write: Write, step_documen
             slot.written_during_rollout = None
             progress.embedded += copy_documents(list(source.store.get_documents(written).values()), target)
             if switch:
+                if claim is not None:
+                    claim()  # the registry first: if it refuses or fails, nothing switched and `source` serves on
                 slot.switch(target)  # the one assignment that switches model and index together
-                slot.registry.promote(version)
             else:
                 slot.attach_challenger(target)  # from here on, every ingest write reaches both pairs
 
         await write(finish, f"rollout {'switch' if switch else 'challenger'} {version}")
     except BaseException as exc:
         slot.written_during_rollout = None
-        progress.state, progress.error = "failed", f"{type(exc).__name__}: {exc}"
+        # overtaken by another decision: not a failure (the version may be followed again later)
+        progress.state = "abandoned" if isinstance(exc, PointerMoved) else "failed"
+        progress.error = f"{type(exc).__name__}: {exc}"
         progress.finished_at = time.time()
         if slot.challenger is not target:
             await loop.run_in_executor(None, target.close)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
@@ -187,6 +188,7 @@ class ServingSlot:
         self.written_during_rollout: set[str] | None = None
         self.rolling = asyncio.Lock()  # one rollout at a time
         self.rollout: RolloutProgress | None = None  # the latest one
+        self.refused: deque[dict[str, object]] = deque(maxlen=20)  # model decisions not applied, and why
         self.publish_model_info()
 
     def open(self, model: ModelVersion) -> Serving:
@@ -238,6 +240,14 @@ class ServingSlot:
                 self._closer(pair)
 
         asyncio.get_running_loop().call_later(self._retire_after_s, retire)
+
+    def refuse(self, version: str, status: str, reason: str, position: object) -> None:
+        """A model decision this worker did not apply (the log's order or the registry refused it): logged, counted
+        and kept for `/health`."""
+        log.warning("model decision %s %s at %s not applied: %s", status, version, position, reason)
+        metrics.DECISIONS_REFUSED.inc()
+        self.refused.appendleft({"version": version, "status": status, "reason": reason, "position": str(position),
+                                 "at": time.time()})
 
     def rollout_running(self) -> bool:
         return self.rolling.locked()

@@ -16,7 +16,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +35,10 @@ from streams.state.store import ChunkPoint, DocumentState
 from streams.state.training_pairs import TrainingPair, TrainingPairs
 
 log = logging.getLogger(__name__)
+
+
+#: Publishes a run's decisions to `model-updates` (the trainer agent's producer).
+Publish = Callable[[list[ModelUpdate]], Awaitable[None]]
 
 
 class TrainingFailed(GristmillError):
@@ -158,25 +162,49 @@ class Trainer:
         if self.settings.trainer_nice:
             os.nice(self.settings.trainer_nice)
 
-    def covered(self, request: RetrainRequest) -> bool:
-        """A request made before the pairs of the last finished run were read adds nothing to that run."""
+    def covered(self) -> bool:
+        """Nothing changed in the pairs since the last finished run read them: a request adds nothing to it (counted
+        by the pairs' change sequence, not by comparing the clocks of the requesting and the training hosts)."""
         runs = self.pairs.trainings()
-        return bool(runs) and request.requested_at.timestamp() <= max(r["snapshot_at"] for r in runs)
+        return bool(runs) and runs[-1]["pairs_sequence"] == self.pairs.sequence()
 
-    async def handle(self, request: RetrainRequest) -> list[ModelUpdate]:
-        """Train, register and decide; the returned updates go to `model-updates` in order."""
-        if self.covered(request):
-            log.info("retrain (%s) requested at %s is covered by an earlier run", request.reason, request.requested_at)
+    def decided_before(self, request_at: str) -> list[ModelUpdate] | None:
+        """The decisions of a run that answered this very request (its position in `retrain`) and was registered,
+        but whose end was not recorded (a stop between publishing and recording): published again, not retrained."""
+        for model in reversed(self.registry.versions()):
+            decision = model.lineage.get("decision")
+            if model.lineage.get("request") == request_at and isinstance(decision, dict):
+                common = {"version": model.version, "uri": model.path.as_uri(), "metrics": model.metrics,
+                          "trained_on": {"pairs": int(model.lineage.get("pairs", 0)), "request": request_at,
+                                         "feedback_offsets": model.lineage.get("feedback_offsets", {})},
+                          "previous_version": model.lineage.get("base_version"), "at": datetime.now(UTC)}
+                return [ModelUpdate(status="candidate", **common),  # type: ignore[arg-type]
+                        ModelUpdate(status=decision["status"], reason=decision["reason"], **common)]
+        return None
+
+    async def handle(self, request: RetrainRequest, request_at: str | None = None,
+                     publish: Publish | None = None) -> list[ModelUpdate]:
+        """Train, register and decide; the returned updates go to `model-updates` in order. With `publish`, they are
+        published before the run is recorded as finished, so a stop in between re-delivers the request and the same
+        decisions are published again (found by `request_at`, the request's position), never lost."""
+        loop = asyncio.get_running_loop()
+        if request_at is not None and (again := await loop.run_in_executor(None, self.decided_before, request_at)):
+            log.info("retrain at %s was decided before (%s %s): publishing the decision again", request_at,
+                     again[-1].status, again[-1].version)
+            return await self._finish(again, publish, time.time(), self.pairs.sequence())
+        if await loop.run_in_executor(None, self.covered):
+            log.info("retrain (%s) at %s is covered by an earlier run: no pair changed since", request.reason,
+                     request_at)
             return []
         snapshot_at = time.time()
-        loop = asyncio.get_running_loop()
+        sequence = await loop.run_in_executor(None, self.pairs.sequence)
         pairs = await loop.run_in_executor(None, self.pairs.pairs)
         positives = sum(p.kind == "positive" for p in pairs)
         if positives < self.settings.trainer_min_positive_pairs:
             reason = f"{positives} positive pairs < trainer_min_positive_pairs " \
                      f"{self.settings.trainer_min_positive_pairs}"
             log.info("retrain (%s) skipped: %s", request.reason, reason)
-            self.pairs.record_training(snapshot_at, None, "skipped", reason)
+            self.pairs.record_training(snapshot_at, None, "skipped", reason, sequence)
             self.status.last = {"status": "skipped", "reason": reason, "at": time.time()}
             return []
         await self.wait_for_rollouts()
@@ -199,16 +227,25 @@ class Trainer:
         try:
             await loop.run_in_executor(None, write_job, index.chunks)
             result = await self._run(job_dir, request.reason)
-            updates = self._register_and_decide(job_dir, base, result, pairs, params, request, snapshot_at)
+            updates = self._register_and_decide(job_dir, base, result, pairs, params, request, snapshot_at,
+                                                request_at)
         except TrainingFailed as exc:
             updates = [ModelUpdate(version=self.registry.next_version(), uri="", status="failed", reason=str(exc),
                                    previous_version=base.version, at=datetime.now(UTC))]
         finally:
             shutil.rmtree(job_dir, ignore_errors=True)
+        return await self._finish(updates, publish, snapshot_at, sequence)
+
+    async def _finish(self, updates: list[ModelUpdate], publish: Publish | None, snapshot_at: float,
+                      sequence: int) -> list[ModelUpdate]:
+        """Publish the decisions (when a publisher is given), then record the run as finished."""
+        if publish is not None:
+            await publish(updates)
         last = updates[-1]
         if last.status == "promoted":
             self.awaiting = last.version  # the next retrain trains from it, once it serves
-        self.pairs.record_training(snapshot_at, last.version, last.status, last.reason)
+        await asyncio.get_running_loop().run_in_executor(
+            None, self.pairs.record_training, snapshot_at, last.version, last.status, last.reason, sequence)
         self.status.last = {"version": last.version, "status": last.status, "reason": last.reason,
                             "metrics": last.metrics, "at": time.time()}
         return updates
@@ -254,8 +291,9 @@ class Trainer:
 
     def _register_and_decide(self, job_dir: Path, base: ModelVersion, result: TrainingResult,
                              pairs: Sequence[TrainingPair], params: Hyperparameters, request: RetrainRequest,
-                             snapshot_at: float) -> list[ModelUpdate]:
+                             snapshot_at: float, request_at: str | None = None) -> list[ModelUpdate]:
         version = self.registry.next_version()
+        status, reason = self._decide(result)
         scores = {**{f"current_{k}": v for k, v in result.current.items()},
                   **{f"candidate_{k}": v for k, v in result.candidate.items()},
                   "held_out_queries": float(result.held_out_queries), "train_pairs": float(result.train_pairs),
@@ -265,7 +303,8 @@ class Trainer:
         lineage = {"base_version": base.version, "reason": request.reason, "feedback_offsets": offsets,
                    "pairs": len(pairs), "hyperparameters": asdict(params), "snapshot_at": snapshot_at,
                    "trained_at": time.time(), "train_seconds": result.train_seconds,
-                   "phase_seconds": result.phase_seconds}
+                   "phase_seconds": result.phase_seconds, "request": request_at,
+                   "decision": {"status": status, "reason": reason}}
         model = self.registry.register(job_dir / CANDIDATE_DIR, source=str(self.registry.root / version / "st"),
                                        facts={"dim": result.dim, "max_tokens": result.max_tokens},
                                        metrics=scores, lineage=lineage, version=version)
@@ -276,26 +315,29 @@ class Trainer:
                 "held_out_nDCG@10": result.candidate["nDCG@10"], "held_out_MRR@10": result.candidate["MRR@10"],
                 "base_held_out_nDCG@10": result.current["nDCG@10"], "base_held_out_MRR@10": result.current["MRR@10"],
                 "held_out_queries": float(result.held_out_queries)})
-        trained_on = {"pairs": len(pairs), "queries": result.train_queries, "feedback_offsets": offsets}
+        trained_on: dict[str, object] = {"pairs": len(pairs), "queries": result.train_queries,
+                                         "feedback_offsets": offsets}
+        if request_at is not None:
+            trained_on["request"] = request_at  # identifies the decision if it is ever published again
         now = datetime.now(UTC)
         common = {"version": version, "uri": model.path.as_uri(), "metrics": scores, "trained_on": trained_on,
                   "previous_version": base.version}
-        updates = [ModelUpdate(status="candidate", at=now, **common)]  # type: ignore[arg-type]
+        updates = [ModelUpdate(status="candidate", at=now, **common),  # type: ignore[arg-type]
+                   ModelUpdate(status=status, reason=reason, at=now, **common)]  # type: ignore[arg-type]
+        log.info("candidate %s %s: %s", version, status, reason)
+        return updates
+
+    def _decide(self, result: TrainingResult) -> tuple[str, str]:
+        """Promoted or rejected, and why: the held-out gain against the promotion margin."""
         gain = result.candidate["nDCG@10"] - result.current["nDCG@10"]
         margin = self.settings.promotion_margin
         if result.held_out_queries < self.settings.trainer_min_held_out_queries:
-            reason = (f"{result.held_out_queries} held-out queries < trainer_min_held_out_queries "
-                      f"{self.settings.trainer_min_held_out_queries}")
-            updates.append(ModelUpdate(status="rejected", reason=reason, at=now, **common))  # type: ignore[arg-type]
-        elif gain < margin:
-            reason = (f"held-out nDCG@10 {result.candidate['nDCG@10']:.4f} vs serving "
-                      f"{result.current['nDCG@10']:.4f}: gain {gain:+.4f} < margin {margin}")
-            updates.append(ModelUpdate(status="rejected", reason=reason, at=now, **common))  # type: ignore[arg-type]
-        else:
-            reason = f"held-out nDCG@10 +{gain:.4f} (margin {margin})"
-            updates.append(ModelUpdate(status="promoted", reason=reason, at=now, **common))  # type: ignore[arg-type]
-        log.info("candidate %s %s: %s", version, updates[-1].status, reason)
-        return updates
+            return "rejected", (f"{result.held_out_queries} held-out queries < trainer_min_held_out_queries "
+                                f"{self.settings.trainer_min_held_out_queries}")
+        if gain < margin:
+            return "rejected", (f"held-out nDCG@10 {result.candidate['nDCG@10']:.4f} vs serving "
+                                f"{result.current['nDCG@10']:.4f}: gain {gain:+.4f} < margin {margin}")
+        return "promoted", f"held-out nDCG@10 +{gain:.4f} (margin {margin})"
 
 
 def rollback_update(registry: ModelRegistry) -> ModelUpdate:

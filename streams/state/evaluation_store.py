@@ -10,7 +10,6 @@ never both decide it.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from streams.state.errors import ExperimentConflict
-from streams.state.sqlite import open_wal_database
+from streams.state.sqlite import SqliteDatabase
 
 #: Arms an answer row can have: the three that users saw, and the shadow's answer that nobody saw.
 ARMS = ("serving", "candidate", "interleave", "shadow")
@@ -81,26 +80,26 @@ class ExperimentRecord:
 class EvaluationStore:
     """Answers, judgements, offline metrics and experiments; rows of answers older than `max_age_s` are pruned."""
 
-    def __init__(self, path: Path) -> None:
-        self._db = open_wal_database(path)
-        self._lock = threading.Lock()
-        with self._lock:
-            self._db.execute("PRAGMA busy_timeout=10000")
-            self._db.executescript("""
-                CREATE TABLE IF NOT EXISTS answers (query_id TEXT NOT NULL, arm TEXT NOT NULL,
-                    model_version TEXT NOT NULL, index_version TEXT NOT NULL, latency_ms REAL NOT NULL,
-                    doc_ids TEXT NOT NULL, answered_at REAL NOT NULL, length TEXT NOT NULL, source TEXT NOT NULL,
-                    segment TEXT NOT NULL, experiment TEXT NOT NULL, user_key TEXT NOT NULL, credits TEXT,
-                    cached INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (query_id, arm));
-                CREATE INDEX IF NOT EXISTS answers_answered_at ON answers (answered_at);
-                CREATE TABLE IF NOT EXISTS judgements (query_id TEXT NOT NULL, doc_id TEXT NOT NULL,
-                    judgement INTEGER NOT NULL, judged_at REAL NOT NULL, PRIMARY KEY (query_id, doc_id));
-                CREATE TABLE IF NOT EXISTS offline (version TEXT NOT NULL, measure TEXT NOT NULL, value REAL NOT NULL,
-                    recorded_at REAL NOT NULL, PRIMARY KEY (version, measure));
-                CREATE TABLE IF NOT EXISTS experiments (id TEXT PRIMARY KEY, model TEXT NOT NULL, version TEXT NOT NULL,
-                    baseline TEXT NOT NULL, mode TEXT NOT NULL, fraction REAL NOT NULL, state TEXT NOT NULL,
-                    started_at REAL NOT NULL, ended_at REAL, decision TEXT, reason TEXT, evidence TEXT NOT NULL);
-            """)
+    def __init__(self, path: Path, busy_timeout_s: float = 5.0) -> None:
+        self._db = SqliteDatabase(path, "evaluation store", busy_timeout_s)
+        self._db.executescript("""
+            CREATE TABLE IF NOT EXISTS answers (query_id TEXT NOT NULL, arm TEXT NOT NULL,
+                model_version TEXT NOT NULL, index_version TEXT NOT NULL, latency_ms REAL NOT NULL,
+                doc_ids TEXT NOT NULL, answered_at REAL NOT NULL, length TEXT NOT NULL, source TEXT NOT NULL,
+                segment TEXT NOT NULL, experiment TEXT NOT NULL, user_key TEXT NOT NULL, credits TEXT,
+                cached INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (query_id, arm));
+            CREATE INDEX IF NOT EXISTS answers_answered_at ON answers (answered_at);
+            CREATE TABLE IF NOT EXISTS judgements (query_id TEXT NOT NULL, doc_id TEXT NOT NULL,
+                judgement INTEGER NOT NULL, judged_at REAL NOT NULL, PRIMARY KEY (query_id, doc_id));
+            CREATE TABLE IF NOT EXISTS offline (version TEXT NOT NULL, measure TEXT NOT NULL, value REAL NOT NULL,
+                recorded_at REAL NOT NULL, PRIMARY KEY (version, measure));
+            CREATE TABLE IF NOT EXISTS experiments (id TEXT PRIMARY KEY, model TEXT NOT NULL, version TEXT NOT NULL,
+                baseline TEXT NOT NULL, mode TEXT NOT NULL, fraction REAL NOT NULL, state TEXT NOT NULL,
+                started_at REAL NOT NULL, ended_at REAL, decision TEXT, reason TEXT, evidence TEXT NOT NULL);
+        """)
+        with self._db.transaction() as db:  # columns added since the first release
+            if "announced" not in {row[1] for row in db.execute("PRAGMA table_info(experiments)")}:
+                db.execute("ALTER TABLE experiments ADD COLUMN announced INTEGER NOT NULL DEFAULT 1")
 
     # answers and judgements
 
@@ -120,13 +119,11 @@ class EvaluationStore:
 
     def answers(self, since: float = 0.0, until: float | None = None, limit: int = 1_000_000) -> list[AnswerRecord]:
         """Answers in [since, until), oldest first; at most the latest `limit` of them."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT query_id, arm, model_version, index_version, latency_ms, doc_ids, answered_at, length, "
-                "source, segment, experiment, user_key, credits, cached FROM answers "
-                "WHERE answered_at >= ? AND answered_at < ? "
-                "ORDER BY answered_at DESC LIMIT ?", (since, until if until is not None else float("inf"), limit)
-            ).fetchall()[::-1]
+        rows = self._db.fetchall(
+            "SELECT query_id, arm, model_version, index_version, latency_ms, doc_ids, answered_at, length, "
+            "source, segment, experiment, user_key, credits, cached FROM answers "
+            "WHERE answered_at >= ? AND answered_at < ? "
+            "ORDER BY answered_at DESC LIMIT ?", (since, until if until is not None else float("inf"), limit))[::-1]
         return [AnswerRecord(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7], r[8], r[9], r[10], r[11],
                              None if r[12] is None else json.loads(r[12]), bool(r[13])) for r in rows]
 
@@ -140,28 +137,24 @@ class EvaluationStore:
 
     def judgements(self, query_ids: Iterable[str] | None = None) -> dict[str, dict[str, int]]:
         """query_id -> {doc_id: judgement}."""
-        with self._lock:
-            if query_ids is None:
-                rows = self._db.execute("SELECT query_id, doc_id, judgement FROM judgements").fetchall()
-            else:
-                rows = []
-                ids = list(dict.fromkeys(query_ids))
-                for start in range(0, len(ids), 500):
-                    part = ids[start:start + 500]
-                    rows += self._db.execute(
-                        f"SELECT query_id, doc_id, judgement FROM judgements WHERE query_id IN "
-                        f"({','.join('?' * len(part))})", part).fetchall()
+        if query_ids is None:
+            rows = self._db.fetchall("SELECT query_id, doc_id, judgement FROM judgements")
+        else:
+            rows = []
+            ids = list(dict.fromkeys(query_ids))
+            for start in range(0, len(ids), 500):
+                part = ids[start:start + 500]
+                rows += self._db.fetchall(f"SELECT query_id, doc_id, judgement FROM judgements WHERE query_id IN "
+                                          f"({','.join('?' * len(part))})", part)
         judged: dict[str, dict[str, int]] = {}
         for query_id, doc_id, judgement in rows:
             judged.setdefault(query_id, {})[doc_id] = judgement
         return judged
 
     def prune(self, max_age_s: float, now: float) -> int:
-        with self._lock:
-            before = self._db.total_changes
-            self._db.execute("DELETE FROM answers WHERE answered_at < ?", (now - max_age_s,))
-            self._db.execute("DELETE FROM judgements WHERE judged_at < ?", (now - max_age_s,))
-            return self._db.total_changes - before
+        with self._db.transaction() as db:
+            answers = db.execute("DELETE FROM answers WHERE answered_at < ?", (now - max_age_s,)).rowcount
+            return answers + db.execute("DELETE FROM judgements WHERE judged_at < ?", (now - max_age_s,)).rowcount
 
     # offline metrics
 
@@ -172,8 +165,7 @@ class EvaluationStore:
 
     def offline(self) -> dict[str, dict[str, float]]:
         """version -> {measure: value}."""
-        with self._lock:
-            rows = self._db.execute("SELECT version, measure, value FROM offline ORDER BY version").fetchall()
+        rows = self._db.fetchall("SELECT version, measure, value FROM offline ORDER BY version")
         offline: dict[str, dict[str, float]] = {}
         for version, measure, value in rows:
             offline.setdefault(version, {})[measure] = value
@@ -185,53 +177,57 @@ class EvaluationStore:
         """Store a new experiment; `ExperimentConflict` if one of the model is still live (building or running),
         or the id was used before. A promoted one still watched by the guardrails finishes: the new experiment
         compares against what serves now."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                running = self._db.execute(
-                    "SELECT id, version, state FROM experiments WHERE model = ? AND state IN "
-                    "('building', 'running')", (experiment.model,)).fetchone()
-                if running is not None:
-                    raise ExperimentConflict(f"experiment {running[0]} of {running[1]} is {running[2]}; stop it "
-                                             "first (one experiment per model at a time)")
-                if self._db.execute("SELECT 1 FROM experiments WHERE id = ?", (experiment.id,)).fetchone():
-                    raise ExperimentConflict(f"experiment id {experiment.id!r} was used before")
-                self._db.execute("UPDATE experiments SET state = 'finished', reason = COALESCE(reason, '') || "
-                                 "'; watch ended: experiment ' || ? || ' started' WHERE model = ? AND state = "
-                                 "'promoted'", (experiment.id, experiment.model))
-                self._db.execute("INSERT INTO experiments VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                                 (experiment.id, experiment.model, experiment.version, experiment.baseline,
-                                  experiment.mode, experiment.fraction, experiment.state, experiment.started_at,
-                                  experiment.ended_at, experiment.decision, experiment.reason,
-                                  json.dumps(experiment.evidence)))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._db.transaction() as db:
+            running = db.execute(
+                "SELECT id, version, state FROM experiments WHERE model = ? AND state IN "
+                "('building', 'running')", (experiment.model,)).fetchone()
+            if running is not None:
+                raise ExperimentConflict(f"experiment {running[0]} of {running[1]} is {running[2]}; stop it "
+                                         "first (one experiment per model at a time)")
+            if db.execute("SELECT 1 FROM experiments WHERE id = ?", (experiment.id,)).fetchone():
+                raise ExperimentConflict(f"experiment id {experiment.id!r} was used before")
+            db.execute("UPDATE experiments SET state = 'finished', reason = COALESCE(reason, '') || "
+                       "'; watch ended: experiment ' || ? || ' started' WHERE model = ? AND state = "
+                       "'promoted'", (experiment.id, experiment.model))
+            db.execute("INSERT INTO experiments (id, model, version, baseline, mode, fraction, state, started_at, "
+                       "ended_at, decision, reason, evidence) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (experiment.id, experiment.model, experiment.version, experiment.baseline,
+                        experiment.mode, experiment.fraction, experiment.state, experiment.started_at,
+                        experiment.ended_at, experiment.decision, experiment.reason,
+                        json.dumps(experiment.evidence)))
         return experiment
 
     def transition(self, experiment_id: str, from_states: Sequence[str], to_state: str, *,
                    decision: str | None = None, reason: str | None = None, evidence: dict[str, Any] | None = None,
-                   ended: bool = False, now: float | None = None) -> bool:
+                   ended: bool = False, now: float | None = None, announce: bool = False) -> bool:
         """Move an experiment from one of `from_states` to `to_state` (with the decision and its evidence);
-        False when it was not in one of them (another worker decided first)."""
+        False when it was not in one of them (another worker decided first). `announce`: the decision still has to
+        be published (`unannounced` lists it until `announced` is called)."""
         at = time.time() if now is None else now
-        with self._lock:
-            cursor = self._db.execute(
-                f"UPDATE experiments SET state = ?, decision = COALESCE(?, decision), reason = COALESCE(?, reason), "
-                f"evidence = COALESCE(?, evidence), ended_at = CASE WHEN ? THEN ? ELSE ended_at END "
-                f"WHERE id = ? AND state IN ({','.join('?' * len(from_states))})",
-                (to_state, decision, reason, None if evidence is None else json.dumps(evidence), ended, at,
-                 experiment_id, *from_states))
-            return cursor.rowcount == 1
+        cursor = self._db.execute(
+            f"UPDATE experiments SET state = ?, decision = COALESCE(?, decision), reason = COALESCE(?, reason), "
+            f"evidence = COALESCE(?, evidence), ended_at = CASE WHEN ? THEN ? ELSE ended_at END, "
+            f"announced = CASE WHEN ? THEN 0 ELSE announced END "
+            f"WHERE id = ? AND state IN ({','.join('?' * len(from_states))})",
+            (to_state, decision, reason, None if evidence is None else json.dumps(evidence), ended, at, announce,
+             experiment_id, *from_states))
+        return cursor.rowcount == 1
+
+    def unannounced(self, model: str) -> list[ExperimentRecord]:
+        """Experiments whose decision was taken but not yet published (a stop came in between)."""
+        return [e for e in self.experiments(model) if e.id in {row[0] for row in self._db.fetchall(
+            "SELECT id FROM experiments WHERE model = ? AND announced = 0", (model,))}]
+
+    def announced(self, experiment_id: str) -> None:
+        """The decision of this experiment is on `model-updates`."""
+        self._db.execute("UPDATE experiments SET announced = 1 WHERE id = ?", (experiment_id,))
 
     def experiments(self, model: str | None = None, limit: int = 20) -> list[ExperimentRecord]:
         """The latest experiments, newest first."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT id, model, version, baseline, mode, fraction, state, started_at, ended_at, decision, reason, "
-                "evidence FROM experiments WHERE ? IS NULL OR model = ? ORDER BY started_at DESC LIMIT ?",
-                (model, model, limit)).fetchall()
+        rows = self._db.fetchall(
+            "SELECT id, model, version, baseline, mode, fraction, state, started_at, ended_at, decision, reason, "
+            "evidence FROM experiments WHERE ? IS NULL OR model = ? ORDER BY started_at DESC LIMIT ?",
+            (model, model, limit))
         return [ExperimentRecord(*r[:11], evidence=json.loads(r[11])) for r in rows]
 
     def active(self, model: str) -> ExperimentRecord | None:
@@ -239,15 +235,8 @@ class EvaluationStore:
         return next((e for e in self.experiments(model, limit=5) if e.state in (*LIVE_STATES, "promoted")), None)
 
     def _write(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                self._db.executemany(sql, rows)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._db.transaction() as db:
+            db.executemany(sql, rows)
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._db.close()

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from streams.state.sqlite import open_wal_database
+from streams.state.sqlite import SqliteDatabase
 
 
 @dataclass(frozen=True)
@@ -35,61 +34,49 @@ class QueryLog:
     """One row per query_id (a re-delivered query overwrites its row with the same answer); texts are kept up to
     `text_chars`, and `prune` bounds the log by age and rows."""
 
-    def __init__(self, path: Path, text_chars: int = 2_000) -> None:
+    def __init__(self, path: Path, text_chars: int = 2_000, busy_timeout_s: float = 5.0) -> None:
         self.text_chars = text_chars
-        self._db = open_wal_database(path)
-        self._lock = threading.Lock()
-        with self._lock:
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS queries (query_id TEXT PRIMARY KEY, query TEXT NOT NULL, "
-                "response TEXT NOT NULL, answered_at REAL NOT NULL, via TEXT NOT NULL, "
-                "model_version TEXT NOT NULL, index_version TEXT NOT NULL)")
-            self._db.execute("CREATE INDEX IF NOT EXISTS queries_answered_at ON queries (answered_at)")
+        self._db = SqliteDatabase(path, "query log", busy_timeout_s)
+        self._db.executescript(
+            "CREATE TABLE IF NOT EXISTS queries (query_id TEXT PRIMARY KEY, query TEXT NOT NULL, "
+            "response TEXT NOT NULL, answered_at REAL NOT NULL, via TEXT NOT NULL, "
+            "model_version TEXT NOT NULL, index_version TEXT NOT NULL);"
+            "CREATE INDEX IF NOT EXISTS queries_answered_at ON queries (answered_at);")
 
     def record(self, entries: Sequence[LoggedQuery]) -> None:
         entries = [bounded(e, self.text_chars) for e in entries]
         rows = [(e.query_id, json.dumps(e.query, default=str), json.dumps(e.response, default=str), e.answered_at,
                  e.via, e.response.get("model_version", ""), e.response.get("index_version", ""))
                 for e in entries]
-        with self._lock:
-            self._db.execute("BEGIN")
-            self._db.executemany("INSERT OR REPLACE INTO queries VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-            self._db.execute("COMMIT")
+        with self._db.transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO queries VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
 
     def get(self, query_id: str) -> LoggedQuery | None:
-        with self._lock:
-            row = self._db.execute("SELECT query_id, query, response, answered_at, via FROM queries "
-                                   "WHERE query_id = ?", (query_id,)).fetchone()
+        row = self._db.fetchone("SELECT query_id, query, response, answered_at, via FROM queries WHERE query_id = ?",
+                                (query_id,))
         return None if row is None else LoggedQuery(row[0], json.loads(row[1]), json.loads(row[2]), row[3], row[4])
 
     def since(self, answered_after: float = 0.0, limit: int = 10_000) -> Iterator[LoggedQuery]:
-        with self._lock:
-            rows = self._db.execute("SELECT query_id, query, response, answered_at, via FROM queries "
-                                    "WHERE answered_at > ? ORDER BY answered_at LIMIT ?",
-                                    (answered_after, limit)).fetchall()
+        rows = self._db.fetchall("SELECT query_id, query, response, answered_at, via FROM queries "
+                                 "WHERE answered_at > ? ORDER BY answered_at LIMIT ?", (answered_after, limit))
         for row in rows:
             yield LoggedQuery(row[0], json.loads(row[1]), json.loads(row[2]), row[3], row[4])
 
     def recent(self, limit: int = 20) -> list[LoggedQuery]:
         """The latest answered queries, newest first."""
-        with self._lock:
-            rows = self._db.execute("SELECT query_id, query, response, answered_at, via FROM queries "
-                                    "ORDER BY answered_at DESC LIMIT ?", (limit,)).fetchall()
+        rows = self._db.fetchall("SELECT query_id, query, response, answered_at, via FROM queries "
+                                 "ORDER BY answered_at DESC LIMIT ?", (limit,))
         return [LoggedQuery(r[0], json.loads(r[1]), json.loads(r[2]), r[3], r[4]) for r in rows]
 
     def prune(self, max_rows: int, max_age_s: float, now: float) -> int:
         """Delete entries older than `max_age_s` and the oldest beyond `max_rows`; returns how many went."""
-        with self._lock:
-            before = self._db.total_changes
-            self._db.execute("DELETE FROM queries WHERE answered_at < ?", (now - max_age_s,))
-            self._db.execute("DELETE FROM queries WHERE query_id IN (SELECT query_id FROM queries "
-                             "ORDER BY answered_at DESC LIMIT -1 OFFSET ?)", (max_rows,))
-            return self._db.total_changes - before
+        with self._db.transaction() as db:
+            aged = db.execute("DELETE FROM queries WHERE answered_at < ?", (now - max_age_s,)).rowcount
+            return aged + db.execute("DELETE FROM queries WHERE query_id IN (SELECT query_id FROM queries "
+                                     "ORDER BY answered_at DESC LIMIT -1 OFFSET ?)", (max_rows,)).rowcount
 
     def count(self) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM queries").fetchone()[0])
+        return int(self._db.fetchone("SELECT COUNT(*) FROM queries")[0])
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._db.close()

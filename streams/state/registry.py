@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -14,10 +15,37 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from streams.state.errors import ModelExportUnavailable, NothingToRollBack, UnknownModelVersion
+from streams.state.errors import (
+    ModelExportUnavailable,
+    NothingToRollBack,
+    PointerMoved,
+    RegistryWriteFailed,
+    UnknownModelVersion,
+)
 
 BASE_VERSION = "v1"
 VERSION_NAME = re.compile(r"v[0-9]{1,9}")  # a version names a directory and a collection: nothing else is one
+ANY = "*"  # `promote(expected=ANY)`: move the pointer whatever it points at
+
+
+@dataclass(frozen=True, order=True)
+class LogPosition:
+    """Where a decision sits in the `model-updates` log (one partition per model: its key)."""
+
+    partition: int
+    offset: int
+
+    def __str__(self) -> str:
+        return f"{self.partition}@{self.offset}"
+
+
+@dataclass(frozen=True)
+class Pointer:
+    """The serving version and the position of the decision that made it serve (None: the first version, or a
+    pointer written before positions were kept)."""
+
+    version: str
+    position: LogPosition | None = None
 
 
 @dataclass(frozen=True)
@@ -71,8 +99,19 @@ class ModelRegistry(Protocol):
         """Move exported files (model.onnx, tokenizer.json) in as a new version."""
         ...
 
-    def promote(self, version: str) -> None:
-        """Make `version` the serving one and record it in the history."""
+    def promote(self, version: str, *, expected: str | None = ANY, position: LogPosition | None = None,
+                decision: str | None = None) -> None:
+        """Make `version` the serving one and record it in the history: a compare-and-set, refused with
+        `PointerMoved` unless `expected` serves now (None: nothing serves yet; `ANY`: whatever serves). `position`
+        is the decision's place in `model-updates`; `decision` a key that marks it applied."""
+        ...
+
+    def pointer(self) -> Pointer | None:
+        """The serving version with the position of the decision that moved it there."""
+        ...
+
+    def applied(self, decision: str) -> bool:
+        """Whether a promotion with this decision key moved the pointer before."""
         ...
 
     def history(self) -> list[tuple[str, float]]:
@@ -119,10 +158,21 @@ class LocalModelRegistry:
         return sorted(found, key=lambda mv: (len(mv.version), mv.version))
 
     def current(self) -> ModelVersion | None:
-        pointer = self.root / "CURRENT"
-        if not pointer.is_file():
+        pointer = self.pointer()
+        return None if pointer is None else self.get(pointer.version)
+
+    def pointer(self) -> Pointer | None:
+        path = self.root / "CURRENT"
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
             return None
-        return self.get(pointer.read_text(encoding="utf-8").strip())
+        version = lines[0].strip() if lines else ""
+        position = None
+        if len(lines) > 1 and lines[1].strip():
+            where = json.loads(lines[1])
+            position = LogPosition(int(where["partition"]), int(where["offset"]))
+        return Pointer(version, position)
 
     def next_version(self) -> str:
         numbers = [int(mv.version[1:]) for mv in self.versions() if mv.version[1:].isdigit()]
@@ -150,23 +200,54 @@ class LocalModelRegistry:
         os.replace(files_dir, target)
         return self.get(version)
 
-    def promote(self, version: str) -> None:
-        """Make `version` the serving one (atomic pointer swap) and append it to the history."""
+    def promote(self, version: str, *, expected: str | None = ANY, position: LogPosition | None = None,
+                decision: str | None = None) -> None:
+        """Compare-and-set the `CURRENT` pointer to `version` under a lock every process sharing the registry takes
+        (a unique temporary file, fsynced, renamed over the pointer), and append it to the history."""
         self.get(version)  # must exist
-        pointer = self.root / "CURRENT"
-        tmp = pointer.with_suffix(".tmp")
-        tmp.write_text(version + "\n", encoding="utf-8")
-        with open(self.root / "HISTORY", "a", encoding="utf-8") as history:
-            history.write(f"{version}\t{time.time():.6f}\n")
-        os.replace(tmp, pointer)
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".pointer.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            now = self.pointer()
+            actual = None if now is None else now.version
+            if expected != ANY and actual != expected:
+                raise PointerMoved(version, expected, actual)
+            where = "" if position is None else json.dumps({"partition": position.partition,
+                                                            "offset": position.offset})
+            try:
+                with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=self.root, prefix=".CURRENT-",
+                                                 delete=False) as tmp:
+                    tmp.write(f"{version}\n{where}\n")
+                    tmp.flush()
+                    os.fsync(tmp.fileno())
+                with open(self.root / "HISTORY", "a", encoding="utf-8") as history:
+                    history.write(f"{version}\t{time.time():.6f}\t{where}\t{decision or ''}\n")
+                    history.flush()
+                    os.fsync(history.fileno())
+                os.replace(tmp.name, self.root / "CURRENT")
+                directory = os.open(self.root, os.O_RDONLY)
+                try:
+                    os.fsync(directory)
+                finally:
+                    os.close(directory)
+            except OSError as exc:
+                with contextlib.suppress(OSError, UnboundLocalError):
+                    os.unlink(tmp.name)
+                raise RegistryWriteFailed(f"could not move the serving pointer of {self.name} to {version}: "
+                                          f"{exc}") from exc
 
-    def history(self) -> list[tuple[str, float]]:
-        """Every version that was made serving, oldest first, with when."""
+    def _history_rows(self) -> list[list[str]]:
         path = self.root / "HISTORY"
         if not path.is_file():
             return []
-        entries = (line.split("\t") for line in path.read_text(encoding="utf-8").splitlines() if "\t" in line)
-        return [(version, float(at)) for version, at in entries]
+        return [line.split("\t") for line in path.read_text(encoding="utf-8").splitlines() if "\t" in line]
+
+    def history(self) -> list[tuple[str, float]]:
+        """Every version that was made serving, oldest first, with when."""
+        return [(row[0], float(row[1])) for row in self._history_rows()]
+
+    def applied(self, decision: str) -> bool:
+        return any(len(row) > 3 and row[3] == decision for row in self._history_rows())
 
     def previous(self) -> str:
         """The version that served before the current one (the rollback target)."""

@@ -1,15 +1,20 @@
-"""Durable feedback state (SQLite, WAL): feedback waiting for its query, training pairs, and retrain history."""
+"""Durable feedback state (SQLite, WAL): feedback waiting for its query, training pairs, and retrain history.
+
+Several workers share it (compose: the shared volume). Held feedback is settled by one worker at a time: a worker
+claims the rows it settles (a lease; a worker that dies mid-settle lets it lapse and another takes over), so expired
+feedback becomes one dead letter, not one per worker.
+"""
 
 from __future__ import annotations
 
-import threading
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from streams.state.sqlite import open_wal_database
+from streams.state.sqlite import SqliteDatabase
 
 
 @dataclass(frozen=True)
@@ -38,60 +43,112 @@ class TrainingPair:
     feedback_offset: str  # topic/partition@offset of the feedback record behind it (lineage)
 
 
-class TrainingPairs:
-    """Pairs are keyed by (query_id, doc_id): a re-delivered or repeated judgement overwrites, never duplicates."""
+def _key(p: PendingFeedback) -> tuple[str, int, int]:
+    return p.topic, p.partition, p.offset
 
-    def __init__(self, path: Path) -> None:
-        self._db = open_wal_database(path)
-        self._lock = threading.Lock()
-        with self._lock:
-            self._db.executescript("""
-                CREATE TABLE IF NOT EXISTS pending (topic TEXT, partition INTEGER, "offset" INTEGER, key BLOB,
-                    value BLOB NOT NULL, query_id TEXT NOT NULL, received_at REAL NOT NULL,
-                    PRIMARY KEY (topic, partition, "offset"));
-                CREATE TABLE IF NOT EXISTS pairs (query_id TEXT NOT NULL, doc_id TEXT NOT NULL, query TEXT NOT NULL,
-                    text TEXT NOT NULL, kind TEXT NOT NULL, source TEXT NOT NULL, feedback_offset TEXT NOT NULL,
-                    created_at REAL NOT NULL, PRIMARY KEY (query_id, doc_id));
-                CREATE INDEX IF NOT EXISTS pairs_created_at ON pairs (created_at);
-                CREATE TABLE IF NOT EXISTS retrains (requested_at REAL NOT NULL, reason TEXT NOT NULL,
-                    pairs INTEGER NOT NULL);
-                CREATE TABLE IF NOT EXISTS trainings (snapshot_at REAL NOT NULL, finished_at REAL NOT NULL,
-                    version TEXT, status TEXT NOT NULL, reason TEXT);
-            """)
+
+class TrainingPairs:
+    """Pairs are keyed by (query_id, doc_id): a re-delivered or repeated judgement overwrites, never duplicates.
+    `sequence()` counts every change to the pairs (what a retrain would train on has changed since)."""
+
+    def __init__(self, path: Path, busy_timeout_s: float = 5.0) -> None:
+        self._db = SqliteDatabase(path, "feedback state", busy_timeout_s)
+        self.owner = uuid.uuid4().hex  # whose claims on held feedback are this object's
+        self._db.executescript("""
+            CREATE TABLE IF NOT EXISTS pending (topic TEXT, partition INTEGER, "offset" INTEGER, key BLOB,
+                value BLOB NOT NULL, query_id TEXT NOT NULL, received_at REAL NOT NULL,
+                PRIMARY KEY (topic, partition, "offset"));
+            CREATE TABLE IF NOT EXISTS pairs (query_id TEXT NOT NULL, doc_id TEXT NOT NULL, query TEXT NOT NULL,
+                text TEXT NOT NULL, kind TEXT NOT NULL, source TEXT NOT NULL, feedback_offset TEXT NOT NULL,
+                created_at REAL NOT NULL, PRIMARY KEY (query_id, doc_id));
+            CREATE INDEX IF NOT EXISTS pairs_created_at ON pairs (created_at);
+            CREATE TABLE IF NOT EXISTS retrains (requested_at REAL NOT NULL, reason TEXT NOT NULL,
+                pairs INTEGER NOT NULL);
+            CREATE TABLE IF NOT EXISTS trainings (snapshot_at REAL NOT NULL, finished_at REAL NOT NULL,
+                version TEXT, status TEXT NOT NULL, reason TEXT);
+            CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+        """)
+        with self._db.transaction() as db:  # columns added since the first release
+            pending = {row[1] for row in db.execute("PRAGMA table_info(pending)")}
+            if "claimed_until" not in pending:
+                db.execute("ALTER TABLE pending ADD COLUMN claimed_until REAL NOT NULL DEFAULT 0")
+                db.execute("ALTER TABLE pending ADD COLUMN claimed_by TEXT")
+            for table, column in (("trainings", "pairs_sequence"), ("retrains", "pairs_sequence"), ("pairs", "seq")):
+                if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
+
+    # held feedback
 
     def hold(self, pending: Sequence[PendingFeedback]) -> None:
         rows = [(p.topic, p.partition, p.offset, p.key, p.value, p.query_id, p.received_at) for p in pending]
-        with self._lock:
-            self._db.executemany("INSERT OR IGNORE INTO pending VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        with self._db.transaction() as db:
+            db.executemany("INSERT OR IGNORE INTO pending (topic, partition, \"offset\", key, value, query_id, "
+                           "received_at) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
 
-    def held(self) -> list[PendingFeedback]:
-        with self._lock:
-            rows = self._db.execute('SELECT topic, partition, "offset", key, value, query_id, received_at '
-                                    "FROM pending ORDER BY received_at").fetchall()
+    def held(self, now: float | None = None) -> list[PendingFeedback]:
+        """Feedback still held and not claimed by a worker settling it now."""
+        rows = self._db.fetchall('SELECT topic, partition, "offset", key, value, query_id, received_at FROM pending '
+                                 "WHERE claimed_until < ? ORDER BY received_at",
+                                 (time.time() if now is None else now,))
         return [PendingFeedback(*row) for row in rows]
 
+    def claim(self, pending: Sequence[PendingFeedback], now: float, lease_s: float) -> list[PendingFeedback]:
+        """Those of `pending` this caller may settle: still held and not claimed by another worker (whose claim
+        lapses after `lease_s`); they stay claimed until `release`d or `unclaim`ed. Claiming again what this object
+        claimed renews it."""
+        claimed = []
+        with self._db.transaction() as db:
+            for p in pending:
+                cursor = db.execute('UPDATE pending SET claimed_until = ?, claimed_by = ? WHERE topic = ? AND '
+                                    'partition = ? AND "offset" = ? AND (claimed_until < ? OR claimed_by = ?)',
+                                    (now + lease_s, self.owner, *_key(p), now, self.owner))
+                if cursor.rowcount == 1:
+                    claimed.append(p)
+        return claimed
+
+    def unclaim(self, pending: Sequence[PendingFeedback]) -> None:
+        """Hand claimed feedback back to the hold (it still waits for its query)."""
+        with self._db.transaction() as db:
+            db.executemany('UPDATE pending SET claimed_until = 0 WHERE topic = ? AND partition = ? AND "offset" = ?',
+                           [_key(p) for p in pending])
+
     def release(self, pending: Sequence[PendingFeedback]) -> None:
-        with self._lock:
-            self._db.executemany('DELETE FROM pending WHERE topic = ? AND partition = ? AND "offset" = ?',
-                                 [(p.topic, p.partition, p.offset) for p in pending])
+        """Settled: out of the hold."""
+        with self._db.transaction() as db:
+            db.executemany('DELETE FROM pending WHERE topic = ? AND partition = ? AND "offset" = ?',
+                           [_key(p) for p in pending])
+
+    # training pairs
 
     def add(self, pairs: Sequence[TrainingPair], now: float | None = None) -> None:
         """Insert or overwrite; an explicit judgement always wins over a pair inferred from served hits."""
+        if not pairs:
+            return
         stamp = time.time() if now is None else now
-        with self._lock:
-            self._db.execute("BEGIN")
+        with self._db.transaction() as db:
+            sequence = self._sequence(db)
             for p in pairs:
-                row = (p.query_id, p.doc_id, p.query, p.text, p.kind, p.source, p.feedback_offset, stamp)
-                if p.source == "feedback":
-                    self._db.execute("INSERT OR REPLACE INTO pairs VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
-                else:
-                    self._db.execute("INSERT OR IGNORE INTO pairs VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
-            self._db.execute("COMMIT")
+                row = (p.query_id, p.doc_id, p.query, p.text, p.kind, p.source, p.feedback_offset, stamp, sequence + 1)
+                verb = "REPLACE" if p.source == "feedback" else "IGNORE"
+                sequence += db.execute(f"INSERT OR {verb} INTO pairs (query_id, doc_id, query, text, kind, source, "
+                                       "feedback_offset, created_at, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                       row).rowcount
+            db.execute("INSERT OR REPLACE INTO counters VALUES ('pairs', ?)", (sequence,))
+
+    @staticmethod
+    def _sequence(db: Any) -> int:
+        row = db.execute("SELECT value FROM counters WHERE name = 'pairs'").fetchone()
+        return 0 if row is None else int(row[0])
+
+    def sequence(self) -> int:
+        """How many times pairs were added or overwritten, ever (never decreases, pruning included); each pair
+        carries the sequence number of its latest change."""
+        with self._db.transaction(immediate=False) as db:
+            return self._sequence(db)
 
     def pairs(self, since: float = 0.0) -> list[TrainingPair]:
-        with self._lock:
-            rows = self._db.execute("SELECT query_id, query, doc_id, text, kind, source, feedback_offset FROM pairs "
-                                    "WHERE created_at > ? ORDER BY created_at, query_id, doc_id", (since,)).fetchall()
+        rows = self._db.fetchall("SELECT query_id, query, doc_id, text, kind, source, feedback_offset FROM pairs "
+                                 "WHERE created_at > ? ORDER BY created_at, query_id, doc_id", (since,))
         return [TrainingPair(*row) for row in rows]
 
     def count(self, kind: str | None = None, since: float = 0.0) -> int:
@@ -99,44 +156,72 @@ class TrainingPairs:
         if kind is not None:
             query += " AND kind = ?"
             params.append(kind)  # type: ignore[arg-type]
-        with self._lock:
-            return int(self._db.execute(query, params).fetchone()[0])
+        return int(self._db.fetchone(query, params)[0])
 
     def for_query(self, query_id: str) -> list[TrainingPair]:
-        with self._lock:
-            rows = self._db.execute("SELECT query_id, query, doc_id, text, kind, source, feedback_offset FROM pairs "
-                                    "WHERE query_id = ? ORDER BY kind DESC, doc_id", (query_id,)).fetchall()
+        rows = self._db.fetchall("SELECT query_id, query, doc_id, text, kind, source, feedback_offset FROM pairs "
+                                 "WHERE query_id = ? ORDER BY kind DESC, doc_id", (query_id,))
         return [TrainingPair(*row) for row in rows]
 
+    def prune(self, max_rows: int, max_age_s: float, now: float) -> int:
+        """Drop pairs older than `max_age_s` and the oldest beyond `max_rows` (the models trained on them keep their
+        lineage in their manifests); returns how many went."""
+        with self._db.transaction() as db:
+            aged = db.execute("DELETE FROM pairs WHERE created_at < ?", (now - max_age_s,)).rowcount
+            return aged + db.execute("DELETE FROM pairs WHERE rowid IN (SELECT rowid FROM pairs ORDER BY created_at "
+                                     "DESC LIMIT -1 OFFSET ?)", (max_rows,)).rowcount
+
+    # retrains and trainings
+
     def record_retrain(self, reason: str, pairs: int, at: float) -> None:
-        with self._lock:
-            self._db.execute("INSERT INTO retrains VALUES (?, ?, ?)", (at, reason, pairs))
+        with self._db.transaction() as db:
+            db.execute("INSERT INTO retrains (requested_at, reason, pairs, pairs_sequence) VALUES (?, ?, ?, ?)",
+                       (at, reason, pairs, self._sequence(db)))
+
+    def record_retrain_if(self, reason: str, at: float, min_interval_s: float, min_new_positive: int = 0,
+                          min_new_pairs: int = 0) -> int | None:
+        """Record a retrain request when the last one is at least `min_interval_s` old and enough pairs changed
+        since it (counted by sequence, not by clocks); returns the new pairs, or None when it does not fire. One
+        transaction: of several workers deciding at once, one fires."""
+        with self._db.transaction() as db:
+            last = db.execute("SELECT requested_at, pairs_sequence FROM retrains ORDER BY rowid DESC LIMIT 1"
+                              ).fetchone()
+            if last is not None and at - last[0] < min_interval_s:
+                return None
+            since = last[1] if last is not None else 0
+            new_pairs, new_positive = db.execute("SELECT COUNT(*), COALESCE(SUM(kind = 'positive'), 0) FROM pairs "
+                                                 "WHERE seq > ?", (since,)).fetchone()
+            if new_positive < min_new_positive or new_pairs < max(1, min_new_pairs):
+                return None
+            db.execute("INSERT INTO retrains (requested_at, reason, pairs, pairs_sequence) VALUES (?, ?, ?, ?)",
+                       (at, reason, new_pairs, self._sequence(db)))
+            return int(new_pairs)
 
     def last_retrain(self) -> float | None:
-        with self._lock:
-            value = self._db.execute("SELECT MAX(requested_at) FROM retrains").fetchone()[0]
+        value = self._db.fetchone("SELECT MAX(requested_at) FROM retrains")[0]
         return None if value is None else float(value)
 
     def retrains(self) -> list[dict[str, Any]]:
-        with self._lock:
-            rows = self._db.execute("SELECT requested_at, reason, pairs FROM retrains ORDER BY requested_at").fetchall()
+        rows = self._db.fetchall("SELECT requested_at, reason, pairs FROM retrains ORDER BY requested_at")
         return [{"requested_at": r[0], "reason": r[1], "pairs": r[2]} for r in rows]
 
-    def record_training(self, snapshot_at: float, version: str | None, status: str, reason: str | None) -> None:
-        """A finished training run; `snapshot_at` is when its pairs were read (requests before it are covered)."""
-        with self._lock:
-            self._db.execute("INSERT INTO trainings VALUES (?, ?, ?, ?, ?)",
-                             (snapshot_at, time.time(), version, status, reason))
+    def record_training(self, snapshot_at: float, version: str | None, status: str, reason: str | None,
+                        pairs_sequence: int | None = None) -> None:
+        """A finished training run; `pairs_sequence` is `sequence()` when its pairs were read (a request that finds
+        no change since has nothing new to train on)."""
+        with self._db.transaction() as db:
+            db.execute("INSERT INTO trainings (snapshot_at, finished_at, version, status, reason, pairs_sequence) "
+                       "VALUES (?, ?, ?, ?, ?, ?)", (snapshot_at, time.time(), version, status, reason,
+                                                     pairs_sequence))
 
     def trainings(self) -> list[dict[str, Any]]:
-        with self._lock:
-            rows = self._db.execute("SELECT snapshot_at, finished_at, version, status, reason FROM trainings "
-                                    "ORDER BY finished_at").fetchall()
-        return [dict(zip(("snapshot_at", "finished_at", "version", "status", "reason"), r, strict=True)) for r in rows]
+        rows = self._db.fetchall("SELECT snapshot_at, finished_at, version, status, reason, pairs_sequence "
+                                 "FROM trainings ORDER BY finished_at")
+        keys = ("snapshot_at", "finished_at", "version", "status", "reason", "pairs_sequence")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._db.close()
 
 
 def pair_lineage(topic: str, partition: int, offset: int) -> str:
