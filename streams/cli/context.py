@@ -9,13 +9,38 @@ import urllib.request
 from typing import Any
 
 import typer
+from pydantic import SecretStr
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from schemas.errors import GristmillError
 from streams.settings import Settings
 
 console = Console()
+
+
+class KeyRefused(GristmillError):
+    """The worker's HTTP API refused the CLI's request for its key (401: none sent or not recognized; 403: the key
+    lacks the role, or the request's Host/Origin is not served)."""
+
+    def __init__(self, status: int, url: str, answer: str, key_sent: bool) -> None:
+        where = url.split("?")[0]
+        if status == 401 and not key_sent:
+            message = f"{where} needs an API key: set GRISTMILL_API_KEY ({answer})"
+        elif status == 401:
+            message = f"{where} did not accept GRISTMILL_API_KEY ({answer})"
+        elif key_sent:
+            message = f"{where} refused the request (403): {answer} (the key is GRISTMILL_API_KEY's)"
+        else:
+            message = f"{where} refused the request (403): {answer} (no GRISTMILL_API_KEY was sent)"
+        super().__init__(message)
+        self.status = status
+
+    @classmethod
+    def from_http_error(cls, error: urllib.error.HTTPError, url: str, key_sent: bool) -> KeyRefused:
+        return cls(error.code, url, _answer(error), key_sent)
 
 
 def load_settings() -> Settings:
@@ -44,16 +69,40 @@ def with_stack(settings: Settings) -> tuple[Settings, str]:
     return settings.model_copy(update={"kafka_bootstrap_servers": bootstrap}), url
 
 
-def get_json(url: str, timeout: float = 10.0) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        return json.load(response)
+def get_json(url: str, timeout: float = 10.0, api_key: SecretStr | None = None) -> Any:
+    """GET a JSON answer, with `api_key` as the bearer token when given; `KeyRefused` on a 401 or 403."""
+    headers = {"Authorization": f"Bearer {api_key.get_secret_value()}"} if api_key is not None else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as response:
+            return json.load(response)
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            raise KeyRefused.from_http_error(exc, url, api_key is not None) from None
+        raise
 
 
-def stack_json(url: str, what: str, timeout: float = 30.0) -> Any:
+def _answer(error: urllib.error.HTTPError) -> str:
+    """The worker's one-line reason (its JSON `error`), or the start of its body."""
+    body = error.read().decode(errors="replace")
+    try:
+        return str(json.loads(body)["error"])[:300]
+    except (ValueError, KeyError, TypeError):
+        return body[:300] or str(error.reason)
+
+
+def refused(exc: KeyRefused) -> typer.Exit:
+    """Print the refusal as one line; the exit (status 1) to raise."""
+    console.print(f"[red]refused:[/red] {escape(str(exc))}", soft_wrap=True)
+    return typer.Exit(1)
+
+
+def stack_json(url: str, what: str, timeout: float = 30.0, api_key: SecretStr | None = None) -> Any:
     """GET a JSON answer from the running stack; a refusal or a stack that is not answering is one line and
     exit status 1."""
     try:
-        return get_json(url, timeout=timeout)
+        return get_json(url, timeout=timeout, api_key=api_key)
+    except KeyRefused as exc:
+        raise refused(exc) from None
     except urllib.error.HTTPError as exc:
         console.print(f"[red]{what} failed ({exc.code}):[/red] {exc.read().decode(errors='replace')[:300]}")
         raise typer.Exit(1) from exc

@@ -15,8 +15,8 @@ Mode = Literal["shadow", "split", "interleave"]
 
 
 def _stack_json(path: str) -> Any:
-    _, url = with_stack(load_settings())
-    return stack_json(f"{url}{path}", path.split("?")[0])
+    settings, url = with_stack(load_settings())
+    return stack_json(f"{url}{path}", path.split("?")[0], api_key=settings.api_key)
 
 
 def _number(value: Any, digits: int = 3) -> str:

@@ -10,7 +10,17 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from streams.cli.context import console, load_settings, print_hits, progress_bar, require_kafka, stack_json, with_stack
+from streams.cli.context import (
+    KeyRefused,
+    console,
+    load_settings,
+    print_hits,
+    progress_bar,
+    refused,
+    require_kafka,
+    stack_json,
+    with_stack,
+)
 
 Mode = Annotated[str | None, typer.Option(help="dense, sparse or hybrid (default: the worker's, hybrid).")]
 Group = Annotated[str, typer.Option(help="chunk, or doc: one hit per document.")]
@@ -20,10 +30,10 @@ def search(text: str, k: Annotated[int, typer.Option("-k", help="Number of hits.
            source: Annotated[str | None, typer.Option(help="Only chunks from this source.")] = None,
            mode: Mode = None, group: Group = "chunk") -> None:
     """Search the running index over HTTP and print the hits."""
-    _, url = with_stack(load_settings())
+    settings, url = with_stack(load_settings())
     params = {"q": text, "k": k, "group": group, **({"source": source} if source else {}),
               **({"mode": mode} if mode else {})}
-    print_hits(stack_json(f"{url}/search?" + urllib.parse.urlencode(params), "search"))
+    print_hits(stack_json(f"{url}/search?" + urllib.parse.urlencode(params), "search", api_key=settings.api_key))
 
 
 def ask(text: str, k: Annotated[int, typer.Option("-k", help="Number of hits.")] = 5,
@@ -75,9 +85,15 @@ def evaluate(
         raise typer.Exit(1) from exc
     console.print(f"{len(dataset.corpus)} documents, {len(dataset.queries)} judged queries ({split})")
     started = time.monotonic()
-    with progress_bar() as progress:
-        task = progress.add_task("corpus -> documents", total=len(dataset.corpus))
-        took = ingest_corpus(settings, url, dataset, on_sent=lambda n: progress.advance(task, n))
+    try:
+        with progress_bar() as progress:
+            task = progress.add_task("corpus -> documents", total=len(dataset.corpus))
+            took = ingest_corpus(settings, url, dataset, on_sent=lambda n: progress.advance(task, n))
+    except urllib.error.HTTPError as exc:
+        if exc.code not in (401, 403):
+            raise
+        raise refused(KeyRefused.from_http_error(exc, f"{url}/documents/versions", settings.api_key is not None)
+                      ) from None
     console.print(f"indexed in {took:.1f}s; querying through Kafka ({', '.join(modes)}, by {group})...")
     runs = {m: query_pipeline(settings, dataset, top_k=top_k, mode=m, group=group) for m in modes}
     table = Table(title=f"gristmill eval {beir_dir.name} ({split}, by {group}, {time.monotonic() - started:.0f} s)")

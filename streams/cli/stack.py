@@ -13,13 +13,50 @@ import urllib.parse
 from typing import Annotated, Any
 
 import typer
+from pydantic import SecretStr
+from rich.markup import escape
 
-from streams.cli.context import console, get_json, load_settings, print_hits, progress_bar, running, with_stack
+from streams.cli.context import (
+    KeyRefused,
+    console,
+    get_json,
+    load_settings,
+    print_hits,
+    progress_bar,
+    refused,
+    running,
+    with_stack,
+)
 from streams.settings import Settings
+
+
+def check_http_exposure(settings: Settings) -> None:
+    """Refuse (one line, exit status 2) to serve HTTP beyond loopback without API keys, unless
+    GRISTMILL_HTTP_ALLOW_OPEN, and to start on a keys file that cannot be used."""
+    from streams.web.api_keys import InvalidApiKeysFile, check_api_keys_file
+    from streams.web.guards import loopback_host
+
+    if settings.api_keys_file is not None:
+        try:
+            check_api_keys_file(settings.api_keys_file)
+        except InvalidApiKeysFile as exc:
+            console.print(f"[red]not starting:[/red] {escape(str(exc))}", soft_wrap=True)
+            raise typer.Exit(2) from None
+    elif not loopback_host(settings.http_host) and not settings.http_allow_open:
+        console.print(f"[red]not starting:[/red] GRISTMILL_HTTP_HOST={escape(settings.http_host or '(all)')} serves "
+                      "HTTP beyond loopback, where anyone who reaches it reads the query log: set "
+                      "GRISTMILL_API_KEYS_FILE (or GRISTMILL_HTTP_ALLOW_OPEN=true to serve it open)", soft_wrap=True)
+        raise typer.Exit(2)
+    elif not loopback_host(settings.http_host):
+        console.print(f"[yellow]HTTP on {escape(settings.http_host or '(all)')} without API keys[/yellow] "
+                      "(GRISTMILL_HTTP_ALLOW_OPEN): anyone who reaches it reads the query log", soft_wrap=True)
 
 
 def up(demo: Annotated[bool, typer.Option(help="Feed the bundled corpus and run a few searches.")] = False) -> None:
     """Start the stack: embedded broker (unless KAFKA_BOOTSTRAP_SERVERS), topics, worker, HTTP API."""
+    settings = load_settings()
+    check_http_exposure(settings)  # before anything starts
+
     from faust.worker import Worker as FaustWorker
 
     from streams.app import Worker
@@ -27,7 +64,6 @@ def up(demo: Annotated[bool, typer.Option(help="Feed the bundled corpus and run 
     from streams.topics import create_topics
     from streams.web.http import HttpService
 
-    settings = load_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if running(settings):
         console.print(f"[red]gristmill is already running from {settings.data_dir}[/red] (see `gristmill status`)")
@@ -74,12 +110,22 @@ def up(demo: Annotated[bool, typer.Option(help="Feed the bundled corpus and run 
         console.print("gristmill stopped")
 
 
-def _wait_indexed(url: str, documents: int, timeout_s: float) -> dict[str, Any]:
+def _health(url: str, api_key: SecretStr | None, timeout: float = 10.0) -> dict[str, Any]:
+    """The worker's full health report (`KeyRefused` when it answers only its status: a keys file is configured
+    and GRISTMILL_API_KEY is not a key with the read role)."""
+    health: dict[str, Any] = get_json(f"{url}/health", timeout=timeout, api_key=api_key)
+    if "index" not in health:
+        raise KeyRefused(403, f"{url}/health", "the worker shows its model and index to a key with the read role "
+                                               "only", api_key is not None)
+    return health
+
+
+def _wait_indexed(url: str, documents: int, timeout_s: float, api_key: SecretStr | None = None) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     health: dict[str, Any] = {}
     while time.monotonic() < deadline:
         try:
-            health = get_json(f"{url}/health")
+            health = _health(url, api_key)
             if health["index"]["documents"] >= documents:
                 return health
         except (urllib.error.URLError, ConnectionError, OSError):
@@ -94,7 +140,7 @@ def _demo(settings: Settings, url: str) -> None:
     from streams.topics import TopicNames
 
     try:
-        _wait_indexed(url, 0, 120)
+        _wait_indexed(url, 0, 120, settings.api_key)
         source = DocumentSource(CORPUS)
         count = source.count
         with progress_bar() as progress:
@@ -102,10 +148,11 @@ def _demo(settings: Settings, url: str) -> None:
             produce(settings, TopicNames(settings.namespace).documents, source.records(),
                     lambda n: progress.advance(task, n)).check()
         with console.status(f"indexing {count} documents..."):
-            health = _wait_indexed(url, count, 600)
+            health = _wait_indexed(url, count, 600, settings.api_key)
         console.print(f"indexed {health['index']['documents']} documents as {health['index']['chunks']} chunks")
         for query in QUERIES[:4]:
-            print_hits(get_json(f"{url}/search?" + urllib.parse.urlencode({"q": query, "k": 3})))
+            print_hits(get_json(f"{url}/search?" + urllib.parse.urlencode({"q": query, "k": 3}),
+                                api_key=settings.api_key))
         console.print(f"Try: gristmill search 'your question'   or   curl '{url}/search?q=open+a+file&k=3'")
     except Exception as exc:  # the demo must never take the worker down
         console.print(f"[red]demo failed:[/red] {exc}")
@@ -138,7 +185,7 @@ def trainer_line(trainer: dict[str, Any]) -> str:
     return line
 
 
-def watch_progress(url: str, interval_s: float = 1.0) -> None:
+def watch_progress(url: str, interval_s: float = 1.0, api_key: SecretStr | None = None) -> None:
     """Progress bars of the rollout and the training run, refreshed from `/health` until Ctrl-C."""
     with progress_bar() as bars:
         rollout_task = bars.add_task("rollout", total=None, visible=False)
@@ -146,7 +193,9 @@ def watch_progress(url: str, interval_s: float = 1.0) -> None:
         with contextlib.suppress(KeyboardInterrupt):
             while True:
                 try:
-                    health = get_json(f"{url}/health", timeout=5)
+                    health = _health(url, api_key, timeout=5)
+                except KeyRefused as exc:
+                    raise refused(exc) from None
                 except (urllib.error.URLError, OSError) as exc:
                     console.print(f"[red]the stack stopped answering:[/red] {exc}")
                     raise typer.Exit(1) from exc
@@ -182,7 +231,7 @@ def status(watch: Annotated[bool, typer.Option("--watch", help="Then follow the 
     console.print(f"HTTP    {info['http']}")
     console.print(f"agents  {', '.join(info.get('agents', []))}   pid {info['pid']}")
     try:
-        health = get_json(f"{info['http']}/health", timeout=5)
+        health = _health(info["http"], settings.api_key, timeout=5)
         console.print(f"model   {health['model_version']} on {health['encoder_provider']}")
         console.print(f"index   {health['index']['documents']} documents, {health['index']['chunks']} chunks "
                       f"(index version {health.get('index_version')})")
@@ -193,8 +242,10 @@ def status(watch: Annotated[bool, typer.Option("--watch", help="Then follow the 
                           + (f", error: {r['error']}" if r.get("error") else ""))
         if health.get("trainer"):
             console.print(trainer_line(health["trainer"]), markup=False, highlight=False)
+    except KeyRefused as exc:
+        raise refused(exc) from None
     except (urllib.error.URLError, OSError) as exc:
         console.print(f"[yellow]HTTP API not answering yet:[/yellow] {exc}")
         return
     if watch:
-        watch_progress(info["http"])
+        watch_progress(info["http"], api_key=settings.api_key)

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from streams.ml.ranking import Qrels, documents_by_best_chunk, score_rankings
 from streams.produce import Outgoing, produce
 from streams.roundtrip import QueryRoundTrip
@@ -49,9 +51,11 @@ def load_beir(folder: Path, split: str = "test") -> BeirDataset:
     return BeirDataset(corpus, queries, {q: qrels[q] for q in queries})
 
 
-def _post_json(url: str, body: object) -> dict[str, object]:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
+def _post_json(url: str, body: object, api_key: SecretStr | None = None) -> dict[str, object]:
+    """POST a JSON body (with `api_key` as the bearer token when given); the JSON answer."""
+    headers = {"Content-Type": "application/json",
+               **({"Authorization": f"Bearer {api_key.get_secret_value()}"} if api_key is not None else {})}
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.load(response)
 
@@ -73,7 +77,7 @@ def ingest_corpus(settings: Settings, http_url: str, dataset: BeirDataset, timeo
         still = []
         for start in range(0, len(pending), 5_000):
             batch = pending[start:start + 5_000]
-            versions = _post_json(f"{http_url}/documents/versions", {"doc_ids": batch})["versions"]
+            versions = _post_json(f"{http_url}/documents/versions", {"doc_ids": batch}, settings.api_key)["versions"]
             still += [d for d in batch if (versions.get(d) or -1) < version]  # type: ignore[union-attr, operator]
         pending = still
         if pending:

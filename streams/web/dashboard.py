@@ -1,4 +1,8 @@
-"""The built-in live dashboard (`GET /`): the worker's own figures for a person without Grafana."""
+"""The built-in live dashboard (`GET /`): the worker's own figures for a person without Grafana.
+
+The page holds no data itself: it reads `/api/dashboard`. When that answers 401 (a keys file is configured) it asks
+for an API key, keeps it in `sessionStorage` only (gone with the tab; never `localStorage`, never the URL) and sends
+it as a bearer token on every request, admin actions included (the admin token works as a key too)."""
 
 from __future__ import annotations
 
@@ -115,7 +119,7 @@ def dashboard_state(shared: Shared, trains: bool, recent: int = 20) -> dict[str,
         "encoder_provider": serving.encoder.provider,
         "rollout": rollout.as_dict() if rollout else None,
         "trainer": shared.trainer.snapshot() if trains else None,
-        "admin_enabled": shared.settings.admin_token is not None,
+        "admin_enabled": shared.settings.admin_token is not None or shared.settings.api_keys_file is not None,
         "online": online_metrics(shared),
     }
 
@@ -144,9 +148,14 @@ PAGE = """<!doctype html>
  h2{font-size:15px;margin:0 0 8px} table{border-collapse:collapse;width:100%}
  td,th{text-align:left;padding:4px 6px;border-bottom:1px solid #eee;vertical-align:top;font-size:13px}
  .alert{color:#b00020;font-weight:600} .ok{color:#17803d} code{font-size:12px}
+ #login{margin:16px 20px 0;background:#fff;border-radius:8px;padding:12px;box-shadow:0 1px 2px #0001}
+ header button{margin-left:auto}
 </style></head><body>
-<header><h1>gristmill</h1><span id="model"></span><span id="updated"></span></header>
-<main>
+<header><h1>gristmill</h1><span id="model"></span><span id="updated"></span><span id="who"></span>
+ <button id="forget" type="button" hidden>Forget the key</button></header>
+<form id="login" hidden><label>API key <input id="key" type="password" autocomplete="off" size="32"></label>
+ <button type="submit">Use this key</button> <span id="login-note"></span></form>
+<main id="data">
  <div class="cards" id="cards"></div>
  <section><h2>Alerts</h2><div id="alerts"></div></section>
  <section><h2>Recent dead letters</h2><table><thead><tr><th>topic</th><th>partition@offset</th><th>key</th>
@@ -160,8 +169,8 @@ PAGE = """<!doctype html>
  </section>
  <section><h2>Model versions</h2>
   <p id="flywheel"></p>
-  <p id="admin"><label>admin token <input id="token" type="password" autocomplete="off" size="24"></label>
-   <button id="rollback" type="button">Roll back to the previous model</button> <span id="action"></span></p>
+  <p id="admin"><button id="rollback" type="button">Roll back to the previous model</button>
+   <span id="action"></span></p>
   <table><thead><tr><th>version</th><th>created</th><th>base</th><th>pairs</th><th>held-out nDCG@10</th>
   <th>MRR@10</th><th>decision</th><th>serving</th><th></th></tr></thead><tbody id="models"></tbody></table>
  </section>
@@ -178,8 +187,31 @@ function rows(id, items, render, empty) {
   document.getElementById(id).innerHTML = items.length ? items.map(render).join("")
     : `<tr><td colspan="8"><small>${empty}</small></td></tr>`;
 }
+const KEY = "gristmill-api-key";  // sessionStorage only: gone with the tab, never in localStorage or the URL
+const storedKey = () => sessionStorage.getItem(KEY) || "";
+const auth = () => storedKey() ? {"Authorization": "Bearer " + storedKey()} : {};
+function askForKey(note) {
+  document.getElementById("login").hidden = false;
+  document.getElementById("login-note").textContent = note;
+}
 async function refresh() {
-  const s = await (await fetch("/api/dashboard", {cache: "no-store"})).json();
+  const response = await fetch("/api/dashboard", {cache: "no-store", headers: auth()});
+  document.getElementById("forget").hidden = !storedKey();
+  if (response.status === 401 || response.status === 403) {
+    const refused = (await response.json().catch(() => ({}))).error || "";
+    if (response.status === 401 && storedKey()) sessionStorage.removeItem(KEY);  // revoked or mistyped
+    document.getElementById("data").hidden = true;
+    document.getElementById("who").textContent = "";
+    askForKey(response.status === 401 ? `This dashboard needs an API key with the read role (${refused}).`
+      : `This key cannot read the dashboard (${refused}).`);
+    return;
+  }
+  const s = await response.json();
+  document.getElementById("data").hidden = false;
+  const canAdmin = s.admin_enabled && (!s.caller || s.caller.roles.includes("admin"));
+  document.getElementById("who").textContent = s.caller ? `key ${s.caller.name} (${s.caller.roles.join(", ")})` : "";
+  if (s.caller) document.getElementById("login").hidden = true;
+  else if (s.admin_enabled) askForKey("Admin actions need a key with the admin role (or the admin token).");
   document.getElementById("model").textContent = `model ${s.model_version} on ${s.encoder_provider}`;
   document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString();
   const r = s.records_in;
@@ -210,7 +242,7 @@ async function refresh() {
   rows("models", s.models, m => `<tr><td>${esc(m.version)}</td><td>${esc(m.created_at.slice(0, 19))}</td>
     <td>${esc(m.base)}</td><td>${num(m.pairs)}</td><td>${pair(m.metrics, "nDCG@10")}</td>
     <td>${pair(m.metrics, "MRR@10")}</td><td title="${esc(m.reason)}">${esc(m.decision)}</td>
-    <td>${m.serving ? "serving" : ""}</td><td>${m.serving ? "" : s.admin_enabled
+    <td>${m.serving ? "serving" : ""}</td><td>${m.serving ? "" : canAdmin
       ? `<button type="button" data-promote="${esc(m.version)}">Promote</button>` : ""}</td></tr>`, "no models");
   const trainer = s.trainer, rollout = s.rollout;
   const duration = t => t == null ? "?"
@@ -226,7 +258,7 @@ async function refresh() {
     rollout ? `rollout ${esc(rollout.previous)} → ${esc(rollout.version)}: ${esc(rollout.state)} ${
       num(100 * rollout.progress)} %` : "",
   ].filter(Boolean).join(" · ");
-  document.getElementById("admin").hidden = !s.admin_enabled;
+  document.getElementById("admin").hidden = !canAdmin;
   rows("online", s.online.rows, o => `<tr><td>${esc(o.version)}</td><td>${esc(o.arm)}</td><td>${num(o.queries)}</td>
     <td>${num(o.judged)}</td><td>${num(o.positive_rate, 3)}</td><td>${num(o["mrr@10"], 3)}</td>
     <td>${num(o["ndcg@10"], 3)}</td><td>${num(o.latency_p50_ms, 1)}</td><td>${num(o.latency_p99_ms, 1)}</td>
@@ -239,12 +271,27 @@ async function refresh() {
     num(ev.positive_rate_serving, 3)}${ev.preference != null ? `, preference ${num(ev.preference, 3)}` : ""}`;
 }
 async function admin(path, body) {
-  const response = await fetch(path, {method: "POST", headers: {"Content-Type": "application/json",
-    "Authorization": "Bearer " + document.getElementById("token").value}, body: JSON.stringify(body || {})});
-  const answer = await response.json();
+  const response = await fetch(path, {method: "POST", headers: {"Content-Type": "application/json", ...auth()},
+    body: JSON.stringify(body || {})});
+  const answer = await response.json().catch(() => ({}));
+  if (response.status === 401) {
+    sessionStorage.removeItem(KEY);
+    askForKey("Admin actions need a key with the admin role (or the admin token).");
+  }
   document.getElementById("action").textContent = response.ok ? `${answer.requested} ${answer.version} requested`
-    : answer.error;
+    : answer.error || `refused (${response.status})`;
 }
+document.getElementById("login").onsubmit = event => {
+  event.preventDefault();
+  const input = document.getElementById("key");
+  if (input.value.trim()) sessionStorage.setItem(KEY, input.value.trim());
+  input.value = "";
+  refresh().catch(console.error);
+};
+document.getElementById("forget").onclick = () => {
+  sessionStorage.removeItem(KEY);
+  refresh().catch(console.error);
+};
 document.getElementById("rollback").onclick = () => admin("/admin/rollback");
 document.getElementById("models").onclick = e => {
   if (e.target.dataset.promote) admin("/admin/promote", {version: e.target.dataset.promote});

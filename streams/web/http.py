@@ -1,12 +1,12 @@
 """HTTP API of a worker (aiohttp, 127.0.0.1 by default): search, health, documents, Prometheus metrics.
 
 Errors are answered by type: an invalid request 400, an oversized query 413, an unknown version 404, nothing to
-roll back 409; a Host or Origin that is not allowed 403 (`streams.web.guards`)."""
+roll back 409; a Host or Origin that is not allowed 403; without a valid API key 401, with a key that lacks the
+route's role 403 (`streams.web.guards`, `streams.web.api_keys`)."""
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import time
@@ -29,9 +29,19 @@ from streams.ml.trainer import promote_update, rollback_update
 from streams.processing import publish
 from streams.state.errors import ExperimentConflict, NoExperiment, NothingToRollBack, UnknownModelVersion
 from streams.state.query_log import LoggedQuery
+from streams.web.api_keys import ApiKeys
 from streams.web.dashboard import PAGE, dashboard_state
 from streams.web.evaluation import evaluation_body, evaluation_query, experiment_body
-from streams.web.guards import BadRequestBody, GuardedSite, headers_expected_next, host_guard, read_json
+from streams.web.guards import (
+    HEALTH_DETAIL_ROLE,
+    BadRequestBody,
+    GuardedSite,
+    access_guard,
+    caller_of,
+    headers_expected_next,
+    host_guard,
+    read_json,
+)
 from streams.web.openapi import OPENAPI
 
 log = logging.getLogger(__name__)
@@ -59,9 +69,11 @@ def query_filter(params: Any) -> dict[str, Any]:
 
 
 def build_http_app(worker: AgentHost) -> web.Application:
+    """The worker's HTTP app; `InvalidApiKeysFile` when a keys file is configured and cannot be used."""
     routes = web.RouteTableDef()
     shared = worker.shared
     settings = worker.settings
+    keys = ApiKeys(settings.api_keys_file, settings.admin_token)
 
     async def search_many(queries: Sequence[RoutedQuery]) -> list[Answer]:
         return await shared.answering.answer(queries, retry=False)  # the pair taken once per batch
@@ -185,6 +197,8 @@ def build_http_app(worker: AgentHost) -> web.Application:
     async def dashboard_data(request: web.Request) -> web.Response:
         trains = "trainer" in worker.agents
         state = await asyncio.get_running_loop().run_in_executor(None, dashboard_state, shared, trains)
+        caller = caller_of(request)
+        state["caller"] = {"name": caller.name, "roles": sorted(caller.roles)} if caller else None
         return web.json_response(state, dumps=lambda value: json.dumps(value, default=str))
 
     @routes.get("/openapi.json")
@@ -193,14 +207,22 @@ def build_http_app(worker: AgentHost) -> web.Application:
 
     @routes.get("/health")
     async def health(request: web.Request) -> web.Response:
+        """Open as a liveness check; with a keys file, the report beyond `status` needs a `read` key."""
+        crash_looping = shared.health.degraded()
+        failing = shared.threads.failing()  # stores retried now (a locked query log, a database away)
+        status = "degraded" if crash_looping or failing else "ok"
+        caller = caller_of(request)
+        if keys.enforced and (caller is None or not caller.may(HEALTH_DETAIL_ROLE)):
+            return web.json_response({"status": status})
         serving = shared.serving.current
         chunks, documents = await asyncio.gather(shared.threads.peek(serving.store.count_chunks),
                                                  shared.threads.peek(serving.store.count_documents))
         rollout = shared.serving.rollout
-        crash_looping = shared.health.degraded()
         return web.json_response({
-            "status": "degraded" if crash_looping else "ok",
+            "status": status,
             "degraded_agents": crash_looping,
+            "failing_stores": failing,
+            "decisions_refused": list(shared.serving.refused)[:5],
             "agents": shared.health.as_dict(),
             "model_version": serving.encoder.version,
             "index_version": serving.searcher.index_version,
@@ -216,22 +238,10 @@ def build_http_app(worker: AgentHost) -> web.Application:
         await publish(worker.outbox, "model-updates", worker.settings.model_name.encode(), update)
         metrics.MODEL_UPDATES.labels(update.status).inc()
 
-    def refused(request: web.Request) -> web.Response | None:
-        """None when the request carries the admin token; the error response otherwise."""
-        token = worker.settings.admin_token
-        if token is None:
-            return _error(403, "admin actions are disabled: set GRISTMILL_ADMIN_TOKEN")
-        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
-            return _error(401, "admin token required (Authorization: Bearer <token>)")
-        return None
-
     async def send_admin_update(request: web.Request, build: Callable[[], ModelUpdate],
                                 refusals: Mapping[type[Exception], int]) -> web.Response:
-        """An operator's model update: token checked, built off the loop (a typed refusal answers with its
-        status), sent to `model-updates`."""
-        if (error := refused(request)) is not None:
-            return error
+        """An operator's model update (the caller's `admin` role checked by `access_guard`), built off the loop (a
+        typed refusal answers with its status), sent to `model-updates`."""
         try:
             update = await asyncio.get_running_loop().run_in_executor(None, build)
         except tuple(refusals) as exc:
@@ -243,8 +253,6 @@ def build_http_app(worker: AgentHost) -> web.Application:
 
     @routes.post("/admin/promote")
     async def admin_promote(request: web.Request) -> web.Response:
-        if (error := refused(request)) is not None:
-            return error
         try:
             body = await read_json(request, settings.http_body_timeout_s)
             version = body["version"]
@@ -276,8 +284,6 @@ def build_http_app(worker: AgentHost) -> web.Application:
 
     @routes.post("/admin/experiment")
     async def admin_experiment(request: web.Request) -> web.Response:
-        if (error := refused(request)) is not None:
-            return error
         try:
             body = await read_json(request, settings.http_body_timeout_s)
             version, mode, fraction = body["version"], body.get("mode", "shadow"), body.get("fraction", 0.1)
@@ -302,7 +308,8 @@ def build_http_app(worker: AgentHost) -> web.Application:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     allowed = [settings.http_host, *settings.http_allowed_hosts.split(",")]
-    app = web.Application(client_max_size=1024 * 1024, middlewares=[host_guard(allowed), headers_expected_next])
+    app = web.Application(client_max_size=1024 * 1024,
+                          middlewares=[headers_expected_next, host_guard(allowed), access_guard(keys)])
     app.add_routes(routes)
     return app
 

@@ -1,10 +1,12 @@
-"""OpenAPI 3.1 description of the worker's HTTP API (served at `/openapi.json`)."""
+"""OpenAPI 3.1 description of the worker's HTTP API (served at `/openapi.json`): every operation names the bearer
+scheme and the role it needs (`streams.web.guards.ROUTE_ROLES`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from schemas.records import FILTER_FIELDS
+from streams.web.guards import HEALTH_DETAIL_ROLE, ROUTE_ROLES
 
 _HIT = {
     "type": "object",
@@ -34,7 +36,9 @@ _SLICE_PARAMS = [{"name": "user_id", "in": "query", "schema": {"type": "string",
                   "description": "Split experiments route by it (else by query_id)."},
                  {"name": "segment", "in": "query", "schema": {"type": "string", "maxLength": 64},
                   "description": "The caller's slice: online metrics are reported per segment."}]
-_ADMIN = {"401": {"description": "Admin token missing or wrong"}, "403": {"description": "Admin actions disabled"}}
+_ADMIN = {"401": {"description": "No key, or a key not recognized"},
+          "403": {"description": "The key lacks the admin role, or admin actions are disabled (neither a keys file "
+                                 "nor GRISTMILL_ADMIN_TOKEN)"}}
 _MODE = {"enum": ["dense", "sparse", "hybrid"], "description": "dense, BM25 (sparse), or both fused inside Qdrant "
                                                               "(hybrid, the default)."}
 _GROUP = {"enum": ["chunk", "doc"], "default": "chunk", "description": "doc: at most one hit (the best chunk) per "
@@ -109,8 +113,18 @@ OPENAPI: dict[str, Any] = {
         "/experiment": {"get": {"summary": "The latest experiment: state, decision, evidence, metrics per arm and "
                                            "slice; the ones before it",
                                 "responses": {"200": {"description": "Experiment report"}}}},
+        "/admin/promote": {"post": {
+            "summary": "Roll out a registered version regardless of its evaluation",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["version"], "properties": {"version": {"type": "string"}}}}}},
+            "responses": {"202": {"description": "Requested on model-updates"}, "400": _BAD, **_ADMIN,
+                          "404": _json("Error", "Unknown version")}}},
+        "/admin/rollback": {"post": {
+            "summary": "Serve the previous version (and its collection) again",
+            "responses": {"202": {"description": "Requested on model-updates"}, **_ADMIN,
+                          "409": _json("Error", "Nothing to roll back to")}}},
         "/admin/experiment": {"post": {
-            "summary": "Start a live experiment of a registered version (Authorization: Bearer <admin token>)",
+            "summary": "Start a live experiment of a registered version",
             "requestBody": {"required": True, "content": {"application/json": {"schema": {
                 "type": "object", "required": ["version"],
                 "properties": {"version": {"type": "string"}, "mode": {"enum": ["shadow", "split", "interleave"]},
@@ -124,8 +138,11 @@ OPENAPI: dict[str, Any] = {
                             "schema": {"enum": ["stop", "promote"]}}],
             "responses": {"202": {"description": "Requested on model-updates"}, **_ADMIN,
                           "409": _json("Error", "No experiment is live")}}},
-        "/health": {"get": {"summary": "Model, encoder provider and index size",
-                            "responses": {"200": {"description": "Healthy"}}}},
+        "/health": {"get": {"summary": "Liveness; with a read key (or without a keys file) model, encoder provider, "
+                                       "index size, rollout and trainer state",
+                            "responses": {"200": {"description": "`{\"status\": \"ok\"|\"degraded\"}` alone for "
+                                                                 "a caller without a read key when a keys file is "
+                                                                 "configured; the full report otherwise"}}}},
         "/metrics": {"get": {"summary": "Prometheus metrics (text exposition format)",
                              "responses": {"200": {"description": "Metrics", "content": {"text/plain": {}}}}}},
         "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI"}}}},
@@ -133,5 +150,33 @@ OPENAPI: dict[str, Any] = {
         "/api/dashboard": {"get": {"summary": "The dashboard's figures, recent dead letters, queries and models",
                                    "responses": {"200": {"description": "Dashboard state"}}}},
     },
-    "components": {"schemas": {"Hit": _HIT, "SearchResponse": _SEARCH_RESPONSE, "Error": _ERROR}},
+    "components": {
+        "schemas": {"Hit": _HIT, "SearchResponse": _SEARCH_RESPONSE, "Error": _ERROR},
+        "securitySchemes": {"apiKey": {
+            "type": "http", "scheme": "bearer",
+            "description": "An API key from GRISTMILL_API_KEYS_FILE (or GRISTMILL_ADMIN_TOKEN, which has every "
+                           "role). The requirement lists the role the operation needs: search, read or admin. "
+                           "Without a keys file only admin operations need a key (the admin token).",
+        }},
+    },
 }
+
+
+def _secure(document: dict[str, Any]) -> None:
+    """Give every operation the bearer requirement and role of `ROUTE_ROLES` (open ones: none), and the answers a
+    refused key gets."""
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            role = ROUTE_ROLES.get((method.upper(), path), "admin")
+            if role is None:
+                optional = path == "/health"
+                operation["security"] = [{}, {"apiKey": [HEALTH_DETAIL_ROLE]}] if optional else []
+                continue
+            operation["security"] = [{"apiKey": [role]}]
+            operation["x-gristmill-role"] = role
+            operation["responses"].setdefault("401", {"description": "No API key, or one not recognized "
+                                                                     "(WWW-Authenticate: Bearer)"})
+            operation["responses"].setdefault("403", {"description": f"The key lacks the {role} role"})
+
+
+_secure(OPENAPI)
