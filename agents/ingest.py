@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 
 from schemas import DocumentEvent
@@ -15,23 +15,29 @@ from streams.store_threads import StoreThreads
 from streams.validation import Accepted
 
 DOCUMENTS = Contract("documents", DocumentEvent, "doc_id")
+Announce = Callable[[Sequence[str]], Awaitable[None]]  # `IndexChanges.announce` with the outbox bound
 
 
 def register(worker: AgentHost) -> None:
     s, shared = worker.settings, worker.shared
+    changes = partial(shared.index_changes.announce, worker.outbox)
     worker.batch_agent(DOCUMENTS, "ingest", s.ingest_batch_records, s.ingest_batch_seconds,
-                       partial(index, serving=shared.serving, threads=shared.threads),
-                       on_failure=partial(restore, serving=shared.serving, threads=shared.threads))
+                       partial(index, serving=shared.serving, threads=shared.threads, announce=changes),
+                       on_failure=partial(restore, serving=shared.serving, threads=shared.threads, announce=changes))
     if s.store_compact_interval_s:  # updates and deletes leave replaced points; the WAL needs flushes
         worker.timer(s.store_compact_interval_s, partial(compact, shared.serving, shared.threads,
                                                          s.store_compact_interval_s))
 
 
-async def index(batch: Sequence[Accepted[DocumentEvent]], *, serving: ServingSlot, threads: StoreThreads) -> None:
-    """Apply a batch of document events to the serving index, on the writer thread, and observe it."""
+async def index(batch: Sequence[Accepted[DocumentEvent]], *, serving: ServingSlot, threads: StoreThreads,
+                announce: Announce | None = None) -> None:
+    """Apply a batch of document events to the serving index, on the writer thread, and observe it; when indexed
+    chunks were rewritten or deleted, tell the other workers (their cached answers may show them)."""
     metrics.BATCH_RECORDS.labels("ingest").observe(len(batch))
     records = [a.record for a in batch]
     outcome = await threads.write(lambda: serving.apply_documents(records), "index write")
+    if outcome.replaced and announce is not None:
+        await announce([r.doc_id for r in records])
     now = time.time()
     for accepted in batch:
         if accepted.message.timestamp:
@@ -46,10 +52,12 @@ async def index(batch: Sequence[Accepted[DocumentEvent]], *, serving: ServingSlo
 
 
 async def restore(failed: Accepted[DocumentEvent], exc: BaseException, *, serving: ServingSlot,
-                  threads: StoreThreads) -> None:
+                  threads: StoreThreads, announce: Announce | None = None) -> None:
     """A document whose write failed half-way: its chunks back to what its ledger entry says."""
     doc_id = failed.record.doc_id
     await threads.write(lambda: serving.restore_document(doc_id), f"restoring {doc_id!r} after a failed write")
+    if announce is not None:
+        await announce([doc_id])
 
 
 async def compact(serving: ServingSlot, threads: StoreThreads, interval_s: float) -> None:

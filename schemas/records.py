@@ -286,6 +286,17 @@ class ModelUpdate(Record):
     at: datetime | None = Field(default=None, description="When the status was decided.")
 
 
+class IndexChange(Record):
+    """`index-changes` topic (internal, short retention): a worker rewrote or deleted indexed documents. Every worker
+    reads it outside its consumer group and drops its cached answers, so no worker serves a changed document from
+    its cache after the write."""
+
+    worker: str = Field(min_length=1, max_length=200, description="The worker that wrote (it ignores its own).")
+    index_version: str = Field(max_length=200)
+    doc_ids: list[EntityId] = Field(max_length=10_000)
+    at: datetime | None = None
+
+
 #: The record contract of each public topic (before the namespace prefix).
 TOPIC_RECORDS: dict[str, type[Record]] = {
     "documents": DocumentEvent,
@@ -296,4 +307,5 @@ TOPIC_RECORDS: dict[str, type[Record]] = {
     "retrain": RetrainRequest,
     "quality": QualityReport,
     "model-updates": ModelUpdate,
+    "index-changes": IndexChange,
 }

@@ -28,6 +28,8 @@ STORE_WRITE_SECONDS = Histogram("gristmill_store_write_seconds", "Vector store w
                                 buckets=LATENCY_BUCKETS)
 STORE_FAILURES = Counter("gristmill_store_failures_total", "Vector store operations that failed and were retried")
 STORE_UP = Gauge("gristmill_store_up", "1 when the last vector store operation succeeded")
+CACHE_INVALIDATIONS = Counter("gristmill_cache_invalidations_total", "Query caches dropped because indexed documents "
+                              "changed: by this worker's writes (local) or another worker's (remote)", ["cause"])
 STORE_FAILING = Gauge("gristmill_store_failing", "1 while operations on this store fail and are retried (vector "
                       "store, query log, feedback state, evaluation store)", ["store"])
 STORE_COMPACT_SECONDS = Histogram("gristmill_store_compact_seconds", "Time the embedded store spent vacuuming "
@@ -91,6 +93,8 @@ def initialize(topics: tuple[str, ...] = ("documents", "queries", "feedback")) -
         AGENT_CRASHES.labels(agent)
     for stage in INGEST_STAGES:
         STAGE_SECONDS.labels(stage)
+    for cause in ("local", "remote"):
+        CACHE_INVALIDATIONS.labels(cause)
     ENCODE_SECONDS.labels("ingest")
     for outcome in ("embedded", "deleted", "unchanged", "stale"):
         DOCS_APPLIED.labels(outcome)

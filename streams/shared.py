@@ -4,10 +4,13 @@ registers: agents read it and act on it; none of them adds to it."""
 from __future__ import annotations
 
 import os
+import socket
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from streams.answering import ActiveExperiment, Answering, ShadowRunner
+from streams.index_changes import IndexChanges
 from streams.ml.serving import (
     ChallengerPairs,
     PairOpener,
@@ -39,6 +42,7 @@ class Shared:
     health: AgentHealth  # agent crashes and completed batches (`/health` says degraded while one crash-loops)
     evaluation: EvaluationStore  # answers per arm, judgements, offline metrics, experiments
     answering: Answering  # answers queries as the live experiment routes them
+    index_changes: IndexChanges  # this worker's index writes told to the others, theirs applied to its caches
 
     @classmethod
     def open(cls, settings: Settings, outbox: Outbox, *, stopping: Callable[[], bool] = lambda: False,
@@ -80,8 +84,10 @@ class Shared:
         trainer.evaluation = evaluation
         answering = Answering(slot, threads, evaluation, ActiveExperiment(evaluation, settings.model_name),
                               ShadowRunner(evaluation, settings.shadow_max_pending))
+        worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         return cls(settings, registry, slot, threads, query_log, pairs, trainer,
-                   DeadLetterSink(outbox, settings.deadletter_max_bytes), AgentHealth(), evaluation, answering)
+                   DeadLetterSink(outbox, settings.deadletter_max_bytes), AgentHealth(), evaluation, answering,
+                   IndexChanges(worker_id, slot))
 
     def close(self) -> None:
         self.threads.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import time
 from dataclasses import dataclass
 
@@ -14,6 +15,8 @@ from streams.settings import Settings
 
 #: Topics whose records are kept compacted (latest per key) instead of by time.
 COMPACTED = {"model-updates"}
+#: Internal topics kept only briefly (what they say is stale within seconds), with their retention in ms.
+SHORT_LIVED = {"index-changes": 3_600_000}
 
 
 @dataclass(frozen=True)
@@ -76,27 +79,41 @@ def kafka_config(settings: Settings) -> dict[str, str | int]:
     return config
 
 
+def kafka_ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context of the configured security protocol (None without TLS)."""
+    if not settings.kafka_security_protocol.endswith("SSL"):
+        return None
+    context = ssl.create_default_context(cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None)
+    if settings.kafka_ssl_certfile:
+        context.load_cert_chain(str(settings.kafka_ssl_certfile),
+                                str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None)
+    return context
+
+
 def faust_credentials(settings: Settings) -> object | None:
     """The same TLS/SASL settings for faust (aiokafka); None for PLAINTEXT."""
-    import ssl
-
     import faust
 
     protocol = settings.kafka_security_protocol
     if protocol == "PLAINTEXT":
         return None
-    context = None
-    if protocol.endswith("SSL"):
-        context = ssl.create_default_context(cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile
-                                             else None)
-        if settings.kafka_ssl_certfile:
-            context.load_cert_chain(str(settings.kafka_ssl_certfile),
-                                    str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None)
+    context = kafka_ssl_context(settings)
     if protocol.startswith("SASL"):
         password = settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else ""
         return faust.SASLCredentials(username=settings.kafka_sasl_username or "", password=password,
                                      mechanism=settings.kafka_sasl_mechanism, ssl_context=context)
     return faust.SSLCredentials(context)
+
+
+def aiokafka_security(settings: Settings) -> dict[str, object]:
+    """The same TLS/SASL settings as keyword arguments of an aiokafka client."""
+    options: dict[str, object] = {"security_protocol": settings.kafka_security_protocol,
+                                  "ssl_context": kafka_ssl_context(settings)}
+    if settings.kafka_security_protocol.startswith("SASL"):
+        password = settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else ""
+        options.update(sasl_mechanism=settings.kafka_sasl_mechanism,
+                       sasl_plain_username=settings.kafka_sasl_username or "", sasl_plain_password=password)
+    return options
 
 
 def create_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
@@ -117,6 +134,8 @@ def create_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
         if names[logical] in existing:
             continue
         config = {"cleanup.policy": "compact"} if logical in COMPACTED else {}
+        if logical in SHORT_LIVED:
+            config["retention.ms"] = str(SHORT_LIVED[logical])
         wanted.append(
             NewTopic(names[logical], settings.partitions, settings.replication_factor, config=config)
         )

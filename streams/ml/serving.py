@@ -255,12 +255,19 @@ class ServingSlot:
     def rollout_failed(self, version: str) -> bool:
         return self.rollout is not None and self.rollout.version == version and self.rollout.state == "failed"
 
+    def invalidate_caches(self) -> None:
+        """Drop the cached answers of every pair this worker holds (indexed documents changed)."""
+        for pair in (self.current, self.challenger, *self._retiring.values()):
+            if pair is not None:
+                pair.searcher.invalidate()
+
     def apply_documents(self, events: Sequence[DocumentEvent]) -> IndexOutcome:
         """Apply document events to the serving index (call it on the store-writer thread)."""
         pair = self.current
         outcome = pair.indexer().apply(events)
         if outcome.replaced:
             pair.searcher.invalidate()  # no answer may show the replaced or deleted chunks
+            metrics.CACHE_INVALIDATIONS.labels("local").inc()
         challenger = self.challenger
         if challenger is not None and challenger.indexer().apply(events).replaced:  # kept exactly as fresh
             challenger.searcher.invalidate()
