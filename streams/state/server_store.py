@@ -1,16 +1,24 @@
-"""`VectorStore` on qdrant-client: a Qdrant server (`QDRANT_URL`) or the client's in-process `:memory:` mode."""
+"""`VectorStore` on qdrant-client: a Qdrant server (`QDRANT_URL`) or the client's in-process `:memory:` mode.
+
+Upserts go out in requests of at most `request_max_bytes` of JSON (estimated from above, per point), well below the
+server's limit (`service.max_request_size_mb`, 32 MB by default), so a batch of long documents never makes a request
+the server refuses; a point that fits no request, alone, fails its own record (`PointTooLarge`), not the store.
+"""
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
+import pydantic_core
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
+from qdrant_client.http.exceptions import UnexpectedResponse
 
-from streams.state.errors import StoreError
+from streams.state.errors import PointTooLarge, RequestTooLarge, StoreError
 from streams.state.qdrant_store import (
     DENSE,
     SCROLL_PAGE,
@@ -24,7 +32,22 @@ from streams.state.qdrant_store import (
 from streams.state.sparse import Sparse
 from streams.state.store import ALL_MODES, DENSE_ONLY, VectorQuery
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+#: Default bound of one upsert request's body: a quarter of Qdrant's default 32 MB `service.max_request_size_mb`.
+DEFAULT_REQUEST_MAX_BYTES = 8 * 1024 * 1024
+#: The longest a finite float takes in JSON ("-0.000012345678901234567", "-2.2250738585072014e-308"), with a comma.
+FLOAT_JSON_BYTES = 25
+#: The longest an index of a sparse vector (uint32) takes in JSON, with a comma.
+INDEX_JSON_BYTES = 11
+#: A point's keys, brackets and id (a UUID), with room to spare.
+POINT_OVERHEAD_BYTES = 256
+#: A request's own envelope (`{"points":[...]}`), with room to spare.
+REQUEST_OVERHEAD_BYTES = 1024
+HTTP_PAYLOAD_TOO_LARGE = 413
+#: Points named in a `PointTooLarge` message at most (the rest are counted).
+NAMED_POINTS = 3
 
 
 def _filter(conditions: Sequence[Condition]) -> qm.Filter | None:
@@ -40,11 +63,26 @@ def _client_sparse(vector: Sparse) -> qm.SparseVector:
     return qm.SparseVector(indices=list(vector.indices), values=list(vector.values))
 
 
+def point_json_bytes(point: PointToWrite) -> int:
+    """An upper bound of the bytes `point` adds to an upsert request's body, which qdrant-client sends as compact
+    UTF-8 JSON: every float of its vectors at the longest a float can take, its payload as serialized."""
+    _, dense, sparse, payload = point
+    size = POINT_OVERHEAD_BYTES + FLOAT_JSON_BYTES * len(dense) + len(pydantic_core.to_json(payload))
+    if sparse is not None:
+        size += INDEX_JSON_BYTES * len(sparse.indices) + FLOAT_JSON_BYTES * len(sparse.values)
+    return size
+
+
 def _call(fn: Callable[[], T]) -> T:
+    """Run a client call; a 413 becomes `RequestTooLarge` (never retried), any other failure `StoreError`."""
     try:
         return fn()
     except StoreError:
         raise
+    except UnexpectedResponse as exc:
+        if exc.status_code == HTTP_PAYLOAD_TOO_LARGE:
+            raise RequestTooLarge(f"the server refused the request as too large (HTTP {exc.status_code})") from exc
+        raise StoreError(f"{type(exc).__name__}: {exc}") from exc
     except Exception as exc:  # transport, timeouts, server errors
         raise StoreError(f"{type(exc).__name__}: {exc}") from exc
 
@@ -54,21 +92,27 @@ class ServerVectorStore(QdrantStore):
 
     A new chunk collection has a named dense vector and a named `bm25` sparse vector with the IDF modifier (unless
     `sparse` is False); an existing one is used as it is: with one unnamed vector (made before chunks carried
-    sparse vectors), it answers dense searches only.
+    sparse vectors), it answers dense searches only. An upsert request carries at most `request_max_bytes` of JSON.
     """
 
-    def __init__(self, client: QdrantClient, collection: str, dim: int, sparse: bool = True) -> None:
+    def __init__(self, client: QdrantClient, collection: str, dim: int, sparse: bool = True,
+                 request_max_bytes: int = DEFAULT_REQUEST_MAX_BYTES) -> None:
+        if request_max_bytes <= REQUEST_OVERHEAD_BYTES + POINT_OVERHEAD_BYTES:
+            raise ValueError(f"request_max_bytes={request_max_bytes} leaves no room for a point")
         super().__init__(collection, dim)
         self._client = client
+        self.request_max_bytes = request_max_bytes
+        self._warned_refused = False
         _call(lambda: self._ensure_collections(sparse))
 
     @classmethod
     def connect(cls, location: str, collection: str, dim: int, api_key: str | None = None,
-                sparse: bool = True) -> ServerVectorStore:
+                sparse: bool = True, request_max_bytes: int = DEFAULT_REQUEST_MAX_BYTES) -> ServerVectorStore:
         """`location` is a server URL or `:memory:` (qdrant-client's in-process mode)."""
         if location == ":memory:":
-            return cls(QdrantClient(location=":memory:"), collection, dim, sparse)
-        return cls(QdrantClient(url=location, api_key=api_key, timeout=30), collection, dim, sparse)
+            return cls(QdrantClient(location=":memory:"), collection, dim, sparse, request_max_bytes)
+        return cls(QdrantClient(url=location, api_key=api_key, timeout=30), collection, dim, sparse,
+                   request_max_bytes)
 
     def _ensure_collections(self, sparse: bool) -> None:
         dense = qm.VectorParams(size=self.dim, distance=qm.Distance.COSINE)
@@ -98,11 +142,62 @@ class ServerVectorStore(QdrantStore):
             self._client.create_payload_index(self.ledger, "state", qm.PayloadSchemaType.KEYWORD, wait=True)
 
     def _upsert(self, collection: str, points: Sequence[PointToWrite]) -> None:
+        """Write `points` in requests of at most `request_max_bytes` (estimated), in order. A point that fits no
+        request is left out; once every other point is stored, `PointTooLarge` names them all."""
+        budget = self.request_max_bytes - REQUEST_OVERHEAD_BYTES
+        too_large: list[tuple[PointToWrite, str]] = []
+        request: list[PointToWrite] = []
+        request_bytes = 0
+        for point in points:
+            size = point_json_bytes(point)
+            if size > budget:
+                too_large.append((point, f"~{size:,} bytes of JSON, over the {self.request_max_bytes:,}-byte "
+                                         "request limit (GRISTMILL_QDRANT_REQUEST_MAX_BYTES)"))
+                continue
+            if request and request_bytes + size > budget:
+                too_large += self._send(collection, request)
+                request, request_bytes = [], 0
+            request.append(point)
+            request_bytes += size
+        if request:
+            too_large += self._send(collection, request)
+        if too_large:
+            raise self._too_large(collection, too_large)
+
+    def _send(self, collection: str, points: Sequence[PointToWrite]) -> list[tuple[PointToWrite, str]]:
+        """Upsert `points` in one request. One the server refuses as too large (HTTP 413: its limit, or a proxy's,
+        is below ours) is split in halves until each part is stored; the single points it still refuses are
+        returned, with why, instead of stored."""
         named = collection == self.collection and self.sparse
         structs = [qm.PointStruct(id=point_id, payload=payload, vector={
             DENSE: dense, **({SPARSE: _client_sparse(sparse)} if sparse else {})} if named else dense)
             for point_id, dense, sparse, payload in points]
-        _call(lambda: self._client.upsert(collection, structs, wait=True))
+        try:
+            _call(lambda: self._client.upsert(collection, structs, wait=True))
+        except RequestTooLarge:
+            if len(points) == 1:
+                return [(points[0], f"refused by the server as too large (HTTP 413; ~{point_json_bytes(points[0]):,} "
+                                    "bytes of JSON)")]
+            if not self._warned_refused:
+                self._warned_refused = True
+                log.warning("Qdrant refused an upsert of %d points as too large (HTTP 413): splitting requests; set "
+                            "GRISTMILL_QDRANT_REQUEST_MAX_BYTES below the server's (or its proxy's) body limit",
+                            len(points))
+            half = len(points) // 2
+            return self._send(collection, points[:half]) + self._send(collection, points[half:])
+        return []
+
+    def _too_large(self, collection: str, refused: Sequence[tuple[PointToWrite, str]]) -> PointTooLarge:
+        def name(payload: Mapping[str, Any]) -> str:
+            if collection == self.collection:
+                return f"chunk {payload.get('chunk')} of document {payload.get('doc_id')!r}"
+            return f"ledger entry of document {payload.get('doc_id')!r}"
+
+        described = "; ".join(f"{name(point[3])}: {why}" for point, why in refused[:NAMED_POINTS])
+        more = f"; and {len(refused) - NAMED_POINTS} more" if len(refused) > NAMED_POINTS else ""
+        doc_ids = tuple(dict.fromkeys(str(point[3].get("doc_id")) for point, _ in refused))
+        return PointTooLarge(f"{len(refused)} point(s) of {collection!r} fit no request to Qdrant: {described}{more}",
+                             doc_ids)
 
     def _delete(self, collection: str, conditions: Sequence[Condition]) -> None:
         selector = qm.FilterSelector(filter=_filter(conditions))  # type: ignore[arg-type]

@@ -1,26 +1,39 @@
-"""The compose stack validates offline (Debian's docker-compose, no engine) and is wired as documented."""
+"""The compose stack validates offline (Debian's docker-compose, no engine) and is wired as documented; its state
+lives in named volumes its images' users can write, and no secret has a default.
+
+The checks that can be got wrong quietly are functions returning the problems they find, so each is also run on a
+broken copy of the files (it must report it) as well as on the real ones (they must report nothing)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import re
+import shlex
 import shutil
 import subprocess
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-SECRETS = {"QDRANT_API_KEY": "test-qdrant-key", "GRAFANA_ADMIN_PASSWORD": "test-grafana"}
+COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text()
+DOCKERFILE_TEXT = (ROOT / "deploy/Dockerfile").read_text()
+SECRETS = {"QDRANT_API_KEY": "test-qdrant-key", "GRAFANA_ADMIN_PASSWORD": "test-grafana",
+           "GRISTMILL_API_KEYS_DIR": "/run/gristmill-test-keys"}
 
 
 def compose(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`docker-compose -f docker-compose.yml ARGS` in `env` (default: this environment and `SECRETS`)."""
     binary = shutil.which("docker-compose")
     assert binary, "docker-compose is missing: `make test` installs Debian's docker-compose"
     return subprocess.run([binary, "-f", str(ROOT / "docker-compose.yml"), *args], capture_output=True, text=True,
-                          env={**os.environ, **(env if env is not None else SECRETS)}, cwd=ROOT, timeout=120)
+                          env=env if env is not None else {**os.environ, **SECRETS}, cwd=ROOT, timeout=120)
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +48,12 @@ def test_compose_validates() -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_secrets_are_required_not_defaulted() -> None:
-    result = compose("config", "-q", env={k: v for k, v in os.environ.items() if k not in SECRETS})
-    assert result.returncode != 0 and "QDRANT_API_KEY" in result.stderr
+@pytest.mark.parametrize("missing", sorted(SECRETS))
+def test_secrets_are_required_not_defaulted(missing: str) -> None:
+    env = {**{k: v for k, v in os.environ.items() if k not in SECRETS}, **SECRETS}
+    del env[missing]
+    result = compose("config", "-q", env=env)
+    assert result.returncode != 0 and missing in result.stderr
 
 
 def test_services_and_wiring(config: dict[str, Any]) -> None:
@@ -88,3 +104,345 @@ def test_grafana_provisioning_points_at_the_dashboards(config: dict[str, Any]) -
     dashboard = json.loads((ROOT / "deploy/grafana/dashboards/gristmill.json").read_text())
     assert all(t["datasource"]["uid"] == datasource["datasources"][0]["uid"]
                for panel in dashboard["panels"] for t in panel["targets"])
+
+
+def test_the_worker_healthcheck_asks_the_open_health_route(config: dict[str, Any]) -> None:
+    """`/health` answers its status without a key, so the healthcheck needs none (and sends none)."""
+    check = " ".join(config["services"]["worker"]["healthcheck"]["test"])
+    assert "http://127.0.0.1:6066/health" in check and "Authorization" not in check
+
+
+def test_workers_and_trainer_read_the_api_keys_from_a_read_only_mount(config: dict[str, Any]) -> None:
+    for name in ("worker", "worker-gpu", "trainer"):
+        service = config["services"][name]
+        keys_file = PurePosixPath(service["environment"]["GRISTMILL_API_KEYS_FILE"])
+        (mount,) = [m for m in mounts(service) if keys_file.is_relative_to(m.target)]
+        assert (mount.kind, mount.source, mount.read_only) == ("bind", SECRETS["GRISTMILL_API_KEYS_DIR"], True), name
+
+
+# -- no secret has a default ---------------------------------------------------------------------------------------
+SECRET_NAME = re.compile(r"SECRET|PASSWORD|TOKEN|KEY", re.IGNORECASE)
+INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<rest>[^}]*)\}")
+
+
+def secret_default_problems(text: str) -> list[str]:
+    """Secrets given a default: a `${NAME...}` of a secret-looking NAME without `:?` (required), or a secret-looking
+    environment variable given a value that is not such a required interpolation (a literal, `${X:-...}`). A secret
+    that is optional is passed through by name (no value), which has no default. `*_FILE`/`*_DIR` name paths."""
+    problems = [f"${{{m['name']}{m['rest']}}} has a default: a secret must be required (`:?`) or passed through"
+                for m in INTERPOLATION.finditer(text)
+                if SECRET_NAME.search(m["name"]) and not m["rest"].startswith(":?")]
+    raw = yaml.safe_load(text)
+    environments = [("x-gristmill-env", raw.get("x-gristmill-env") or {})] + [
+        (name, service.get("environment") or {}) for name, service in raw["services"].items()]
+    for where, environment in environments:
+        for key, value in environment.items():
+            if not SECRET_NAME.search(key) or key.endswith(("_FILE", "_DIR")) or value is None:
+                continue
+            required = INTERPOLATION.fullmatch(str(value))
+            if required is None or not required["rest"].startswith(":?"):
+                problems.append(f"{where}: {key} is given {value!r}: a secret must be a required `${{...:?...}}`")
+    return problems
+
+
+def test_no_secret_has_a_default() -> None:
+    assert secret_default_problems(COMPOSE_TEXT) == []
+
+
+@pytest.mark.parametrize(("secret", "defaulted"), [
+    ("${QDRANT_API_KEY:?set QDRANT_API_KEY}", "${QDRANT_API_KEY:-changeme}"),
+    ("${GRAFANA_ADMIN_PASSWORD:?set GRAFANA_ADMIN_PASSWORD}", "${GRAFANA_ADMIN_PASSWORD-admin}"),
+    ("${GRAFANA_ADMIN_PASSWORD:?set GRAFANA_ADMIN_PASSWORD}", "admin"),
+    ("GRISTMILL_ADMIN_TOKEN:  #", "GRISTMILL_ADMIN_TOKEN: ${GRISTMILL_ADMIN_TOKEN:-} #"),
+    ("GRISTMILL_KAFKA_SASL_PASSWORD:  #", "GRISTMILL_KAFKA_SASL_PASSWORD: hunter2 #"),
+], ids=["interpolation-default", "unset-default", "literal", "empty-default", "literal-pass-through"])
+def test_the_secret_check_finds_a_default(secret: str, defaulted: str) -> None:
+    assert secret in COMPOSE_TEXT
+    assert secret_default_problems(COMPOSE_TEXT.replace(secret, defaulted, 1))
+
+
+# -- state lives in named volumes its image's user can write ---------------------------------------------------------
+@dataclass(frozen=True)
+class Mount:
+    kind: str  # volume (named), bind or tmpfs
+    source: str | None
+    target: str
+    read_only: bool = False
+    options: str = ""  # tmpfs mount options
+
+
+def mounts(service: dict[str, Any]) -> list[Mount]:
+    """A service's mounts, from `docker-compose config`'s normalized form."""
+    found = []
+    for volume in service.get("volumes", []):
+        if isinstance(volume, dict):
+            found.append(Mount(volume["type"], volume.get("source"), volume["target"], bool(volume.get("read_only"))))
+        else:
+            source, target, *mode = volume.split(":")
+            kind = "bind" if source.startswith(("/", ".", "~")) else "volume"
+            found.append(Mount(kind, source, target, mode == ["ro"]))
+    tmpfs = service.get("tmpfs", [])
+    for entry in [tmpfs] if isinstance(tmpfs, str) else tmpfs:
+        target, _, options = entry.partition(":")
+        found.append(Mount("tmpfs", None, target, options=options))
+    return found
+
+
+def holding(service: dict[str, Any], path: str) -> Mount | None:
+    """The mount `path` lies in (the deepest one), if any."""
+    inside = [m for m in mounts(service) if PurePosixPath(path).is_relative_to(m.target)]
+    return max(inside, key=lambda m: len(PurePosixPath(m.target).parts), default=None)
+
+
+def command_flag(service: dict[str, Any], flag: str, default: str) -> str:
+    return next((arg.split("=", 1)[1] for arg in service.get("command", []) if arg.startswith(f"{flag}=")), default)
+
+
+@dataclass(frozen=True)
+class ImageState:
+    """Who an image runs as, a directory of the image that user owns (a fresh named volume mounted there starts
+    with that owner and mode: Docker copies them into an empty volume), and where the service's state goes."""
+
+    user: str
+    owned: str
+    state: Callable[[dict[str, Any]], list[str]]
+
+
+#: Read from each image's Dockerfile (apache/kafka docker/jvm/Dockerfile; qdrant Dockerfile, USER_ID=0 unless the
+#: -unprivileged tag; prometheus Dockerfile; grafana Dockerfile). Root writes any volume; the others need the mount
+#: at the directory they own, and the state inside it.
+THIRD_PARTY_STATE: dict[str, ImageState] = {
+    "apache/kafka": ImageState("appuser (uid 1000)", "/var/lib/kafka/data",
+                               lambda s: s["environment"].get("KAFKA_LOG_DIRS", "/tmp/kraft-combined-logs").split(",")),
+    "qdrant/qdrant": ImageState("root (uid 0)", "/qdrant/storage",
+                                lambda s: [s["environment"].get("QDRANT__STORAGE__STORAGE_PATH", "/qdrant/storage")]),
+    "prom/prometheus": ImageState("nobody (uid 65534)", "/prometheus",
+                                  lambda s: [command_flag(s, "--storage.tsdb.path", "/prometheus/data")]),
+    "grafana/grafana": ImageState("grafana (uid 472)", "/var/lib/grafana",
+                                  lambda s: [s.get("environment", {}).get("GF_PATHS_DATA", "/var/lib/grafana")]),
+}
+
+
+def third_party_state_problems(config: dict[str, Any]) -> list[str]:
+    problems = []
+    for name, service in config["services"].items():
+        if "image" not in service:
+            continue
+        image = THIRD_PARTY_STATE.get(service["image"].split(":")[0])
+        if image is None:
+            problems.append(f"{name}: {service['image']} is not in THIRD_PARTY_STATE (who runs it, where its state is)")
+            continue
+        if "user" in service:
+            problems.append(f"{name}: `user:` overrides {image.user}, whom the volume ownership is reasoned for")
+        for path in image.state(service):
+            mount = holding(service, path)
+            if mount is None or mount.kind != "volume":
+                problems.append(f"{name}: its state {path} is not in a named volume: lost with the container")
+            elif not image.user.startswith("root") and mount.target != image.owned:
+                problems.append(f"{name}: the volume holding {path} is mounted at {mount.target}, not at {image.owned} "
+                                f"(owned by {image.user}): a fresh one is root's and {image.user} cannot write it")
+    return problems
+
+
+#: The state of each gristmill service: where a setting points, and the mount it must be. Workers scale, so their
+#: data dir (one process's run file) is a tmpfs per replica: a shared volume would hand a replica another's run file.
+GRISTMILL_STATE: dict[str, dict[str, tuple[str, str]]] = {
+    "worker": {"/models": ("GRISTMILL_REGISTRY_DIR", "volume"), "/shared": ("GRISTMILL_SHARED_DIR", "volume"),
+               "/data": ("GRISTMILL_DATA_DIR", "tmpfs")},
+    "worker-gpu": {"/models": ("GRISTMILL_REGISTRY_DIR", "volume"), "/shared": ("GRISTMILL_SHARED_DIR", "volume"),
+                   "/data": ("GRISTMILL_DATA_DIR", "tmpfs")},
+    "trainer": {"/models": ("GRISTMILL_REGISTRY_DIR", "volume"), "/shared": ("GRISTMILL_SHARED_DIR", "volume"),
+                "/data": ("GRISTMILL_DATA_DIR", "volume")},
+    "model-export": {"/models": ("GRISTMILL_REGISTRY_DIR", "volume")},
+}
+
+
+def gristmill_state_problems(config: dict[str, Any], dockerfile: str) -> list[str]:
+    problems = []
+    stages = parse_dockerfile(dockerfile)
+    built = {name: service for name, service in config["services"].items() if "build" in service}
+    problems += [f"{name}: a gristmill service missing from GRISTMILL_STATE" for name in built.keys() - GRISTMILL_STATE]
+    for name, expected in GRISTMILL_STATE.items():
+        service = built.get(name)
+        if service is None:
+            problems.append(f"{name}: no such gristmill service")
+            continue
+        image = image_facts(stages, service["build"]["target"])
+        for path, (setting, kind) in expected.items():
+            if service["environment"].get(setting, image.env.get(setting)) != path:
+                problems.append(f"{name}: {setting} does not point at {path}")
+            mount = next((m for m in mounts(service) if m.target == path), None)
+            if mount is None or mount.kind != kind:
+                problems.append(f"{name}: {path} is {mount.kind if mount else 'not mounted'}, not a {kind}")
+            elif kind == "tmpfs" and f"uid={image.uid}" not in mount.options.split(","):
+                problems.append(f"{name}: the tmpfs at {path} is not owned by the image's user (uid {image.uid})")
+    return problems
+
+
+def test_every_stateful_service_keeps_its_state_in_a_volume_its_user_can_write(config: dict[str, Any]) -> None:
+    assert third_party_state_problems(config) == []
+    assert gristmill_state_problems(config, DOCKERFILE_TEXT) == []
+
+
+def broken(config: dict[str, Any], change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    copied = copy.deepcopy(config)
+    change(copied["services"])
+    return copied
+
+
+@pytest.mark.parametrize("change", [
+    lambda s: s["kafka"]["environment"].pop("KAFKA_LOG_DIRS"),  # the image's /tmp default
+    lambda s: s["kafka"]["environment"].update(KAFKA_LOG_DIRS="/var/lib/kafka/logs"),  # beside the volume
+    lambda s: (s["kafka"].update(volumes=["kafka-data:/srv/kafka:rw"]),  # not in the image: a fresh volume is root's
+               s["kafka"]["environment"].update(KAFKA_LOG_DIRS="/srv/kafka/logs")),
+    lambda s: s["qdrant"].update(volumes=[]),
+    lambda s: s["prometheus"].update(command=["--storage.tsdb.path=/tmp/tsdb"]),
+    lambda s: s["grafana"]["environment"].update(GF_PATHS_DATA="/srv/grafana"),
+    lambda s: s["grafana"].update(user="0"),
+    lambda s: s.update(redis={"image": "redis:7"}),  # an image nobody reasoned about
+], ids=["kafka-default-log-dir", "kafka-log-dir-outside", "kafka-volume-not-in-image", "qdrant-no-volume",
+        "prometheus-tsdb-outside", "grafana-data-outside", "grafana-user-override", "unknown-image"])
+def test_the_third_party_state_check_finds_state_outside_a_writable_volume(
+        config: dict[str, Any], change: Callable[[dict[str, Any]], None]) -> None:
+    assert third_party_state_problems(broken(config, change))
+
+
+@pytest.mark.parametrize("change", [
+    lambda s: s["trainer"].update(volumes=[v for v in s["trainer"]["volumes"] if "shared" not in str(v)]),
+    lambda s: s["trainer"].update(volumes=[v for v in s["trainer"]["volumes"] if "trainer-data" not in str(v)]),
+    lambda s: s["worker"].update(tmpfs=[], volumes=[*s["worker"]["volumes"], "worker-data:/data:rw"]),  # shared
+    lambda s: s["worker"].update(tmpfs=["/data:mode=0700"]),  # root's tmpfs
+    lambda s: s["worker-gpu"]["environment"].update(GRISTMILL_SHARED_DIR="/data/shared"),
+    lambda s: s["model-export"].update(volumes=[]),
+], ids=["trainer-shared-missing", "trainer-data-missing", "worker-data-shared", "worker-tmpfs-root",
+        "shared-dir-elsewhere", "model-export-no-models"])
+def test_the_gristmill_state_check_finds_state_outside_its_volumes(
+        config: dict[str, Any], change: Callable[[dict[str, Any]], None]) -> None:
+    assert gristmill_state_problems(broken(config, change), DOCKERFILE_TEXT)
+
+
+# -- the gristmill images create what is mounted, owned by their user ------------------------------------------------
+@dataclass
+class Stage:
+    parent: str | None  # the stage it is built FROM, when that is a stage of this file
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+
+def parse_dockerfile(text: str) -> dict[str, Stage]:
+    """The stages of a Dockerfile by name, each with its instructions (continuation lines joined)."""
+    stages: dict[str, Stage] = {}
+    current: Stage | None = None
+    for line in re.sub(r"\\\n", " ", text).splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        instruction, _, arguments = line.partition(" ")
+        if instruction.upper() == "FROM":
+            base, *alias = re.split(r"\s+as\s+", arguments.strip(), flags=re.IGNORECASE)
+            current = Stage(base if base in stages else None)
+            stages[alias[0] if alias else f"stage-{len(stages)}"] = current
+        elif current is not None:
+            current.instructions.append((instruction.upper(), arguments.strip()))
+    return stages
+
+
+def shell_commands(script: str) -> Iterator[list[str]]:
+    """The simple commands of a RUN line (split at `&&`, `||`, `;`)."""
+    lexer = shlex.shlex(script, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    command: list[str] = []
+    for token in lexer:
+        if token in ("&&", "||", ";"):
+            yield command
+            command = []
+        else:
+            command.append(token)
+    yield command
+
+
+@dataclass
+class ImageFacts:
+    """What a build target's stages (its own and those it is built from) do, in order."""
+
+    user: str | None = None
+    uid: int | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+def image_facts(stages: dict[str, Stage], target: str, needed: frozenset[str] = frozenset()) -> ImageFacts:
+    """Follow `target`'s stages from the first: users created, directories made and chowned, VOLUMEs, ENV, USER.
+    `problems`: a path of `needed` the image does not create owned by its final user before it is a VOLUME."""
+    chain: list[Stage] = []
+    name: str | None = target
+    while name is not None:
+        chain.insert(0, stages[name])
+        name = stages[name].parent
+    facts, uids, made, owner = ImageFacts(), {}, set(), {}
+    volumes: list[str] = []
+    for instruction, arguments in (i for stage in chain for i in stage.instructions):
+        if instruction == "RUN":
+            for argv in shell_commands(arguments):
+                plain = [a for a in argv[1:] if not a.startswith("-")]
+                if argv[:1] == ["useradd"] and "--uid" in argv:
+                    uids[plain[-1]] = int(argv[argv.index("--uid") + 1])
+                elif argv[:1] == ["mkdir"]:
+                    made.update(plain)
+                elif argv[:1] == ["chown"]:
+                    owner.update(dict.fromkeys(plain[1:], plain[0].split(":")[0]))
+        elif instruction == "ENV":
+            facts.env.update(pair.split("=", 1) for pair in shlex.split(arguments))
+        elif instruction == "USER":
+            facts.user = arguments
+        elif instruction == "VOLUME":
+            declared = json.loads(arguments) if arguments.startswith("[") else arguments.split()
+            volumes += declared
+            facts.problems += [f"{target}: VOLUME {path} before it is made and chowned (later changes are lost)"
+                               for path in declared if path in needed and (path not in made or path not in owner)]
+    facts.uid = uids.get(facts.user or "")
+    if facts.user is None or facts.uid in (None, 0):
+        facts.problems.append(f"{target}: runs as {facts.user or 'root'}, not as a user it creates with a uid")
+    for path in sorted(needed):
+        if path not in made or owner.get(path) != facts.user:
+            facts.problems.append(f"{target}: {path} is not made and owned by {facts.user} in the image: a fresh "
+                                  f"named volume mounted there is root's, and {facts.user} cannot write it")
+    return facts
+
+
+def image_problems(config: dict[str, Any], dockerfile: str) -> list[str]:
+    """For every build target a service uses: each path mounted into it (named volumes, tmpfs) is made in the image
+    and owned by the user it runs as."""
+    stages = parse_dockerfile(dockerfile)
+    needed: dict[str, set[str]] = {}
+    for service in config["services"].values():
+        if "build" in service:
+            needed.setdefault(service["build"]["target"], set()).update(
+                m.target for m in mounts(service) if m.kind in ("volume", "tmpfs"))
+    return [problem for target, paths in sorted(needed.items())
+            for problem in image_facts(stages, target, frozenset(paths)).problems]
+
+
+def test_the_images_create_every_mounted_path_owned_by_their_user(config: dict[str, Any]) -> None:
+    targets = {s["build"]["target"] for s in config["services"].values() if "build" in s}
+    assert targets == {"serving", "serving-gpu", "trainer"}
+    assert image_problems(config, DOCKERFILE_TEXT) == []
+    assert {image_facts(parse_dockerfile(DOCKERFILE_TEXT), t).uid for t in targets} == {10001}  # as README and tmpfs
+
+
+@pytest.mark.parametrize(("original", "changed"), [
+    ("mkdir -p /data /models /shared", "mkdir -p /data /models"),
+    ("chown gristmill:gristmill /data /models /shared", "chown gristmill:gristmill /data /shared"),
+    ("chown gristmill:gristmill /data /models /shared", "chown root /data /models /shared"),
+    ("FROM base AS trainer\n", "FROM python:3.11-slim-bookworm AS trainer\n"),  # the trainer without base's setup
+    ("RUN pip install \".[quality]\"\nUSER gristmill\n", "RUN pip install \".[quality]\"\n"),  # serving as root
+], ids=["models-not-made", "models-not-chowned", "owned-by-root", "trainer-not-from-base", "serving-as-root"])
+def test_the_image_check_finds_a_path_the_user_cannot_write(config: dict[str, Any], original: str,
+                                                            changed: str) -> None:
+    assert original in DOCKERFILE_TEXT
+    assert image_problems(config, DOCKERFILE_TEXT.replace(original, changed, 1))
+
+
+def test_the_image_check_finds_a_volume_declared_before_it_is_made(config: dict[str, Any]) -> None:
+    moved = DOCKERFILE_TEXT.replace("RUN groupadd", 'VOLUME ["/models"]\nRUN groupadd', 1)
+    assert moved != DOCKERFILE_TEXT
+    assert any("before it is made" in problem for problem in image_problems(config, moved))
