@@ -25,6 +25,7 @@ from streams.kafka_transport import App, Consumer
 from streams.processing import BatchRunner, Contract, FailureHook, Handler
 from streams.settings import Settings
 from streams.shared import Shared
+from streams.state.errors import OperationAborted
 from streams.topics import TopicNames, faust_credentials
 from streams.validation import RECORD_OVERHEAD_BYTES, RawMessage
 
@@ -123,6 +124,7 @@ class Worker:
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
             fetch_idle_wait_ms=settings.fetch_idle_wait_ms,
             in_flight_wait_s=settings.in_flight_wait_s,
+            stop_wait_s=settings.stop_wait_s,
             broker_credentials=faust_credentials(settings),
         )
         self.outbox = KafkaOutbox(self.app, TopicNames(settings.namespace), settings.producer_max_bytes,
@@ -153,7 +155,7 @@ class Worker:
                     metrics.STAGE_SECONDS.labels("fetch" if waited <= 1.0 else "idle").inc(waited)
                 try:
                     await runner.run([raw_message(e) for e in events])
-                except (Unfinished, asyncio.CancelledError):
+                except (Unfinished, OperationAborted, asyncio.CancelledError):
                     self.consumer.withhold(e.message for e in events)
                     raise
                 except BaseException as exc:

@@ -57,6 +57,7 @@ class EmbeddedBroker:
             ],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log,
             preexec_fn=die_with_parent if os.name == "posix" else None,
+            start_new_session=True,  # a signal to the worker's process group must not stop it before the worker
         )
         if log is not subprocess.DEVNULL:
             log.close()

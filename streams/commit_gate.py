@@ -34,10 +34,14 @@ class CommitGate:
                 self._withheld.add((tp, offset))
 
     def acknowledged(self, tp: Hashable, offset: int) -> bool:
-        """The record was acknowledged; True if that counts as handled (it was not withheld)."""
+        """The record was acknowledged; True if that counts as handled: it was not withheld, and it was delivered
+        since the partition was last (re)assigned (a batch that ends after its partition was given up, as at a
+        stop, must not move the commit past itself: it is read again from the committed offset)."""
         with self._lock:
             if (tp, offset) in self._withheld:
                 self._withheld.discard((tp, offset))
+                return False
+            if offset not in self._pending.get(tp, ()):
                 return False
             self._pending[tp].discard(offset)
             self._handled[tp] = max(self._handled.get(tp, -1), offset)

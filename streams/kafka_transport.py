@@ -126,9 +126,11 @@ class App(faust.App):
     whose streams batch without idle timers."""
 
     def __init__(self, *args: Any, fetch_max_wait_ms: int = DEFAULT_FETCH_MAX_WAIT_MS,
-                 fetch_idle_wait_ms: int | None = None, in_flight_wait_s: float | None = None, **kwargs: Any) -> None:
+                 fetch_idle_wait_ms: int | None = None, in_flight_wait_s: float | None = None,
+                 stop_wait_s: float | None = None, **kwargs: Any) -> None:
         self.fetch_wait = AdaptiveFetchWait(fetch_max_wait_ms, fetch_idle_wait_ms or fetch_max_wait_ms)
         self.in_flight_wait_s = in_flight_wait_s
+        self.stop_wait_s = stop_wait_s if stop_wait_s is not None else in_flight_wait_s
         super().__init__(*args, Stream=BatchingStream, **kwargs)
 
 
@@ -253,8 +255,11 @@ class Consumer(faust_aiokafka.Consumer):
 
     @Service.transitions_to(CONSUMER_WAIT_EMPTY)
     async def wait_empty(self) -> None:
-        """Wait for in-flight records before a rebalance or stop, for at most the app's `in_flight_wait_s`."""
+        """Wait for in-flight records before a rebalance, for at most the app's `in_flight_wait_s`, or a stop, for at
+        most its `stop_wait_s` (what is not done by then is re-delivered after the restart)."""
         limit = getattr(self.app, "in_flight_wait_s", None)
+        if getattr(self.app, "should_stop", False):  # a stop: a supervisor's grace period is short
+            limit = getattr(self.app, "stop_wait_s", limit)
         if not await drain_in_flight(self, limit):
             self.log.warning("gave up waiting for %d in-flight records after %.0fs: they stay uncommitted and "
                              "will be re-delivered", len(self._unacked_messages), limit)

@@ -24,6 +24,7 @@ from typing import Generic, Protocol, TypeVar
 from schemas import DeadLetter, Record
 from streams import metrics
 from streams.errors import RecordTooLarge, Unfinished
+from streams.state.errors import OperationAborted
 from streams.validation import Accepted, RawMessage, Rejected, failed, validate_message
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,8 @@ class BatchRunner(Generic[R]):
 
     async def run(self, messages: Sequence[RawMessage]) -> None:
         """Process one batch; returns when every effect of it (writes, records out, dead letters) is done.
-        Raises only `Unfinished` or `CancelledError`: then nothing of the batch may be committed."""
+        Raises only `Unfinished`, `OperationAborted` (the worker stops) or `CancelledError`: then nothing of the
+        batch may be committed."""
         accepted = await self.admit(messages)
         if accepted:
             await self._isolate(accepted)
@@ -141,7 +143,7 @@ class BatchRunner(Generic[R]):
     async def _isolate(self, batch: Sequence[Accepted[R]]) -> None:
         try:
             await self.handler(batch)
-        except (Unfinished, asyncio.CancelledError):
+        except (Unfinished, OperationAborted, asyncio.CancelledError):
             raise
         except Exception as exc:
             if len(batch) == 1:

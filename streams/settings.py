@@ -36,8 +36,10 @@ class Settings(BaseSettings):
     kafka_ssl_certfile: Path | None = Field(default=None, description="Client certificate (mutual TLS).")
     kafka_ssl_keyfile: Path | None = Field(default=None, description="Client key (mutual TLS).")
     session_timeout_s: float = Field(default=8.0, gt=0)
-    in_flight_wait_s: float = Field(default=30.0, gt=0, description="Longest a rebalance or stop waits for records "
-                                                                    "in flight (they are re-delivered after).")
+    in_flight_wait_s: float = Field(default=30.0, gt=0, description="Longest a rebalance waits for records in "
+                                                                    "flight (they are re-delivered after).")
+    stop_wait_s: float = Field(default=2.0, gt=0, description="Longest a stop waits for records in flight (the rest "
+                               "is re-delivered after the restart; a batch being encoded stops early, unwritten).")
     producer_max_bytes: int = Field(default=1_000_000, ge=100_000, description="Largest record the worker "
                                     "produces (key, value and framing); the broker must accept it.")
     deadletter_max_bytes: int = Field(default=900_000, ge=10_000, description="Dead letters larger than this keep "

@@ -13,7 +13,7 @@ from typing import TypeVar
 
 from streams import metrics
 from streams.errors import Unfinished
-from streams.state.errors import StoreError
+from streams.state.errors import OperationAborted, StoreError
 from streams.state.store import VectorStore
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,8 @@ class StoreThreads:
                     result = await loop.run_in_executor(executor, operation)
                     metrics.STORE_UP.set(1)
                     return result
+                except OperationAborted as exc:
+                    raise WriteAborted(f"{what} stopped early: {exc}") from exc
                 except StoreError as exc:
                     metrics.STORE_FAILURES.inc()
                     metrics.STORE_FAILING.labels(exc.store).set(1)

@@ -55,8 +55,6 @@ def running(settings: Settings) -> dict[str, Any] | None:
     """What `gristmill up` wrote about the running stack, if it is still alive."""
     try:
         info = json.loads(settings.run_file.read_text(encoding="utf-8"))
-        if int(info["pid"]) == os.getpid():
-            return None  # left by an earlier life of this very pid (PID 1 in a restarted container)
         os.kill(int(info["pid"]), 0)
         return info
     except (OSError, ValueError, KeyError):

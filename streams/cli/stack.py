@@ -65,7 +65,7 @@ def up(demo: Annotated[bool, typer.Option(help="Feed the bundled corpus and run 
     from streams.web.http import HttpService
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    if running(settings):
+    if (info := running(settings)) and info.get("pid") != os.getpid():  # own pid: PID 1 of a restarted container
         console.print(f"[red]gristmill is already running from {settings.data_dir}[/red] (see `gristmill status`)")
         raise typer.Exit(1)
     broker = None

@@ -55,7 +55,8 @@ def open_store(settings: Settings, dim: int, model_version: str = BASE_VERSION) 
         from streams.state.server_store import ServerVectorStore
 
         api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
-        store = ServerVectorStore.connect(settings.qdrant_url, collection, dim, api_key, settings.sparse_vectors)
+        store = ServerVectorStore.connect(settings.qdrant_url, collection, dim, api_key, settings.sparse_vectors,
+                                          settings.qdrant_request_max_bytes)
     else:
         from streams.state.edge_store import EdgeVectorStore
 
@@ -173,8 +174,10 @@ class ServingSlot:
 
     def __init__(self, registry: ModelRegistry, model: ModelVersion, opener: PairOpener,
                  retire_after_s: float = 30.0, closer: Callable[[Serving], None] | None = None,
-                 challengers: ChallengerPairs | None = None) -> None:
+                 challengers: ChallengerPairs | None = None, stopping: Callable[[], bool] = lambda: False) -> None:
+        """`stopping` tells a batch being encoded that the worker stops (it ends early, unwritten)."""
         self.registry = registry
+        self.stopping = stopping
         self._opener = opener
         self._challengers = challengers or ChallengerPairs(opener=opener)
         self._retired_challengers: set[str] = set()  # versions in `_retiring` that were challengers
@@ -264,7 +267,7 @@ class ServingSlot:
     def apply_documents(self, events: Sequence[DocumentEvent]) -> IndexOutcome:
         """Apply document events to the serving index (call it on the store-writer thread)."""
         pair = self.current
-        outcome = pair.indexer().apply(events)
+        outcome = pair.indexer().apply(events, abort=self.stopping)
         if outcome.replaced:
             pair.searcher.invalidate()  # no answer may show the replaced or deleted chunks
             metrics.CACHE_INVALIDATIONS.labels("local").inc()

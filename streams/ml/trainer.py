@@ -28,7 +28,7 @@ from streams import metrics
 from streams.ml.held_out import Ranking, write_snapshot
 from streams.ml.training import CANDIDATE_DIR, Hyperparameters, TrainingJob, TrainingProgress, TrainingResult
 from streams.settings import Settings
-from streams.state.errors import UnknownModelVersion
+from streams.state.errors import OperationAborted, UnknownModelVersion
 from streams.state.evaluation_store import EvaluationStore
 from streams.state.registry import ModelRegistry, ModelVersion
 from streams.state.store import ChunkPoint, DocumentState
@@ -43,6 +43,10 @@ Publish = Callable[[list[ModelUpdate]], Awaitable[None]]
 
 class TrainingFailed(GristmillError):
     """Every attempt of a training run failed."""
+
+
+class TrainingStopped(OperationAborted):
+    """The worker stopped while training: no further attempt, the request stays uncommitted and is re-delivered."""
 
 
 @dataclass
@@ -106,7 +110,8 @@ def feedback_offsets(pairs: Sequence[TrainingPair]) -> dict[str, list[int]]:
 class Trainer:
     def __init__(self, settings: Settings, registry: ModelRegistry, pairs: TrainingPairs,
                  index: Callable[[], ServingIndex], child_setup: Callable[[], None] | None = None,
-                 rollouts: Rollouts | None = None, poll_s: float = 1.0) -> None:
+                 rollouts: Rollouts | None = None, poll_s: float = 1.0,
+                 stopping: Callable[[], bool] = lambda: False) -> None:
         """`index` reads the serving index; `child_setup` runs in the training child before it starts (the worker
         passes one that ties the child's life to its own); `rollouts` tells whether a rollout runs or failed."""
         self.settings = settings
@@ -115,6 +120,7 @@ class Trainer:
         self.index = index
         self.child_setup = child_setup
         self.rollouts = rollouts or NoRollouts()
+        self.stopping = stopping  # the worker is stopping: a killed training child is not retried
         self.poll_s = poll_s
         self.status = TrainerStatus()
         self.work_dir = settings.data_dir / "training"
@@ -279,6 +285,8 @@ class Trainer:
                 if code == 0:
                     metrics.TRAINING_SECONDS.observe(time.perf_counter() - started)
                     return TrainingResult.read(job_dir)
+                if self.stopping():  # killed by the stop (a signal to the process group): the request is re-delivered
+                    raise TrainingStopped(f"training attempt {attempt} ended ({code}) as the worker stops")
                 tail = log_path.read_text(encoding="utf-8", errors="replace")[-2000:]
                 log.warning("training attempt %d/%d exited with %s:\n%s", attempt, self.settings.trainer_attempts,
                             code, tail)

@@ -71,3 +71,8 @@ class PointerMoved(GristmillError):
 
 class RegistryWriteFailed(GristmillError):
     """The registry's pointer or history could not be written (a read-only or full volume)."""
+
+
+class OperationAborted(GristmillError):
+    """A long store operation (encoding and writing a batch) stopped early because the worker is stopping; nothing
+    of the unfinished part was written, and its records are re-delivered."""

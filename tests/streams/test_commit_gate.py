@@ -63,6 +63,16 @@ def test_partitions_given_up_are_forgotten() -> None:
     assert gate.safe_offset(TP) is None and gate.pending(TP) == 0
 
 
+def test_a_batch_that_ends_after_its_partition_was_given_up_is_not_committed_past() -> None:
+    gate = CommitGate()  # a stop: the partition is revoked while a batch is still being encoded
+    deliver(gate, range(0, 4))
+    ack(gate, range(0, 2))
+    assert gate.safe_offset(TP) == 2
+    gate.forget([TP])
+    ack(gate, range(2, 4))  # the batch ends (unwritten) after the revocation and is acknowledged
+    assert gate.safe_offset(TP) is None  # nothing to commit: reading restarts at 2, the last commit
+
+
 def test_a_crashed_batch_is_read_again_from_below_itself_and_the_batch_filling_behind_it() -> None:
     gate, other = CommitGate(), ("documents", 1)
     deliver(gate, range(0, 10))  # 0-4: the batch that crashed; 5-9: the next batch, delivered, never handed over
