@@ -53,7 +53,7 @@ def test_a_stop_in_a_burst_takes_seconds_and_loses_nothing(tmp_path: Path, regis
     took = time.monotonic() - started
     print(f"{signal.Signals(sig).name} to the {target}: exited with {code} in {took:.1f}s")
     output = worker.log()
-    assert took < 15, f"stopping took {took:.1f}s\n{output[-3000:]}"  # about 3-5 s on a 2-core machine
+    assert took < 30, f"stopping took {took:.1f}s\n{output[-3000:]}"  # about 4-7 s on a 2-core machine
     assert code == 0 and "ERROR" not in output, output[-3000:]
     worker.process = None
 
