@@ -154,3 +154,25 @@ def test_the_training_child_runs_at_a_lower_cpu_priority(tmp_path: Path, registr
     own = int(subprocess.run(probe, capture_output=True, text=True, check=True).stdout)
     child = subprocess.run(probe, capture_output=True, text=True, check=True, preexec_fn=job._child_setup)
     assert int(child.stdout) == min(19, own + 7)
+
+
+def test_a_decision_published_before_a_stop_is_published_again_not_retrained_nor_lost(
+        tmp_path: Path, registry: LocalModelRegistry, pairs: TrainingPairs) -> None:
+    files = tmp_path / "v2-files"
+    files.mkdir()
+    (files / "model.onnx").write_bytes(b"not used here")
+    registry.register(files, source="none", facts={"dim": 4, "max_tokens": 8}, metrics={"candidate_nDCG@10": 0.5},
+                      lineage={"base_version": "v1", "request": "retrain/0@7", "pairs": 30,
+                               "decision": {"status": "promoted", "reason": "held-out nDCG@10 +0.1"}})
+    job = trainer(tmp_path, registry, pairs)  # the run of retrain/0@7 registered v2, then the worker stopped
+    published: list[tuple[list[str], int]] = []
+
+    async def publish(updates: list[object]) -> None:
+        published.append(([u.status for u in updates], len(pairs.trainings())))  # type: ignore[attr-defined]
+
+    updates = asyncio.run(job.handle(request(), "retrain/0@7", publish))
+    assert [(u.status, u.version) for u in updates] == [("candidate", "v2"), ("promoted", "v2")]
+    assert updates[-1].trained_on["request"] == "retrain/0@7" and updates[-1].previous_version == "v1"
+    assert published == [(["candidate", "promoted"], 0)]  # published before the run was recorded ...
+    assert [t["version"] for t in pairs.trainings()] == ["v2"]  # ... and recorded after, without training again
+    assert [m.version for m in registry.versions()] == ["v1", "v2"]
