@@ -76,14 +76,14 @@ async def settle(held: Sequence[PendingFeedback], *, join: FeedbackJoin, policy:
     """Claim `held` (what another worker settles now is left to it), join it, dead-letter what can never be joined,
     then release it from the hold; emit a `retrain` when the policy fires."""
     now = time.time()
-    claimed = await threads.read(lambda: join.pairs.claim(held, now, claim_s), "feedback hold")
+    token, claimed = await threads.read(lambda: join.pairs.claim(held, now, claim_s), "feedback hold")
     outcome = await threads.read(lambda: join.settle(claimed, now), "feedback join")
     await dead_letters.send([Rejected(RawMessage(item.topic, item.partition, item.offset, item.key, item.value),
                                       (error,)) for item, error in outcome.refused], FEEDBACK.topic)
 
     def release() -> None:
-        join.pairs.release(outcome.settled)
-        join.pairs.unclaim(outcome.waiting)
+        join.pairs.release(token, outcome.settled)
+        join.pairs.unclaim(token, outcome.waiting)
 
     await threads.read(release, "feedback hold")
     metrics.TRAINING_PAIRS.labels("positive").inc(sum(p.kind == "positive" for p in outcome.pairs))

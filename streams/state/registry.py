@@ -212,6 +212,10 @@ class LocalModelRegistry:
             actual = None if now is None else now.version
             if expected != ANY and actual != expected:
                 raise PointerMoved(version, expected, actual)
+            if position is not None and now is not None and now.position is not None and position <= now.position:
+                raise PointerMoved(version, expected, f"{actual} (moved at {now.position}, after {position})")
+            if decision is not None and self.applied(decision):
+                raise PointerMoved(version, expected, f"{actual} (decision {decision} was applied before)")
             where = "" if position is None else json.dumps({"partition": position.partition,
                                                             "offset": position.offset})
             try:
@@ -220,11 +224,11 @@ class LocalModelRegistry:
                     tmp.write(f"{version}\n{where}\n")
                     tmp.flush()
                     os.fsync(tmp.fileno())
-                with open(self.root / "HISTORY", "a", encoding="utf-8") as history:
+                os.replace(tmp.name, self.root / "CURRENT")
+                with open(self.root / "HISTORY", "a", encoding="utf-8") as history:  # after the pointer moved
                     history.write(f"{version}\t{time.time():.6f}\t{where}\t{decision or ''}\n")
                     history.flush()
                     os.fsync(history.fileno())
-                os.replace(tmp.name, self.root / "CURRENT")
                 directory = os.open(self.root, os.O_RDONLY)
                 try:
                     os.fsync(directory)

@@ -18,9 +18,10 @@ from typing import Any
 from streams.state.errors import StateUnavailable
 
 #: SQLite's primary result codes of a database that cannot be used now, rather than of a wrong statement: busy or
-#: locked (another process holds it past the busy timeout), out of memory, read-only, I/O error, corrupt, full, cannot
-#: open, locking protocol. SQLITE_ERROR (a statement's own error, e.g. a missing column) is a bug, not an outage.
-UNAVAILABLE_CODES = frozenset({5, 6, 7, 8, 10, 11, 13, 14, 15, 26})
+#: locked (another process holds it past the busy timeout), out of memory, read-only, I/O error, full, cannot open,
+#: locking protocol. SQLITE_ERROR (a statement's own error, e.g. a missing column) is a bug, and a corrupt file or
+#: one that is not a database never clears by waiting: neither is retried.
+UNAVAILABLE_CODES = frozenset({5, 6, 7, 8, 10, 13, 14, 15})
 
 
 def unavailable(exc: sqlite3.Error) -> bool:

@@ -53,7 +53,6 @@ class TrainingPairs:
 
     def __init__(self, path: Path, busy_timeout_s: float = 5.0) -> None:
         self._db = SqliteDatabase(path, "feedback state", busy_timeout_s)
-        self.owner = uuid.uuid4().hex  # whose claims on held feedback are this object's
         self._db.executescript("""
             CREATE TABLE IF NOT EXISTS pending (topic TEXT, partition INTEGER, "offset" INTEGER, key BLOB,
                 value BLOB NOT NULL, query_id TEXT NOT NULL, received_at REAL NOT NULL,
@@ -92,31 +91,33 @@ class TrainingPairs:
                                  (time.time() if now is None else now,))
         return [PendingFeedback(*row) for row in rows]
 
-    def claim(self, pending: Sequence[PendingFeedback], now: float, lease_s: float) -> list[PendingFeedback]:
-        """Those of `pending` this caller may settle: still held and not claimed by another worker (whose claim
-        lapses after `lease_s`); they stay claimed until `release`d or `unclaim`ed. Claiming again what this object
-        claimed renews it."""
+    def claim(self, pending: Sequence[PendingFeedback], now: float, lease_s: float
+              ) -> tuple[str, list[PendingFeedback]]:
+        """Those of `pending` this call may settle, with the claim's token: still held and not claimed by another
+        settle (of any worker, this one included) whose claim has not lapsed (after `lease_s`). They stay claimed
+        until `release`d or `unclaim`ed with the token."""
+        token = uuid.uuid4().hex
         claimed = []
         with self._db.transaction() as db:
             for p in pending:
                 cursor = db.execute('UPDATE pending SET claimed_until = ?, claimed_by = ? WHERE topic = ? AND '
-                                    'partition = ? AND "offset" = ? AND (claimed_until < ? OR claimed_by = ?)',
-                                    (now + lease_s, self.owner, *_key(p), now, self.owner))
+                                    'partition = ? AND "offset" = ? AND claimed_until < ?',
+                                    (now + lease_s, token, *_key(p), now))
                 if cursor.rowcount == 1:
                     claimed.append(p)
-        return claimed
+        return token, claimed
 
-    def unclaim(self, pending: Sequence[PendingFeedback]) -> None:
-        """Hand claimed feedback back to the hold (it still waits for its query)."""
+    def unclaim(self, token: str, pending: Sequence[PendingFeedback]) -> None:
+        """Hand feedback this claim holds back to the hold (it still waits for its query)."""
         with self._db.transaction() as db:
-            db.executemany('UPDATE pending SET claimed_until = 0 WHERE topic = ? AND partition = ? AND "offset" = ?',
-                           [_key(p) for p in pending])
+            db.executemany('UPDATE pending SET claimed_until = 0 WHERE topic = ? AND partition = ? AND "offset" = ? '
+                           "AND claimed_by = ?", [(*_key(p), token) for p in pending])
 
-    def release(self, pending: Sequence[PendingFeedback]) -> None:
-        """Settled: out of the hold."""
+    def release(self, token: str, pending: Sequence[PendingFeedback]) -> None:
+        """Settled by this claim: out of the hold."""
         with self._db.transaction() as db:
-            db.executemany('DELETE FROM pending WHERE topic = ? AND partition = ? AND "offset" = ?',
-                           [_key(p) for p in pending])
+            db.executemany('DELETE FROM pending WHERE topic = ? AND partition = ? AND "offset" = ? AND claimed_by = ?',
+                           [(*_key(p), token) for p in pending])
 
     # training pairs
 

@@ -17,7 +17,7 @@ from schemas import ModelUpdate
 from streams.devtools.harness import Harness, double_registry, message
 from streams.ml.rollout import roll_out
 from streams.state.errors import PointerMoved, RegistryWriteFailed
-from streams.state.registry import LocalModelRegistry
+from streams.state.registry import LocalModelRegistry, LogPosition
 
 
 def decision(version: str, previous: str | None, status: str = "promoted", at: datetime | None = None
@@ -51,6 +51,10 @@ def test_decisions_apply_in_log_order_and_stale_ones_are_refused_visibly(tmp_pat
         assert serving.current.model.version == "v2" == registry.current().version  # type: ignore[union-attr]
         pointer = registry.pointer()
         assert pointer is not None and str(pointer.position) == "0@8"
+        # a worker that lost the partition and finishes an older decision late is refused inside the registry's lock
+        with pytest.raises(PointerMoved):
+            registry.promote("v3", expected="v2", position=LogPosition(0, 5))
+        assert registry.current().version == "v2"  # type: ignore[union-attr]
         assert harness.published("deadletter") == []
 
 

@@ -96,14 +96,17 @@ def test_held_feedback_is_settled_by_one_worker_at_a_time(tmp_path: Path) -> Non
     first, second = TrainingPairs(path), TrainingPairs(path)  # two workers on the shared volume
     held = [PendingFeedback("feedback", 0, offset, b"q", b"{}", f"q{offset}", 1.0) for offset in range(4)]
     first.hold(held)
-    mine = first.claim(held[:3], now=10.0, lease_s=60.0)
-    theirs = second.claim(held, now=10.0, lease_s=60.0)
+    token, mine = first.claim(held[:3], now=10.0, lease_s=60.0)
+    _, theirs = second.claim(held, now=10.0, lease_s=60.0)
     assert mine == held[:3] and theirs == held[3:]  # each record settled by exactly one of them
     assert second.held(now=20.0) == []  # a claimed record is not offered again while its claim lasts
-    assert first.claim(held[:1], now=20.0, lease_s=60.0) == held[:1]  # the owner renews its claim
-    first.unclaim(held[1:2])  # still waiting for its query: back in the hold
+    assert first.claim(held[:1], now=20.0, lease_s=60.0)[1] == []  # nor to another settle of the same worker
+    second.release(token, held[:1])  # a release under another claim's token changes nothing
+    first.unclaim(token, held[1:2])  # still waiting for its query: back in the hold
     assert second.held(now=20.0) == [held[1]]
-    assert second.claim(held[:1], now=100.0, lease_s=60.0) == held[:1]  # a claim lapses (its worker died)
+    first.release(token, held[:1])
+    assert [p.offset for p in first.held(now=100.0)] == [1, 2, 3]  # released; the other claims lapsed (died)
+    assert second.claim(held[2:3], now=100.0, lease_s=60.0)[1] == held[2:3]
 
 
 def test_retrain_requests_are_decided_once_by_pair_sequence_not_by_clocks(tmp_path: Path) -> None:
