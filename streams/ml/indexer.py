@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -14,7 +14,6 @@ import numpy as np
 from schemas import DocumentEvent, document_content
 from streams.ml.chunking import Chunker
 from streams.state.encoder import Encoder
-from streams.state.errors import OperationAborted
 from streams.state.sparse import SparseEncoder
 from streams.state.store import ChunkPoint, DocumentState, VectorStore
 
@@ -25,8 +24,6 @@ def content_hash(event: DocumentEvent) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-#: Chunks encoded between two checks of whether the worker is stopping.
-ABORT_CHECK_TEXTS = 256
 #: Where an index write spends its time, in order.
 STAGES = ("read", "chunk", "encode", "sparse", "write", "ledger")
 
@@ -79,9 +76,7 @@ class DocumentIndexer:
         # chunks get BM25 vectors in the same upsert as the dense ones, where the collection holds them
         self.sparse = sparse if sparse is not None and "sparse" in store.modes else None
 
-    def apply(self, events: Sequence[DocumentEvent], abort: Callable[[], bool] | None = None) -> IndexOutcome:
-        """Apply a batch; `abort` is asked between encoder runs, and when it says so the batch stops with
-        `OperationAborted` before anything of it is written (a stopping worker does not finish encoding it)."""
+    def apply(self, events: Sequence[DocumentEvent]) -> IndexOutcome:
         outcome = IndexOutcome()
         latest: dict[str, DocumentEvent] = {}
         for event in events:
@@ -120,7 +115,7 @@ class DocumentIndexer:
                 split = self.chunker.split_many([event.content for event, _ in to_embed])
                 texts = [chunk.text for chunks in split for chunk in chunks]
             with outcome.timing("encode"):
-                vectors = self._encode(texts, abort)
+                vectors = self.encoder.encode(texts)
             if not np.isfinite(vectors).all():
                 raise ValueError("the encoder returned non-finite vectors; nothing of this batch was written")
             with outcome.timing("sparse"):
@@ -143,16 +138,6 @@ class DocumentIndexer:
         with outcome.timing("ledger"):
             self.store.put_documents(states)
         return outcome
-
-    def _encode(self, texts: list[str], abort: Callable[[], bool] | None) -> np.ndarray:
-        if abort is None:
-            return self.encoder.encode(texts)
-        parts = []
-        for start in range(0, len(texts), ABORT_CHECK_TEXTS):
-            if abort():
-                raise OperationAborted(f"stopping: {len(texts) - start} of {len(texts)} chunks not encoded")
-            parts.append(self.encoder.encode(texts[start:start + ABORT_CHECK_TEXTS]))
-        return np.concatenate(parts) if parts else self.encoder.encode(texts)
 
     def restore(self, doc_id: str) -> None:
         """Make the document's chunks what its ledger entry says again (after a write of it failed half-way): the

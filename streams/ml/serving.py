@@ -174,10 +174,8 @@ class ServingSlot:
 
     def __init__(self, registry: ModelRegistry, model: ModelVersion, opener: PairOpener,
                  retire_after_s: float = 30.0, closer: Callable[[Serving], None] | None = None,
-                 challengers: ChallengerPairs | None = None, stopping: Callable[[], bool] = lambda: False) -> None:
-        """`stopping` tells a batch being encoded that the worker stops (it ends early, unwritten)."""
+                 challengers: ChallengerPairs | None = None) -> None:
         self.registry = registry
-        self.stopping = stopping
         self._opener = opener
         self._challengers = challengers or ChallengerPairs(opener=opener)
         self._retired_challengers: set[str] = set()  # versions in `_retiring` that were challengers
@@ -267,7 +265,7 @@ class ServingSlot:
     def apply_documents(self, events: Sequence[DocumentEvent]) -> IndexOutcome:
         """Apply document events to the serving index (call it on the store-writer thread)."""
         pair = self.current
-        outcome = pair.indexer().apply(events, abort=self.stopping)
+        outcome = pair.indexer().apply(events)
         if outcome.replaced:
             pair.searcher.invalidate()  # no answer may show the replaced or deleted chunks
             metrics.CACHE_INVALIDATIONS.labels("local").inc()

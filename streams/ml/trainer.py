@@ -180,12 +180,10 @@ class Trainer:
         for model in reversed(self.registry.versions()):
             decision = model.lineage.get("decision")
             if model.lineage.get("request") == request_at and isinstance(decision, dict):
-                common = {"version": model.version, "uri": model.path.as_uri(), "metrics": model.metrics,
-                          "trained_on": {"pairs": int(model.lineage.get("pairs", 0)), "request": request_at,
-                                         "feedback_offsets": model.lineage.get("feedback_offsets", {})},
-                          "previous_version": model.lineage.get("base_version"), "at": datetime.now(UTC)}
-                return [ModelUpdate(status="candidate", **common),  # type: ignore[arg-type]
-                        ModelUpdate(status=decision["status"], reason=decision["reason"], **common)]
+                trained_on = {"pairs": int(model.lineage.get("pairs", 0)), "request": request_at,
+                              "feedback_offsets": model.lineage.get("feedback_offsets", {})}
+                return decision_updates(model, model.metrics, trained_on, model.lineage.get("base_version"),
+                                        decision["status"], decision["reason"])
         return None
 
     async def handle(self, request: RetrainRequest, request_at: str | None = None,
@@ -327,13 +325,8 @@ class Trainer:
                                          "feedback_offsets": offsets}
         if request_at is not None:
             trained_on["request"] = request_at  # identifies the decision if it is ever published again
-        now = datetime.now(UTC)
-        common = {"version": version, "uri": model.path.as_uri(), "metrics": scores, "trained_on": trained_on,
-                  "previous_version": base.version}
-        updates = [ModelUpdate(status="candidate", at=now, **common),  # type: ignore[arg-type]
-                   ModelUpdate(status=status, reason=reason, at=now, **common)]  # type: ignore[arg-type]
         log.info("candidate %s %s: %s", version, status, reason)
-        return updates
+        return decision_updates(model, scores, trained_on, base.version, status, reason)
 
     def _decide(self, result: TrainingResult) -> tuple[str, str]:
         """Promoted or rejected, and why: the held-out gain against the promotion margin."""
@@ -346,6 +339,15 @@ class Trainer:
             return "rejected", (f"held-out nDCG@10 {result.candidate['nDCG@10']:.4f} vs serving "
                                 f"{result.current['nDCG@10']:.4f}: gain {gain:+.4f} < margin {margin}")
         return "promoted", f"held-out nDCG@10 +{gain:.4f} (margin {margin})"
+
+
+def decision_updates(model: ModelVersion, scores: dict[str, float], trained_on: dict[str, object],
+                     previous_version: str | None, status: str, reason: str) -> list[ModelUpdate]:
+    """The `model-updates` records of a trained version: `candidate`, then its decision (promoted or rejected)."""
+    common = {"version": model.version, "uri": model.path.as_uri(), "metrics": scores, "trained_on": trained_on,
+              "previous_version": previous_version, "at": datetime.now(UTC)}
+    return [ModelUpdate(status="candidate", **common),  # type: ignore[arg-type]
+            ModelUpdate(status=status, reason=reason, **common)]  # type: ignore[arg-type]
 
 
 def rollback_update(registry: ModelRegistry) -> ModelUpdate:

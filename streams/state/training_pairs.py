@@ -174,11 +174,6 @@ class TrainingPairs:
 
     # retrains and trainings
 
-    def record_retrain(self, reason: str, pairs: int, at: float) -> None:
-        with self._db.transaction() as db:
-            db.execute("INSERT INTO retrains (requested_at, reason, pairs, pairs_sequence) VALUES (?, ?, ?, ?)",
-                       (at, reason, pairs, self._sequence(db)))
-
     def record_retrain_if(self, reason: str, at: float, min_interval_s: float, min_new_positive: int = 0,
                           min_new_pairs: int = 0) -> int | None:
         """Record a retrain request when the last one is at least `min_interval_s` old and enough pairs changed
