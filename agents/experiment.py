@@ -48,7 +48,8 @@ async def follow(*, serving: ServingSlot, active: ActiveExperiment, write: Write
     wanted = experiment.version if experiment is not None and (experiment.live or (
         experiment.state == "promoted" and serving.current.model.version != experiment.version)) else None
     challenger = serving.challenger
-    if challenger is not None and challenger.model.version != wanted:
+    if challenger is not None and challenger.model.version != wanted and not serving.rolling.locked():
+        # (while a rollout runs, it may be making this very challenger serve: the switch lets it go then)
         released = await write(serving.detach_challenger, "experiment ended")
         if released is not None:
             serving.retire_later(released)  # searches in flight finish; a promotion reopens it at once

@@ -7,9 +7,11 @@ import logging
 from collections.abc import Sequence
 from functools import partial
 
+from agents.rollout import follow_registry
 from schemas import ModelUpdate, RetrainRequest
 from streams import metrics
 from streams.host import AgentHost
+from streams.ml.rollout import roll_out
 from streams.ml.trainer import Trainer
 from streams.processing import Contract, Outbox, publish
 from streams.validation import Accepted
@@ -19,8 +21,13 @@ log = logging.getLogger(__name__)
 
 
 def register(worker: AgentHost) -> None:
-    worker.batch_agent(RETRAIN, "trainer", 1, 1.0, partial(train, trainer=worker.shared.trainer, outbox=worker.outbox,
+    shared = worker.shared
+    worker.batch_agent(RETRAIN, "trainer", 1, 1.0, partial(train, trainer=shared.trainer, outbox=worker.outbox,
                                                           model_key=worker.settings.model_name.encode()))
+    if worker.settings.keeps_index_copy:  # its own copy of the index follows the registry as a worker's does
+        rollout = partial(roll_out, shared.serving, write=shared.threads.write,
+                          step_documents=worker.settings.rollout_step_documents)
+        worker.timer(2.0, partial(follow_registry, serving=shared.serving, roll=rollout))
 
 
 async def train(batch: Sequence[Accepted[RetrainRequest]], *, trainer: Trainer, outbox: Outbox,

@@ -21,6 +21,7 @@ from streams import metrics
 from streams.broker import die_with_parent
 from streams.errors import PublishAborted, RecordTooLarge, Unfinished
 from streams.index_changes import IndexChangeListener
+from streams.index_replica import IndexReplica
 from streams.kafka_transport import App, Consumer
 from streams.processing import BatchRunner, Contract, FailureHook, Handler
 from streams.settings import Settings
@@ -132,6 +133,8 @@ class Worker:
         self.shared = Shared.open(settings, self.outbox, stopping=lambda: bool(self.app.should_stop),
                                   child_setup=die_with_parent)
         self.app.add_dependency(IndexChangeListener(settings, self.shared.index_changes))
+        if settings.keeps_index_copy:
+            self.app.add_dependency(IndexReplica(settings, self.shared.serving, self.shared.threads))
         self.agents: list[str] = []  # the agents registered on this worker
 
     def batch_agent(self, contract: Contract[R], name: str, size: int, within: float, handler: Handler[R],

@@ -252,5 +252,12 @@ class Settings(BaseSettings):
         return {name.strip() for name in self.agents.split(",") if name.strip()}
 
     @property
+    def keeps_index_copy(self) -> bool:
+        """A trainer that does not ingest, on the embedded store: it keeps a copy of the index of its own (see
+        `streams.index_replica`), as no Qdrant server holds the one the workers write."""
+        names = self.agent_names
+        return bool(names) and "trainer" in names and "ingest" not in names and not self.qdrant_url
+
+    @property
     def app_id(self) -> str:
         return f"gristmill-{self.namespace}" if self.namespace else "gristmill"

@@ -123,7 +123,7 @@ async def _copy_then(slot: ServingSlot, version: str, write: Write, step_documen
         progress.state = "abandoned" if isinstance(exc, PointerMoved) else "failed"
         progress.error = f"{type(exc).__name__}: {exc}"
         progress.finished_at = time.time()
-        if slot.challenger is not target:
+        if not slot.in_use(target):  # not the experiment's challenger, nor sharing its collection
             await loop.run_in_executor(None, target.close)
         raise
     progress.state, progress.finished_at = ("switched" if switch else "challenging"), time.time()

@@ -238,9 +238,14 @@ class ServingSlot:
             if self._retiring.get(pair.model.version) is pair:
                 del self._retiring[pair.model.version]
                 self._retired_challengers.discard(pair.model.version)
-                self._closer(pair)
+                if not self.in_use(pair):  # its collection may serve again, through another pair of that version
+                    self._closer(pair)
 
         asyncio.get_running_loop().call_later(self._retire_after_s, retire)
+
+    def in_use(self, pair: Serving) -> bool:
+        """Whether `pair`'s collection serves or challenges now (a pair made fit to serve shares its store)."""
+        return any(other is not None and other.store is pair.store for other in (self.current, self.challenger))
 
     def refuse(self, version: str, status: str, reason: str, position: object) -> None:
         """A model decision this worker did not apply (the log's order or the registry refused it): logged, counted
@@ -255,6 +260,9 @@ class ServingSlot:
 
     def rollout_failed(self, version: str) -> bool:
         return self.rollout is not None and self.rollout.version == version and self.rollout.state == "failed"
+
+    def serves(self, version: str) -> bool:
+        return self.current.model.version == version
 
     def invalidate_caches(self) -> None:
         """Drop the cached answers of every pair this worker holds (indexed documents changed)."""

@@ -84,6 +84,10 @@ class Rollouts(Protocol):
         """The latest rollout of `version` failed."""
         ...
 
+    def serves(self, version: str) -> bool:
+        """This process's index is `version`'s."""
+        ...
+
 
 class NoRollouts:
     """A trainer with no rollouts to wait for (a process that only trains, a test)."""
@@ -93,6 +97,9 @@ class NoRollouts:
 
     def rollout_failed(self, version: str) -> bool:
         return False
+
+    def serves(self, version: str) -> bool:
+        return True
 
 
 def feedback_offsets(pairs: Sequence[TrainingPair]) -> dict[str, list[int]]:
@@ -136,6 +143,11 @@ class Trainer:
         """The rollout a retrain must wait for: one copying now, or the version promoted last until it serves."""
         if self.rollouts.rollout_running():
             return "a running rollout"
+        if self.settings.keeps_index_copy:  # the copy this trainer reads must be the serving version's
+            current = self.registry.current()
+            if current is not None and not self.rollouts.serves(current.version) and \
+                    not self.rollouts.rollout_failed(current.version):
+                return f"this process's index copy to reach {current.version}"
         if self.awaiting is not None:
             current = self.registry.current()
             if (current is not None and current.version == self.awaiting) or self.rollouts.rollout_failed(

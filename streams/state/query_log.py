@@ -31,8 +31,9 @@ def bounded(entry: LoggedQuery, text_chars: int) -> LoggedQuery:
 
 
 class QueryLog:
-    """One row per query_id (a re-delivered query overwrites its row with the same answer); texts are kept up to
-    `text_chars`, and `prune` bounds the log by age and rows."""
+    """One row per query_id, its first answer: a query answered again (re-delivered after a rebalance or a stop)
+    keeps the answer logged first, the one its client got first (feedback judges what the client saw). Texts are
+    kept up to `text_chars`, and `prune` bounds the log by age and rows."""
 
     def __init__(self, path: Path, text_chars: int = 2_000, busy_timeout_s: float = 5.0) -> None:
         self.text_chars = text_chars
@@ -49,7 +50,7 @@ class QueryLog:
                  e.via, e.response.get("model_version", ""), e.response.get("index_version", ""))
                 for e in entries]
         with self._db.transaction() as db:
-            db.executemany("INSERT OR REPLACE INTO queries VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            db.executemany("INSERT OR IGNORE INTO queries VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
 
     def get(self, query_id: str) -> LoggedQuery | None:
         row = self._db.fetchone("SELECT query_id, query, response, answered_at, via FROM queries WHERE query_id = ?",

@@ -5,6 +5,7 @@ never closes the pair that serves."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -12,12 +13,18 @@ from typing import Any
 
 import pytest
 
+from agents.experiment import follow as follow_experiment
 from agents.rollout import follow_registry
 from schemas import ModelUpdate
-from streams.devtools.harness import Harness, double_registry, message
+from streams.answering import ActiveExperiment
+from streams.devtools.harness import Harness, double_pairs, double_registry, message
 from streams.ml.rollout import roll_out
+from streams.ml.serving import Serving, ServingSlot
+from streams.settings import Settings
 from streams.state.errors import PointerMoved, RegistryWriteFailed
+from streams.state.evaluation_store import EvaluationStore
 from streams.state.registry import LocalModelRegistry, LogPosition
+from streams.store_threads import StoreThreads
 
 
 def decision(version: str, previous: str | None, status: str = "promoted", at: datetime | None = None
@@ -99,3 +106,55 @@ def test_a_slow_follower_never_moves_the_pointer_back(tmp_path: Path) -> None:
         with pytest.raises(PointerMoved):
             registry.promote("v2", expected="v3")  # compare-and-set: v3 no longer serves
         assert registry.current().version == "v1"  # type: ignore[union-attr]
+
+
+def test_a_candidate_promoted_as_its_experiment_ends_keeps_the_collection_it_serves_from(tmp_path: Path) -> None:
+    """Seen in the production rehearsal: a promotion of the experiment's candidate opens its serving pair on the
+    challenger's collection; the experiment's end, seen meanwhile, retired the challenger, and its retirement closed
+    the collection the new pair served from (every search then failed)."""
+    registry = double_registry(tmp_path / "models", versions=("v1", "v2"))
+    closed: list[object] = []
+
+    async def scenario() -> ServingSlot:
+        slot = ServingSlot(registry, registry.get("v1"), double_pairs(Settings(data_dir=tmp_path)),
+                           retire_after_s=0.01, closer=lambda pair: closed.append(pair.store))
+        slot.attach_challenger(slot.open_challenger(registry.get("v2"), "shadow"))
+        target = slot.open(registry.get("v2"))  # the promotion begins on the challenger's collection ...
+        released = slot.detach_challenger()  # ... the experiment's end is seen meanwhile ...
+        assert released is not None
+        slot.retire_later(released)
+        slot.retire_later(slot.switch(target))  # ... and the promotion switches
+        await asyncio.sleep(0.1)  # every retirement is due
+        return slot
+
+    slot = asyncio.run(scenario())
+    assert slot.current.model.version == "v2" and slot.current.store not in closed
+    assert len(closed) == 1  # v1's pair, retired by the switch
+
+
+def test_an_experiment_that_ends_during_a_rollout_lets_its_challenger_go_after_the_switch(tmp_path: Path) -> None:
+    registry = double_registry(tmp_path / "models", versions=("v1", "v2"))
+    slot = ServingSlot(registry, registry.get("v1"), double_pairs(Settings(data_dir=tmp_path)))
+    challenger = slot.open_challenger(registry.get("v2"), "shadow")
+    slot.attach_challenger(challenger)
+    evaluation = EvaluationStore(tmp_path / "evaluation.sqlite3")  # no live experiment: the challenger must go
+
+    async def tick(rolling: bool) -> Serving | None:
+        threads = StoreThreads(1.0)
+        try:
+            if rolling:
+                async with slot.rolling:
+                    await follow_experiment(serving=slot, active=ActiveExperiment(evaluation, "minilm"),
+                                            write=threads.write, step_documents=4)
+            else:
+                await follow_experiment(serving=slot, active=ActiveExperiment(evaluation, "minilm"),
+                                        write=threads.write, step_documents=4)
+        finally:
+            threads.close()
+        return slot.challenger
+
+    try:
+        assert asyncio.run(tick(rolling=True)) is challenger  # a rollout may be making it serve: kept
+        assert asyncio.run(tick(rolling=False)) is None  # no rollout: let go
+    finally:
+        evaluation.close()

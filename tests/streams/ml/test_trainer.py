@@ -81,13 +81,16 @@ class Rollout:
     """A rollout the test runs by hand: copying until `finish`, or failed."""
 
     def __init__(self) -> None:
-        self.running, self.failed = False, False
+        self.running, self.failed, self.serving = False, False, "v1"
 
     def rollout_running(self) -> bool:
         return self.running
 
     def rollout_failed(self, version: str) -> bool:
         return self.failed
+
+    def serves(self, version: str) -> bool:
+        return self.serving == version
 
 
 def second_version(registry: LocalModelRegistry, tmp_path: Path) -> str:
@@ -176,3 +179,24 @@ def test_a_decision_published_before_a_stop_is_published_again_not_retrained_nor
     assert published == [(["candidate", "promoted"], 0)]  # published before the run was recorded ...
     assert [t["version"] for t in pairs.trainings()] == ["v2"]  # ... and recorded after, without training again
     assert [m.version for m in registry.versions()] == ["v1", "v2"]
+
+
+def test_a_trainer_with_an_index_copy_waits_until_the_copy_is_the_serving_versions(
+        tmp_path: Path, registry: LocalModelRegistry, pairs: TrainingPairs) -> None:
+    rollout = Rollout()
+    job = trainer(tmp_path, registry, pairs, rollout, agents="trainer")  # trainer-only, embedded store
+    registry.promote(second_version(registry, tmp_path))  # a worker switched; this process's copy is still v1
+
+    async def waits() -> bool:
+        try:
+            await asyncio.wait_for(job.wait_for_rollouts(), 0.3)
+        except TimeoutError:
+            return True
+        return False
+
+    assert asyncio.run(waits()) and job.status.waiting_for == "this process's index copy to reach v2"
+    rollout.serving = "v2"  # the copy was re-embedded
+    assert not asyncio.run(waits()) and job.status.state == "idle"
+    rollout.serving, rollout.failed = "v1", True  # or its re-embedding failed: nothing to wait for
+    assert not asyncio.run(waits())
+    assert not trainer(tmp_path, registry, pairs, rollout).settings.keeps_index_copy  # a worker that ingests

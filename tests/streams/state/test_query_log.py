@@ -24,3 +24,15 @@ def test_texts_are_cut_and_old_or_surplus_entries_pruned(tmp_path: Path) -> None
         assert sorted(e.query_id for e in log.since(0)) == [f"q{i}" for i in range(5, 10)]
     finally:
         log.close()
+
+
+def test_a_query_answered_again_keeps_its_first_answer(tmp_path: Path) -> None:
+    log = QueryLog(tmp_path / "queries.sqlite3")
+    try:
+        log.record([entry("q", 1_000.0, "first")])
+        log.record([entry("q", 1_001.0, "again")])  # re-delivered after a rebalance, answered by another worker
+        logged = log.get("q")
+        assert logged is not None and logged.query["text"] == "first" and logged.answered_at == 1_000.0
+        assert log.count() == 1
+    finally:
+        log.close()
