@@ -375,11 +375,14 @@ def rollback_update(registry: ModelRegistry) -> ModelUpdate:
 
 def promote_update(registry: ModelRegistry, version: str, reason: str) -> ModelUpdate:
     """An operator's promotion of a registered version (e.g. a rejected candidate), bypassing the margin
-    (`UnknownModelVersion` if it is not registered)."""
+    (`UnknownModelVersion` if it is not registered). It names a target, not a change from what serves: applied in
+    the log's order whatever serves then (no `previous_version` to compare), so of two promotions sent one after the
+    other the second wins even if the first was not rolled out yet."""
     model = registry.get(version)
     current = registry.current()
     return ModelUpdate(version=version, uri=model.path.as_uri(), status="promoted", metrics=model.metrics,
-                       reason=reason, previous_version=current.version if current else None, at=datetime.now(UTC))
+                       reason=f"{reason} ({current.version if current else 'nothing'} served when it was asked)",
+                       at=datetime.now(UTC))
 
 
 def reindex_update(registry: ModelRegistry, staging_root: Path) -> ModelUpdate:

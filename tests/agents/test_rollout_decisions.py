@@ -20,6 +20,7 @@ from streams.answering import ActiveExperiment
 from streams.devtools.harness import Harness, double_pairs, double_registry, message
 from streams.ml.rollout import roll_out
 from streams.ml.serving import Serving, ServingSlot
+from streams.ml.trainer import promote_update
 from streams.settings import Settings
 from streams.state.errors import PointerMoved, RegistryWriteFailed
 from streams.state.evaluation_store import EvaluationStore
@@ -158,3 +159,15 @@ def test_an_experiment_that_ends_during_a_rollout_lets_its_challenger_go_after_t
         assert asyncio.run(tick(rolling=False)) is None  # no rollout: let go
     finally:
         evaluation.close()
+
+
+def test_two_operator_promotions_sent_back_to_back_end_on_the_second(tmp_path: Path) -> None:
+    """An operator's promotion names a target: built while v1 still served, both apply in the log's order."""
+    registry = double_registry(tmp_path / "models", versions=("v1", "v2", "v3"))
+    first, second = promote_update(registry, "v2", "ops"), promote_update(registry, "v3", "ops")
+    assert first.previous_version is None and "v1 served when it was asked" in (first.reason or "")
+    with Harness(tmp_path, registry=registry).register("ingest", "rollout") as harness:
+        harness.send("model-updates", [message("model-updates", first, "minilm", offset=1),
+                                       message("model-updates", second, "minilm", offset=2)])
+        assert harness.shared.serving.current.model.version == "v3" == registry.current().version  # type: ignore[union-attr]
+        assert not harness.shared.serving.refused

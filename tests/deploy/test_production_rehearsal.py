@@ -211,6 +211,16 @@ def test_the_compose_topology_as_processes(tmp_path: Path, registry_dir: Path, b
             process.wait_for(lambda p=process: serving(p) == ("v1", "v1"), 180, "v1 serving everywhere again")
         answered = len(traffic.answers)
         workers[0].wait_for(lambda: len(traffic.answers) >= answered + 12 or traffic.errors, 120, "traffic on v1")
+
+        # two promotions sent back to back (the second before the first is rolled out): the second wins everywhere
+        models = LocalModelRegistry(registry, "minilm")
+        before = [v for v, _ in models.history()]
+        cli(workers[0], "promote", "v2")
+        cli(workers[0], "promote", "v1")
+        workers[0].wait_for(lambda: [v for v, _ in models.history()] == [*before, "v2", "v1"], 180,
+                            "both promotions applied in the log's order")
+        for process in processes:
+            process.wait_for(lambda p=process: serving(p) == ("v1", "v1"), 180, "v1 serving everywhere at the end")
         traffic.stopping.set()
         searches.stopping.set()
         traffic.join(200)
