@@ -12,10 +12,10 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 
-from schemas import FeedbackEvent, RetrainRequest
+from schemas import FeedbackEvent
 from streams import metrics
 from streams.host import AgentHost
-from streams.ml.pairing import FeedbackJoin, RetrainPolicy
+from streams.ml.pairing import FeedbackJoin, PendingRetrain, RetrainPolicy
 from streams.ml.serving import ServingSlot
 from streams.processing import Contract, DeadLetterSink, Outbox, publish
 from streams.state.evaluation_store import EvaluationStore
@@ -54,17 +54,17 @@ async def receive(batch: Sequence[Accepted[FeedbackEvent]], *, pairs: TrainingPa
     now = time.time()
     if evaluation is not None:
         judged = [(a.record.query_id, a.record.doc_id, a.record.judgement, now) for a in batch]
-        await threads.read(lambda: evaluation.record_judgements(judged), "evaluation store")
+        await threads.state(lambda: evaluation.record_judgements(judged), "evaluation store")
     held = [PendingFeedback(a.message.topic, a.message.partition, a.message.offset, a.message.key,
                             a.message.value or b"", a.record.query_id, now) for a in batch]
-    await threads.read(lambda: pairs.hold(held), "feedback hold")
+    await threads.state(lambda: pairs.hold(held), "feedback hold")
     await settle(held)
 
 
 async def retry_held(*, pairs: TrainingPairs, threads: StoreThreads, settle: Settle) -> None:
     """Every second: join held feedback whose response has been logged meanwhile, expire the rest; the schedule."""
     try:
-        held = await threads.read(pairs.held, "feedback hold")
+        held = await threads.state(pairs.held, "feedback hold")
         await settle(held, tick=True)
     except WriteAborted:
         return  # stopping while the feedback state fails: the hold keeps everything for the next start
@@ -76,8 +76,8 @@ async def settle(held: Sequence[PendingFeedback], *, join: FeedbackJoin, policy:
     """Claim `held` (what another worker settles now is left to it), join it, dead-letter what can never be joined,
     then release it from the hold; emit a `retrain` when the policy fires."""
     now = time.time()
-    token, claimed = await threads.read(lambda: join.pairs.claim(held, now, claim_s), "feedback hold")
-    outcome = await threads.read(lambda: join.settle(claimed, now), "feedback join")
+    token, claimed = await threads.state(lambda: join.pairs.claim(held, now, claim_s), "feedback hold")
+    outcome = await threads.state(lambda: join.settle(claimed, now), "feedback join")
     await dead_letters.send([Rejected(RawMessage(item.topic, item.partition, item.offset, item.key, item.value),
                                       (error,)) for item, error in outcome.refused], FEEDBACK.topic)
 
@@ -85,25 +85,27 @@ async def settle(held: Sequence[PendingFeedback], *, join: FeedbackJoin, policy:
         join.pairs.release(token, outcome.settled)
         join.pairs.unclaim(token, outcome.waiting)
 
-    await threads.read(release, "feedback hold")
+    await threads.state(release, "feedback hold")
     metrics.TRAINING_PAIRS.labels("positive").inc(sum(p.kind == "positive" for p in outcome.pairs))
     metrics.TRAINING_PAIRS.labels("negative").inc(sum(p.kind == "negative" for p in outcome.pairs))
     if tick:
         metrics.FEEDBACK_WAITING.set(len(outcome.waiting))
 
-    def decide() -> RetrainRequest | None:
-        request = policy.after_new_pairs() if outcome.pairs else None
-        return policy.on_tick() if tick and request is None else request
+    def decide() -> list[PendingRetrain]:
+        fired = policy.after_new_pairs() if outcome.pairs else None
+        if tick and fired is None:
+            fired = policy.on_tick()
+        return ([fired] if fired else []) + (policy.unpublished() if tick else [])
 
-    request = await threads.read(decide, "retrain policy")
-    if request is not None:
-        await publish(outbox, "retrain", model_key, request)
-        metrics.RETRAIN_REQUESTS.labels(request.reason).inc()
+    for pending in await threads.state(decide, "retrain policy"):  # recorded first, so one worker fires ...
+        await publish(outbox, "retrain", model_key, pending.request)
+        await threads.state(lambda row=pending.row: policy.pairs.retrain_published(row), "retrain policy")
+        metrics.RETRAIN_REQUESTS.labels(pending.request.reason).inc()  # ... and published, or again on a tick
 
 
 async def prune_pairs(*, pairs: TrainingPairs, threads: StoreThreads, max_rows: int, max_age_s: float) -> None:
     """Keep the training pairs bounded by age and rows (each model's manifest keeps the lineage of its pairs)."""
     try:
-        await threads.read(lambda: pairs.prune(max_rows, max_age_s, time.time()), "training pairs pruning")
+        await threads.state(lambda: pairs.prune(max_rows, max_age_s, time.time()), "training pairs pruning")
     except WriteAborted:
         return

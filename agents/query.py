@@ -51,7 +51,7 @@ async def respond(batch: Sequence[Accepted[QueryEvent]], *, answering: Answering
     answered = time.time()
     entries = [LoggedQuery(q.query_id, q.model_dump(mode="json"), r.model_dump(mode="json"), answered, "kafka")
                for q, r in zip(queries, responses, strict=True)]
-    await threads.read(lambda: query_log.record(entries), "query log")
+    await threads.state(lambda: query_log.record(entries), "query log")
     await answering.record(answers, answered)
     metrics.QUERIES.labels("kafka").inc(len(responses))
     metrics.QUERY_LATENCY_SECONDS.labels("kafka").observe(latency_ms / 1000)
@@ -59,7 +59,7 @@ async def respond(batch: Sequence[Accepted[QueryEvent]], *, answering: Answering
 
 async def prune_log(query_log: QueryLog, threads: StoreThreads, max_rows: int, max_age_s: float) -> None:
     """Keep the query log bounded by age and rows (feedback joins only recent answers)."""
-    await threads.read(lambda: query_log.prune(max_rows, max_age_s, time.time()), "query log pruning")
+    await threads.state(lambda: query_log.prune(max_rows, max_age_s, time.time()), "query log pruning")
 
 
 def fit(response: QueryResponse, max_bytes: int) -> QueryResponse:

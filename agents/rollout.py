@@ -76,7 +76,7 @@ async def apply_updates(batch: Sequence[Accepted[ModelUpdate]], *, serving: Serv
         if experiments is not None and update.experiment is not None:
             def record(update: ModelUpdate = update) -> None:
                 record_experiment(experiments, model_key.decode(), update, serving.current.model.version)
-            await (threads.read(record, "evaluation store") if threads else loop.run_in_executor(None, record))
+            await (threads.state(record, "evaluation store") if threads else loop.run_in_executor(None, record))
         if update.status not in ("promoted", "rolled_back"):
             continue
         position = LogPosition(accepted.message.partition, accepted.message.offset)

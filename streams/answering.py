@@ -137,4 +137,4 @@ class Answering:
         search in its batch; interleave: the slower of the two), so arms compare on what they cost."""
         rows = [answer_record(a.query, a.result, a.arm, a.experiment, a.credits, a.result.latency_ms, answered_at)
                 for a in answers]
-        await self.threads.read(lambda: self.evaluation.record_answers(rows), "evaluation store")
+        await self.threads.state(lambda: self.evaluation.record_answers(rows), "evaluation store")

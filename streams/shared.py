@@ -78,7 +78,8 @@ class Shared:
             finally:
                 store.close()
 
-        trainer = Trainer(settings, registry, pairs, serving_index, child_setup, rollouts=slot, stopping=stopping)
+        trainer = Trainer(settings, registry, pairs, serving_index, child_setup, rollouts=slot, stopping=stopping,
+                          state=threads.state)
         query_log = QueryLog(settings.query_log_path, settings.query_log_text_chars, settings.sqlite_busy_timeout_s)
         evaluation = EvaluationStore(settings.evaluation_path, settings.sqlite_busy_timeout_s)
         trainer.evaluation = evaluation

@@ -35,6 +35,7 @@ class StoreThreads:
         self._failing: dict[str, dict[int, str]] = {}  # store -> {retry loop: its latest error}
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="store-writer")
         self._readers = ThreadPoolExecutor(2, thread_name_prefix="search")
+        self._state = ThreadPoolExecutor(2, thread_name_prefix="state")  # SQLite waits on locks: not on searches
 
     async def write(self, operation: Callable[[], T], what: str) -> T:
         """Run a store write on the writer thread until it succeeds (the wait for the thread is the `queue` stage)."""
@@ -48,6 +49,10 @@ class StoreThreads:
     async def read(self, operation: Callable[[], T], what: str) -> T:
         """Run a read (a search, a ledger lookup) on a reader thread until it succeeds."""
         return await self._until_done(operation, what, self._readers)
+
+    async def state(self, operation: Callable[[], T], what: str) -> T:
+        """Run a query log, feedback or evaluation store operation on a state thread until it succeeds."""
+        return await self._until_done(operation, what, self._state)
 
     async def peek(self, operation: Callable[[], T]) -> T:
         """Run a read once on a reader thread, without retries (HTTP lookups: the caller sees the error)."""
@@ -110,3 +115,4 @@ class StoreThreads:
     def close(self) -> None:
         self._writer.shutdown(wait=True)
         self._readers.shutdown(wait=True)
+        self._state.shutdown(wait=True)

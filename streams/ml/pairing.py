@@ -11,7 +11,13 @@ from datetime import UTC, datetime
 from schemas import FeedbackEvent, FieldError, RetrainRequest
 from streams.state.errors import StoreError
 from streams.state.query_log import LoggedQuery, QueryLog
-from streams.state.training_pairs import PendingFeedback, TrainingPair, TrainingPairs, pair_lineage
+from streams.state.training_pairs import (
+    PendingFeedback,
+    RecordedRetrain,
+    TrainingPair,
+    TrainingPairs,
+    pair_lineage,
+)
 
 
 def pairs_from_feedback(feedback: FeedbackEvent, logged: LoggedQuery, document_text: Callable[[str], str | None],
@@ -55,25 +61,48 @@ class RetrainPolicy:
         self.clock = clock
         self._started = clock()
 
-    def _request(self, reason: str, now: float, new_pairs: int | None) -> RetrainRequest | None:
-        if new_pairs is None:
-            return None
-        return RetrainRequest(reason=reason, pairs=new_pairs, requested_at=datetime.fromtimestamp(now, UTC))
-
-    def after_new_pairs(self) -> RetrainRequest | None:
+    def after_new_pairs(self) -> PendingRetrain | None:
         now = self.clock()
-        return self._request("feedback", now, self.pairs.record_retrain_if(
+        return PendingRetrain.of(self.pairs.record_retrain_if(
             "feedback", now, self.min_interval_s, min_new_positive=self.every_positive))
 
-    def on_tick(self) -> RetrainRequest | None:
+    def on_tick(self) -> PendingRetrain | None:
         """The schedule: a retrain every `schedule_s` (0 disables it) when there are new pairs."""
         if not self.schedule_s:
             return None
         now = self.clock()
         if now - (self.pairs.last_retrain() or self._started) < self.schedule_s:
             return None
-        return self._request("schedule", now, self.pairs.record_retrain_if(
+        return PendingRetrain.of(self.pairs.record_retrain_if(
             "schedule", now, max(self.min_interval_s, self.schedule_s), min_new_pairs=1))
+
+    def unpublished(self) -> list[PendingRetrain]:
+        """Requests recorded over `UNPUBLISHED_AFTER_S` ago and never published (the worker that recorded one
+        stopped before publishing it): published again now. Two workers may both do it; a second request finds
+        the first run covering it (`Trainer.covered`)."""
+        recorded = self.pairs.unpublished_retrains(self.clock() - UNPUBLISHED_AFTER_S)
+        return [PendingRetrain(r.row, RetrainRequest(reason=r.reason, pairs=r.pairs,
+                                                     requested_at=datetime.fromtimestamp(r.requested_at, UTC)))
+                for r in recorded]
+
+
+#: A recorded retrain request still unpublished after this long is published again by whichever worker ticks.
+UNPUBLISHED_AFTER_S = 30.0
+
+
+@dataclass(frozen=True)
+class PendingRetrain:
+    """A retrain request recorded by the policy, to publish and then mark published (`row`)."""
+
+    row: int
+    request: RetrainRequest
+
+    @classmethod
+    def of(cls, recorded: RecordedRetrain | None) -> PendingRetrain | None:
+        if recorded is None:
+            return None
+        return cls(recorded.row, RetrainRequest(reason=recorded.reason, pairs=recorded.pairs,
+                                                requested_at=datetime.fromtimestamp(recorded.requested_at, UTC)))
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from schemas import ModelUpdate, RetrainRequest, document_content
 from schemas.errors import GristmillError
@@ -114,13 +114,25 @@ def feedback_offsets(pairs: Sequence[TrainingPair]) -> dict[str, list[int]]:
     return spans
 
 
+T = TypeVar("T")
+#: Runs a feedback or evaluation store operation off the event loop (`StoreThreads.state`: retried while it fails).
+StateCall = Callable[[Callable[[], T], str], Awaitable[T]]
+
+
+async def run_once(operation: Callable[[], T], what: str) -> T:
+    """A `StateCall` without retries (tests, tools)."""
+    return await asyncio.get_running_loop().run_in_executor(None, operation)
+
+
 class Trainer:
     def __init__(self, settings: Settings, registry: ModelRegistry, pairs: TrainingPairs,
                  index: Callable[[], ServingIndex], child_setup: Callable[[], None] | None = None,
                  rollouts: Rollouts | None = None, poll_s: float = 1.0,
-                 stopping: Callable[[], bool] = lambda: False) -> None:
+                 stopping: Callable[[], bool] = lambda: False, state: StateCall | None = None) -> None:
         """`index` reads the serving index; `child_setup` runs in the training child before it starts (the worker
-        passes one that ties the child's life to its own); `rollouts` tells whether a rollout runs or failed."""
+        passes one that ties the child's life to its own); `rollouts` tells whether a rollout runs or failed;
+        `state` runs a feedback or evaluation store operation off the loop (the worker's retries it while the store
+        is unavailable, so an outage pauses the retrain instead of failing it)."""
         self.settings = settings
         self.registry = registry
         self.pairs = pairs
@@ -128,6 +140,7 @@ class Trainer:
         self.child_setup = child_setup
         self.rollouts = rollouts or NoRollouts()
         self.stopping = stopping  # the worker is stopping: a killed training child is not retried
+        self.state = state or run_once
         self.poll_s = poll_s
         self.status = TrainerStatus()
         self.work_dir = settings.data_dir / "training"
@@ -204,23 +217,26 @@ class Trainer:
         published before the run is recorded as finished, so a stop in between re-delivers the request and the same
         decisions are published again (found by `request_at`, the request's position), never lost."""
         loop = asyncio.get_running_loop()
-        if request_at is not None and (again := await loop.run_in_executor(None, self.decided_before, request_at)):
+        if request_at is not None and (again := await self.state(lambda: self.decided_before(request_at),
+                                                                 "training history")):
             log.info("retrain at %s was decided before (%s %s): publishing the decision again", request_at,
                      again[-1].status, again[-1].version)
-            return await self._finish(again, publish, time.time(), self.pairs.sequence())
-        if await loop.run_in_executor(None, self.covered):
+            return await self._finish(again, publish, time.time(), await self.state(self.pairs.sequence,
+                                                                                    "training pairs"))
+        if await self.state(self.covered, "training history"):
             log.info("retrain (%s) at %s is covered by an earlier run: no pair changed since", request.reason,
                      request_at)
             return []
         snapshot_at = time.time()
-        sequence = await loop.run_in_executor(None, self.pairs.sequence)
-        pairs = await loop.run_in_executor(None, self.pairs.pairs)
+        sequence = await self.state(self.pairs.sequence, "training pairs")
+        pairs = await self.state(self.pairs.pairs, "training pairs")
         positives = sum(p.kind == "positive" for p in pairs)
         if positives < self.settings.trainer_min_positive_pairs:
             reason = f"{positives} positive pairs < trainer_min_positive_pairs " \
                      f"{self.settings.trainer_min_positive_pairs}"
             log.info("retrain (%s) skipped: %s", request.reason, reason)
-            self.pairs.record_training(snapshot_at, None, "skipped", reason, sequence)
+            await self.state(lambda: self.pairs.record_training(snapshot_at, None, "skipped", reason, sequence),
+                             "training history")
             self.status.last = {"status": "skipped", "reason": reason, "at": time.time()}
             return []
         await self.wait_for_rollouts()
@@ -243,8 +259,10 @@ class Trainer:
         try:
             await loop.run_in_executor(None, write_job, index.chunks)
             result = await self._run(job_dir, request.reason)
-            updates = self._register_and_decide(job_dir, base, result, pairs, params, request, snapshot_at,
-                                                request_at)
+            updates = await loop.run_in_executor(None, lambda: self._register_and_decide(
+                job_dir, base, result, pairs, params, request, snapshot_at, request_at))
+            if self.evaluation is not None:
+                await self.state(lambda: self.record_offline(updates[-1].version, result), "evaluation store")
         except TrainingFailed as exc:
             updates = [ModelUpdate(version=self.registry.next_version(), uri="", status="failed", reason=str(exc),
                                    previous_version=base.version, at=datetime.now(UTC))]
@@ -260,8 +278,8 @@ class Trainer:
         last = updates[-1]
         if last.status == "promoted":
             self.awaiting = last.version  # the next retrain trains from it, once it serves
-        await asyncio.get_running_loop().run_in_executor(
-            None, self.pairs.record_training, snapshot_at, last.version, last.status, last.reason, sequence)
+        await self.state(lambda: self.pairs.record_training(snapshot_at, last.version, last.status, last.reason,
+                                                            sequence), "training history")
         self.status.last = {"version": last.version, "status": last.status, "reason": last.reason,
                             "metrics": last.metrics, "at": time.time()}
         return updates
@@ -328,17 +346,20 @@ class Trainer:
                                        metrics=scores, lineage=lineage, version=version)
         metrics.CANDIDATE_NDCG.labels("current").set(result.current["nDCG@10"])
         metrics.CANDIDATE_NDCG.labels("candidate").set(result.candidate["nDCG@10"])
-        if self.evaluation is not None:
-            self.evaluation.record_offline(version, {
-                "held_out_nDCG@10": result.candidate["nDCG@10"], "held_out_MRR@10": result.candidate["MRR@10"],
-                "base_held_out_nDCG@10": result.current["nDCG@10"], "base_held_out_MRR@10": result.current["MRR@10"],
-                "held_out_queries": float(result.held_out_queries)})
         trained_on: dict[str, object] = {"pairs": len(pairs), "queries": result.train_queries,
                                          "feedback_offsets": offsets}
         if request_at is not None:
             trained_on["request"] = request_at  # identifies the decision if it is ever published again
         log.info("candidate %s %s: %s", version, status, reason)
         return decision_updates(model, scores, trained_on, base.version, status, reason)
+
+    def record_offline(self, version: str, result: TrainingResult) -> None:
+        """The candidate's held-out metrics into the evaluation store (shown beside its online ones)."""
+        assert self.evaluation is not None
+        self.evaluation.record_offline(version, {
+            "held_out_nDCG@10": result.candidate["nDCG@10"], "held_out_MRR@10": result.candidate["MRR@10"],
+            "base_held_out_nDCG@10": result.current["nDCG@10"], "base_held_out_MRR@10": result.current["MRR@10"],
+            "held_out_queries": float(result.held_out_queries)})
 
     def _decide(self, result: TrainingResult) -> tuple[str, str]:
         """Promoted or rejected, and why: the held-out gain against the promotion margin."""

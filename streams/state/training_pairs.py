@@ -47,6 +47,16 @@ def _key(p: PendingFeedback) -> tuple[str, int, int]:
     return p.topic, p.partition, p.offset
 
 
+@dataclass(frozen=True)
+class RecordedRetrain:
+    """A retrain request the policy recorded: published to `retrain` once `retrain_published` says so."""
+
+    row: int
+    reason: str
+    requested_at: float
+    pairs: int
+
+
 class TrainingPairs:
     """Pairs are keyed by (query_id, doc_id): a re-delivered or repeated judgement overwrites, never duplicates.
     `sequence()` counts every change to the pairs (what a retrain would train on has changed since)."""
@@ -75,6 +85,8 @@ class TrainingPairs:
             for table, column in (("trainings", "pairs_sequence"), ("retrains", "pairs_sequence"), ("pairs", "seq")):
                 if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
                     db.execute(f"ALTER TABLE {table} ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
+            if "published" not in {row[1] for row in db.execute("PRAGMA table_info(retrains)")}:
+                db.execute("ALTER TABLE retrains ADD COLUMN published INTEGER NOT NULL DEFAULT 1")
 
     # held feedback
 
@@ -175,9 +187,9 @@ class TrainingPairs:
     # retrains and trainings
 
     def record_retrain_if(self, reason: str, at: float, min_interval_s: float, min_new_positive: int = 0,
-                          min_new_pairs: int = 0) -> int | None:
-        """Record a retrain request when the last one is at least `min_interval_s` old and enough pairs changed
-        since it (counted by sequence, not by clocks); returns the new pairs, or None when it does not fire. One
+                          min_new_pairs: int = 0) -> RecordedRetrain | None:
+        """Record a retrain request, not yet published, when the last one is at least `min_interval_s` old and
+        enough pairs changed since it (counted by sequence, not by clocks); None when it does not fire. One
         transaction: of several workers deciding at once, one fires."""
         with self._db.transaction() as db:
             last = db.execute("SELECT requested_at, pairs_sequence FROM retrains ORDER BY rowid DESC LIMIT 1"
@@ -189,9 +201,21 @@ class TrainingPairs:
                                                  "WHERE seq > ?", (since,)).fetchone()
             if new_positive < min_new_positive or new_pairs < max(1, min_new_pairs):
                 return None
-            db.execute("INSERT INTO retrains (requested_at, reason, pairs, pairs_sequence) VALUES (?, ?, ?, ?)",
-                       (at, reason, new_pairs, self._sequence(db)))
-            return int(new_pairs)
+            row = db.execute("INSERT INTO retrains (requested_at, reason, pairs, pairs_sequence, published) "
+                             "VALUES (?, ?, ?, ?, 0)", (at, reason, new_pairs, self._sequence(db))).lastrowid
+            return RecordedRetrain(int(row), reason, at, int(new_pairs))
+
+    def retrain_published(self, row: int) -> None:
+        """The request recorded as `row` is on the `retrain` topic."""
+        with self._db.transaction() as db:
+            db.execute("UPDATE retrains SET published = 1 WHERE rowid = ?", (row,))
+
+    def unpublished_retrains(self, recorded_before: float) -> list[RecordedRetrain]:
+        """Requests recorded before `recorded_before` that were never published (a stop or a broker outage
+        between the record and the publish): to be published now."""
+        rows = self._db.fetchall("SELECT rowid, reason, requested_at, pairs FROM retrains WHERE published = 0 "
+                                 "AND requested_at < ? ORDER BY rowid", (recorded_before,))
+        return [RecordedRetrain(int(r[0]), r[1], float(r[2]), int(r[3])) for r in rows]
 
     def last_retrain(self) -> float | None:
         value = self._db.fetchone("SELECT MAX(requested_at) FROM retrains")[0]

@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from streams.devtools.harness import Harness
+from streams.devtools.harness import Harness, message
 
 DOCS = {"tea": "Green tea is steeped at eighty degrees.", "coffee": "Espresso is brewed hot and fast."}
 
@@ -65,3 +65,17 @@ def test_locked_state_pauses_and_retries_and_loses_nothing(tmp_path: Path) -> No
                                                                                             range(20)}
         assert harness.published("deadletter") == []
         assert harness.shared.pairs.held() == []
+
+
+def test_a_retrain_waits_out_a_locked_feedback_state_instead_of_becoming_a_dead_letter(tmp_path: Path) -> None:
+    with Harness(tmp_path, sqlite_busy_timeout_s=0.2, store_retry_max_s=0.2).register("trainer") as harness:
+        taken = threading.Event()
+        holder = threading.Thread(target=hold_locks, args=([harness.settings.pairs_path], 1.5, taken))
+        holder.start()
+        assert taken.wait(5)
+        request = {"reason": "manual", "pairs": 0, "requested_at": "2026-12-05T12:00:00Z"}
+        harness.send("retrain", [message("retrain", request, "minilm")])  # done once the lock is gone
+        holder.join()
+        (run,) = harness.shared.pairs.trainings()
+        assert run["status"] == "skipped"  # no pairs yet: decided after the outage, not dead-lettered during it
+        assert harness.published("deadletter") == []

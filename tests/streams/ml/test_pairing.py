@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from schemas import FeedbackEvent
-from streams.ml.pairing import RetrainPolicy, pairs_from_feedback
+from streams.ml.pairing import UNPUBLISHED_AFTER_S, RetrainPolicy, pairs_from_feedback
 from streams.state.query_log import LoggedQuery
 from streams.state.training_pairs import TrainingPair, TrainingPairs
 
@@ -69,8 +69,8 @@ def test_policy_fires_every_n_positives_and_is_rate_limited(store: TrainingPairs
     store.add([pair("q1", "a")], now=now[0])
     assert policy.after_new_pairs() is None
     store.add([pair("q2", "a"), pair("q2", "b", "negative")], now=now[0])
-    request = policy.after_new_pairs()
-    assert request is not None and request.reason == "feedback" and request.pairs == 3
+    fired = policy.after_new_pairs()
+    assert fired is not None and fired.request.reason == "feedback" and fired.request.pairs == 3
     now[0] += 10
     store.add([pair("q3", "a"), pair("q4", "a"), pair("q5", "a")], now=now[0])
     assert policy.after_new_pairs() is None  # a burst inside the interval: no retrain storm
@@ -85,6 +85,20 @@ def test_schedule_fires_only_with_new_pairs(store: TrainingPairs) -> None:
     now[0] += 61
     assert policy.on_tick() is None  # nothing new to learn from
     store.add([pair("q1", "a")], now=now[0])
-    request = policy.on_tick()
-    assert request is not None and request.reason == "schedule" and request.pairs == 1
+    fired = policy.on_tick()
+    assert fired is not None and fired.request.reason == "schedule" and fired.request.pairs == 1
     assert policy.on_tick() is None
+
+
+def test_a_recorded_request_never_published_is_published_again_later(store: TrainingPairs) -> None:
+    now = [1000.0]
+    policy = RetrainPolicy(store, every_positive=1, min_interval_s=0, clock=lambda: now[0])
+    store.add([pair("q1", "a")], now=now[0])
+    fired = policy.after_new_pairs()
+    assert fired is not None  # recorded; the worker stops before it publishes it
+    assert policy.unpublished() == []  # (the worker that recorded it may be publishing it right now)
+    now[0] += UNPUBLISHED_AFTER_S + 1
+    (again,) = policy.unpublished()
+    assert again.row == fired.row and again.request == fired.request
+    store.retrain_published(again.row)
+    assert policy.unpublished() == []

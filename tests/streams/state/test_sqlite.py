@@ -116,7 +116,8 @@ def test_retrain_requests_are_decided_once_by_pair_sequence_not_by_clocks(tmp_pa
     fired = []
 
     def decide(store: TrainingPairs) -> None:
-        fired.append(store.record_retrain_if("feedback", 100.0, 0.0, min_new_positive=3))
+        recorded = store.record_retrain_if("feedback", 100.0, 0.0, min_new_positive=3)
+        fired.append(recorded.pairs if recorded else None)
 
     threads = [threading.Thread(target=decide, args=(store,)) for store in (first, second)]
     for thread in threads:
@@ -126,7 +127,7 @@ def test_retrain_requests_are_decided_once_by_pair_sequence_not_by_clocks(tmp_pa
     assert sorted(fired, key=str) == [3, None]  # one of the two workers fires
     # a host whose clock is an hour behind still sees the new pairs: counted by sequence, not by time
     second.add([pair(f"late{i}") for i in range(3)], now=100.0 - 3600)
-    assert second.record_retrain_if("feedback", 200.0, 0.0, min_new_positive=3) == 3
+    assert second.record_retrain_if("feedback", 200.0, 0.0, min_new_positive=3).pairs == 3  # type: ignore[union-attr]
     before = first.sequence()
     first.prune(max_rows=1_000, max_age_s=1.0, now=time.time() + 10.0)
     assert first.count() == 0 and first.sequence() == before  # pruning never rewinds the sequence
