@@ -35,7 +35,8 @@ def register(worker: AgentHost) -> None:
         return
     monitor = stream_monitor(gate, worker.shared.serving.current.encoder, worker.settings)
     evaluate = partial(publish_window, monitor=monitor, outbox=worker.outbox, model_key=worker.settings.model_name
-                       .encode(), evaluator=ThreadPoolExecutor(1, thread_name_prefix="monitor"), running=set())
+                       .encode(), evaluator=ThreadPoolExecutor(1, thread_name_prefix="monitor"), running=set(),
+                       max_pending=worker.settings.monitor_max_pending_windows)
     for topic in TOPICS:
         worker.observer(topic, f"monitor-{topic}", 500, 0.5, partial(observe, contract=CONTRACTS[topic],
                                                                    monitor=monitor, evaluate=evaluate))
@@ -77,8 +78,16 @@ async def close_due_windows(*, monitor: StreamMonitor, evaluate: Callable[[Windo
 
 
 def publish_window(window: Window, *, monitor: StreamMonitor, outbox: Outbox, model_key: bytes,
-                   evaluator: ThreadPoolExecutor, running: set[asyncio.Task[None]]) -> asyncio.Task[None]:
-    """Evaluate a window on the monitor's own thread (one at a time) and publish its report, in the background."""
+                   evaluator: ThreadPoolExecutor, running: set[asyncio.Task[None]], max_pending: int = 4
+                   ) -> asyncio.Task[None] | None:
+    """Evaluate a window on the monitor's own thread (one at a time) and publish its report, in the background.
+    While `max_pending` windows wait for that thread, a window is skipped (counted, logged): a monitor that falls
+    behind the streams must not pile up windows and their records in memory."""
+    if len(running) >= max_pending:
+        log.warning("monitor: the %s window of %d records is skipped: %d windows wait for evaluation", window.topic,
+                    window.size, len(running))
+        metrics.MONITOR_WINDOWS_SKIPPED.labels(window.topic).inc()
+        return None
     async def run() -> None:
         try:
             result = await asyncio.get_running_loop().run_in_executor(evaluator, monitor.evaluate, window)

@@ -58,6 +58,8 @@ GX_SECONDS = Histogram("gristmill_gx_seconds", "Great Expectations suite time pe
 GX_FAILURES = Counter("gristmill_gx_failed_expectations_total", "Failed expectations", ["topic", "expectation"])
 QUALITY_WINDOWS = Counter("gristmill_quality_windows_total", "Windows checked, by suite success", ["topic", "success"])
 MONITOR_LAG_SECONDS = Gauge("gristmill_monitor_lag_seconds", "Last record of a window -> its report", ["topic"])
+MONITOR_WINDOWS_SKIPPED = Counter("gristmill_monitor_windows_skipped_total", "Closed windows not evaluated: "
+                                  "too many were waiting (the monitor falls behind the streams)", ["topic"])
 DRIFT_SCORE = Gauge("gristmill_drift_score", "Latest drift statistic vs the reference window", ["topic", "statistic"])
 ALERT = Gauge("gristmill_alert", "1 while an alert is raised", ["topic", "kind"])
 RETRAIN_REQUESTS = Counter("gristmill_retrain_requests_total", "retrain events emitted", ["reason"])

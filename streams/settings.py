@@ -134,6 +134,8 @@ class Settings(BaseSettings):
     monitor_window_seconds: float = Field(default=10.0, gt=0, description="Seconds that close a window.")
     monitor_min_drift_records: int = Field(default=30, ge=2, description="Smaller windows skip drift statistics.")
     monitor_embed_sample: int = Field(default=256, ge=2, description="Query texts embedded per window for drift.")
+    monitor_max_pending_windows: int = Field(default=4, ge=1, description="Closed windows waiting for evaluation "
+                                             "at most; a window beyond is skipped (counted), never queued.")
     drift_query_mean_shift: float = Field(default=0.08, gt=0, description="1 - cos(mean query embeddings).")
     drift_query_mmd: float = Field(default=0.05, gt=0, description="RBF MMD^2 of query embeddings.")
     drift_document_length_ks: float = Field(default=0.35, gt=0, description="KS statistic of document lengths.")
