@@ -22,7 +22,7 @@ from streams.broker import die_with_parent
 from streams.errors import PublishAborted, RecordTooLarge, Unfinished
 from streams.index_changes import IndexChangeListener
 from streams.index_replica import IndexReplica
-from streams.kafka_transport import App, Consumer
+from streams.kafka_transport import App, Consumer, QuietWhileStopping
 from streams.processing import BatchRunner, Contract, FailureHook, Handler
 from streams.settings import Settings
 from streams.shared import Shared
@@ -128,6 +128,7 @@ class Worker:
             stop_wait_s=settings.stop_wait_s,
             broker_credentials=faust_credentials(settings),
         )
+        QuietWhileStopping(lambda: bool(self.app.should_stop)).install()
         self.outbox = KafkaOutbox(self.app, TopicNames(settings.namespace), settings.producer_max_bytes,
                                   settings.store_retry_max_s)
         self.shared = Shared.open(settings, self.outbox, stopping=lambda: bool(self.app.should_stop),
@@ -158,7 +159,14 @@ class Worker:
                     metrics.STAGE_SECONDS.labels("fetch" if waited <= 1.0 else "idle").inc(waited)
                 try:
                     await runner.run([raw_message(e) for e in events])
-                except (Unfinished, OperationAborted, asyncio.CancelledError):
+                except (Unfinished, OperationAborted) as exc:
+                    self.consumer.withhold(e.message for e in events)
+                    if self.app.should_stop:  # a stop cut the batch short: not a crash
+                        log.info("agent %s stopped in a batch of %d records (read again at the next start): %s",
+                                 name, len(events), exc)
+                        return
+                    raise
+                except asyncio.CancelledError:
                     self.consumer.withhold(e.message for e in events)
                     raise
                 except BaseException as exc:

@@ -16,8 +16,9 @@ re-delivered and applied idempotently. Registered as the `gristmill://` broker s
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 from weakref import WeakSet
 
@@ -268,3 +269,26 @@ class Consumer(faust_aiokafka.Consumer):
 
 class Transport(faust_aiokafka.Transport):
     Consumer = Consumer
+
+
+#: The aiokafka loggers that report a connection closing under a request in flight.
+AIOKAFKA_LOGGERS = ("aiokafka", "aiokafka.conn", "aiokafka.consumer.group_coordinator", "aiokafka.consumer.fetcher")
+
+
+class QuietWhileStopping(logging.Filter):
+    """While the worker stops, aiokafka's errors are about the connections the worker is closing itself (a stop in
+    the middle of a group join, a fetch or an offset lookup): they are logged at INFO then, not as ERROR lines."""
+
+    def __init__(self, stopping: Callable[[], bool]) -> None:
+        super().__init__()
+        self.stopping = stopping
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and self.stopping():
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+    def install(self) -> QuietWhileStopping:
+        for name in AIOKAFKA_LOGGERS:
+            logging.getLogger(name).addFilter(self)
+        return self

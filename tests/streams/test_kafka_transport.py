@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 from faust.transport.consumer import Consumer as FaustConsumer
 
-from streams.kafka_transport import drain_in_flight
+from streams.kafka_transport import AIOKAFKA_LOGGERS, QuietWhileStopping, drain_in_flight
 
 
 @dataclass(eq=False)
@@ -94,3 +95,19 @@ def test_the_fetch_wait_stays_short_while_records_flow_and_grows_when_idle() -> 
     waits = [wait.after_fetch(0, now=101.0 + i) for i in range(8)]
     assert waits == [20, 40, 80, 160, 320, 500, 500, 500]
     assert wait.after_fetch(1, now=110.0) == 10  # the first record: short again at once
+
+
+def test_aiokafka_errors_are_info_while_the_worker_stops_and_errors_otherwise(caplog: pytest.LogCaptureFixture
+                                                                             ) -> None:
+    stopping = [False]
+    quiet = QuietWhileStopping(lambda: stopping[0]).install()
+    logger = logging.getLogger("aiokafka.consumer.group_coordinator")
+    try:
+        with caplog.at_level(logging.INFO, logger="aiokafka"):
+            logger.error("Error sending OffsetFetchRequest to node 1 [closed] -- marking coordinator dead")
+            stopping[0] = True
+            logger.error("Error sending OffsetFetchRequest to node 1 [closed] -- marking coordinator dead")
+        assert [r.levelname for r in caplog.records] == ["ERROR", "INFO"]  # a real outage stays an ERROR
+    finally:
+        for name in AIOKAFKA_LOGGERS:
+            logging.getLogger(name).removeFilter(quiet)
