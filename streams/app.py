@@ -162,8 +162,8 @@ class Worker:
                 except (Unfinished, OperationAborted) as exc:
                     self.consumer.withhold(e.message for e in events)
                     if self.app.should_stop:  # a stop cut the batch short: not a crash
-                        log.info("agent %s stopped in a batch of %d records (read again at the next start): %s",
-                                 name, len(events), exc)
+                        log.warning("agent %s stopped in a batch of %d records (read again at the next start): %s",
+                                    name, len(events), exc)
                         return
                     raise
                 except asyncio.CancelledError:

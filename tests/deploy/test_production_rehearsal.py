@@ -1,12 +1,12 @@
-"""A production rehearsal: compose's topology as processes on this machine. One broker; two workers and a trainer,
-each a `gristmill up` process with compose's roles (`GRISTMILL_AGENTS`) and its environment (one registry and one
-shared directory for all three). Queries and feedback stream through Kafka all along while an operator runs a
-retrain, a shadow experiment, a promotion and a rollback, and one worker is stopped with SIGTERM mid-stream and
-started again.
+"""A production rehearsal: compose's topology as processes on this machine. One broker; three workers (the README's
+`docker compose up --scale worker=3`) and a trainer, each a `gristmill up` process with compose's roles
+(`GRISTMILL_AGENTS`) and its environment (one registry and one shared directory for all four). Queries and feedback
+stream through Kafka all along while an operator runs a retrain, a shadow experiment, a promotion, a rollback and
+two promotions back to back, and one worker is stopped with SIGTERM mid-stream and started again.
 
 No Qdrant server runs here, so each process keeps its own embedded store: each worker indexes the documents of its
 partitions, and the trainer keeps a copy of the whole index from `documents` (`streams.index_replica`). README,
-"Production rehearsal", says what this covers and what only a real compose run does."""
+"The production rehearsal", says what this covers and what only a real compose run does."""
 
 from __future__ import annotations
 
@@ -142,7 +142,7 @@ def test_the_compose_topology_as_processes(tmp_path: Path, registry_dir: Path, b
     shared.mkdir()
     env = {**ENV, "GRISTMILL_SHARED_DIR": str(shared)}
     workers = [WorkerProcess(tmp_path / name, registry, bootstrap, NAMESPACE, GRISTMILL_AGENTS=WORKER_AGENTS, **env)
-               for name in ("worker-1", "worker-2")]
+               for name in ("worker-1", "worker-2", "worker-3")]
     trainer = WorkerProcess(tmp_path / "trainer", registry, bootstrap, NAMESPACE, GRISTMILL_AGENTS="trainer", **env)
     processes = [*workers, trainer]
     settings = Settings(kafka_bootstrap_servers=bootstrap, namespace=NAMESPACE)
