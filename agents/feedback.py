@@ -14,13 +14,14 @@ from functools import partial
 
 from schemas import FeedbackEvent
 from streams import metrics
+from streams.errors import Unfinished
 from streams.host import AgentHost
 from streams.ml.pairing import FeedbackJoin, PendingRetrain, RetrainPolicy
 from streams.ml.serving import ServingSlot
 from streams.processing import Contract, DeadLetterSink, Outbox, publish
 from streams.state.evaluation_store import EvaluationStore
 from streams.state.training_pairs import PendingFeedback, TrainingPairs
-from streams.store_threads import StoreThreads, WriteAborted
+from streams.store_threads import StoreThreads
 from streams.validation import Accepted, RawMessage, Rejected
 
 FEEDBACK = Contract("feedback", FeedbackEvent, "query_id")
@@ -66,8 +67,8 @@ async def retry_held(*, pairs: TrainingPairs, threads: StoreThreads, settle: Set
     try:
         held = await threads.state(pairs.held, "feedback hold")
         await settle(held, tick=True)
-    except WriteAborted:
-        return  # stopping while the feedback state fails: the hold keeps everything for the next start
+    except Unfinished:
+        return  # stopping while the state or the broker fails: the hold keeps everything for the next start
 
 
 async def settle(held: Sequence[PendingFeedback], *, join: FeedbackJoin, policy: RetrainPolicy,
@@ -107,5 +108,5 @@ async def prune_pairs(*, pairs: TrainingPairs, threads: StoreThreads, max_rows: 
     """Keep the training pairs bounded by age and rows (each model's manifest keeps the lineage of its pairs)."""
     try:
         await threads.state(lambda: pairs.prune(max_rows, max_age_s, time.time()), "training pairs pruning")
-    except WriteAborted:
+    except Unfinished:
         return

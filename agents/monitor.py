@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -36,7 +37,7 @@ def register(worker: AgentHost) -> None:
     monitor = stream_monitor(gate, worker.shared.serving.current.encoder, worker.settings)
     evaluate = partial(publish_window, monitor=monitor, outbox=worker.outbox, model_key=worker.settings.model_name
                        .encode(), evaluator=ThreadPoolExecutor(1, thread_name_prefix="monitor"), running=set(),
-                       max_pending=worker.settings.monitor_max_pending_windows)
+                       waiting=Counter(), max_pending=worker.settings.monitor_max_pending_windows)
     for topic in TOPICS:
         worker.observer(topic, f"monitor-{topic}", 500, 0.5, partial(observe, contract=CONTRACTS[topic],
                                                                    monitor=monitor, evaluate=evaluate))
@@ -78,16 +79,19 @@ async def close_due_windows(*, monitor: StreamMonitor, evaluate: Callable[[Windo
 
 
 def publish_window(window: Window, *, monitor: StreamMonitor, outbox: Outbox, model_key: bytes,
-                   evaluator: ThreadPoolExecutor, running: set[asyncio.Task[None]], max_pending: int = 4
-                   ) -> asyncio.Task[None] | None:
+                   evaluator: ThreadPoolExecutor, running: set[asyncio.Task[None]], waiting: Counter[str],
+                   max_pending: int = 4) -> asyncio.Task[None] | None:
     """Evaluate a window on the monitor's own thread (one at a time) and publish its report, in the background.
-    While `max_pending` windows wait for that thread, a window is skipped (counted, logged): a monitor that falls
-    behind the streams must not pile up windows and their records in memory."""
-    if len(running) >= max_pending:
-        log.warning("monitor: the %s window of %d records is skipped: %d windows wait for evaluation", window.topic,
-                    window.size, len(running))
+    While `max_pending` windows of the same topic wait for that thread, a window of that topic is skipped (counted,
+    logged): a monitor that falls behind a busy stream must not pile up its windows in memory, nor starve the
+    windows of a quieter topic."""
+    if waiting[window.topic] >= max_pending:
+        log.warning("monitor: the %s window of %d records is skipped: %d of its windows wait for evaluation",
+                    window.topic, window.size, waiting[window.topic])
         metrics.MONITOR_WINDOWS_SKIPPED.labels(window.topic).inc()
         return None
+    waiting[window.topic] += 1
+
     async def run() -> None:
         try:
             result = await asyncio.get_running_loop().run_in_executor(evaluator, monitor.evaluate, window)
@@ -95,6 +99,8 @@ def publish_window(window: Window, *, monitor: StreamMonitor, outbox: Outbox, mo
             log.exception("monitor: the %s window of %d records could not be evaluated", window.topic, window.size)
             metrics.RECORDS_FAILED.labels(window.topic, f"window {type(exc).__name__}").inc()
             return
+        finally:
+            waiting[window.topic] -= 1
         await publish(outbox, "quality", window.topic.encode(), result.report)
         if result.retrain is not None:
             await publish(outbox, "retrain", model_key, result.retrain)

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Sequence
 from functools import partial
 
+from agents.ingest import compact
 from agents.rollout import follow_registry
 from schemas import ModelUpdate, RetrainRequest
 from streams import metrics
@@ -28,6 +29,9 @@ def register(worker: AgentHost) -> None:
         rollout = partial(roll_out, shared.serving, write=shared.threads.write,
                           step_documents=worker.settings.rollout_step_documents)
         worker.timer(2.0, partial(follow_registry, serving=shared.serving, roll=rollout))
+        if worker.settings.store_compact_interval_s:  # vacuumed and flushed as the workers' index is
+            worker.timer(worker.settings.store_compact_interval_s, partial(
+                compact, shared.serving, shared.threads, worker.settings.store_compact_interval_s))
 
 
 async def train(batch: Sequence[Accepted[RetrainRequest]], *, trainer: Trainer, outbox: Outbox,

@@ -135,7 +135,9 @@ class Worker:
                                   child_setup=die_with_parent)
         self.app.add_dependency(IndexChangeListener(settings, self.shared.index_changes))
         if settings.keeps_index_copy:
-            self.app.add_dependency(IndexReplica(settings, self.shared.serving, self.shared.threads))
+            replica = IndexReplica(settings, self.shared.serving, self.shared.threads)
+            self.shared.trainer.index_ready = lambda: replica.caught_up
+            self.app.add_dependency(replica)
         self.agents: list[str] = []  # the agents registered on this worker
 
     def batch_agent(self, contract: Contract[R], name: str, size: int, within: float, handler: Handler[R],

@@ -42,6 +42,7 @@ class IndexReplica(Service):
         self.settings = settings
         self.serving = serving
         self.threads = threads
+        self.caught_up = False  # read to the end of every partition once since the start (a fetch came back empty)
         self._consumer: AIOKafkaConsumer | None = None
 
     async def on_start(self) -> None:
@@ -66,6 +67,10 @@ class IndexReplica(Service):
                 log.warning("documents not read for the index copy, retrying: %r", exc)
                 await self.sleep(1.0)
                 continue
+            if not batches and not self.caught_up:
+                log.info("the index copy has read documents to the end: %d documents",
+                         await self.threads.read(self.serving.current.store.count_documents, "index copy count"))
+                self.caught_up = True
             for partition, records in batches.items():
                 messages = [RawMessage(r.topic, r.partition, r.offset, r.key, r.value) for r in records]
                 try:
@@ -87,8 +92,10 @@ class IndexReplica(Service):
         except WriteAborted:
             raise
         except Exception:
-            if len(events) == 1:
-                log.warning("document %r not applied to the index copy", events[0].doc_id, exc_info=True)
+            if len(events) == 1:  # as the ingest agent does: its chunks back to what its ledger entry says
+                doc_id = events[0].doc_id
+                log.warning("document %r not applied to the index copy", doc_id, exc_info=True)
+                await self.threads.write(lambda: self.serving.restore_document(doc_id), f"restoring {doc_id!r}")
                 return
         for event in events:
             await self.apply([event])

@@ -271,8 +271,10 @@ class Transport(faust_aiokafka.Transport):
     Consumer = Consumer
 
 
-#: The aiokafka loggers that report a connection closing under a request in flight.
-AIOKAFKA_LOGGERS = ("aiokafka", "aiokafka.conn", "aiokafka.consumer.group_coordinator", "aiokafka.consumer.fetcher")
+def aiokafka_loggers() -> list[logging.Logger]:
+    """aiokafka's loggers (a filter on a logger applies to records logged on it, not on its children)."""
+    names = [name for name in logging.Logger.manager.loggerDict if name == "aiokafka" or name.startswith("aiokafka.")]
+    return [logging.getLogger(name) for name in sorted({"aiokafka", *names})]
 
 
 class QuietWhileStopping(logging.Filter):
@@ -289,6 +291,13 @@ class QuietWhileStopping(logging.Filter):
         return True
 
     def install(self) -> QuietWhileStopping:
-        for name in AIOKAFKA_LOGGERS:
-            logging.getLogger(name).addFilter(self)
+        """Filter every aiokafka logger, in place of an earlier worker's filter (one per process)."""
+        for logger in aiokafka_loggers():
+            for earlier in [f for f in logger.filters if isinstance(f, QuietWhileStopping)]:
+                logger.removeFilter(earlier)
+            logger.addFilter(self)
         return self
+
+    def uninstall(self) -> None:
+        for logger in aiokafka_loggers():
+            logger.removeFilter(self)

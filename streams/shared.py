@@ -68,13 +68,14 @@ class Shared:
             """The ledger and chunks of the serving version's index (a trainer-only process does not roll out
             itself, so the registry's serving version may not be the pair this worker has open)."""
             current, pair = registry.current(), slot.current
-            if current is None or current.version == pair.model.version:
+            if current is None or current.version == pair.model.version or settings.keeps_index_copy:
+                # (a copy of the index is never opened twice: one writer per embedded shard)
                 return ServingIndex(pair.store.all_documents(), pair.store.all_chunks(with_vectors=True),
-                                    frozenset(pair.store.modes))
+                                    frozenset(pair.store.modes), pair.model.version)
             store = open_store(settings, current.dim, current.version)
             try:
                 return ServingIndex(store.all_documents(), store.all_chunks(with_vectors=True),
-                                    frozenset(store.modes))
+                                    frozenset(store.modes), current.version)
             finally:
                 store.close()
 

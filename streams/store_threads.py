@@ -54,6 +54,11 @@ class StoreThreads:
         """Run a query log, feedback or evaluation store operation on a state thread until it succeeds."""
         return await self._until_done(operation, what, self._state)
 
+    async def state_once(self, operation: Callable[[], T]) -> T:
+        """Run a state operation once on a state thread, without retries (an HTTP client does not wait out a
+        lock: the caller decides what a failure means)."""
+        return await asyncio.get_running_loop().run_in_executor(self._state, operation)
+
     async def peek(self, operation: Callable[[], T]) -> T:
         """Run a read once on a reader thread, without retries (HTTP lookups: the caller sees the error)."""
         return await asyncio.get_running_loop().run_in_executor(self._readers, operation)

@@ -64,7 +64,7 @@ class RetrainPolicy:
     def after_new_pairs(self) -> PendingRetrain | None:
         now = self.clock()
         return PendingRetrain.of(self.pairs.record_retrain_if(
-            "feedback", now, self.min_interval_s, min_new_positive=self.every_positive))
+            "feedback", now, self.min_interval_s, min_new_positive=self.every_positive, claim_s=UNPUBLISHED_AFTER_S))
 
     def on_tick(self) -> PendingRetrain | None:
         """The schedule: a retrain every `schedule_s` (0 disables it) when there are new pairs."""
@@ -74,19 +74,20 @@ class RetrainPolicy:
         if now - (self.pairs.last_retrain() or self._started) < self.schedule_s:
             return None
         return PendingRetrain.of(self.pairs.record_retrain_if(
-            "schedule", now, max(self.min_interval_s, self.schedule_s), min_new_pairs=1))
+            "schedule", now, max(self.min_interval_s, self.schedule_s), min_new_pairs=1, claim_s=UNPUBLISHED_AFTER_S))
 
     def unpublished(self) -> list[PendingRetrain]:
-        """Requests recorded over `UNPUBLISHED_AFTER_S` ago and never published (the worker that recorded one
-        stopped before publishing it): published again now. Two workers may both do it; a second request finds
-        the first run covering it (`Trainer.covered`)."""
-        recorded = self.pairs.unpublished_retrains(self.clock() - UNPUBLISHED_AFTER_S)
+        """Requests never published whose publishing claim (`UNPUBLISHED_AFTER_S`, taken by the worker that
+        records one) lapsed: the worker that recorded it stopped before publishing it. Claimed now by this worker,
+        one at a time across workers."""
+        recorded = self.pairs.claim_unpublished_retrains(self.clock(), UNPUBLISHED_AFTER_S)
         return [PendingRetrain(r.row, RetrainRequest(reason=r.reason, pairs=r.pairs,
                                                      requested_at=datetime.fromtimestamp(r.requested_at, UTC)))
                 for r in recorded]
 
 
-#: A recorded retrain request still unpublished after this long is published again by whichever worker ticks.
+#: How long a worker holds its claim to publish a retrain request; one still unpublished after it is claimed and
+#: published by whichever worker ticks next.
 UNPUBLISHED_AFTER_S = 30.0
 
 

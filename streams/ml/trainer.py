@@ -71,6 +71,7 @@ class ServingIndex:
     documents: list[DocumentState]
     chunks: list[ChunkPoint]
     modes: frozenset[str]
+    version: str | None = None  # the model version whose collection this is, when known
 
 
 class Rollouts(Protocol):
@@ -114,6 +115,8 @@ def feedback_offsets(pairs: Sequence[TrainingPair]) -> dict[str, list[int]]:
     return spans
 
 
+#: How long a training child killed by a signal waits for the worker's own stop to show (see `_stopped_meanwhile`).
+STOP_SIGNAL_GRACE_S = 2.0
 T = TypeVar("T")
 #: Runs a feedback or evaluation store operation off the event loop (`StoreThreads.state`: retried while it fails).
 StateCall = Callable[[Callable[[], T], str], Awaitable[T]]
@@ -141,6 +144,7 @@ class Trainer:
         self.rollouts = rollouts or NoRollouts()
         self.stopping = stopping  # the worker is stopping: a killed training child is not retried
         self.state = state or run_once
+        self.index_ready: Callable[[], bool] = lambda: True  # a copy of the index has caught up (`IndexReplica`)
         self.poll_s = poll_s
         self.status = TrainerStatus()
         self.work_dir = settings.data_dir / "training"
@@ -156,6 +160,8 @@ class Trainer:
         """The rollout a retrain must wait for: one copying now, or the version promoted last until it serves."""
         if self.rollouts.rollout_running():
             return "a running rollout"
+        if self.settings.keeps_index_copy and not self.index_ready():
+            return "this process's index copy to read documents to the end"
         if self.settings.keeps_index_copy:  # the copy this trainer reads must be the serving version's
             current = self.registry.current()
             if current is not None and not self.rollouts.serves(current.version) and \
@@ -243,6 +249,10 @@ class Trainer:
         base = self.registry.current()
         assert base is not None, "the worker registers the base model before agents start"
         index = await loop.run_in_executor(None, self.index)
+        if index.version is not None and index.version != base.version:  # an index copy that is not current's
+            log.warning("retrain trains from %s, the version of the index it reads (%s serves)", index.version,
+                        base.version)
+            base = self.registry.get(index.version)
         corpus = {d.doc_id: document_content(d.title, d.text) for d in index.documents if not d.deleted}
         s = self.settings
         params = Hyperparameters(s.trainer_epochs, s.trainer_batch_size, s.trainer_learning_rate,
@@ -259,8 +269,9 @@ class Trainer:
         try:
             await loop.run_in_executor(None, write_job, index.chunks)
             result = await self._run(job_dir, request.reason)
-            updates = await loop.run_in_executor(None, lambda: self._register_and_decide(
-                job_dir, base, result, pairs, params, request, snapshot_at, request_at))
+            # on the loop, not a thread: a stop must not remove the job directory under a registration
+            updates = self._register_and_decide(job_dir, base, result, pairs, params, request, snapshot_at,
+                                                request_at)
             if self.evaluation is not None:
                 await self.state(lambda: self.record_offline(updates[-1].version, result), "evaluation store")
         except TrainingFailed as exc:
@@ -313,17 +324,28 @@ class Trainer:
                 if code == 0:
                     metrics.TRAINING_SECONDS.observe(time.perf_counter() - started)
                     return TrainingResult.read(job_dir)
-                if self.stopping():  # killed by the stop (a signal to the process group): the request is re-delivered
+                if await self._stopped_meanwhile(code):  # killed by the stop (a signal to the process group)
                     raise TrainingStopped(f"training attempt {attempt} ended ({code}) as the worker stops")
                 tail = log_path.read_text(encoding="utf-8", errors="replace")[-2000:]
                 log.warning("training attempt %d/%d exited with %s:\n%s", attempt, self.settings.trainer_attempts,
                             code, tail)
                 if attempt < self.settings.trainer_attempts:
                     await asyncio.sleep(min(30.0, 2.0 ** attempt))
+                    if self.stopping():
+                        raise TrainingStopped(f"the worker stops before training attempt {attempt + 1}")
             raise TrainingFailed(f"training failed {self.settings.trainer_attempts} times; last exit code {code}")
         finally:
             metrics.TRAINING_RUNNING.set(0)
             self.status.state, self.status.pid, self.status.job_dir = "idle", None, None
+
+    async def _stopped_meanwhile(self, code: int | str) -> bool:
+        """Whether a training child that ended with `code` was ended by the worker's stop. A signal to the whole
+        process group reaches the child and the worker at once, and the child may be reaped before the worker has
+        begun to stop: a child killed by a signal gets a moment for the stop to show."""
+        deadline = time.monotonic() + (STOP_SIGNAL_GRACE_S if isinstance(code, int) and code < 0 else 0.0)
+        while not self.stopping() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return self.stopping()
 
     def _register_and_decide(self, job_dir: Path, base: ModelVersion, result: TrainingResult,
                              pairs: Sequence[TrainingPair], params: Hyperparameters, request: RetrainRequest,

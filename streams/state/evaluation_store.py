@@ -104,12 +104,12 @@ class EvaluationStore:
     # answers and judgements
 
     def record_answers(self, answers: Sequence[AnswerRecord]) -> None:
-        """Store answers (a re-delivered query overwrites its row with the same answer)."""
+        """Store answers; a query answered again (re-delivered) keeps its first answer, as the query log does."""
         rows = [(a.query_id, a.arm, a.model_version, a.index_version, a.latency_ms, json.dumps(a.doc_ids),
                  a.answered_at, a.length, a.source, a.segment, a.experiment, a.user_key,
                  None if a.credits is None else json.dumps(a.credits), int(a.cached)) for a in answers]
         if rows:
-            self._write("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            self._write("INSERT OR IGNORE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
     def record_judgements(self, judgements: Iterable[tuple[str, str, int, float]]) -> None:
         """(query_id, doc_id, judgement -1/0/1, when): the latest judgement of a document for a query counts."""

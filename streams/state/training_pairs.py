@@ -85,8 +85,11 @@ class TrainingPairs:
             for table, column in (("trainings", "pairs_sequence"), ("retrains", "pairs_sequence"), ("pairs", "seq")):
                 if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
                     db.execute(f"ALTER TABLE {table} ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
-            if "published" not in {row[1] for row in db.execute("PRAGMA table_info(retrains)")}:
+            retrains = {row[1] for row in db.execute("PRAGMA table_info(retrains)")}
+            if "published" not in retrains:  # requests recorded before were published
                 db.execute("ALTER TABLE retrains ADD COLUMN published INTEGER NOT NULL DEFAULT 1")
+            if "publish_claimed_until" not in retrains:
+                db.execute("ALTER TABLE retrains ADD COLUMN publish_claimed_until REAL NOT NULL DEFAULT 0")
 
     # held feedback
 
@@ -187,10 +190,11 @@ class TrainingPairs:
     # retrains and trainings
 
     def record_retrain_if(self, reason: str, at: float, min_interval_s: float, min_new_positive: int = 0,
-                          min_new_pairs: int = 0) -> RecordedRetrain | None:
-        """Record a retrain request, not yet published, when the last one is at least `min_interval_s` old and
-        enough pairs changed since it (counted by sequence, not by clocks); None when it does not fire. One
-        transaction: of several workers deciding at once, one fires."""
+                          min_new_pairs: int = 0, claim_s: float = 30.0) -> RecordedRetrain | None:
+        """Record a retrain request, not yet published and claimed for publishing by the caller for `claim_s`,
+        when the last one is at least `min_interval_s` old and enough pairs changed since it (counted by sequence,
+        not by clocks); None when it does not fire. One transaction: of several workers deciding at once, one
+        fires."""
         with self._db.transaction() as db:
             last = db.execute("SELECT requested_at, pairs_sequence FROM retrains ORDER BY rowid DESC LIMIT 1"
                               ).fetchone()
@@ -201,8 +205,9 @@ class TrainingPairs:
                                                  "WHERE seq > ?", (since,)).fetchone()
             if new_positive < min_new_positive or new_pairs < max(1, min_new_pairs):
                 return None
-            row = db.execute("INSERT INTO retrains (requested_at, reason, pairs, pairs_sequence, published) "
-                             "VALUES (?, ?, ?, ?, 0)", (at, reason, new_pairs, self._sequence(db))).lastrowid
+            row = db.execute("INSERT INTO retrains (requested_at, reason, pairs, pairs_sequence, published, "
+                             "publish_claimed_until) VALUES (?, ?, ?, ?, 0, ?)",
+                             (at, reason, new_pairs, self._sequence(db), at + claim_s)).lastrowid
             return RecordedRetrain(int(row), reason, at, int(new_pairs))
 
     def retrain_published(self, row: int) -> None:
@@ -210,11 +215,15 @@ class TrainingPairs:
         with self._db.transaction() as db:
             db.execute("UPDATE retrains SET published = 1 WHERE rowid = ?", (row,))
 
-    def unpublished_retrains(self, recorded_before: float) -> list[RecordedRetrain]:
-        """Requests recorded before `recorded_before` that were never published (a stop or a broker outage
-        between the record and the publish): to be published now."""
-        rows = self._db.fetchall("SELECT rowid, reason, requested_at, pairs FROM retrains WHERE published = 0 "
-                                 "AND requested_at < ? ORDER BY rowid", (recorded_before,))
+    def claim_unpublished_retrains(self, now: float, claim_s: float = 30.0) -> list[RecordedRetrain]:
+        """Requests never published whose publishing claim lapsed (the worker that recorded or last claimed one
+        stopped, or its broker was away): claimed by the caller for `claim_s`, in one transaction, so that one
+        worker at a time publishes each."""
+        with self._db.transaction() as db:
+            rows = db.execute("SELECT rowid, reason, requested_at, pairs FROM retrains WHERE published = 0 "
+                              "AND publish_claimed_until < ? ORDER BY rowid", (now,)).fetchall()
+            db.executemany("UPDATE retrains SET publish_claimed_until = ? WHERE rowid = ?",
+                           [(now + claim_s, r[0]) for r in rows])
         return [RecordedRetrain(int(r[0]), r[1], float(r[2]), int(r[3])) for r in rows]
 
     def last_retrain(self) -> float | None:

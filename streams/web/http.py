@@ -27,7 +27,13 @@ from streams.ml.experiments import Answer, RoutedQuery, end_update, start_update
 from streams.ml.search import SearchRequest
 from streams.ml.trainer import promote_update, rollback_update
 from streams.processing import publish
-from streams.state.errors import ExperimentConflict, NoExperiment, NothingToRollBack, UnknownModelVersion
+from streams.state.errors import (
+    ExperimentConflict,
+    NoExperiment,
+    NothingToRollBack,
+    StoreError,
+    UnknownModelVersion,
+)
 from streams.state.query_log import LoggedQuery
 from streams.web.api_keys import ApiKeys
 from streams.web.dashboard import PAGE, dashboard_state
@@ -127,7 +133,11 @@ def build_http_app(worker: AgentHost) -> web.Application:
         logged = LoggedQuery(query_id, {"text": text, "top_k": k, "filter": filter_, "mode": mode, "group": group,
                                         "user_id": user_id, "segment": segment},
                              {k: v for k, v in body.items() if k != "query"}, answered, "http")
-        await shared.threads.peek(lambda: shared.query_log.record([logged]))
+        try:  # the answer stands whether or not it could be logged
+            await shared.threads.state_once(lambda: shared.query_log.record([logged]))
+        except StoreError as exc:
+            log.warning("HTTP query %s answered but not logged (feedback on it cannot be joined): %s", query_id, exc)
+            metrics.RECORDS_FAILED.labels("queries", "query log").inc()
         await shared.answering.record([answer], answered)
         return web.json_response(body)
 

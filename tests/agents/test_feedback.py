@@ -30,7 +30,7 @@ def test_feedback_becomes_pairs_waits_for_its_query_and_asks_for_a_retrain(tmp_p
         assert ("tea", "positive", "feedback") in tea and any(kind == "negative" for _, kind, _ in tea)
         (request,) = harness.published("retrain")
         assert isinstance(request, RetrainRequest) and request.reason == "feedback"
-        assert pairs.unpublished_retrains(time.time() + 3600) == []  # published, then marked: never sent again
+        assert pairs.claim_unpublished_retrains(time.time() + 3600) == []  # published and marked: never again
 
         time.sleep(0.3)
         harness.tick()  # q-never's feedback waited past feedback_hold_s: a dead letter with the reason

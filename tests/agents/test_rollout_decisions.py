@@ -133,7 +133,7 @@ def test_a_candidate_promoted_as_its_experiment_ends_keeps_the_collection_it_ser
     assert len(closed) == 1  # v1's pair, retired by the switch
 
 
-def test_an_experiment_that_ends_during_a_rollout_lets_its_challenger_go_after_the_switch(tmp_path: Path) -> None:
+def test_an_experiment_that_ends_during_a_rollout_keeps_its_challenger_until_the_rollout_ends(tmp_path: Path) -> None:
     registry = double_registry(tmp_path / "models", versions=("v1", "v2"))
     slot = ServingSlot(registry, registry.get("v1"), double_pairs(Settings(data_dir=tmp_path)))
     challenger = slot.open_challenger(registry.get("v2"), "shadow")

@@ -41,7 +41,7 @@ CATALOG = products(24)
 QUERIES = code_queries(CATALOG)
 WORKER_AGENTS = "ingest,query,monitor,feedback,rollout,experiment"  # docker-compose.yml, x-worker-env
 ENV = {
-    "GRISTMILL_PARTITIONS": "4",
+    "GRISTMILL_PARTITIONS": "6",  # compose has 12; any count 3 divides gives each of the 3 workers a share
     "GRISTMILL_ADMIN_TOKEN": "rehearsal-admin",
     "GRISTMILL_RETRAIN_EVERY_POSITIVE_PAIRS": "100000",  # the operator asks for the retrain
     "GRISTMILL_TRAINER_MIN_POSITIVE_PAIRS": "5",

@@ -100,5 +100,9 @@ def test_a_recorded_request_never_published_is_published_again_later(store: Trai
     now[0] += UNPUBLISHED_AFTER_S + 1
     (again,) = policy.unpublished()
     assert again.row == fired.row and again.request == fired.request
+    assert policy.unpublished() == []  # claimed: another worker's tick leaves it to this one
+    now[0] += UNPUBLISHED_AFTER_S + 1
+    assert [p.row for p in policy.unpublished()] == [fired.row]  # that claim lapsed too (its worker stopped)
     store.retrain_published(again.row)
+    now[0] += UNPUBLISHED_AFTER_S + 1
     assert policy.unpublished() == []
