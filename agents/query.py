@@ -15,7 +15,7 @@ from streams.ml.search import SearchRequest
 from streams.processing import Contract, Outbox
 from streams.state.query_log import LoggedQuery, QueryLog
 from streams.store_threads import StoreThreads
-from streams.validation import Accepted
+from streams.validation import RECORD_OVERHEAD_BYTES, Accepted
 
 QUERIES = Contract("queries", QueryEvent, "query_id")
 
@@ -45,7 +45,8 @@ async def respond(batch: Sequence[Accepted[QueryEvent]], *, answering: Answering
                                    hits=[Hit(doc_id=h.doc_id, chunk=h.chunk, score=h.score, text=h.text)
                                          for h in a.result.hits], latency_ms=latency_ms, cached=a.result.cached,
                                    mode=a.result.mode, group=a.result.group, arm=a.arm,  # type: ignore[arg-type]
-                                   experiment=a.experiment if a.arm != "serving" else None), max_bytes)
+                                   experiment=a.experiment if a.arm != "serving" else None),
+                     max_bytes - RECORD_OVERHEAD_BYTES - len(q.query_id.encode()))
                  for q, a in zip(queries, answers, strict=True)]
     await outbox.publish_many("responses", [(r.query_id.encode(), r) for r in responses])
     answered = time.time()
@@ -63,12 +64,19 @@ async def prune_log(query_log: QueryLog, threads: StoreThreads, max_rows: int, m
 
 
 def fit(response: QueryResponse, max_bytes: int) -> QueryResponse:
-    """The response, its hit texts shortened (ending in "…") until it fits `max_bytes`: a thousand long hits must
-    still reach the client."""
+    """The response, its hit texts shortened (ending in "…") until its UTF-8 encoding fits `max_bytes`: a thousand
+    long multibyte hits must still reach the client. Hits that do not fit even so (a thousand long ids) are left
+    off the end."""
+    def size(candidate: QueryResponse) -> int:
+        return len(candidate.model_dump_json().encode())
+
     limit = 2_000
-    while len(response.model_dump_json()) > max_bytes and limit >= 16:
+    while size(response) > max_bytes and limit >= 16:
         response = response.model_copy(update={"hits": [
             hit if len(hit.text) <= limit else hit.model_copy(update={"text": hit.text[:limit] + "…"})
             for hit in response.hits]})
         limit //= 2
+    while (now := size(response)) > max_bytes and response.hits:
+        keep = min(len(response.hits) - 1, len(response.hits) * max_bytes // now)
+        response = response.model_copy(update={"hits": response.hits[:keep]})
     return response

@@ -13,7 +13,7 @@ from confluent_kafka import KafkaException
 
 from schemas.errors import GristmillError
 from streams.cli import bench, deadletter, experiments, models, produce, query, stack
-from streams.cli.context import console
+from streams.cli.context import console, styled
 
 app = typer.Typer(help="gristmill: a streaming pipeline that keeps a semantic-search index fresh.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -49,11 +49,11 @@ def main() -> None:
     try:
         app()
     except (GristmillError, KafkaException, OSError) as exc:
-        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        console.print(styled("error: ", "red", exc), soft_wrap=True)
         sys.exit(1)
     except Exception as exc:
         if os.environ.get("GRISTMILL_DEBUG"):
             raise
-        console.print(f"[red]error:[/red] {type(exc).__name__}: {exc} (GRISTMILL_DEBUG=1 shows where)",
+        console.print(styled("error: ", "red", f"{type(exc).__name__}: {exc} (GRISTMILL_DEBUG=1 shows where)"),
                       soft_wrap=True)
         sys.exit(1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import urllib.error
 import urllib.request
 from typing import Any
@@ -11,14 +12,37 @@ from typing import Any
 import typer
 from pydantic import SecretStr
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from schemas.errors import GristmillError
 from streams.settings import Settings
 
-console = Console()
+#: C0 and C1 control characters but newline (tabs too: a table cannot measure them), Unicode's line and paragraph
+#: separators, and the bidi overrides and isolates that reorder a line.
+CONTROL_CHARACTERS = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+console = Console(markup=False, highlight=False)  # nothing printed is ever read as markup
+
+
+def untrusted(value: object) -> Text:
+    """Text that comes from outside the CLI's own code (a record's ids and texts, a worker's answer, a file, an
+    exception's message): shown as it is, never read as markup, its control characters (a terminal escape sequence
+    in a doc_id) shown escaped. Every table cell, title and message part from outside goes through here."""
+    return Text(CONTROL_CHARACTERS.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"),
+                                       str(value)))
+
+
+def styled(label: str, style: str, *rest: object) -> Text:
+    """`label` in `style`, then `rest` as untrusted text: one line of the CLI's own words and what came from outside."""
+    return Text.assemble((label, style), *(untrusted(part) for part in rest))
+
+
+def fail(label: str, *rest: object, status: int = 1) -> typer.Exit:
+    """Print one red line (`label`, then `rest` as untrusted text); the exit to raise."""
+    console.print(styled(label, "red", *rest), soft_wrap=True)
+    return typer.Exit(status)
 
 
 class KeyRefused(GristmillError):
@@ -47,8 +71,7 @@ def load_settings() -> Settings:
     try:
         return Settings()
     except Exception as exc:
-        console.print(f"[red]invalid settings:[/red] {exc}")
-        raise typer.Exit(2) from exc
+        raise fail("invalid settings: ", exc, status=2) from exc
 
 
 def running(settings: Settings) -> dict[str, Any] | None:
@@ -92,8 +115,7 @@ def _answer(error: urllib.error.HTTPError) -> str:
 
 def refused(exc: KeyRefused) -> typer.Exit:
     """Print the refusal as one line; the exit (status 1) to raise."""
-    console.print(f"[red]refused:[/red] {escape(str(exc))}", soft_wrap=True)
-    return typer.Exit(1)
+    return fail("refused: ", exc)
 
 
 def stack_json(url: str, what: str, timeout: float = 30.0, api_key: SecretStr | None = None) -> Any:
@@ -104,34 +126,31 @@ def stack_json(url: str, what: str, timeout: float = 30.0, api_key: SecretStr | 
     except KeyRefused as exc:
         raise refused(exc) from None
     except urllib.error.HTTPError as exc:
-        console.print(f"[red]{what} failed ({exc.code}):[/red] {exc.read().decode(errors='replace')[:300]}")
-        raise typer.Exit(1) from exc
+        raise fail(f"{what} failed ({exc.code}): ", _answer(exc)) from exc
     except (urllib.error.URLError, OSError) as exc:
-        console.print(f"[red]no HTTP API at {url.split('?')[0]}:[/red] {exc} (is `gristmill up` running?)")
-        raise typer.Exit(1) from exc
+        raise fail("no HTTP API at ", url.split("?")[0], f": {exc} (is `gristmill up` running?)") from exc
 
 
 def progress_bar() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=console)
+    return Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                    TimeRemainingColumn(), console=console)
 
 
 def print_hits(result: dict[str, Any]) -> None:
     cached = ", cached" if result.get("cached") else ""
-    table = Table(title=f"{result['query']!r}  ({result['latency_ms']:.1f} ms, model {result['model_version']}, "
-                        f"{result.get('mode', 'dense')}{', by document' if result.get('group') == 'doc' else ''}"
-                        f"{cached})")
+    table = Table(title=untrusted(f"{result['query']!r}  ({result['latency_ms']:.1f} ms, model "
+                                  f"{result['model_version']}, {result.get('mode', 'dense')}"
+                                  f"{', by document' if result.get('group') == 'doc' else ''}{cached})"))
     for column in ("score", "doc_id", "chunk", "text"):
         table.add_column(column, overflow="fold" if column == "text" else "ellipsis")
     for hit in result["hits"]:
         text = " ".join(hit["text"].split())
-        table.add_row(f"{hit['score']:.3f}", hit["doc_id"], str(hit["chunk"]), text[:160])
+        table.add_row(f"{hit['score']:.3f}", untrusted(hit["doc_id"]), str(hit["chunk"]), untrusted(text[:160]))
     console.print(table)
 
 
 def require_kafka(settings: Settings) -> Settings:
     settings, _ = with_stack(settings)
     if not settings.kafka_bootstrap_servers:
-        console.print("[red]no Kafka:[/red] start `gristmill up` or set KAFKA_BOOTSTRAP_SERVERS")
-        raise typer.Exit(1)
+        raise fail("no Kafka: ", "start `gristmill up` or set KAFKA_BOOTSTRAP_SERVERS")
     return settings

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from streams.cli.context import console, load_settings, require_kafka
+from streams.cli.context import console, fail, load_settings, require_kafka, styled, untrusted
 
 
 def deadletter_inspect(
@@ -27,16 +27,17 @@ def deadletter_inspect(
     for letter in letters:
         value = ((letter.value or "")[:120] + (" (base64)" if letter.value_encoding == "base64" else "")
                  + (f" (truncated; {letter.value_size:,} bytes received)" if letter.value_truncated else ""))
-        table.add_row(letter.topic, f"{letter.partition}@{letter.offset}", letter.key or "",
-                      "\n".join(f"{e.loc}: {e.msg}" for e in letter.errors), value)
+        table.add_row(*(untrusted(cell) for cell in (
+            letter.topic, f"{letter.partition}@{letter.offset}", letter.key or "",
+            "\n".join(f"{e.loc}: {e.msg}" for e in letter.errors), value)))
     console.print(table)
     if foreign.count:
-        console.print(f"[yellow]skipped {foreign.count} records that are not dead letters[/yellow] "
-                      f"({'; '.join(foreign.examples)})", soft_wrap=True)
+        console.print(styled(f"skipped {foreign.count} records that are not dead letters", "yellow",
+                             f" ({'; '.join(foreign.examples)})"), soft_wrap=True)
     if out is not None:
         write_jsonl(letters, out)
-        console.print(f"wrote {len(letters)} dead letters to {out}: fix their `value` and run "
-                      f"`gristmill deadletter replay {out}`")
+        console.print(untrusted(f"wrote {len(letters)} dead letters to {out}: fix their `value` and run "
+                                f"`gristmill deadletter replay {out}`"))
 
 
 def deadletter_replay(
@@ -50,14 +51,12 @@ def deadletter_replay(
     try:
         plan = plan_replay(path, settings)
     except OSError as exc:
-        console.print(f"[red]cannot read {path}:[/red] {exc.strerror or exc}")
-        raise typer.Exit(1) from exc
+        raise fail("cannot read ", path, f": {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
-        console.print(f"[red]{path} is not UTF-8 text[/red] ({exc.reason} at byte {exc.start}): expected dead "
-                      "letters as JSON lines, as `gristmill deadletter inspect --out` writes them")
-        raise typer.Exit(1) from exc
+        raise fail("not UTF-8 text: ", path, f" ({exc.reason} at byte {exc.start}): expected dead letters as JSON "
+                   "lines, as `gristmill deadletter inspect --out` writes them") from exc
     for number, reasons in plan.still_bad:
-        console.print(f"[yellow]line {number} still invalid, not replayed:[/yellow] {reasons}")
+        console.print(styled(f"line {number} still invalid, not replayed: ", "yellow", reasons), soft_wrap=True)
     sent = 0 if dry_run else replay(plan, settings)
     console.print(f"{len(plan.ready)} valid, {len(plan.still_bad)} still invalid; replayed {sent}")
     if plan.still_bad:

@@ -8,8 +8,9 @@ from typing import Annotated, Any, Literal
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from streams.cli.context import console, load_settings, require_kafka, stack_json, with_stack
+from streams.cli.context import console, fail, load_settings, require_kafka, stack_json, untrusted, with_stack
 
 Mode = Literal["shadow", "split", "interleave"]
 
@@ -37,20 +38,18 @@ def start(version: str,
 
     settings = require_kafka(load_settings())
     if fraction <= 0:
-        console.print("[red]--fraction must be above 0[/red]")
-        raise typer.Exit(2)
+        raise fail("--fraction must be above 0", status=2)
     store = EvaluationStore(settings.evaluation_path)
     try:
         update = start_update(open_registry(settings), store, version, mode, fraction)
     except (UnknownModelVersion, ExperimentConflict) as exc:
-        console.print(f"[red]cannot start:[/red] {exc}")
-        raise typer.Exit(1) from exc
+        raise fail("cannot start: ", exc) from exc
     finally:
         store.close()
     produce_record(settings, "model-updates", settings.model_name, update)
     assert update.experiment is not None
-    console.print(f"experiment {update.experiment.id} requested: {version} vs {update.previous_version}, {mode} at "
-                  f"{fraction:g} (`gristmill experiment status` follows it)")
+    console.print(untrusted(f"experiment {update.experiment.id} requested: {version} vs {update.previous_version}, "
+                            f"{mode} at {fraction:g} (`gristmill experiment status` follows it)"))
 
 
 def _end(action: Literal["stop", "promote"]) -> None:
@@ -64,13 +63,12 @@ def _end(action: Literal["stop", "promote"]) -> None:
     try:
         update = end_update(store, settings.model_name, action, f"{action} by an operator")
     except NoExperiment as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from exc
+        raise fail(str(exc)) from exc
     finally:
         store.close()
     produce_record(settings, "model-updates", settings.model_name, update)
-    console.print(f"{action} of experiment {update.experiment.id if update.experiment else ''} requested "
-                  f"({update.version})")
+    console.print(untrusted(f"{action} of experiment {update.experiment.id if update.experiment else ''} requested "
+                            f"({update.version})"))
 
 
 def stop() -> None:
@@ -91,29 +89,32 @@ def status() -> None:
         console.print("no experiment yet (`gristmill experiment start VERSION --mode shadow`)")
         return
     e = latest["experiment"]
-    console.print(f"experiment {e['id']}: {e['version']} vs {e['baseline']}, {e['mode']} at {e['fraction']:g} — "
-                  f"[bold]{e['state']}[/bold]" + (f" ({e['decision']}: {e['reason']})" if e.get("decision") else ""),
-                  highlight=False)
+    console.print(Text.assemble(
+        untrusted(f"experiment {e['id']}: {e['version']} vs {e['baseline']}, {e['mode']} at {e['fraction']:g} — "),
+        (untrusted(e["state"]).plain, "bold"),
+        untrusted(f" ({e['decision']}: {e['reason']})" if e.get("decision") else "")), soft_wrap=True)
     if latest.get("would_decide"):
-        console.print(f"would decide now: {latest['would_decide']['action']} ({latest['would_decide']['reason']})")
+        console.print(untrusted(f"would decide now: {latest['would_decide']['action']} "
+                                f"({latest['would_decide']['reason']})"), soft_wrap=True)
     evidence = Table("evidence", "value", title="evidence (candidate vs serving)")
     for key, value in sorted((latest.get("evidence") or {}).items()):
-        evidence.add_row(key, _number(value, 4))
+        evidence.add_row(untrusted(key), untrusted(_number(value, 4)))
     console.print(evidence)
     print_rows(latest.get("slices") or [], ["arm", "slice"], "per arm and slice")
 
 
 def print_rows(rows: list[dict[str, Any]], by: list[str], title: str) -> None:
-    table = Table(*by, "queries", "judged", "positive rate [95% CI]", "MRR@10", "nDCG@10", "p50 ms", "p99 ms",
-                  "overlap@10", "rank corr.", title=title)
+    table = Table(*(untrusted(b).plain for b in by), "queries", "judged", "positive rate [95% CI]", "MRR@10",
+                  "nDCG@10", "p50 ms", "p99 ms", "overlap@10", "rank corr.", title=untrusted(title))
     for row in rows:
         ci = row.get("positive_rate_ci")
         rate = "-" if row.get("positive_rate") is None else (
             f"{row['positive_rate']:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{row['positive_rate']:.3f}")
-        table.add_row(*(str(row.get(k)) for k in by), str(row["queries"]), str(row["judged"]), rate,
-                      _number(row.get("mrr@10")), _number(row.get("ndcg@10")), _number(row.get("latency_p50_ms"), 1),
-                      _number(row.get("latency_p99_ms"), 1), _number(row.get("overlap@10")),
-                      _number(row.get("rank_correlation")))
+        cells = [*(row.get(k) for k in by), row["queries"], row["judged"], rate, _number(row.get("mrr@10")),
+                 _number(row.get("ndcg@10")), _number(row.get("latency_p50_ms"), 1),
+                 _number(row.get("latency_p99_ms"), 1), _number(row.get("overlap@10")),
+                 _number(row.get("rank_correlation"))]
+        table.add_row(*(untrusted(cell) for cell in cells))
     console.print(table)
 
 
@@ -133,6 +134,7 @@ def evaluation(by: Annotated[str, typer.Option(help="Group by some of: version, 
         table = Table("version", "held-out nDCG@10", "MRR@10", "base nDCG@10", "queries",
                       title="offline (trainer's held-out evaluation)")
         for version, m in offline.items():
-            table.add_row(version, _number(m.get("held_out_nDCG@10"), 4), _number(m.get("held_out_MRR@10"), 4),
-                          _number(m.get("base_held_out_nDCG@10"), 4), _number(m.get("held_out_queries"), 0))
+            table.add_row(*(untrusted(cell) for cell in (
+                version, _number(m.get("held_out_nDCG@10"), 4), _number(m.get("held_out_MRR@10"), 4),
+                _number(m.get("base_held_out_nDCG@10"), 4), _number(m.get("held_out_queries"), 0))))
         console.print(table)

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from schemas import ModelUpdate
-from streams.cli.context import console, load_settings, require_kafka
+from streams.cli.context import console, fail, load_settings, require_kafka, untrusted
 
 if TYPE_CHECKING:
     from streams.state.registry import ModelRegistry
@@ -26,10 +26,9 @@ def retrain(reason: Annotated[str, typer.Option(help="Recorded reason.")] = "man
     try:
         request = RetrainRequest(reason=reason, pairs=0, requested_at=datetime.now(UTC))  # type: ignore[arg-type]
     except ValueError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
+        raise fail(str(exc), status=2) from exc
     produce_record(settings, "retrain", settings.model_name, request)
-    console.print(f"retrain requested ({reason}) for model {settings.model_name}")
+    console.print(untrusted(f"retrain requested ({reason}) for model {settings.model_name}"))
 
 
 def _request_update(build: Callable[[ModelRegistry], ModelUpdate]) -> ModelUpdate:
@@ -42,8 +41,7 @@ def _request_update(build: Callable[[ModelRegistry], ModelUpdate]) -> ModelUpdat
     try:
         update = build(open_registry(settings))
     except (NothingToRollBack, UnknownModelVersion) as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from exc
+        raise fail(str(exc)) from exc
     produce_record(settings, "model-updates", settings.model_name, update)
     return update
 
@@ -53,8 +51,8 @@ def rollback() -> None:
     from streams.ml.trainer import rollback_update
 
     update = _request_update(rollback_update)
-    console.print(f"rollback requested: {update.previous_version} -> {update.version} "
-                  "(`gristmill status` shows the switch)")
+    console.print(untrusted(f"rollback requested: {update.previous_version} -> {update.version} "
+                            "(`gristmill status` shows the switch)"))
 
 
 def promote(version: str) -> None:
@@ -62,7 +60,7 @@ def promote(version: str) -> None:
     from streams.ml.trainer import promote_update
 
     _request_update(lambda registry: promote_update(registry, version, "promoted by an operator"))
-    console.print(f"promotion of {version} requested")
+    console.print(untrusted(f"promotion of {version} requested"))
 
 
 def reindex() -> None:
@@ -71,8 +69,8 @@ def reindex() -> None:
     from streams.ml.trainer import reindex_update
 
     update = _request_update(lambda registry: reindex_update(registry, registry.root))
-    console.print(f"reindex requested: {update.previous_version} -> {update.version} (the same model; "
-                  "`gristmill status` shows the rollout)")
+    console.print(untrusted(f"reindex requested: {update.previous_version} -> {update.version} (the same model; "
+                            "`gristmill status` shows the rollout)"))
 
 
 def models() -> None:
@@ -87,7 +85,8 @@ def models() -> None:
         m = model.metrics
         ndcg = (f"{m['current_nDCG@10']:.4f} -> {m['candidate_nDCG@10']:.4f}" if "candidate_nDCG@10" in m else "")
         mrr = f"{m['current_MRR@10']:.4f} -> {m['candidate_MRR@10']:.4f}" if "candidate_MRR@10" in m else ""
-        table.add_row(model.version, "*" if current and current.version == model.version else "",
-                      model.created_at[:19], str(model.lineage.get("base_version", model.lineage.get("base", ""))),
-                      str(model.lineage.get("pairs", "")), ndcg, mrr)
+        table.add_row(*(untrusted(cell) for cell in (
+            model.version, "*" if current and current.version == model.version else "", model.created_at[:19],
+            model.lineage.get("base_version", model.lineage.get("base", "")), model.lineage.get("pairs", ""), ndcg,
+            mrr)))
     console.print(table)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from streams.cli.context import console, load_settings, progress_bar, require_kafka
+from streams.cli.context import console, fail, load_settings, progress_bar, require_kafka, styled, untrusted
 
 
 def produce_feedback(
@@ -26,10 +26,9 @@ def produce_feedback(
     try:
         event = FeedbackEvent(query_id=query_id, doc_id=doc_id, label=label, rating=rating)
     except ValidationError as exc:
-        console.print(f"[red]invalid feedback:[/red] {exc.errors(include_url=False)[0]['msg']}")
-        raise typer.Exit(2) from exc
+        raise fail("invalid feedback: ", exc.errors(include_url=False)[0]["msg"], status=2) from exc
     produce_record(settings, "feedback", query_id, event)
-    console.print(f"feedback on {query_id} -> {doc_id} sent")
+    console.print(untrusted(f"feedback on {query_id} -> {doc_id} sent"))
 
 
 def produce_documents(
@@ -46,18 +45,17 @@ def produce_documents(
     try:
         source = DocumentSource(path, version, follow_symlinks)
     except (OSError, ValueError) as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from exc
+        raise fail(str(exc)) from exc
     topic = TopicNames(settings.namespace).documents
     with progress_bar() as progress:
-        task = progress.add_task(f"{path.name} -> {topic}", total=source.count)
+        task = progress.add_task(untrusted(f"{path.name} -> {topic}").plain, total=source.count)
         delivery = produce(settings, topic, source.records(), lambda n: progress.advance(task, n))
     for skipped in source.skipped:
-        console.print(f"[yellow]not sent:[/yellow] {skipped.what}: {skipped.reason}", soft_wrap=True)
+        console.print(styled("not sent: ", "yellow", f"{skipped.what}: {skipped.reason}"), soft_wrap=True)
     for reason in delivery.failed[:10]:
-        console.print(f"[yellow]not delivered:[/yellow] {reason}", soft_wrap=True)
+        console.print(styled("not delivered: ", "yellow", reason), soft_wrap=True)
     unsent = len(source.skipped) + len(delivery.failed)
-    console.print(f"produced {delivery.sent} records to {topic} at {settings.kafka_bootstrap_servers}"
-                  + (f"; {unsent} could not be sent" if unsent else ""))
+    console.print(untrusted(f"produced {delivery.sent} records to {topic} at {settings.kafka_bootstrap_servers}"
+                            + (f"; {unsent} could not be sent" if unsent else "")))
     if unsent:
         raise typer.Exit(4)

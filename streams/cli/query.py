@@ -13,12 +13,14 @@ from rich.table import Table
 from streams.cli.context import (
     KeyRefused,
     console,
+    fail,
     load_settings,
     print_hits,
     progress_bar,
     refused,
     require_kafka,
     stack_json,
+    untrusted,
     with_stack,
 )
 
@@ -49,12 +51,11 @@ def ask(text: str, k: Annotated[int, typer.Option("-k", help="Number of hits.")]
         try:
             answer = roundtrip.wait([query_id], timeout)[query_id]
         except TimeoutError as exc:
-            console.print(f"[red]no response in {timeout}s[/red] (is a worker with the query agent running?)")
-            raise typer.Exit(1) from exc
+            raise fail(f"no response in {timeout}s", " (is a worker with the query agent running?)") from exc
     response = answer.response
     print_hits({**response, "query": text})
-    console.print(f"query_id {query_id}  round trip {answer.round_trip_s * 1000:.1f} ms  "
-                  f"index {response['index_version']}  mode {response.get('mode')}  cached {response['cached']}")
+    console.print(untrusted(f"query_id {query_id}  round trip {answer.round_trip_s * 1000:.1f} ms  index "
+                            f"{response['index_version']}  mode {response.get('mode')}  cached {response['cached']}"))
 
 
 def evaluate(
@@ -74,15 +75,13 @@ def evaluate(
 
     modes = ["dense", "sparse", "hybrid"] if mode == "all" else [mode]
     if not set(modes) <= {"dense", "sparse", "hybrid"} or group not in ("doc", "chunk"):
-        console.print("[red]--mode is dense, sparse, hybrid or all; --group is doc or chunk[/red]")
-        raise typer.Exit(2)
+        raise fail("--mode is dense, sparse, hybrid or all; --group is doc or chunk", status=2)
     settings = require_kafka(load_settings())
     _, url = with_stack(settings)
     try:
         dataset = load_beir(beir_dir, split)
     except (OSError, ValueError, KeyError) as exc:
-        console.print(f"[red]cannot read {beir_dir}:[/red] {exc}")
-        raise typer.Exit(1) from exc
+        raise fail("cannot read ", beir_dir, f": {exc}") from exc
     console.print(f"{len(dataset.corpus)} documents, {len(dataset.queries)} judged queries ({split})")
     started = time.monotonic()
     try:
@@ -96,7 +95,8 @@ def evaluate(
                       ) from None
     console.print(f"indexed in {took:.1f}s; querying through Kafka ({', '.join(modes)}, by {group})...")
     runs = {m: query_pipeline(settings, dataset, top_k=top_k, mode=m, group=group) for m in modes}
-    table = Table(title=f"gristmill eval {beir_dir.name} ({split}, by {group}, {time.monotonic() - started:.0f} s)")
+    table = Table(title=untrusted(f"gristmill eval {beir_dir.name} ({split}, by {group}, "
+                                  f"{time.monotonic() - started:.0f} s)"))
     table.add_column("metric")
     for m in modes:
         table.add_column(m, justify="right")
@@ -104,8 +104,7 @@ def evaluate(
     if reference:
         model = open_registry(settings).current()
         if model is None:
-            console.print("[red]no model in the registry for the reference[/red]")
-            raise typer.Exit(1)
+            raise fail("no model in the registry for the reference")
         ref = reference_scores(model.source, dataset)
         table.add_column("sentence-transformers exact (dense)", justify="right")
     for metric in next(iter(runs.values())).scores:
@@ -117,5 +116,4 @@ def evaluate(
                       *([""] if ref else []))
     console.print(table)
     if ref and "dense" in runs and runs["dense"].scores["nDCG@10"] < ref["nDCG@10"] - 0.01:
-        console.print("[red]the pipeline's dense nDCG@10 is more than 0.01 below the reference[/red]")
-        raise typer.Exit(3)
+        raise fail("the pipeline's dense nDCG@10 is more than 0.01 below the reference", status=3)

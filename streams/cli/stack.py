@@ -14,17 +14,20 @@ from typing import Annotated, Any
 
 import typer
 from pydantic import SecretStr
-from rich.markup import escape
+from rich.text import Text
 
 from streams.cli.context import (
     KeyRefused,
     console,
+    fail,
     get_json,
     load_settings,
     print_hits,
     progress_bar,
     refused,
     running,
+    styled,
+    untrusted,
     with_stack,
 )
 from streams.settings import Settings
@@ -40,16 +43,14 @@ def check_http_exposure(settings: Settings) -> None:
         try:
             check_api_keys_file(settings.api_keys_file)
         except InvalidApiKeysFile as exc:
-            console.print(f"[red]not starting:[/red] {escape(str(exc))}", soft_wrap=True)
-            raise typer.Exit(2) from None
+            raise fail("not starting: ", exc, status=2) from None
     elif not loopback_host(settings.http_host) and not settings.http_allow_open:
-        console.print(f"[red]not starting:[/red] GRISTMILL_HTTP_HOST={escape(settings.http_host or '(all)')} serves "
-                      "HTTP beyond loopback, where anyone who reaches it reads the query log: set "
-                      "GRISTMILL_API_KEYS_FILE (or GRISTMILL_HTTP_ALLOW_OPEN=true to serve it open)", soft_wrap=True)
-        raise typer.Exit(2)
+        raise fail("not starting: ", f"GRISTMILL_HTTP_HOST={settings.http_host or '(all)'} serves HTTP beyond "
+                   "loopback, where anyone who reaches it reads the query log: set GRISTMILL_API_KEYS_FILE (or "
+                   "GRISTMILL_HTTP_ALLOW_OPEN=true to serve it open)", status=2)
     elif not loopback_host(settings.http_host):
-        console.print(f"[yellow]HTTP on {escape(settings.http_host or '(all)')} without API keys[/yellow] "
-                      "(GRISTMILL_HTTP_ALLOW_OPEN): anyone who reaches it reads the query log", soft_wrap=True)
+        console.print(styled(f"HTTP on {settings.http_host or '(all)'} without API keys", "yellow",
+                             " (GRISTMILL_HTTP_ALLOW_OPEN): anyone who reaches it reads the query log"), soft_wrap=True)
 
 
 def up(demo: Annotated[bool, typer.Option(help="Feed the bundled corpus and run a few searches.")] = False) -> None:
@@ -66,8 +67,7 @@ def up(demo: Annotated[bool, typer.Option(help="Feed the bundled corpus and run 
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if (info := running(settings)) and info.get("pid") != os.getpid():  # own pid: PID 1 of a restarted container
-        console.print(f"[red]gristmill is already running from {settings.data_dir}[/red] (see `gristmill status`)")
-        raise typer.Exit(1)
+        raise fail("gristmill is already running from ", settings.data_dir, " (see `gristmill status`)")
     broker = None
     if not settings.kafka_bootstrap_servers:
         broker = EmbeddedBroker(settings.broker_port, log_path=settings.data_dir / "broker.log").start()
@@ -89,9 +89,12 @@ def up(demo: Annotated[bool, typer.Option(help="Feed the bundled corpus and run 
             "http": http_url, "namespace": settings.namespace, "agents": agents,
             "model_version": encoder.version, "started_at": time.time(),
         }) + "\n", encoding="utf-8")
-        console.print(f"[bold green]gristmill up[/bold green]  broker [cyan]{settings.kafka_bootstrap_servers}"
-                      f"[/cyan]{' (embedded Tansu)' if broker else ''}  HTTP [cyan]{http_url}[/cyan]  "
-                      f"agents {', '.join(agents)}  model {encoder.version} on {encoder.provider}")
+        console.print(Text.assemble(("gristmill up", "bold green"), "  broker ",
+                                    (untrusted(settings.kafka_bootstrap_servers).plain, "cyan"),
+                                    " (embedded Tansu)" if broker else "", "  HTTP ",
+                                    (untrusted(http_url).plain, "cyan"),
+                                    untrusted(f"  agents {', '.join(agents)}  model {encoder.version} on "
+                                              f"{encoder.provider}")))
         console.print("Ctrl-C stops everything.")
         if demo:
             threading.Thread(target=_demo, args=(settings, http_url), daemon=True, name="demo").start()
@@ -149,21 +152,21 @@ def _demo(settings: Settings, url: str) -> None:
                     lambda n: progress.advance(task, n)).check()
         with console.status(f"indexing {count} documents..."):
             health = _wait_indexed(url, count, 600, settings.api_key)
-        console.print(f"indexed {health['index']['documents']} documents as {health['index']['chunks']} chunks")
+        console.print(untrusted(f"indexed {health['index']['documents']} documents as {health['index']['chunks']} "
+                                "chunks"))
         for query in QUERIES[:4]:
             print_hits(get_json(f"{url}/search?" + urllib.parse.urlencode({"q": query, "k": 3}),
                                 api_key=settings.api_key))
         console.print(f"Try: gristmill search 'your question'   or   curl '{url}/search?q=open+a+file&k=3'")
     except Exception as exc:  # the demo must never take the worker down
-        console.print(f"[red]demo failed:[/red] {exc}")
+        console.print(styled("demo failed: ", "red", exc), soft_wrap=True)
 
 
 def demo() -> None:
     """Feed the bundled corpus to the running stack and show a few searches."""
     settings, url = with_stack(load_settings())
     if not settings.kafka_bootstrap_servers:
-        console.print("[red]no running stack:[/red] start it with `gristmill up` or set KAFKA_BOOTSTRAP_SERVERS")
-        raise typer.Exit(1)
+        raise fail("no running stack: ", "start it with `gristmill up` or set KAFKA_BOOTSTRAP_SERVERS")
     _demo(settings, url)
 
 
@@ -197,24 +200,23 @@ def watch_progress(url: str, interval_s: float = 1.0, api_key: SecretStr | None 
                 except KeyRefused as exc:
                     raise refused(exc) from None
                 except (urllib.error.URLError, OSError) as exc:
-                    console.print(f"[red]the stack stopped answering:[/red] {exc}")
-                    raise typer.Exit(1) from exc
+                    raise fail("the stack stopped answering: ", exc) from exc
                 rollout = health.get("rollout")
                 if rollout:
                     bars.update(rollout_task, visible=True, total=max(1, rollout["documents"]),
                                 completed=rollout["copied"],
-                                description=f"rollout {rollout['previous']} -> {rollout['version']} "
-                                            f"({rollout['state']})")
+                                description=untrusted(f"rollout {rollout['previous']} -> {rollout['version']} "
+                                                      f"({rollout['state']})").plain)
                 trainer = health.get("trainer") or {}
                 progress = trainer.get("progress") or {}
                 if progress.get("step"):
                     bars.update(trainer_task, visible=True, total=max(1, progress["total"]),
                                 completed=progress["done"],
-                                description=f"trainer {progress['phase']} ({progress['step']}/{progress['steps']}, "
-                                            f"{progress['unit'] or 'step'})")
+                                description=untrusted(f"trainer {progress['phase']} ({progress['step']}/"
+                                                      f"{progress['steps']}, {progress['unit'] or 'step'})").plain)
                 else:
                     bars.update(trainer_task, visible=bool(trainer), total=1, completed=0,
-                                description=trainer_line(trainer) if trainer else "trainer")
+                                description=untrusted(trainer_line(trainer)).plain if trainer else "trainer")
                 time.sleep(interval_s)
 
 
@@ -225,27 +227,27 @@ def status(watch: Annotated[bool, typer.Option("--watch", help="Then follow the 
     settings = load_settings()
     info = running(settings)
     if info is None:
-        console.print(f"gristmill is not running from {settings.data_dir.resolve()}")
+        console.print(untrusted(f"gristmill is not running from {settings.data_dir.resolve()}"))
         raise typer.Exit(1)
-    console.print(f"broker  {info['kafka']}{' (embedded Tansu)' if info.get('embedded_broker') else ''}")
-    console.print(f"HTTP    {info['http']}")
-    console.print(f"agents  {', '.join(info.get('agents', []))}   pid {info['pid']}")
+    console.print(untrusted(f"broker  {info['kafka']}{' (embedded Tansu)' if info.get('embedded_broker') else ''}"))
+    console.print(untrusted(f"HTTP    {info['http']}"))
+    console.print(untrusted(f"agents  {', '.join(info.get('agents', []))}   pid {info['pid']}"))
     try:
         health = _health(info["http"], settings.api_key, timeout=5)
-        console.print(f"model   {health['model_version']} on {health['encoder_provider']}")
-        console.print(f"index   {health['index']['documents']} documents, {health['index']['chunks']} chunks "
-                      f"(index version {health.get('index_version')})")
+        console.print(untrusted(f"model   {health['model_version']} on {health['encoder_provider']}"))
+        console.print(untrusted(f"index   {health['index']['documents']} documents, {health['index']['chunks']} "
+                                f"chunks (index version {health.get('index_version')})"))
         if health.get("rollout"):
             r = health["rollout"]
-            console.print(f"rollout {r['previous']} -> {r['version']}: {r['state']}, {r['copied']}/{r['documents']} "
-                          f"documents ({r['progress']:.0%}), {r['embedded']} re-embedded"
-                          + (f", error: {r['error']}" if r.get("error") else ""))
+            console.print(untrusted(f"rollout {r['previous']} -> {r['version']}: {r['state']}, {r['copied']}/"
+                                    f"{r['documents']} documents ({r['progress']:.0%}), {r['embedded']} re-embedded"
+                                    + (f", error: {r['error']}" if r.get("error") else "")), soft_wrap=True)
         if health.get("trainer"):
-            console.print(trainer_line(health["trainer"]), markup=False, highlight=False)
+            console.print(untrusted(trainer_line(health["trainer"])), soft_wrap=True)
     except KeyRefused as exc:
         raise refused(exc) from None
     except (urllib.error.URLError, OSError) as exc:
-        console.print(f"[yellow]HTTP API not answering yet:[/yellow] {exc}")
+        console.print(styled("HTTP API not answering yet: ", "yellow", exc), soft_wrap=True)
         return
     if watch:
         watch_progress(info["http"], api_key=settings.api_key)

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from streams.broker import EmbeddedBroker
 from streams.devtools.demo import CORPUS
@@ -148,7 +148,7 @@ def profile_worker(rig: IngestRig, texts: Sequence[str], console: Console, secon
     beside = Path(sys.executable).parent / "py-spy"  # the virtualenv's, when it is not on PATH
     py_spy = str(beside) if beside.is_file() else shutil.which("py-spy")
     if py_spy is None:
-        console.print("[yellow]py-spy is not installed (`pip install py-spy`): no sampling profile[/yellow]")
+        console.print(Text("py-spy is not installed (`pip install py-spy`): no sampling profile", "yellow"))
         return []
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "profile.txt"
@@ -158,7 +158,7 @@ def profile_worker(rig: IngestRig, texts: Sequence[str], console: Console, secon
                                timeout=seconds + 30)
         if spied.returncode != 0:
             reason = next(iter(spied.stderr.strip().splitlines()), f"exit status {spied.returncode}")
-            console.print(f"[yellow]py-spy could not sample the worker: {escape(reason)}[/yellow]")
+            console.print(Text(f"py-spy could not sample the worker: {reason}", "yellow"))
         rig.wait_indexed([f"profile-{i}" for i in range(len(texts))])
         frames: dict[str, int] = {}
         for line in out.read_text().splitlines() if out.exists() else []:
@@ -232,8 +232,8 @@ def print_rows(title: str, rows: Sequence[Row], console: Console) -> None:
     for column in ("measure", "gristmill", "baseline", "speed-up", "target", ""):
         table.add_column(column, justify="left" if column == "measure" else "right")
     for row in rows:
-        mark = "" if row.met is None else ("[green]met[/green]" if row.met else "[red]missed[/red]")
-        table.add_row(escape(row.measure), row.value, row.baseline, "" if row.ratio is None else f"{row.ratio:.2f}x",
+        mark = "" if row.met is None else (Text("met", "green") if row.met else Text("missed", "red"))
+        table.add_row(row.measure, row.value, row.baseline, "" if row.ratio is None else f"{row.ratio:.2f}x",
                       row.target, mark)
     console.print(table)
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from confluent_kafka import Producer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from streams.broker import EmbeddedBroker
 from streams.devtools.bench_ingest import bench_texts
@@ -120,16 +121,16 @@ def run_badinput_bench(settings: Settings, records: int, bad_share: float, conso
     table = Table(title=f"gristmill bench badinput ({records:,} records per run)")
     for column in ("measure", "with bad records", "clean run", "ratio", "target", ""):
         table.add_column(column, justify="left" if column == "measure" else "right")
-    mark = "[green]met[/green]" if ratio >= 0.75 else "[red]missed[/red]"
+    mark = Text("met", "green") if ratio >= 0.75 else Text("missed", "red")
     table.add_row("records/s (produce -> indexed or dead-lettered)", f"{dirty.records_per_s:,.0f}",
                   f"{clean.records_per_s:,.0f}", f"{ratio:.2f}x", ">= 0.75x", mark)
     table.add_row("wall time (s)", f"{dirty.seconds:.1f}", f"{clean.seconds:.1f}", "", "", "")
     table.add_row("good records indexed", f"{dirty.indexed:,} / {dirty.good:,}", f"{clean.indexed:,} / {clean.good:,}",
-                  "", "all", "[green]met[/green]" if dirty.indexed == dirty.good and clean.indexed == clean.good
-                  else "[red]missed[/red]")
+                  "", "all", Text("met", "green") if dirty.indexed == dirty.good and clean.indexed == clean.good
+                  else Text("missed", "red"))
     table.add_row("bad records dead-lettered", f"{dirty.dead_letters:,} / {dirty.bad:,}", f"{clean.dead_letters:,} / 0",
-                  "", "all", "[green]met[/green]" if dirty.dead_letters == dirty.bad and not clean.dead_letters
-                  else "[red]missed[/red]")
+                  "", "all", Text("met", "green") if dirty.dead_letters == dirty.bad and not clean.dead_letters
+                  else Text("missed", "red"))
     console.print(table)
 
 
@@ -219,7 +220,7 @@ def run_soak_bench(settings: Settings, minutes: float, console: Console) -> None
     table = Table(title=f"gristmill bench soak ({minutes:g} min at half the max rate, with HTTP searches)")
     for column in ("measure", "value", "target", ""):
         table.add_column(column, justify="left" if column == "measure" else "right")
-    ok = lambda met: "[green]met[/green]" if met else "[red]missed[/red]"  # noqa: E731
+    ok = lambda met: Text("met", "green") if met else Text("missed", "red")  # noqa: E731
     table.add_row("ingest rate (max / soak)", f"{max_rate:.0f} / {rate:.0f} docs/s", "", "")
     table.add_row(f"document events produced (updates/deletes of {SOAK_POOL:,} documents)", f"{i:,}", "", "")
     table.add_row("index chunks after warm-up -> end", f"{chunks[0]:,} -> {chunks[1]:,}", "", "")

@@ -82,8 +82,11 @@ async def _copy_then(slot: ServingSlot, version: str, write: Write, step_documen
             await write(claim, f"rollout claim {version}")  # a decision for what serves here moves the pointer
         progress.state, progress.finished_at = "switched", time.time()
         return progress
-    slot.rollout = progress
-    metrics.ROLLOUT_PROGRESS.set(0)
+    if switch:
+        slot.rollout = progress
+        metrics.ROLLOUT_PROGRESS.set(0)
+    else:  # a challenger's build is not a rollout: its failure must not read as one
+        slot.challenger_build = progress
     try:
         model = slot.registry.get(version)
         target = await loop.run_in_executor(None, slot.open if switch else lambda m: slot.open_challenger(m, mode),
@@ -103,7 +106,8 @@ async def _copy_then(slot: ServingSlot, version: str, write: Write, step_documen
             progress.embedded += await write(lambda batch=batch: copy_documents(batch, target),
                                              f"rollout copy to {version}")
             progress.copied += len(batch)
-            metrics.ROLLOUT_PROGRESS.set(progress.copied / max(1, progress.documents))
+            if switch:
+                metrics.ROLLOUT_PROGRESS.set(progress.copied / max(1, progress.documents))
 
         def finish() -> None:
             written = sorted(slot.written_during_rollout or ())
@@ -127,11 +131,11 @@ async def _copy_then(slot: ServingSlot, version: str, write: Write, step_documen
             await loop.run_in_executor(None, target.close)
         raise
     progress.state, progress.finished_at = ("switched" if switch else "challenging"), time.time()
-    metrics.ROLLOUT_PROGRESS.set(1)
     if not switch:
         log.info("%s challenges %s: %d documents copied, %d embedded in %.1fs", version, source.model.version,
                  progress.copied, progress.embedded, progress.finished_at - progress.started_at)
         return progress
+    metrics.ROLLOUT_PROGRESS.set(1)
     metrics.ROLLOUT_SECONDS.observe(progress.finished_at - progress.started_at)
     slot.publish_model_info()
     log.info("serving %s (was %s): %d documents copied, %d re-embedded in %.1fs", version, source.model.version,

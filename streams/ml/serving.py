@@ -189,6 +189,7 @@ class ServingSlot:
         self.written_during_rollout: set[str] | None = None
         self.rolling = asyncio.Lock()  # one rollout at a time
         self.rollout: RolloutProgress | None = None  # the latest one
+        self.challenger_build: RolloutProgress | None = None  # the latest experiment's collection being built
         self.refused: deque[dict[str, object]] = deque(maxlen=20)  # model decisions not applied, and why
         self.publish_model_info()
 

@@ -239,6 +239,7 @@ def build_http_app(worker: AgentHost) -> web.Application:
             "encoder_provider": serving.encoder.provider,
             "index": {"chunks": chunks, "documents": documents},
             "rollout": rollout.as_dict() if rollout else None,
+            "challenger_build": build.as_dict() if (build := shared.serving.challenger_build) else None,
             "trainer": shared.trainer.snapshot() if "trainer" in worker.agents else None,
             "kafka": worker.settings.kafka_bootstrap_servers,
             "namespace": worker.settings.namespace,

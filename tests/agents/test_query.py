@@ -11,6 +11,7 @@ from streams.ml.serving import serving_pair
 from streams.settings import Settings
 from streams.state.hashing_encoder import HashingEncoder
 from streams.state.memory_store import InMemoryVectorStore
+from streams.validation import RECORD_OVERHEAD_BYTES
 
 DOCS = {"tea": ("Green tea is steeped at eighty degrees for two minutes.", "kitchen"),
         "bikes": ("Oil the bicycle chain every few hundred kilometres.", "workshop")}
@@ -80,3 +81,17 @@ def test_no_answer_shows_a_deleted_or_replaced_document(tmp_path: Path) -> None:
         assert answers["q2"].cached and answers["q1"].hits[0].doc_id == "h1"
         assert not answers["q3"].cached and "h1" not in [h.doc_id for h in answers["q3"].hits]
         assert not answers["q4"].cached and [h.text for h in answers["q4"].hits] == ["Otters now rest."]
+
+
+def test_a_thousand_long_multibyte_hits_fit_the_producer_in_bytes(tmp_path: Path) -> None:
+    """The producer's limit is in bytes: a response is sized after encoding, its texts shortened with "…"."""
+    settings = Settings(data_dir=tmp_path)
+    text = " ".join(["ééééé üüüü ñññ"] * 120)  # two bytes a character in UTF-8
+    with Harness(tmp_path).register("ingest", "query") as harness:
+        harness.send("documents", [{"doc_id": f"d{n}", "version": 1, "op": "upsert", "text": f"{n} {text}"}
+                                   for n in range(1000)])
+        harness.send("queries", [{"query_id": "big", "text": "ééééé üüüü", "top_k": 1000, "mode": "dense"}])
+        (response,) = [r for r in harness.published("responses") if isinstance(r, QueryResponse)]
+    encoded = response.model_dump_json().encode()
+    assert len(encoded) + len(b"big") + RECORD_OVERHEAD_BYTES <= settings.deadletter_max_bytes
+    assert len(response.hits) == 1000 and all(hit.text.endswith("…") for hit in response.hits)

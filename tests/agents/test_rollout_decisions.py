@@ -18,11 +18,11 @@ from agents.rollout import follow_registry
 from schemas import ModelUpdate
 from streams.answering import ActiveExperiment
 from streams.devtools.harness import Harness, double_pairs, double_registry, message
-from streams.ml.rollout import roll_out
+from streams.ml.rollout import build_challenger, roll_out
 from streams.ml.serving import Serving, ServingSlot
 from streams.ml.trainer import promote_update
 from streams.settings import Settings
-from streams.state.errors import PointerMoved, RegistryWriteFailed
+from streams.state.errors import PointerMoved, RegistryWriteFailed, UnknownModelVersion
 from streams.state.evaluation_store import EvaluationStore
 from streams.state.registry import LocalModelRegistry, LogPosition
 from streams.store_threads import StoreThreads
@@ -171,3 +171,22 @@ def test_two_operator_promotions_sent_back_to_back_end_on_the_second(tmp_path: P
                                        message("model-updates", second, "minilm", offset=2)])
         assert harness.shared.serving.current.model.version == "v3" == registry.current().version  # type: ignore[union-attr]
         assert not harness.shared.serving.refused
+
+
+def test_a_challenger_build_that_fails_is_not_reported_as_a_failed_rollout(tmp_path: Path) -> None:
+    """/health's `rollout` is about what serves: a failed experiment build shows as `challenger_build`, and the
+    registry is still followed to that version afterwards."""
+    registry = double_registry(tmp_path / "models", versions=("v1", "v2"))
+    slot = ServingSlot(registry, registry.get("v1"), double_pairs(Settings(data_dir=tmp_path)))
+
+    async def build() -> None:
+        threads = StoreThreads(1.0)
+        try:
+            with pytest.raises(UnknownModelVersion):
+                await build_challenger(slot, "v9", threads.write, step_documents=4)
+        finally:
+            threads.close()
+
+    asyncio.run(build())
+    assert slot.rollout is None and not slot.rollout_failed("v9")
+    assert slot.challenger_build is not None and slot.challenger_build.state == "failed"
