@@ -1,6 +1,7 @@
 """Experiment agent (timers): keep this worker's challenger as the live experiment says (built through the
-blue/green rollout without a switch), decide running experiments against their guardrails and put each decision
-on `model-updates`, and publish the online metrics as Prometheus gauges."""
+blue/green rollout without a switch), end a live experiment that what serves superseded (its candidate serves, or
+its baseline no longer does), decide running experiments against their guardrails and put each decision on
+`model-updates`, and publish the online metrics as Prometheus gauges."""
 
 from __future__ import annotations
 
@@ -15,12 +16,13 @@ from streams import metrics
 from streams.answering import ActiveExperiment
 from streams.host import AgentHost
 from streams.ml.evaluation import summarize
-from streams.ml.experiments import Decision, Guardrails, decide
+from streams.ml.experiments import Decision, Guardrails, decide, end_superseded
 from streams.ml.rollout import build_challenger
 from streams.ml.serving import ServingSlot, Write
 from streams.processing import Outbox, publish
 from streams.settings import Settings
 from streams.state.evaluation_store import EvaluationStore, ExperimentRecord
+from streams.state.registry import ModelRegistry
 from streams.store_threads import WriteAborted
 
 log = logging.getLogger(__name__)
@@ -34,7 +36,7 @@ def register(worker: AgentHost) -> None:
     worker.timer(2.0, partial(follow, serving=shared.serving, active=active, write=shared.threads.write,
                               step_documents=s.rollout_step_documents))
     worker.timer(s.experiment_check_s, partial(decide_live, settings=s, store=shared.evaluation, active=active,
-                                               outbox=worker.outbox))
+                                               outbox=worker.outbox, registry=shared.registry))
     worker.timer(15.0, partial(publish_gauges, store=shared.evaluation, max_age_s=s.evaluation_max_age_s))
 
 
@@ -56,6 +58,8 @@ async def follow(*, serving: ServingSlot, active: ActiveExperiment, write: Write
     if wanted is None or experiment is None or not experiment.live or serving.rolling.locked() or (
             serving.challenger is not None and serving.challenger.model.version == wanted):
         return
+    if wanted == serving.current.model.version:
+        return  # it serves: nothing to challenge with (the next check ends the experiment)
     try:
         await build_challenger(serving, wanted, write, step_documents, experiment.mode)
     except WriteAborted:
@@ -71,11 +75,22 @@ async def follow(*, serving: ServingSlot, active: ActiveExperiment, write: Write
 
 
 async def decide_live(*, settings: Settings, store: EvaluationStore, active: ActiveExperiment,
-                      outbox: Outbox) -> None:
-    """Decide the live experiment; the store's conditional transition makes one worker the one that decides."""
+                      outbox: Outbox, registry: ModelRegistry | None = None) -> None:
+    """End the live experiment if what serves (the registry's pointer) superseded it, else decide it; the store's
+    conditional transitions make one worker the one that ends or decides it."""
     loop = asyncio.get_running_loop()
     for decided in await loop.run_in_executor(None, store.unannounced, settings.model_name):
         await announce(decided, settings, store, outbox)  # taken before a stop, not yet published
+    if registry is not None:
+        def supersede() -> ExperimentRecord | None:
+            current = registry.current()
+            return end_superseded(store, settings.model_name, None if current is None else current.version)
+
+        ended = await loop.run_in_executor(None, supersede)
+        if ended is not None:
+            active.forget()
+            metrics.EXPERIMENT_DECISIONS.labels("end").inc()
+            log.info("experiment %s of %s ended: what serves changed outside it", ended.id, ended.version)
     experiment = await loop.run_in_executor(None, store.active, settings.model_name)
     metrics.EXPERIMENT_RUNNING.clear()
     if experiment is None or experiment.state == "building":

@@ -19,7 +19,7 @@ from streams.host import AgentHost
 from streams.ml.pairing import FeedbackJoin, PendingRetrain, RetrainPolicy
 from streams.ml.serving import ServingSlot
 from streams.processing import Contract, DeadLetterSink, Outbox, publish
-from streams.state.evaluation_store import EvaluationStore
+from streams.state.evaluation_store import EvaluationStore, JudgementRecord
 from streams.state.training_pairs import PendingFeedback, TrainingPairs
 from streams.store_threads import StoreThreads
 from streams.validation import Accepted, RawMessage, Rejected
@@ -34,9 +34,10 @@ def register(worker: AgentHost) -> None:
     policy = RetrainPolicy(shared.pairs, s.retrain_every_positive_pairs, s.retrain_min_interval_s,
                            s.retrain_schedule_s)
     settle_held = partial(settle, join=join, policy=policy, threads=shared.threads, claim_s=s.feedback_claim_s,
-                          dead_letters=shared.dead_letters, outbox=worker.outbox, model_key=s.model_name.encode())
+                          dead_letters=shared.dead_letters, outbox=worker.outbox, model_key=s.model_name.encode(),
+                          evaluation=shared.evaluation)
     worker.batch_agent(FEEDBACK, "feedback", 64, 0.2, partial(receive, pairs=shared.pairs, settle=settle_held,
-                                                              threads=shared.threads, evaluation=shared.evaluation))
+                                                              threads=shared.threads))
     worker.timer(1.0, partial(retry_held, pairs=shared.pairs, threads=shared.threads, settle=settle_held))
     worker.timer(600.0, partial(prune_pairs, pairs=shared.pairs, threads=shared.threads, max_rows=s.pairs_max_rows,
                                 max_age_s=s.pairs_max_age_s))
@@ -49,13 +50,9 @@ def document_text(serving: ServingSlot, doc_id: str) -> str | None:
 
 
 async def receive(batch: Sequence[Accepted[FeedbackEvent]], *, pairs: TrainingPairs, settle: Settle,
-                  threads: StoreThreads, evaluation: EvaluationStore | None = None) -> None:
-    """Hold the batch durably (before it is acknowledged), judge the answers it is about in the evaluation store
-    (joined to the arms that served them by query_id), then join what can be joined into training pairs."""
+                  threads: StoreThreads) -> None:
+    """Hold the batch durably (before it is acknowledged), then settle what can be settled."""
     now = time.time()
-    if evaluation is not None:
-        judged = [(a.record.query_id, a.record.doc_id, a.record.judgement, now) for a in batch]
-        await threads.state(lambda: evaluation.record_judgements(judged), "evaluation store")
     held = [PendingFeedback(a.message.topic, a.message.partition, a.message.offset, a.message.key,
                             a.message.value or b"", a.record.query_id, now) for a in batch]
     await threads.state(lambda: pairs.hold(held), "feedback hold")
@@ -73,12 +70,20 @@ async def retry_held(*, pairs: TrainingPairs, threads: StoreThreads, settle: Set
 
 async def settle(held: Sequence[PendingFeedback], *, join: FeedbackJoin, policy: RetrainPolicy,
                  threads: StoreThreads, claim_s: float, dead_letters: DeadLetterSink, outbox: Outbox,
-                 model_key: bytes, tick: bool = False) -> None:
-    """Claim `held` (what another worker settles now is left to it), join it, dead-letter what can never be joined,
-    then release it from the hold; emit a `retrain` when the policy fires."""
+                 model_key: bytes, evaluation: EvaluationStore | None = None, tick: bool = False) -> None:
+    """Claim `held` (what another worker settles now is left to it), join it (training pairs), judge the answers
+    the accepted feedback is about in the evaluation store (joined to the arms that served them by query_id),
+    dead-letter what can never be joined, then release it from the hold; emit a `retrain` when the policy fires.
+
+    Refused feedback judges nothing. Both stores keep the latest judgement per (query, document) by the feedback's
+    offset, so settling again after a crash (the hold still has it) or a re-delivery changes nothing."""
     now = time.time()
     token, claimed = await threads.state(lambda: join.pairs.claim(held, now, claim_s), "feedback hold")
     outcome = await threads.state(lambda: join.settle(claimed, now), "feedback join")
+    if evaluation is not None and outcome.judged:
+        judged = [JudgementRecord(j.query_id, j.doc_id, j.judgement, j.judged_at, j.topic, j.partition, j.offset)
+                  for j in outcome.judged]
+        await threads.state(lambda: evaluation.record_judgements(judged), "evaluation store")
     await dead_letters.send([Rejected(RawMessage(item.topic, item.partition, item.offset, item.key, item.value),
                                       (error,)) for item, error in outcome.refused], FEEDBACK.topic)
 

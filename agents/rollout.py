@@ -10,7 +10,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 
 from schemas import ModelUpdate
+from streams import metrics
 from streams.host import AgentHost
+from streams.ml.experiments import end_superseded, rolling_out
 from streams.ml.rollout import roll_out
 from streams.ml.serving import ServingSlot
 from streams.processing import Contract
@@ -75,7 +77,8 @@ async def apply_updates(batch: Sequence[Accepted[ModelUpdate]], *, serving: Serv
             continue
         if experiments is not None and update.experiment is not None:
             def record(update: ModelUpdate = update) -> None:
-                record_experiment(experiments, model_key.decode(), update, serving.current.model.version)
+                record_experiment(experiments, model_key.decode(), update, serving.current.model.version,
+                                  rolling_out(serving))
             await (threads.state(record, "evaluation store") if threads else loop.run_in_executor(None, record))
         if update.status not in ("promoted", "rolled_back"):
             continue
@@ -94,15 +97,41 @@ async def apply_updates(batch: Sequence[Accepted[ModelUpdate]], *, serving: Serv
             serving.refuse(update.version, update.status, str(exc), position)
         except Exception:
             log.exception("rollout of %s failed; %s keeps serving", update.version, serving.current.model.version)
+        else:
+            if experiments is not None:
+                await end_experiment(experiments, model_key.decode(), update, threads)
 
 
-def record_experiment(store: EvaluationStore, model: str, update: ModelUpdate, serving_version: str) -> None:
-    """An experiment's start (one at a time: a second is refused and logged) or its end by an operator or a
-    decision (a decision already moved it: then this changes nothing)."""
+async def end_experiment(store: EvaluationStore, model: str, update: ModelUpdate, threads: StoreThreads | None
+                         ) -> None:
+    """A decision made `update.version` serve: the live experiment it supersedes (its candidate serves now, or its
+    baseline no longer does) ends, with the decision as its reason."""
+    cause = f"{update.status}: {update.reason}" if update.reason else update.status
+
+    def end() -> None:
+        ended = end_superseded(store, model, update.version, cause)
+        if ended is not None:
+            metrics.EXPERIMENT_DECISIONS.labels("end").inc()
+            log.info("experiment %s of %s ended: %s serves now (%s)", ended.id, ended.version, update.version, cause)
+
+    await (threads.state(end, "evaluation store") if threads else asyncio.get_running_loop().run_in_executor(None, end))
+
+
+def record_experiment(store: EvaluationStore, model: str, update: ModelUpdate, serving_version: str,
+                      rolling: str | None = None) -> None:
+    """An experiment's start (one at a time: a second is refused and logged; one of the serving version or of the
+    version being rolled out is recorded as ended, with why) or its end by an operator or a decision (a decision
+    already moved it: then this changes nothing)."""
     spec = update.experiment
     assert spec is not None
     at = update.at.timestamp() if update.at is not None else time.time()
-    if update.status == "experiment":
+    if update.status == "experiment" and update.version in (serving_version, rolling):
+        why = "serves already" if update.version == serving_version else "is being rolled out to serve"
+        if store.record_ended(ExperimentRecord(spec.id, model, update.version, serving_version, spec.mode,
+                                               spec.fraction, "ended", at, ended_at=time.time(), decision="end",
+                                               reason=f"refused: {update.version} {why}")):
+            log.warning("experiment %s refused: %s %s", spec.id, update.version, why)
+    elif update.status == "experiment":
         try:
             store.start_experiment(ExperimentRecord(spec.id, model, update.version, serving_version, spec.mode,
                                                     spec.fraction, "building", at))

@@ -49,7 +49,18 @@ FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 VersionName = Annotated[str, StringConstraints(pattern=r"^v[0-9]{1,9}$")]
 
 #: A producer-chosen slice name (bounded, printable).
-Segment = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")]
+def _printable(value: str) -> str:
+    """A label shown on dashboards and in the CLI: printable characters only (no control characters, line or
+    paragraph separators, or bidi overrides, which every path refuses alike)."""
+    if not value.isprintable():
+        raise ValueError("must be printable: no control characters, line separators or bidi overrides")
+    return value
+
+
+#: A document's version: the producer's, compared to order its events (a 64-bit signed integer from 0).
+DocumentVersion = Annotated[int, Field(ge=0, le=2**63 - 1)]
+Segment = Annotated[str, StringConstraints(min_length=1, max_length=64,
+                                           pattern=r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]+$"), AfterValidator(_printable)]
 #: Which side of an experiment answered: the serving version, the candidate (a split), or both interleaved.
 Arm = Literal["serving", "candidate", "interleave"]
 #: How an experiment exposes a candidate: answering off the served path, a share of users, or interleaved lists.
@@ -86,6 +97,12 @@ def validate_filter(filter_: Mapping[str, object] | None) -> dict[str, ScalarVal
         elif not isinstance(value, str) or len(value) > MAX_FILTER_VALUE_CHARS:
             raise InvalidFilter(f"filter {field!r} must be a string of at most {MAX_FILTER_VALUE_CHARS} characters, "
                                 f"not {_shown(value)}")
+        else:
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidFilter(f"filter {field!r} must be valid Unicode text (it holds a lone surrogate)") \
+                    from None
     return checked  # type: ignore[return-value]
 
 
@@ -111,7 +128,7 @@ class DocumentEvent(Record):
     """`documents` topic: an upsert or delete of one document at a version."""
 
     doc_id: EntityId
-    version: int = Field(ge=0, le=2**63 - 1)
+    version: DocumentVersion
     op: Literal["upsert", "delete"]
     text: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
     title: str | None = Field(default=None, max_length=1_000)

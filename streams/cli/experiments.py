@@ -126,7 +126,14 @@ def evaluation(by: Annotated[str, typer.Option(help="Group by some of: version, 
                window: Annotated[float | None, typer.Option(help="Seconds per window (with by=window).")] = None
                ) -> None:
     """Online metrics per version, arm, slice and window, and each version's offline held-out metrics."""
-    params = {"by": by, "since": since, "slices": slices, **({"window": str(window)} if window else {})}
+    from streams.web.evaluation import evaluation_query
+    from streams.web.parameters import InvalidParameter
+
+    params = {"by": by, "since": since, "slices": slices, **({"window": str(window)} if window is not None else {})}
+    try:
+        evaluation_query(params)  # as the worker will check them, before asking
+    except InvalidParameter as exc:
+        raise fail("invalid option: ", exc, status=2) from None
     body = _stack_json(f"/evaluation?{urllib.parse.urlencode(params)}")
     print_rows(body["rows"], body["by"], f"online metrics since {since}")
     offline = body.get("offline") or {}

@@ -41,6 +41,14 @@ def produce_documents(
     from streams.produce import DocumentSource, produce
     from streams.topics import TopicNames
 
+    if version is not None:  # checked as the `documents` contract will, before anything is sent
+        from pydantic import TypeAdapter, ValidationError
+
+        from schemas.records import DocumentVersion
+        try:
+            TypeAdapter(DocumentVersion).validate_python(version)
+        except ValidationError as exc:
+            raise fail("invalid --version: ", exc.errors(include_url=False)[0]["msg"], status=2) from None
     settings = require_kafka(load_settings())
     try:
         source = DocumentSource(path, version, follow_symlinks)

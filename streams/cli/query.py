@@ -28,10 +28,23 @@ Mode = Annotated[str | None, typer.Option(help="dense, sparse or hybrid (default
 Group = Annotated[str, typer.Option(help="chunk, or doc: one hit per document.")]
 
 
+def checked_search(text: str, k: int, source: str | None, mode: str | None, group: str) -> None:
+    """Check a search as the worker will (the `queries` contract) before it is sent: one line and exit status 2
+    otherwise, rather than a dead letter and a wait."""
+    from streams.web.parameters import InvalidParameter, search_request
+
+    try:
+        search_request({"query_id": "cli", "text": text, "top_k": k, "filter": {"source": source} if source else {},
+                        "mode": mode, "group": group}, {"text": "TEXT", "top_k": "-k/--top-k"})
+    except InvalidParameter as exc:
+        raise fail("invalid search: ", exc, status=2) from None
+
+
 def search(text: str, k: Annotated[int, typer.Option("-k", help="Number of hits.")] = 5,
            source: Annotated[str | None, typer.Option(help="Only chunks from this source.")] = None,
            mode: Mode = None, group: Group = "chunk") -> None:
     """Search the running index over HTTP and print the hits."""
+    checked_search(text, k, source, mode, group)
     settings, url = with_stack(load_settings())
     params = {"q": text, "k": k, "group": group, **({"source": source} if source else {}),
               **({"mode": mode} if mode else {})}
@@ -45,6 +58,7 @@ def ask(text: str, k: Annotated[int, typer.Option("-k", help="Number of hits.")]
     """Send a query through the `queries` topic and wait for its response on `responses`."""
     from streams.roundtrip import QueryRoundTrip
 
+    checked_search(text, k, source, mode, group)
     settings = require_kafka(load_settings())
     with QueryRoundTrip(settings) as roundtrip:
         query_id = roundtrip.send(text, k, {"source": source} if source else None, mode=mode, group=group)
@@ -76,6 +90,8 @@ def evaluate(
     modes = ["dense", "sparse", "hybrid"] if mode == "all" else [mode]
     if not set(modes) <= {"dense", "sparse", "hybrid"} or group not in ("doc", "chunk"):
         raise fail("--mode is dense, sparse, hybrid or all; --group is doc or chunk", status=2)
+    for each in modes:  # what every query will carry, before anything is sent
+        checked_search("a query", top_k, None, each, group)
     settings = require_kafka(load_settings())
     _, url = with_stack(settings)
     try:

@@ -33,7 +33,7 @@ def run_stream(mode: str, fraction: float, queries: int, seed: int) -> dict[str,
         items = catalogue()
         harness.send("documents", documents(items))
         update = start_update(harness.shared.registry, harness.shared.evaluation, "v2", mode, fraction,
-                              now=1_700_000_000.0 + seed)  # the same routing every run
+                              now=1_700_000_000.0 + seed, token="bench")  # the same routing every run
         harness.send("model-updates", [message("model-updates", update, settings.model_name)])
         harness.tick()
         stream = query_stream(items, queries, seed, "bench", top_k=5)

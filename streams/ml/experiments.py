@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import secrets
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -23,10 +24,10 @@ import numpy as np
 from schemas import ExperimentSpec, ModelUpdate
 from streams.ml.evaluation import compare, interleaving_preference, length_bucket, summarize
 from streams.ml.search import SearchRequest, SearchResult
-from streams.ml.serving import Serving
+from streams.ml.serving import Serving, ServingSlot
 from streams.settings import Settings
-from streams.state.errors import ExperimentConflict, NoExperiment
-from streams.state.evaluation_store import AnswerRecord, EvaluationStore, ExperimentRecord
+from streams.state.errors import CandidateServes, ExperimentConflict, NoExperiment
+from streams.state.evaluation_store import LIVE_STATES, AnswerRecord, EvaluationStore, ExperimentRecord
 from streams.state.registry import ModelRegistry
 from streams.state.store import SearchHit
 
@@ -291,22 +292,64 @@ def watch(experiment: ExperimentRecord, answers: Sequence[AnswerRecord],
 
 # control: what operators (CLI, HTTP) and the decisions send to `model-updates`
 
+def experiment_id(version: str, mode: str, at: float, token: str | None = None) -> str:
+    """A readable id that no other start shares (`v3-split-1700000000-9f2c1a`): the version, the mode, the second it
+    was asked and a random token (or `token`: a test's fixed routing), so two starts within a second differ."""
+    return f"{version}-{mode}-{int(at)}-{token or secrets.token_hex(3)}"
+
+
+def rolling_out(slot: ServingSlot) -> str | None:
+    """The version this worker's rollout is making serve now, if one is copying."""
+    progress = slot.rollout
+    return progress.version if progress is not None and progress.state == "copying" else None
+
+
 def start_update(registry: ModelRegistry, store: EvaluationStore, version: str, mode: str, fraction: float,
-                 now: float | None = None) -> ModelUpdate:
+                 now: float | None = None, *, rolling: str | None = None, token: str | None = None) -> ModelUpdate:
     """The `model-updates` record that starts an experiment of `version`: `UnknownModelVersion` if it is not
-    registered, `ExperimentConflict` if it serves already or another experiment of the model is live."""
+    registered, `CandidateServes` if it serves already or is `rolling` (the version a rollout is making serve),
+    `ExperimentConflict` if another experiment of the model is live."""
     at = time.time() if now is None else now
     model = registry.get(version)
     current = registry.current()
     if current is not None and current.version == version:
-        raise ExperimentConflict(f"{version} is serving already: an experiment needs another version")
+        raise CandidateServes(version, "serves already")
+    if rolling == version:
+        raise CandidateServes(version, "is being rolled out to serve")
     live_one = store.active(registry.name)
     if live_one is not None and live_one.live:
         raise ExperimentConflict(f"experiment {live_one.id} of {live_one.version} is {live_one.state}; stop it "
                                  "first (one experiment per model at a time)")
-    spec = ExperimentSpec(id=f"{version}-{mode}-{int(at)}", mode=mode, fraction=fraction)  # type: ignore[arg-type]
+    spec = ExperimentSpec(id=experiment_id(version, mode, at, token), mode=mode,  # type: ignore[arg-type]
+                          fraction=fraction)
     return ModelUpdate(version=version, uri=model.path.as_uri(), status="experiment", experiment=spec,
                        previous_version=current.version if current else None, at=datetime.fromtimestamp(at, UTC))
+
+
+def superseded(experiment: ExperimentRecord, serving: str | None) -> str | None:
+    """Why a live experiment cannot go on while `serving` serves, or None: its candidate serves (made serving outside
+    the experiment: an operator's promotion, the trainer's, a reindex), or its baseline no longer does."""
+    if not experiment.live or serving is None:
+        return None
+    if serving == experiment.version:
+        return f"{serving} serves now, made serving outside the experiment"
+    if serving != experiment.baseline:
+        return f"its baseline {experiment.baseline} no longer serves ({serving} does)"
+    return None
+
+
+def end_superseded(store: EvaluationStore, model: str, serving: str | None, cause: str | None = None,
+                   now: float | None = None) -> ExperimentRecord | None:
+    """End the model's live experiment if `serving` supersedes it (state `ended`, decision `end`, the reason
+    recorded); returns it when this call ended it. A conditional transition: of several workers, or of a replay of
+    `model-updates`, one ends it and the others change nothing."""
+    experiment = store.active(model)
+    why = None if experiment is None else superseded(experiment, serving)
+    if experiment is None or why is None:
+        return None
+    reason = (why if cause is None else f"{why} ({cause})")[:2_000]
+    ended = store.transition(experiment.id, LIVE_STATES, "ended", decision="end", reason=reason, ended=True, now=now)
+    return experiment if ended else None
 
 
 def end_update(store: EvaluationStore, model: str, action: Literal["stop", "promote"], reason: str

@@ -5,33 +5,51 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from schemas import FeedbackEvent, FieldError, RetrainRequest
 from streams.state.errors import StoreError
 from streams.state.query_log import LoggedQuery, QueryLog
 from streams.state.training_pairs import (
+    Judgement,
     PendingFeedback,
     RecordedRetrain,
     TrainingPair,
     TrainingPairs,
-    pair_lineage,
+    inferred_negatives,
 )
+
+
+def served_documents(logged: LoggedQuery) -> tuple[tuple[str, str], ...]:
+    """The documents a logged response served, best first, each with the text of its best chunk."""
+    best_text: dict[str, str] = {}
+    for hit in logged.response.get("hits") or []:
+        best_text.setdefault(hit["doc_id"], hit["text"])
+    return tuple(best_text.items())
+
+
+def judgement_of(feedback: FeedbackEvent, logged: LoggedQuery, document_text: Callable[[str], str | None],
+                 item: PendingFeedback) -> Judgement | None:
+    """The judgement `feedback` (held as `item`) makes, joined with its logged query/response; None when the
+    document is unknown (neither served nor indexed)."""
+    served = served_documents(logged)
+    text = dict(served).get(feedback.doc_id) or document_text(feedback.doc_id)
+    if text is None:
+        return None
+    return Judgement(feedback.query_id, str(logged.query.get("text", "")), feedback.doc_id, text,
+                     feedback.judgement, item.topic, item.partition, item.offset, item.received_at, served)
 
 
 def pairs_from_feedback(feedback: FeedbackEvent, logged: LoggedQuery, document_text: Callable[[str], str | None],
                         lineage: str) -> list[TrainingPair] | None:
-    """Pairs for one judgement joined with its logged query/response; None when the document is unknown.
+    """Pairs for one judgement on its own, joined with its logged query/response; None when the document is unknown.
 
     A positive judgement also makes hard negatives of the served hits ranked below that document.
     """
     query = str(logged.query.get("text", ""))
-    hits = logged.response.get("hits") or []
-    best_text: dict[str, str] = {}
-    for hit in hits:
-        best_text.setdefault(hit["doc_id"], hit["text"])
-    text = best_text.get(feedback.doc_id) or document_text(feedback.doc_id)
+    served = served_documents(logged)
+    text = dict(served).get(feedback.doc_id) or document_text(feedback.doc_id)
     if text is None:
         return None
     judgement = feedback.judgement
@@ -40,10 +58,9 @@ def pairs_from_feedback(feedback: FeedbackEvent, logged: LoggedQuery, document_t
     kind = "positive" if judgement > 0 else "negative"
     pairs = [TrainingPair(feedback.query_id, query, feedback.doc_id, text, kind, "feedback", lineage)]
     if judgement > 0:
-        ranked = list(best_text)
-        below = ranked[ranked.index(feedback.doc_id) + 1:] if feedback.doc_id in ranked else []
-        pairs += [TrainingPair(feedback.query_id, query, doc_id, best_text[doc_id], "negative", "served", lineage)
-                  for doc_id in below]
+        below = inferred_negatives(served, {feedback.doc_id: lineage}, ())
+        pairs += [TrainingPair(feedback.query_id, query, doc_id, doc_text, "negative", "served", lineage)
+                  for doc_id, (doc_text, _) in below.items()]
     return pairs
 
 
@@ -109,18 +126,21 @@ class PendingRetrain:
 @dataclass(frozen=True)
 class JoinOutcome:
     """What settling held feedback gave: new pairs (stored), feedback that can never be joined (with why), what is
-    settled (to release from the hold once its dead letters are out) and what still waits for its query's response."""
+    settled (to release from the hold once its dead letters are out), what still waits for its query's response,
+    and the judgements of the accepted feedback (settled and not refused), in order."""
 
     pairs: list[TrainingPair]
     refused: list[tuple[PendingFeedback, FieldError]]
     settled: list[PendingFeedback]
     waiting: list[PendingFeedback]
+    judged: list[Judgement] = field(default_factory=list)
 
 
 class FeedbackJoin:
-    """Joins held feedback with the query log: pairs for feedback whose query is logged, refusals for unknown
-    documents and for feedback that waited longer than `hold_s`. A store that fails (`StoreError`: the query log,
-    the index) fails the whole call, to be retried: only a record's own fault refuses it."""
+    """Joins held feedback with the query log: judgements (applied to the pairs, `TrainingPairs.judge`) for feedback
+    whose query is logged, refusals for unknown documents and for feedback that waited longer than `hold_s`. A store
+    that fails (`StoreError`: the query log, the index) fails the whole call, to be retried: only a record's own
+    fault refuses it."""
 
     def __init__(self, pairs: TrainingPairs, query_log: QueryLog, document_text: Callable[[str], str | None],
                  hold_s: float) -> None:
@@ -130,15 +150,14 @@ class FeedbackJoin:
         self.hold_s = hold_s
 
     def settle(self, held: Sequence[PendingFeedback], now: float) -> JoinOutcome:
-        pairs: list[TrainingPair] = []
+        judged: list[Judgement] = []
         refused: list[tuple[PendingFeedback, FieldError]] = []
         done: list[PendingFeedback] = []
         for item in held:
             try:
                 feedback = FeedbackEvent.model_validate_json(item.value)
                 logged = self.query_log.get(item.query_id)
-                joined = None if logged is None else pairs_from_feedback(
-                    feedback, logged, self.document_text, pair_lineage(item.topic, item.partition, item.offset))
+                joined = None if logged is None else judgement_of(feedback, logged, self.document_text, item)
             except StoreError:
                 raise  # an outage, not this record's fault: retried
             except Exception as exc:  # one record's failure is its own: refused, the others joined
@@ -150,11 +169,11 @@ class FeedbackJoin:
                     refused.append((item, FieldError(loc="doc_id", msg=(
                         f"unknown document: {feedback.doc_id!r} is neither a served hit nor indexed"))))
                 else:
-                    pairs += joined
+                    judged.append(joined)
                 done.append(item)
             elif now - item.received_at > self.hold_s:
                 refused.append((item, FieldError(loc="query_id", msg=(
                     f"no logged query/response for {item.query_id!r} within {self.hold_s:.0f}s"))))
                 done.append(item)
-        self.pairs.add(pairs)
-        return JoinOutcome(pairs, refused, done, [item for item in held if item not in done])
+        pairs = self.pairs.judge(judged)
+        return JoinOutcome(pairs, refused, done, [item for item in held if item not in done], judged)

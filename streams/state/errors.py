@@ -56,6 +56,15 @@ class ExperimentConflict(GristmillError):
     """An experiment of this model is already live (one at a time), or the id was used before."""
 
 
+class CandidateServes(ExperimentConflict):
+    """The version asked to challenge serving is the one serving, or the one a rollout is making serve (a promotion
+    or `gristmill reindex`): an experiment of it would compare a version with itself."""
+
+    def __init__(self, version: str, why: str) -> None:
+        super().__init__(f"{version} {why}: an experiment needs another version")
+        self.version, self.why = version, why
+
+
 class NoExperiment(GristmillError, LookupError):
     """No experiment of this model is live."""
 

@@ -22,7 +22,8 @@ from streams.state.sqlite import SqliteDatabase
 #: Arms an answer row can have: the three that users saw, and the shadow's answer that nobody saw.
 ARMS = ("serving", "candidate", "interleave", "shadow")
 #: States of an experiment: building its collection, running, promoted (watched by the guardrails for a while),
-#: then finished, stopped or rolled back.
+#: then finished, stopped or rolled back; or ended (decision `end`): what serves changed outside the experiment (its
+#: candidate serves, or its baseline no longer does), or its start named a version serving already (the reason says).
 LIVE_STATES = ("building", "running")
 
 
@@ -44,6 +45,20 @@ class AnswerRecord:
     user_key: str = ""
     credits: dict[str, str] | None = None  # interleave: doc_id -> "serving" | "candidate"
     cached: bool = False  # answered from the query cache (its latency says nothing of the model)
+
+
+@dataclass(frozen=True)
+class JudgementRecord:
+    """One accepted judgement (-1/0/1) of a document for a query, placed by its feedback record (`topic`,
+    `partition`, `offset`; -1 when unknown): of two from one partition the later offset counts."""
+
+    query_id: str
+    doc_id: str
+    judgement: int
+    judged_at: float
+    topic: str = ""
+    partition: int = -1
+    offset: int = -1
 
 
 @dataclass(frozen=True)
@@ -100,6 +115,10 @@ class EvaluationStore:
         with self._db.transaction() as db:  # columns added since the first release
             if "announced" not in {row[1] for row in db.execute("PRAGMA table_info(experiments)")}:
                 db.execute("ALTER TABLE experiments ADD COLUMN announced INTEGER NOT NULL DEFAULT 1")
+            if "feedback_offset" not in {row[1] for row in db.execute("PRAGMA table_info(judgements)")}:
+                db.execute("ALTER TABLE judgements ADD COLUMN feedback_topic TEXT NOT NULL DEFAULT ''")
+                db.execute("ALTER TABLE judgements ADD COLUMN feedback_partition INTEGER NOT NULL DEFAULT -1")
+                db.execute("ALTER TABLE judgements ADD COLUMN feedback_offset INTEGER NOT NULL DEFAULT -1")
 
     # answers and judgements
 
@@ -111,11 +130,21 @@ class EvaluationStore:
         if rows:
             self._write("INSERT OR IGNORE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
-    def record_judgements(self, judgements: Iterable[tuple[str, str, int, float]]) -> None:
-        """(query_id, doc_id, judgement -1/0/1, when): the latest judgement of a document for a query counts."""
-        rows = list(judgements)
+    def record_judgements(self, judgements: Iterable[JudgementRecord | tuple[str, str, int, float]]) -> None:
+        """Accepted judgements (or (query_id, doc_id, judgement, when), unplaced): the latest judgement of a
+        document for a query counts. One from the same partition as the one kept but at a lower offset (arriving
+        late) is ignored, and the same one again (re-delivered, or settled by another worker) changes nothing."""
+        records = [j if isinstance(j, JudgementRecord) else JudgementRecord(*j) for j in judgements]
+        rows = [(r.query_id, r.doc_id, r.judgement, r.judged_at, r.topic, r.partition, r.offset) for r in records]
         if rows:
-            self._write("INSERT OR REPLACE INTO judgements VALUES (?, ?, ?, ?)", rows)
+            self._write(
+                "INSERT INTO judgements (query_id, doc_id, judgement, judged_at, feedback_topic, feedback_partition, "
+                "feedback_offset) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (query_id, doc_id) DO UPDATE SET "
+                "judgement = excluded.judgement, judged_at = excluded.judged_at, feedback_topic = "
+                "excluded.feedback_topic, feedback_partition = excluded.feedback_partition, feedback_offset = "
+                "excluded.feedback_offset WHERE excluded.feedback_offset < 0 OR feedback_topic != "
+                "excluded.feedback_topic OR feedback_partition != excluded.feedback_partition OR "
+                "excluded.feedback_offset > feedback_offset", rows)
 
     def answers(self, since: float = 0.0, until: float | None = None, limit: int = 1_000_000) -> list[AnswerRecord]:
         """Answers in [since, until), oldest first; at most the latest `limit` of them."""
@@ -197,6 +226,17 @@ class EvaluationStore:
                         json.dumps(experiment.evidence)))
         return experiment
 
+    def record_ended(self, experiment: ExperimentRecord) -> bool:
+        """Store an experiment that ended as it started (a start refused when applied), beside any live one; False
+        when its id is stored already (a re-delivered start changes nothing)."""
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO experiments (id, model, version, baseline, mode, fraction, state, started_at, "
+            "ended_at, decision, reason, evidence) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (experiment.id, experiment.model, experiment.version, experiment.baseline, experiment.mode,
+             experiment.fraction, experiment.state, experiment.started_at, experiment.ended_at, experiment.decision,
+             experiment.reason, json.dumps(experiment.evidence)))
+        return cursor.rowcount == 1
+
     def transition(self, experiment_id: str, from_states: Sequence[str], to_state: str, *,
                    decision: str | None = None, reason: str | None = None, evidence: dict[str, Any] | None = None,
                    ended: bool = False, now: float | None = None, announce: bool = False) -> bool:
@@ -231,8 +271,13 @@ class EvaluationStore:
         return [ExperimentRecord(*r[:11], evidence=json.loads(r[11])) for r in rows]
 
     def active(self, model: str) -> ExperimentRecord | None:
-        """The model's experiment that is building, running or promoted and watched, if any."""
-        return next((e for e in self.experiments(model, limit=5) if e.state in (*LIVE_STATES, "promoted")), None)
+        """The model's latest experiment that is building, running or promoted and watched, if any (refused starts
+        recorded after it do not hide it)."""
+        rows = self._db.fetchall(
+            "SELECT id, model, version, baseline, mode, fraction, state, started_at, ended_at, decision, reason, "
+            "evidence FROM experiments WHERE model = ? AND state IN ('building', 'running', 'promoted') "
+            "ORDER BY started_at DESC LIMIT 1", (model,))
+        return next((ExperimentRecord(*r[:11], evidence=json.loads(r[11])) for r in rows), None)
 
     def _write(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         with self._db.transaction() as db:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,46 @@ class TrainingPair:
     feedback_offset: str  # topic/partition@offset of the feedback record behind it (lineage)
 
 
+@dataclass(frozen=True)
+class Judgement:
+    """An accepted judgement (-1/0/1) of one document for one query, joined with the query's logged response.
+
+    `text` is the judged document's text, `served` the documents the query was served, best first, as (doc_id,
+    text): what a positive infers hard negatives from. `topic`/`partition`/`offset` place the feedback record: of
+    two judgements of one (query, document) from one partition the later offset counts, and a re-delivered one
+    changes nothing."""
+
+    query_id: str
+    query: str
+    doc_id: str
+    text: str
+    judgement: int
+    topic: str
+    partition: int
+    offset: int
+    judged_at: float
+    served: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def lineage(self) -> str:
+        return pair_lineage(self.topic, self.partition, self.offset)
+
+
+def inferred_negatives(served: Sequence[tuple[str, str]], positives: Mapping[str, str], explicit: Collection[str]
+                       ) -> dict[str, tuple[str, list[str]]]:
+    """The hard negatives a query's positives (doc_id -> lineage) infer from its served documents: every served
+    document ranked below a positive that has no explicit judgement of its own, with its text and the lineages of
+    the positives ranked above it (best first)."""
+    inferred: dict[str, tuple[str, list[str]]] = {}
+    above: list[str] = []
+    for doc_id, text in served:
+        if doc_id in positives:
+            above.append(positives[doc_id])
+        elif above and doc_id not in explicit:
+            inferred[doc_id] = (text, list(above))
+    return inferred
+
+
 def _key(p: PendingFeedback) -> tuple[str, int, int]:
     return p.topic, p.partition, p.offset
 
@@ -59,7 +99,8 @@ class RecordedRetrain:
 
 class TrainingPairs:
     """Pairs are keyed by (query_id, doc_id): a re-delivered or repeated judgement overwrites, never duplicates.
-    `sequence()` counts every change to the pairs (what a retrain would train on has changed since)."""
+    Pairs follow the latest judgement of each (query, document) (`judge`). `sequence()` counts every change to the
+    pairs (what a retrain would train on has changed since)."""
 
     def __init__(self, path: Path, busy_timeout_s: float = 5.0) -> None:
         self._db = SqliteDatabase(path, "feedback state", busy_timeout_s)
@@ -76,6 +117,10 @@ class TrainingPairs:
             CREATE TABLE IF NOT EXISTS trainings (snapshot_at REAL NOT NULL, finished_at REAL NOT NULL,
                 version TEXT, status TEXT NOT NULL, reason TEXT);
             CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+            CREATE TABLE IF NOT EXISTS judgements (query_id TEXT NOT NULL, doc_id TEXT NOT NULL,
+                judgement INTEGER NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL,
+                "offset" INTEGER NOT NULL, judged_at REAL NOT NULL, PRIMARY KEY (query_id, doc_id));
+            CREATE INDEX IF NOT EXISTS judgements_judged_at ON judgements (judged_at);
         """)
         with self._db.transaction() as db:  # columns added since the first release
             pending = {row[1] for row in db.execute("PRAGMA table_info(pending)")}
@@ -151,14 +196,71 @@ class TrainingPairs:
                                        row).rowcount
             db.execute("INSERT OR REPLACE INTO counters VALUES ('pairs', ?)", (sequence,))
 
+    def judge(self, judgements: Sequence[Judgement]) -> list[TrainingPair]:
+        """Apply accepted judgements in order; returns the pairs written. Each (query, document) follows its latest
+        judgement: a positive or negative is its explicit pair, a neutral one removes it; the hard negatives of
+        the query are those its current positives infer (a withdrawn positive's go with it, an explicit judgement
+        overrides an inferred one). A judgement older (same partition, lower offset) than the one applied, or the
+        same one re-delivered, changes nothing."""
+        written: list[TrainingPair] = []
+        if not judgements:
+            return written
+        with self._db.transaction() as db:
+            sequence = self._sequence(db)
+            for j in judgements:
+                last = db.execute('SELECT topic, partition, "offset" FROM judgements WHERE query_id = ? AND '
+                                  "doc_id = ?", (j.query_id, j.doc_id)).fetchone()
+                if last is not None and (last[0], last[1]) == (j.topic, j.partition) and last[2] >= j.offset:
+                    continue
+                db.execute('INSERT OR REPLACE INTO judgements (query_id, doc_id, judgement, topic, partition, '
+                           '"offset", judged_at) VALUES (?, ?, ?, ?, ?, ?, ?)',
+                           (j.query_id, j.doc_id, j.judgement, j.topic, j.partition, j.offset, j.judged_at))
+                if j.judgement == 0:
+                    sequence += db.execute("DELETE FROM pairs WHERE query_id = ? AND doc_id = ? AND source = "
+                                           "'feedback'", (j.query_id, j.doc_id)).rowcount
+                else:
+                    pair = TrainingPair(j.query_id, j.query, j.doc_id, j.text,
+                                        "positive" if j.judgement > 0 else "negative", "feedback", j.lineage)
+                    sequence = self._write_pair(db, pair, j.judged_at, sequence)
+                    written.append(pair)
+                sequence = self._infer(db, j, sequence, written)
+            db.execute("INSERT OR REPLACE INTO counters VALUES ('pairs', ?)", (sequence,))
+        return written
+
+    def _infer(self, db: Any, j: Judgement, sequence: int, written: list[TrainingPair]) -> int:
+        """Bring the query's hard negatives in line with its current positives; returns the new sequence."""
+        rows = db.execute("SELECT doc_id, kind, source, feedback_offset FROM pairs WHERE query_id = ?",
+                          (j.query_id,)).fetchall()
+        positives = {doc: lineage for doc, kind, source, lineage in rows if (source, kind) == ("feedback", "positive")}
+        explicit = {doc for doc, _, source, _ in rows if source == "feedback"}
+        current = {doc: lineage for doc, _, source, lineage in rows if source == "served"}
+        wanted = inferred_negatives(j.served, positives, explicit)
+        for doc, lineage in current.items():
+            if doc not in wanted or lineage not in wanted[doc][1]:
+                sequence += db.execute("DELETE FROM pairs WHERE query_id = ? AND doc_id = ?",
+                                       (j.query_id, doc)).rowcount
+        for doc, (text, lineages) in wanted.items():
+            if current.get(doc) not in lineages:
+                pair = TrainingPair(j.query_id, j.query, doc, text, "negative", "served", lineages[0])
+                sequence = self._write_pair(db, pair, j.judged_at, sequence)
+                written.append(pair)
+        return sequence
+
+    @staticmethod
+    def _write_pair(db: Any, p: TrainingPair, stamp: float, sequence: int) -> int:
+        db.execute("INSERT OR REPLACE INTO pairs (query_id, doc_id, query, text, kind, source, feedback_offset, "
+                   "created_at, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   (p.query_id, p.doc_id, p.query, p.text, p.kind, p.source, p.feedback_offset, stamp, sequence + 1))
+        return sequence + 1
+
     @staticmethod
     def _sequence(db: Any) -> int:
         row = db.execute("SELECT value FROM counters WHERE name = 'pairs'").fetchone()
         return 0 if row is None else int(row[0])
 
     def sequence(self) -> int:
-        """How many times pairs were added or overwritten, ever (never decreases, pruning included); each pair
-        carries the sequence number of its latest change."""
+        """How many times pairs were added, overwritten or withdrawn, ever (never decreases, pruning included); each
+        pair carries the sequence number of its latest change."""
         with self._db.transaction(immediate=False) as db:
             return self._sequence(db)
 
@@ -181,8 +283,11 @@ class TrainingPairs:
 
     def prune(self, max_rows: int, max_age_s: float, now: float) -> int:
         """Drop pairs older than `max_age_s` and the oldest beyond `max_rows` (the models trained on them keep their
-        lineage in their manifests); returns how many went."""
+        lineage in their manifests); returns how many went. The latest judgements behind them are kept as long."""
         with self._db.transaction() as db:
+            db.execute("DELETE FROM judgements WHERE judged_at < ?", (now - max_age_s,))
+            db.execute("DELETE FROM judgements WHERE rowid IN (SELECT rowid FROM judgements ORDER BY judged_at "
+                       "DESC LIMIT -1 OFFSET ?)", (max_rows,))
             aged = db.execute("DELETE FROM pairs WHERE created_at < ?", (now - max_age_s,)).rowcount
             return aged + db.execute("DELETE FROM pairs WHERE rowid IN (SELECT rowid FROM pairs ORDER BY created_at "
                                      "DESC LIMIT -1 OFFSET ?)", (max_rows,)).rowcount

@@ -10,46 +10,39 @@ from typing import TYPE_CHECKING, Any
 
 from streams.ml.evaluation import GROUP_KEYS, SLICE_KEYS, summarize
 from streams.ml.experiments import Guardrails, report
+from streams.web.parameters import DECIMAL_NUMBER, InvalidParameter, bounded, names, seconds
 
 if TYPE_CHECKING:
     from streams.shared import Shared
 
-RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+RELATIVE = re.compile(r"^([0-9]{1,12}(?:\.[0-9]{1,9})?)([smhd])$")
+TEN_YEARS_S = 10 * 366 * 86400
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse_since(text: str, now: float) -> float:
-    """`1h`, `30m`, `7d` ago; epoch seconds; or an ISO 8601 time (`ValueError` otherwise)."""
-    if match := RELATIVE.match(text.strip()):
-        return now - float(match[1]) * UNITS[match[2]]
-    try:
-        return float(text)
-    except ValueError:
-        pass
+    """`1h`, `30m`, `7d` ago (at most ten years); epoch seconds; or an ISO 8601 time (`InvalidParameter`
+    otherwise)."""
+    if match := RELATIVE.match(text):
+        return now - bounded(float(match[1]) * UNITS[match[2]], "since", 0, TEN_YEARS_S)
+    if DECIMAL_NUMBER.fullmatch(text):
+        return bounded(float(text), "since (epoch seconds)", 0, now + TEN_YEARS_S)
     try:
         return datetime.fromisoformat(text).timestamp()
-    except ValueError:
-        raise ValueError(f"since must be like 1h, 30m, 7d, epoch seconds or an ISO time, not {text[:40]!r}") \
+    except (ValueError, OverflowError, OSError):
+        raise InvalidParameter(f"since must be like 1h, 30m, 7d, epoch seconds or an ISO time, not {text[:40]!r}") \
             from None
 
 
 def evaluation_query(params: Mapping[str, str], now: float | None = None) -> dict[str, Any]:
-    """`by` (comma-separated: version, arm, slice, window, experiment), `since` (default 24h), `window` (seconds;
-    with by=window), `slices` (comma-separated: length, source, segment)."""
+    """`by` (comma-separated: version, arm, slice, window, experiment), `since` (default 24h), `window` (seconds
+    from 1 to a year; with by=window), `slices` (comma-separated: length, source, segment); each at most once
+    (`InvalidParameter` otherwise). `gristmill evaluation` checks its options with this before it asks."""
     now = time.time() if now is None else now
-    by = [part for part in params.get("by", "version,arm").split(",") if part]
-    unknown = set(by) - set(GROUP_KEYS)
-    if not by or unknown:
-        raise ValueError(f"by must name some of {', '.join(GROUP_KEYS)}; unknown: {sorted(unknown)}")
-    slices = [part for part in params.get("slices", ",".join(SLICE_KEYS)).split(",") if part]
-    if set(slices) - set(SLICE_KEYS):
-        raise ValueError(f"slices must name some of {', '.join(SLICE_KEYS)}")
-    try:
-        window_s = float(params["window"]) if "window" in params else (3600.0 if "window" in by else None)
-    except ValueError:
-        raise ValueError("window must be a number of seconds") from None
-    if window_s is not None and window_s <= 0:
-        raise ValueError("window must be positive")
+    by = names(params.get("by", "version,arm"), "by", GROUP_KEYS)
+    slices = names(params.get("slices", ",".join(SLICE_KEYS)), "slices", SLICE_KEYS)
+    window_s = (seconds(params["window"], "window", 1, 366 * 86400) if "window" in params
+                else (3600.0 if "window" in by else None))
     return {"by": by, "since": parse_since(params.get("since", "24h"), now), "slices": slices, "window_s": window_s}
 
 

@@ -12,18 +12,20 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Annotated, Any
 
 from aiohttp import web
 from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import Field, TypeAdapter
 
-from schemas import FILTER_FIELDS, INTEGER_FILTER_FIELDS, InvalidFilter, ModelUpdate, validate_filter
+from schemas import FILTER_FIELDS, INTEGER_FILTER_FIELDS, ModelUpdate
+from schemas.records import EntityId
 from streams import metrics
 from streams.app import Worker
 from streams.batching import MicroBatcher
 from streams.host import AgentHost
-from streams.ml.experiments import Answer, RoutedQuery, end_update, start_update
+from streams.ml.experiments import Answer, RoutedQuery, end_update, rolling_out, start_update
 from streams.ml.search import SearchRequest
 from streams.ml.trainer import promote_update, rollback_update
 from streams.processing import publish
@@ -49,29 +51,23 @@ from streams.web.guards import (
     read_json,
 )
 from streams.web.openapi import OPENAPI
+from streams.web.parameters import InvalidParameter, integer, search_request, unique
 
 log = logging.getLogger(__name__)
-MAX_K = 1000
-MODES = ("dense", "sparse", "hybrid")
-GROUPS = ("chunk", "doc")
+#: What the HTTP API calls the `queries` contract's fields (its errors name them so).
+HTTP_NAMES = {"text": "q", "top_k": "k"}
+DOC_IDS = TypeAdapter(Annotated[list[EntityId], Field(max_length=10_000)])
 
 
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
-def query_filter(params: Any) -> dict[str, Any]:
-    """The filter of a GET search from its query parameters: integer fields parsed (`InvalidFilter` if not)."""
-    filter_: dict[str, Any] = {}
-    for key, value in params.items():
-        if key in INTEGER_FILTER_FIELDS:
-            try:
-                filter_[key] = int(value)
-            except ValueError as exc:
-                raise InvalidFilter(f"filter {key!r} must be an integer, not {value[:40]!r}") from exc
-        elif key in FILTER_FIELDS:
-            filter_[key] = value
-    return filter_
+def query_filter(params: Mapping[str, str]) -> dict[str, Any]:
+    """The filter of a GET search from its query parameters: integer fields parsed strictly (`InvalidParameter`
+    if not)."""
+    return {key: integer(value, f"filter {key!r}") if key in INTEGER_FILTER_FIELDS else value
+            for key, value in params.items() if key in FILTER_FIELDS}
 
 
 def build_http_app(worker: AgentHost) -> web.Application:
@@ -86,29 +82,20 @@ def build_http_app(worker: AgentHost) -> web.Application:
 
     batcher = MicroBatcher(search_many, worker.settings.query_batch_records)  # concurrent searches share encodes
 
-    async def run_search(text: str, k: int, filter_: dict[str, Any], mode: Any = None, group: Any = "chunk",
+    async def run_search(text: Any, k: Any, filter_: Any, mode: Any = None, group: Any = "chunk",
                          user_id: Any = None, segment: Any = None) -> web.Response:
-        if not text.strip():
-            return _error(400, "query text 'q' is required")
-        if len(text) > settings.http_max_query_chars:
+        if isinstance(text, str) and len(text) > settings.http_max_query_chars:
             return _error(413, f"query text 'q' has {len(text):,} characters; at most "
                                f"{settings.http_max_query_chars:,} are accepted")
-        if not 1 <= k <= MAX_K:
-            return _error(400, f"k must be between 1 and {MAX_K}")
-        if mode not in (None, *MODES):
-            return _error(400, f"mode must be one of {', '.join(MODES)}")
-        if group not in GROUPS:
-            return _error(400, f"group must be one of {', '.join(GROUPS)}")
-        for name, value in (("user_id", user_id), ("segment", segment)):
-            if value is not None and (not isinstance(value, str) or not 1 <= len(value) <= 64
-                                      or not value.isprintable()):
-                return _error(400, f"{name} must be a printable string of 1 to 64 characters")
-        try:
-            validate_filter(filter_)
-        except InvalidFilter as exc:
-            return _error(400, str(exc))
-        started = time.perf_counter()
         query_id = f"http-{uuid.uuid4()}"
+        try:  # checked as the `queries` contract checks a search from Kafka
+            request = search_request({"query_id": query_id, "text": text, "top_k": k, "filter": filter_,
+                                      "mode": mode, "group": group, "user_id": user_id, "segment": segment},
+                                     HTTP_NAMES)
+        except InvalidParameter as exc:
+            return _error(400, str(exc))
+        text, k, filter_, mode, group = request.text, request.top_k, request.filter, request.mode, request.group
+        started = time.perf_counter()
         answer = await batcher.submit(RoutedQuery(query_id, SearchRequest(text, k, filter_, mode, group), user_id,
                                                   segment))
         result = answer.result
@@ -144,16 +131,12 @@ def build_http_app(worker: AgentHost) -> web.Application:
     @routes.get("/search")
     async def search_get(request: web.Request) -> web.Response:
         try:
-            k = int(request.query.get("k", "10"))
-        except ValueError:
-            return _error(400, "k must be an integer")
-        try:
-            filter_ = query_filter(request.query)
-        except InvalidFilter as exc:
+            params = unique(request.query)
+            k, filter_ = integer(params.get("k", "10"), "k"), query_filter(params)
+        except InvalidParameter as exc:
             return _error(400, str(exc))
-        return await run_search(request.query.get("q", ""), k, filter_, request.query.get("mode"),
-                                request.query.get("group", "chunk"), request.query.get("user_id"),
-                                request.query.get("segment"))
+        return await run_search(params.get("q", ""), k, filter_, params.get("mode"), params.get("group", "chunk"),
+                                params.get("user_id"), params.get("segment"))
 
     @routes.post("/search")
     async def search_post(request: web.Request) -> web.Response:
@@ -161,13 +144,10 @@ def build_http_app(worker: AgentHost) -> web.Application:
             body = await read_json(request, settings.http_body_timeout_s)
         except BadRequestBody as exc:
             return _error(400, str(exc))
-        if not isinstance(body, dict) or not isinstance(body.get("q", ""), str):
+        if not isinstance(body, dict):
             return _error(400, "body must be a JSON object with a string 'q'")
-        k, filter_ = body.get("k", 10), body.get("filter") or {}
-        if not isinstance(k, int) or isinstance(k, bool) or not isinstance(filter_, dict):
-            return _error(400, "'k' must be an integer and 'filter' an object")
-        return await run_search(body.get("q", ""), k, filter_, body.get("mode"), body.get("group", "chunk"),
-                                body.get("user_id"), body.get("segment"))
+        return await run_search(body.get("q", ""), body.get("k", 10), body.get("filter") or {}, body.get("mode"),
+                                body.get("group", "chunk"), body.get("user_id"), body.get("segment"))
 
     @routes.get("/documents/{doc_id:.+}")
     async def document(request: web.Request) -> web.Response:
@@ -189,11 +169,9 @@ def build_http_app(worker: AgentHost) -> web.Application:
     async def document_versions(request: web.Request) -> web.Response:
         try:
             body = await read_json(request, settings.http_body_timeout_s)
-            doc_ids = body["doc_ids"]
-            if not isinstance(doc_ids, list) or not all(isinstance(d, str) for d in doc_ids) or len(doc_ids) > 10_000:
-                raise ValueError
+            doc_ids = DOC_IDS.validate_python(body["doc_ids"])
         except (BadRequestBody, KeyError, TypeError, ValueError):
-            return _error(400, "body must be {\"doc_ids\": [up to 10,000 strings]}")
+            return _error(400, "body must be {\"doc_ids\": [up to 10,000 document ids]}")
         store = shared.serving.current.store
         states = await shared.threads.peek(lambda: store.get_documents(doc_ids))
         return web.json_response({"versions": {d: (states[d].version if d in states else None) for d in doc_ids},
@@ -282,8 +260,8 @@ def build_http_app(worker: AgentHost) -> web.Application:
     @routes.get("/evaluation")
     async def evaluation(request: web.Request) -> web.Response:
         try:
-            query = evaluation_query(request.query)
-        except ValueError as exc:
+            query = evaluation_query(unique(request.query))
+        except InvalidParameter as exc:
             return _error(400, str(exc))
         body = await asyncio.get_running_loop().run_in_executor(None, lambda: evaluation_body(shared, **query))
         return web.json_response(body, dumps=lambda value: json.dumps(value, default=str))
@@ -304,8 +282,9 @@ def build_http_app(worker: AgentHost) -> web.Application:
         except (BadRequestBody, ValueError, TypeError, KeyError) as exc:
             return _error(400, f"body must be {{\"version\": \"vN\", \"mode\": ..., \"fraction\": ...}}: {exc}")
         return await send_admin_update(
-            request, lambda: start_update(shared.registry, shared.evaluation, version, mode, float(fraction)),
-            {UnknownModelVersion: 404, ExperimentConflict: 409})
+            request, lambda: start_update(shared.registry, shared.evaluation, version, mode, float(fraction),
+                                          rolling=rolling_out(shared.serving)),
+            {UnknownModelVersion: 404, ExperimentConflict: 409})  # `CandidateServes` is a conflict too
 
     @routes.post("/admin/experiment/{action:stop|promote}")
     async def admin_experiment_end(request: web.Request) -> web.Response:

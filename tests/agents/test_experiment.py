@@ -15,7 +15,7 @@ AGENTS = ("ingest", "query", "feedback", "rollout", "experiment")
 SETTINGS = {"experiment_min_judged": 40, "rollout_retire_after_s": 0.0, "feedback_hold_s": 60.0,
             # hashing encoders answer in microseconds: their latency is noise, not a model's cost
             "experiment_guardrail_latency_ratio": 1e6}
-STARTED = 1_700_000_000.0  # a fixed start gives a fixed experiment id, so users land on the same sides every run
+STARTED = 1_700_000_000.0  # a fixed start and token give a fixed experiment id: users land on the same sides every run
 
 
 def updates_back(harness: Harness, start: int) -> int:
@@ -53,7 +53,7 @@ def test_a_better_split_candidate_promotes_itself_across_a_restart_and_slices_sh
     harness = open_harness(tmp_path, views, opener)
     harness.send("documents", documents(items))
     update = start_update(harness.shared.registry, harness.shared.evaluation, "v2", "split", 0.5,
-                          now=STARTED)
+                          now=STARTED, token="t")
     harness.send("model-updates", [message("model-updates", update, "minilm")])
     harness.tick()  # builds v2's collection beside v1 through the rollout's copy, then runs
     assert harness.shared.serving.challenger is not None
@@ -102,7 +102,7 @@ def test_a_worse_shadow_is_stopped_and_never_serves_while_clients_get_the_servin
     harness = open_harness(tmp_path, views)
     harness.send("documents", documents(items))
     update = start_update(harness.shared.registry, harness.shared.evaluation, "v2", "shadow", 1.0,
-                          now=STARTED)
+                          now=STARTED, token="t")
     harness.send("model-updates", [message("model-updates", update, "minilm")])
     harness.tick()
     stream = query_stream(items, 160, seed=3, prefix="s")

@@ -67,7 +67,7 @@ def test_search_shows_any_ids_and_texts(monkeypatch: pytest.MonkeyPatch, value: 
 
 def check_search(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
     monkeypatch.setattr(query, "stack_json", lambda *a, **k: answer(value))
-    output = invoke("search", "--", value)
+    output = invoke("search", "--", f"q{value}")
     assert shown(value, output) and output.count("─") > 0
 
 
@@ -91,7 +91,7 @@ def test_ask_shows_any_response(monkeypatch: pytest.MonkeyPatch, value: str) -> 
     import streams.roundtrip
     monkeypatch.setattr(query, "require_kafka", lambda s: s)
     monkeypatch.setattr(streams.roundtrip, "QueryRoundTrip", RoundTrip)
-    assert shown(value, invoke("ask", "--", value))
+    assert shown(value, invoke("ask", "--", f"q{value}"))
 
 
 def rows(value: str) -> list[dict[str, Any]]:

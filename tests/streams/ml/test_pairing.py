@@ -7,7 +7,7 @@ import pytest
 from schemas import FeedbackEvent
 from streams.ml.pairing import UNPUBLISHED_AFTER_S, RetrainPolicy, pairs_from_feedback
 from streams.state.query_log import LoggedQuery
-from streams.state.training_pairs import TrainingPair, TrainingPairs
+from streams.state.training_pairs import Judgement, TrainingPair, TrainingPairs
 
 LOGGED = LoggedQuery("q1", {"text": "green tea temperature"}, {"hits": [
     {"doc_id": "a", "chunk": 0, "score": 0.9, "text": "a0"}, {"doc_id": "b", "chunk": 1, "score": 0.8, "text": "b1"},
@@ -106,3 +106,43 @@ def test_a_recorded_request_never_published_is_published_again_later(store: Trai
     store.retrain_published(again.row)
     now[0] += UNPUBLISHED_AFTER_S + 1
     assert policy.unpublished() == []
+
+
+SERVED = (("a", "a0"), ("b", "b1"), ("c", "c0"), ("d", "d0"))
+
+
+def judged(doc_id: str, judgement: int, offset: int, partition: int = 0) -> Judgement:
+    return Judgement("q1", "q", doc_id, f"{doc_id} text", judgement, "f", partition, offset, float(offset),
+                     SERVED)
+
+
+def kinds(store: TrainingPairs) -> dict[str, tuple[str, str, str]]:
+    return {p.doc_id: (p.kind, p.source, p.feedback_offset) for p in store.for_query("q1")}
+
+
+def test_hard_negatives_follow_the_positives_that_infer_them(store: TrainingPairs) -> None:
+    store.judge([judged("a", 1, 1), judged("c", 1, 2)])  # b, d below a; d below c as well
+    assert kinds(store) == {"a": ("positive", "feedback", "f/0@1"), "b": ("negative", "served", "f/0@1"),
+                            "c": ("positive", "feedback", "f/0@2"), "d": ("negative", "served", "f/0@1")}
+    store.judge([judged("a", -1, 3)])  # a withdrawn: b goes, d stays (c still infers it), now from c
+    assert kinds(store) == {"a": ("negative", "feedback", "f/0@3"), "c": ("positive", "feedback", "f/0@2"),
+                            "d": ("negative", "served", "f/0@2")}
+    store.judge([judged("d", -1, 4), judged("c", 0, 5)])  # an explicit negative stays; neutral c removes its pair
+    assert kinds(store) == {"a": ("negative", "feedback", "f/0@3"), "d": ("negative", "feedback", "f/0@4")}
+    store.judge([judged("a", 0, 6), judged("d", 0, 7)])  # a later neutral rating removes the explicit negatives
+    assert kinds(store) == {}
+
+
+def test_a_judgement_older_than_the_applied_one_or_re_delivered_changes_nothing(store: TrainingPairs) -> None:
+    assert [p.doc_id for p in store.judge([judged("a", -1, 5)])] == ["a"]
+    before, sequence = kinds(store), store.sequence()
+    assert store.judge([judged("a", 1, 4), judged("a", -1, 5)]) == []  # late, then re-delivered
+    assert (kinds(store), store.sequence()) == (before, sequence)
+    store.judge([judged("a", 1, 2, partition=1)])  # another partition (the topic was resized): applied as it comes
+    assert kinds(store)["a"] == ("positive", "feedback", "f/1@2")
+
+
+def test_pairs_stored_before_judgements_were_kept_follow_the_next_judgement(store: TrainingPairs) -> None:
+    store.add([pair("q1", "a"), pair("q1", "b", "negative", "served")])  # an older release's pairs: no judgements
+    store.judge([Judgement("q1", "q", "a", "t", 0, "f", 0, 9, 9.0, SERVED)])
+    assert kinds(store) == {}

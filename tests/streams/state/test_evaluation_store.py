@@ -1,11 +1,12 @@
 """The evaluation store: answers per arm, judgements, offline metrics, one live experiment per model."""
 
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from streams.state.errors import ExperimentConflict
-from streams.state.evaluation_store import AnswerRecord, EvaluationStore, ExperimentRecord
+from streams.state.evaluation_store import AnswerRecord, EvaluationStore, ExperimentRecord, JudgementRecord
 
 
 def answer(query_id: str, arm: str = "serving", at: float = 100.0) -> AnswerRecord:
@@ -70,3 +71,30 @@ def test_one_live_experiment_per_model_and_transitions_happen_once(tmp_path: Pat
     states = {e.id: (e.state, e.reason) for e in store.experiments("minilm")}
     assert states["e4"] == ("finished", "better; watch ended: experiment e5 started")
     assert states["e5"][0] == "building"
+
+
+def test_the_latest_judgement_by_feedback_offset_counts_and_a_late_or_repeated_one_changes_nothing(
+        tmp_path: Path) -> None:
+    store = EvaluationStore(tmp_path / "evaluation.sqlite3")
+    store.record_judgements([JudgementRecord("q1", "a", 1, 10.0, "feedback", 0, 4),
+                             JudgementRecord("q1", "a", -1, 11.0, "feedback", 0, 5)])
+    store.record_judgements([JudgementRecord("q1", "a", 1, 12.0, "feedback", 0, 4)])  # settled late elsewhere
+    store.record_judgements([JudgementRecord("q1", "a", -1, 13.0, "feedback", 0, 5)])  # re-delivered
+    assert store.judgements() == {"q1": {"a": -1}}
+    assert store.prune(max_age_s=1.0, now=12.5) == 1  # kept from when it was first judged (11.0)
+    store.record_judgements([JudgementRecord("q1", "a", 0, 20.0, "feedback", 0, 9)])
+    store.record_judgements([JudgementRecord("q1", "a", 1, 21.0, "feedback", 1, 2)])  # another partition: as it comes
+    assert store.judgements() == {"q1": {"a": 1}}
+
+
+def test_judgements_of_an_older_evaluation_store_are_kept_and_replaced_by_the_next(tmp_path: Path) -> None:
+    path = tmp_path / "evaluation.sqlite3"
+    with sqlite3.connect(path) as db:  # the judgements table as released before
+        db.execute("CREATE TABLE judgements (query_id TEXT NOT NULL, doc_id TEXT NOT NULL, judgement INTEGER NOT "
+                   "NULL, judged_at REAL NOT NULL, PRIMARY KEY (query_id, doc_id))")
+        db.execute("INSERT INTO judgements VALUES ('q1', 'a', 1, 100.0), ('q1', 'b', 1, 100.0)")
+    db.close()
+    store = EvaluationStore(path)
+    assert store.judgements() == {"q1": {"a": 1, "b": 1}}
+    store.record_judgements([JudgementRecord("q1", "a", -1, 101.0, "feedback", 0, 0)])
+    assert store.judgements() == {"q1": {"a": -1, "b": 1}}

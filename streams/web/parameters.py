@@ -1,0 +1,75 @@
+"""Query-string parameters, parsed strictly at the edge (`InvalidParameter` otherwise): each given at most once,
+integers as plain decimal digits, seconds finite and within bounds. The HTTP API and the CLI parse with these;
+what a search carries is then checked by the `queries` contract itself (`schemas.QueryEvent`)."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from schemas import QueryEvent
+from schemas.errors import GristmillError
+
+DECIMAL_INTEGER = re.compile(r"-?[0-9]{1,19}")
+DECIMAL_NUMBER = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?")
+
+
+class InvalidParameter(GristmillError, ValueError):
+    """A request parameter is repeated, malformed or out of range."""
+
+
+def unique(params: Any) -> dict[str, str]:
+    """The parameters of a query string as a dict; `InvalidParameter` if one is given more than once (which one
+    counts would be a guess)."""
+    keys = [key for key, _ in params.items()]  # a multidict's items() repeats a repeated key
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise InvalidParameter(f"parameter {repeated[0]!r} is given more than once")
+    return {key: params[key] for key in keys}
+
+
+def integer(text: str, name: str) -> int:
+    """Plain decimal digits (no `1_000`, no spaces, no `+`)."""
+    if not DECIMAL_INTEGER.fullmatch(text):
+        raise InvalidParameter(f"{name} must be an integer, not {text[:40]!r}")
+    return int(text)
+
+
+def seconds(text: str, name: str, low: float, high: float) -> float:
+    """A plain decimal number of seconds from `low` to `high` (no `nan`, `inf` or exponents)."""
+    if not DECIMAL_NUMBER.fullmatch(text):
+        raise InvalidParameter(f"{name} must be a number of seconds like 3600 or 0.5, not {text[:40]!r}")
+    return bounded(float(text), name, low, high)
+
+
+def bounded(value: float, name: str, low: float, high: float) -> float:
+    if not math.isfinite(value) or not low <= value <= high:
+        raise InvalidParameter(f"{name} must be from {low:g} to {high:g} seconds, not {value!r}")
+    return value
+
+
+def names(text: str, name: str, allowed: tuple[str, ...]) -> list[str]:
+    """A comma-separated list of some of `allowed`, each at most once."""
+    parts = [part for part in text.split(",") if part]
+    unknown = sorted(set(parts) - set(allowed))
+    if not parts or unknown:
+        raise InvalidParameter(f"{name} must name some of {', '.join(allowed)}; unknown: {unknown}")
+    if len(set(parts)) != len(parts):
+        raise InvalidParameter(f"{name} names {next(p for p in parts if parts.count(p) > 1)!r} twice")
+    return parts
+
+
+def search_request(fields: Mapping[str, Any], called: Mapping[str, str] | None = None) -> QueryEvent:
+    """A search as the `queries` contract takes it (the HTTP API and the CLI check a search with this before they
+    run or send it); `InvalidParameter` with the first reason otherwise, naming the field as the caller calls it
+    (`called`: e.g. `top_k` is HTTP's `k`)."""
+    try:
+        return QueryEvent.model_validate({key: value for key, value in fields.items() if value is not None})
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join((called or {}).get(str(part), str(part)) for part in first["loc"]) or "request"
+        raise InvalidParameter(f"{where}: {first['msg']}") from None
