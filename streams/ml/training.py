@@ -257,6 +257,7 @@ def run(job_dir: Path) -> TrainingResult:
 
     from streams.state.onnx_export import export_onnx
     from streams.state.registry import ModelVersion, read_version
+    from streams.state.tokenization import bound_word_length
 
     job = TrainingJob.read(job_dir)
     params = job.hyperparameters
@@ -268,6 +269,7 @@ def run(job_dir: Path) -> TrainingResult:
     chunks = read_snapshot(job_dir)
     serving = ranking.encoder(read_version(Path(job.base_path), "serving"))
     model = SentenceTransformer(job.base_source, device="cuda" if _cuda() else "cpu")
+    bound_word_length(model.tokenizer.backend_tokenizer)  # as the chunker and the serving encoder tokenize
 
     progress.phase("index", len(chunks))
     index = HeldOutIndex(job_dir / "held-out", chunks, ranking)

@@ -12,6 +12,7 @@ import onnxruntime as ort
 from tokenizers import Encoding, Tokenizer
 
 from streams.state.registry import ModelVersion
+from streams.state.tokenization import bound_word_length
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ class OnnxEncoder:
         """`spinning` False: ONNX Runtime's intra-op threads sleep as soon as a run ends instead of spinning for
         the next one (a second session beside the serving one must not take its cores)."""
         self.model = model
-        self._tokenizer = Tokenizer.from_file(str(model.tokenizer_path))
+        self._tokenizer = bound_word_length(Tokenizer.from_file(str(model.tokenizer_path)))
         self._tokenizer.enable_truncation(max_length=model.max_tokens)
         self._tokenizer.no_padding()
         self._pad_id = self._tokenizer.token_to_id("[PAD]") or 0

@@ -16,6 +16,8 @@ from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
 
+from streams.state.tokenization import bound_word_length
+
 _WORD = re.compile(r"\w+")
 
 
@@ -23,7 +25,7 @@ def word_tokenizer() -> Tokenizer:
     """Whitespace/punctuation pre-tokenization; every word maps to [UNK] (only offsets and word ids matter)."""
     tokenizer = Tokenizer(WordLevel({"[UNK]": 0, "[PAD]": 1}, unk_token="[UNK]"))
     tokenizer.pre_tokenizer = Whitespace()  # type: ignore[assignment]
-    return tokenizer
+    return bound_word_length(tokenizer)
 
 
 class HashingEncoder:

@@ -12,14 +12,17 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
+from streams.state.tokenization import bound_word_length
+
 OPSET = 17
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT_NAME = "sentence_embedding"
 
 
 def serving_tokenizer(model_dir: Path, max_tokens: int) -> Tokenizer:
-    """The model's fast tokenizer, truncating at the model's max length and padding to the longest."""
-    tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    """The model's fast tokenizer, words bounded as the chunker counts them (`bound_word_length`), truncating at
+    the model's max length and padding to the longest."""
+    tokenizer = bound_word_length(Tokenizer.from_file(str(model_dir / "tokenizer.json")))
     tokenizer.enable_truncation(max_length=max_tokens)
     pad_id = tokenizer.token_to_id("[PAD]")
     tokenizer.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token="[PAD]")
