@@ -77,8 +77,10 @@ async def apply_updates(batch: Sequence[Accepted[ModelUpdate]], *, serving: Serv
             continue
         if experiments is not None and update.experiment is not None:
             def record(update: ModelUpdate = update) -> None:
-                record_experiment(experiments, model_key.decode(), update, serving.current.model.version,
-                                  rolling_out(serving))
+                # what serves is the registry's pointer (this worker may still be catching up to it)
+                pointer = serving.registry.current()
+                record_experiment(experiments, model_key.decode(), update,
+                                  pointer.version if pointer else serving.current.model.version, rolling_out(serving))
             await (threads.state(record, "evaluation store") if threads else loop.run_in_executor(None, record))
         if update.status not in ("promoted", "rolled_back"):
             continue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Literal
@@ -49,18 +50,23 @@ FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 VersionName = Annotated[str, StringConstraints(pattern=r"^v[0-9]{1,9}$")]
 
 #: A producer-chosen slice name (bounded, printable).
-def _printable(value: str) -> str:
-    """A label shown on dashboards and in the CLI: printable characters only (no control characters, line or
-    paragraph separators, or bidi overrides, which every path refuses alike)."""
-    if not value.isprintable():
-        raise ValueError("must be printable: no control characters, line separators or bidi overrides")
+#: What a label (a segment, a user id) must not hold: C0 and C1 control characters, Unicode's line and paragraph
+#: separators, and the bidi overrides and isolates that reorder a line. Everything else (a no-break space, a
+#: zero-width joiner in an emoji, a newer emoji) is a label's own business. HTTP and Kafka refuse alike.
+UNSAFE_IN_LABELS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def _safe_label(value: str) -> str:
+    if UNSAFE_IN_LABELS.search(value):
+        raise ValueError("must not hold control characters, line or paragraph separators, or bidi overrides")
     return value
 
 
 #: A document's version: the producer's, compared to order its events (a 64-bit signed integer from 0).
 DocumentVersion = Annotated[int, Field(ge=0, le=2**63 - 1)]
 Segment = Annotated[str, StringConstraints(min_length=1, max_length=64,
-                                           pattern=r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]+$"), AfterValidator(_printable)]
+                                           pattern=r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]+$"),
+                    AfterValidator(_safe_label)]
 #: Which side of an experiment answered: the serving version, the candidate (a split), or both interleaved.
 Arm = Literal["serving", "candidate", "interleave"]
 #: How an experiment exposes a candidate: answering off the served path, a share of users, or interleaved lists.
@@ -159,7 +165,7 @@ class QueryEvent(Record):
                                                               "default (hybrid unless configured).")
     group: SearchGroup = Field(default="chunk", description="doc: at most one hit per document, so top_k counts "
                                                             "documents.")
-    user_id: EntityId | None = None
+    user_id: Annotated[EntityId, AfterValidator(_safe_label)] | None = None
     segment: Segment | None = Field(default=None, description="The producer's slice of this query (e.g. a tenant or "
                                                               "a client); online metrics are reported per segment.")
     ts: datetime | None = None

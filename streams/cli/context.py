@@ -23,7 +23,7 @@ from streams.settings import Settings
 #: separators, and the bidi overrides and isolates that reorder a line.
 CONTROL_CHARACTERS = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
-console = Console(markup=False, highlight=False)  # nothing printed is ever read as markup
+console = Console(markup=False, highlight=False, emoji=False)  # nothing printed is ever read as markup
 
 
 def untrusted(value: object) -> Text:

@@ -63,7 +63,7 @@ def _end(action: Literal["stop", "promote"]) -> None:
     try:
         update = end_update(store, settings.model_name, action, f"{action} by an operator")
     except NoExperiment as exc:
-        raise fail(str(exc)) from exc
+        raise fail("cannot end it: ", exc) from exc
     finally:
         store.close()
     produce_record(settings, "model-updates", settings.model_name, update)

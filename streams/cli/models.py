@@ -26,7 +26,7 @@ def retrain(reason: Annotated[str, typer.Option(help="Recorded reason.")] = "man
     try:
         request = RetrainRequest(reason=reason, pairs=0, requested_at=datetime.now(UTC))  # type: ignore[arg-type]
     except ValueError as exc:
-        raise fail(str(exc), status=2) from exc
+        raise fail("invalid retrain request: ", exc, status=2) from exc
     produce_record(settings, "retrain", settings.model_name, request)
     console.print(untrusted(f"retrain requested ({reason}) for model {settings.model_name}"))
 
@@ -41,7 +41,7 @@ def _request_update(build: Callable[[ModelRegistry], ModelUpdate]) -> ModelUpdat
     try:
         update = build(open_registry(settings))
     except (NothingToRollBack, UnknownModelVersion) as exc:
-        raise fail(str(exc)) from exc
+        raise fail("refused: ", exc) from exc
     produce_record(settings, "model-updates", settings.model_name, update)
     return update
 

@@ -53,7 +53,7 @@ def produce_documents(
     try:
         source = DocumentSource(path, version, follow_symlinks)
     except (OSError, ValueError) as exc:
-        raise fail(str(exc)) from exc
+        raise fail("cannot read ", path, f": {exc}") from exc
     topic = TopicNames(settings.namespace).documents
     with progress_bar() as progress:
         task = progress.add_task(untrusted(f"{path.name} -> {topic}").plain, total=source.count)

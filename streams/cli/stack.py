@@ -192,6 +192,7 @@ def watch_progress(url: str, interval_s: float = 1.0, api_key: SecretStr | None 
     """Progress bars of the rollout and the training run, refreshed from `/health` until Ctrl-C."""
     with progress_bar() as bars:
         rollout_task = bars.add_task("rollout", total=None, visible=False)
+        build_task = bars.add_task("challenger", total=None, visible=False)
         trainer_task = bars.add_task("trainer", total=None, visible=False)
         with contextlib.suppress(KeyboardInterrupt):
             while True:
@@ -201,12 +202,11 @@ def watch_progress(url: str, interval_s: float = 1.0, api_key: SecretStr | None 
                     raise refused(exc) from None
                 except (urllib.error.URLError, OSError) as exc:
                     raise fail("the stack stopped answering: ", exc) from exc
-                rollout = health.get("rollout")
-                if rollout:
-                    bars.update(rollout_task, visible=True, total=max(1, rollout["documents"]),
-                                completed=rollout["copied"],
-                                description=untrusted(f"rollout {rollout['previous']} -> {rollout['version']} "
-                                                      f"({rollout['state']})").plain)
+                for task, kind in ((rollout_task, "rollout"), (build_task, "challenger_build")):
+                    if copy := health.get(kind):  # a rollout, or an experiment's collection being built
+                        bars.update(task, visible=True, total=max(1, copy["documents"]), completed=copy["copied"],
+                                    description=untrusted(f"{kind.replace('_', ' ')} {copy['previous']} -> "
+                                                          f"{copy['version']} ({copy['state']})").plain)
                 trainer = health.get("trainer") or {}
                 progress = trainer.get("progress") or {}
                 if progress.get("step"):

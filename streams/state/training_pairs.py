@@ -232,7 +232,9 @@ class TrainingPairs:
         rows = db.execute("SELECT doc_id, kind, source, feedback_offset FROM pairs WHERE query_id = ?",
                           (j.query_id,)).fetchall()
         positives = {doc: lineage for doc, kind, source, lineage in rows if (source, kind) == ("feedback", "positive")}
-        explicit = {doc for doc, _, source, _ in rows if source == "feedback"}
+        judged = db.execute("SELECT doc_id FROM judgements WHERE query_id = ?", (j.query_id,)).fetchall()
+        # every document a judgement names (a neutral one included) is never an inferred negative
+        explicit = {doc for doc, _, source, _ in rows if source == "feedback"} | {doc for (doc,) in judged}
         current = {doc: lineage for doc, _, source, lineage in rows if source == "served"}
         wanted = inferred_negatives(j.served, positives, explicit)
         for doc, lineage in current.items():

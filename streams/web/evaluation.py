@@ -23,7 +23,7 @@ UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 def parse_since(text: str, now: float) -> float:
     """`1h`, `30m`, `7d` ago (at most ten years); epoch seconds; or an ISO 8601 time (`InvalidParameter`
     otherwise)."""
-    if match := RELATIVE.match(text):
+    if match := RELATIVE.match(text.strip()):
         return now - bounded(float(match[1]) * UNITS[match[2]], "since", 0, TEN_YEARS_S)
     if DECIMAL_NUMBER.fullmatch(text):
         return bounded(float(text), "since (epoch seconds)", 0, now + TEN_YEARS_S)
@@ -34,13 +34,17 @@ def parse_since(text: str, now: float) -> float:
             from None
 
 
+#: The parameters `GET /evaluation` reads.
+EVALUATION_PARAMETERS = frozenset({"by", "since", "window", "slices"})
+
+
 def evaluation_query(params: Mapping[str, str], now: float | None = None) -> dict[str, Any]:
     """`by` (comma-separated: version, arm, slice, window, experiment), `since` (default 24h), `window` (seconds
     from 1 to a year; with by=window), `slices` (comma-separated: length, source, segment); each at most once
     (`InvalidParameter` otherwise). `gristmill evaluation` checks its options with this before it asks."""
     now = time.time() if now is None else now
     by = names(params.get("by", "version,arm"), "by", GROUP_KEYS)
-    slices = names(params.get("slices", ",".join(SLICE_KEYS)), "slices", SLICE_KEYS)
+    slices = names(params.get("slices", ",".join(SLICE_KEYS)), "slices", SLICE_KEYS, empty=True)
     window_s = (seconds(params["window"], "window", 1, 366 * 86400) if "window" in params
                 else (3600.0 if "window" in by else None))
     return {"by": by, "since": parse_since(params.get("since", "24h"), now), "slices": slices, "window_s": window_s}

@@ -20,7 +20,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import Field, TypeAdapter
 
 from schemas import FILTER_FIELDS, INTEGER_FILTER_FIELDS, ModelUpdate
-from schemas.records import EntityId
 from streams import metrics
 from streams.app import Worker
 from streams.batching import MicroBatcher
@@ -39,7 +38,7 @@ from streams.state.errors import (
 from streams.state.query_log import LoggedQuery
 from streams.web.api_keys import ApiKeys
 from streams.web.dashboard import PAGE, dashboard_state
-from streams.web.evaluation import evaluation_body, evaluation_query, experiment_body
+from streams.web.evaluation import EVALUATION_PARAMETERS, evaluation_body, evaluation_query, experiment_body
 from streams.web.guards import (
     HEALTH_DETAIL_ROLE,
     BadRequestBody,
@@ -51,12 +50,15 @@ from streams.web.guards import (
     read_json,
 )
 from streams.web.openapi import OPENAPI
-from streams.web.parameters import InvalidParameter, integer, search_request, unique
+from streams.web.parameters import InvalidParameter, integer, search_request, unique, valid_unicode
 
 log = logging.getLogger(__name__)
 #: What the HTTP API calls the `queries` contract's fields (its errors name them so).
 HTTP_NAMES = {"text": "q", "top_k": "k"}
-DOC_IDS = TypeAdapter(Annotated[list[EntityId], Field(max_length=10_000)])
+#: The parameters `GET /search` reads.
+SEARCH_PARAMETERS = frozenset({"q", "k", "mode", "group", "user_id", "segment", *FILTER_FIELDS})
+#: Any strings (an id that was never indexed answers null) but valid Unicode: a lone surrogate is refused.
+DOC_IDS = TypeAdapter(Annotated[list[str], Field(max_length=10_000)])
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -131,7 +133,7 @@ def build_http_app(worker: AgentHost) -> web.Application:
     @routes.get("/search")
     async def search_get(request: web.Request) -> web.Response:
         try:
-            params = unique(request.query)
+            params = unique(request.query, SEARCH_PARAMETERS)
             k, filter_ = integer(params.get("k", "10"), "k"), query_filter(params)
         except InvalidParameter as exc:
             return _error(400, str(exc))
@@ -169,7 +171,7 @@ def build_http_app(worker: AgentHost) -> web.Application:
     async def document_versions(request: web.Request) -> web.Response:
         try:
             body = await read_json(request, settings.http_body_timeout_s)
-            doc_ids = DOC_IDS.validate_python(body["doc_ids"])
+            doc_ids = [valid_unicode(d, "doc_ids") for d in DOC_IDS.validate_python(body["doc_ids"])]
         except (BadRequestBody, KeyError, TypeError, ValueError):
             return _error(400, "body must be {\"doc_ids\": [up to 10,000 document ids]}")
         store = shared.serving.current.store
@@ -260,7 +262,7 @@ def build_http_app(worker: AgentHost) -> web.Application:
     @routes.get("/evaluation")
     async def evaluation(request: web.Request) -> web.Response:
         try:
-            query = evaluation_query(unique(request.query))
+            query = evaluation_query(unique(request.query, EVALUATION_PARAMETERS))
         except InvalidParameter as exc:
             return _error(400, str(exc))
         body = await asyncio.get_running_loop().run_in_executor(None, lambda: evaluation_body(shared, **query))

@@ -22,10 +22,10 @@ class InvalidParameter(GristmillError, ValueError):
     """A request parameter is repeated, malformed or out of range."""
 
 
-def unique(params: Any) -> dict[str, str]:
-    """The parameters of a query string as a dict; `InvalidParameter` if one is given more than once (which one
-    counts would be a guess)."""
-    keys = [key for key, _ in params.items()]  # a multidict's items() repeats a repeated key
+def unique(params: Any, read: frozenset[str] | set[str]) -> dict[str, str]:
+    """The parameters of a query string that the handler `read`s, as a dict; `InvalidParameter` if one of them is
+    given more than once (which one counts would be a guess). Others (a cache buster, `utm_*`) are left alone."""
+    keys = [key for key, _ in params.items() if key in read]  # a multidict's items() repeats a repeated key
     repeated = sorted({key for key in keys if keys.count(key) > 1})
     if repeated:
         raise InvalidParameter(f"parameter {repeated[0]!r} is given more than once")
@@ -52,11 +52,20 @@ def bounded(value: float, name: str, low: float, high: float) -> float:
     return value
 
 
-def names(text: str, name: str, allowed: tuple[str, ...]) -> list[str]:
-    """A comma-separated list of some of `allowed`, each at most once."""
+def valid_unicode(text: str, name: str) -> str:
+    """`text` if it can be encoded (JSON lets a client send a lone surrogate, which no store or log can hold)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidParameter(f"{name} holds a lone surrogate: not valid Unicode text") from None
+    return text
+
+
+def names(text: str, name: str, allowed: tuple[str, ...], empty: bool = False) -> list[str]:
+    """A comma-separated list of some of `allowed` (none only if `empty`), each at most once."""
     parts = [part for part in text.split(",") if part]
     unknown = sorted(set(parts) - set(allowed))
-    if not parts or unknown:
+    if (not parts and not empty) or unknown:
         raise InvalidParameter(f"{name} must name some of {', '.join(allowed)}; unknown: {unknown}")
     if len(set(parts)) != len(parts):
         raise InvalidParameter(f"{name} names {next(p for p in parts if parts.count(p) > 1)!r} twice")

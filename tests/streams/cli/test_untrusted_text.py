@@ -197,3 +197,19 @@ def test_control_characters_are_shown_escaped() -> None:
 def test_a_refusal_with_markup_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     exit_ = context.fail("cannot read ", Path("[/x]"), ": gone")
     assert exit_.exit_code == 1 and capsys.readouterr().out.strip() == "cannot read [/x]: gone"
+
+
+def test_status_watch_follows_a_challenger_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    build = {"previous": "v1", "version": "[/x]v2", "state": "copying", "copied": 3, "documents": 8}
+    answers = iter([{"rollout": None, "challenger_build": build, "trainer": None}])
+
+    def health(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        for answer in answers:
+            return answer
+        raise KeyboardInterrupt  # the operator's Ctrl-C
+
+    monkeypatch.setattr(stack, "_health", health)
+    monkeypatch.setattr(stack.time, "sleep", lambda s: None)
+    with console.capture() as captured:
+        stack.watch_progress("http://127.0.0.1:1")
+    assert "challenger build v1 -> [/x]v2 (copying)" in captured.get()

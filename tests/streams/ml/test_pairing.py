@@ -133,6 +133,14 @@ def test_hard_negatives_follow_the_positives_that_infer_them(store: TrainingPair
     assert kinds(store) == {}
 
 
+def test_a_document_judged_neutral_is_never_an_inferred_negative(store: TrainingPairs) -> None:
+    """A neutral rating is still a judgement: it overrides what a positive above it would infer."""
+    store.judge([judged("a", 1, 1), judged("c", -1, 2), judged("c", 0, 3)])
+    assert "c" not in kinds(store) and kinds(store)["b"] == ("negative", "served", "f/0@1")
+    store.judge([judged("b", 0, 4)])
+    assert kinds(store) == {"a": ("positive", "feedback", "f/0@1"), "d": ("negative", "served", "f/0@1")}
+
+
 def test_a_judgement_older_than_the_applied_one_or_re_delivered_changes_nothing(store: TrainingPairs) -> None:
     assert [p.doc_id for p in store.judge([judged("a", -1, 5)])] == ["a"]
     before, sequence = kinds(store), store.sequence()

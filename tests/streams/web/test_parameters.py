@@ -37,31 +37,43 @@ def strict_json(text: str) -> Any:
     return json.loads(text, parse_constant=refuse)
 
 
-def test_bad_parameters_are_a_400_with_a_reason_never_a_500(tmp_path: Path) -> None:
-    async def scenario(client: TestClient) -> list[tuple[str, int, Any]]:
+@pytest.mark.parametrize("request_", [*(("GET", path, None) for path in GETS),
+                                      *(("POST", path, body) for path, body in POSTS)])
+def test_a_bad_parameter_is_a_400_with_a_reason_never_a_500(tmp_path: Path,
+                                                             request_: tuple[str, str, str | None]) -> None:
+    method, path, body = request_
+
+    async def scenario(client: TestClient) -> tuple[int, Any]:
+        response = await client.request(method, path, data=body, headers={"Content-Type": "application/json"})
+        return response.status, strict_json(await response.text())
+
+    with harness(tmp_path) as running:
+        status, answer = with_client(running, scenario)
+    assert status == 400 and answer.get("error"), answer
+
+
+def test_good_parameters_are_answered(tmp_path: Path) -> None:
+    async def scenario(client: TestClient) -> list[tuple[int, Any]]:
         out = []
-        for path in GETS:
+        for path in ("/evaluation?by=window&window=60&since=1h&_=1&_=2", "/evaluation?by=slice&slices=",
+                     "/search?q=tea&segment=Acme%C2%A0Inc&user_id=%F0%9F%91%A9%E2%80%8D%F0%9F%92%BB&utm=a&utm=b"):
             response = await client.get(path)
-            out.append((path, response.status, strict_json(await response.text())))
-        for path, body in POSTS:
-            response = await client.post(path, data=body, headers={"Content-Type": "application/json"})
-            out.append((f"POST {path} {body}", response.status, strict_json(await response.text())))
-        good = await client.get("/evaluation?by=window&window=60&since=1h")
-        out.append(("good", good.status, strict_json(await good.text())))
+            out.append((response.status, strict_json(await response.text())))
+        response = await client.post("/documents/versions", json={"doc_ids": ["", "x" * 300, "tea"]})
+        out.append((response.status, strict_json(await response.text())))
         return out
 
     with harness(tmp_path) as running:
-        results = with_client(running, scenario)
-    refused = [(what, status, body) for what, status, body in results[:-1] if status != 400 or not body.get("error")]
-    assert not refused, refused
-    assert results[-1][1] == 200 and results[-1][2]["window_s"] == 60.0
+        (window, status), (slices, _), (search, _), (versions, answer) = with_client(running, scenario)
+    assert (window, status["window_s"], slices) == (200, 60.0, 200) and search == 200
+    assert versions == 200 and answer["versions"] == {"": None, "x" * 300: None, "tea": 1}
 
 
 def test_the_evaluation_window_and_since_are_finite_and_bounded() -> None:
     for window in ("nan", "inf", "1e-300", "0", "0.5", "1e400", "40000000"):
         with pytest.raises(InvalidParameter):
             evaluation_query({"by": "window", "window": window}, now=1_000_000.0)
-    for since in ("nan", "inf", "-inf", "1e400", "-5", "1e5h", " 1h"):
+    for since in ("nan", "inf", "-inf", "1e400", "-5", "1e5h", "1_0h"):
         with pytest.raises(InvalidParameter):
             evaluation_query({"since": since}, now=1_000_000.0)
     query = evaluation_query({"by": "window", "window": "90", "since": "1h"}, now=1_000_000.0)
@@ -75,7 +87,15 @@ def test_numbers_are_plain_decimals() -> None:
             integer(text, "k")
 
 
-@pytest.mark.parametrize("segment", ["a\x85", "a\u2028b", "a\u2029", "a\u202eb", "a\u2066b", "a\tb"])
-def test_kafka_refuses_the_segments_http_refuses(segment: str) -> None:
-    with pytest.raises(ValidationError):
-        QueryEvent.model_validate({"query_id": "q", "text": "tea", "segment": segment})
+@pytest.mark.parametrize("label", ["a\x85", "a\u2028b", "a\u2029", "a\u202eb", "a\u2066b", "a\tb"])
+def test_kafka_refuses_the_segments_and_user_ids_http_refuses(label: str) -> None:
+    for field in ("segment", "user_id"):
+        with pytest.raises(ValidationError):
+            QueryEvent.model_validate({"query_id": "q", "text": "tea", field: label})
+
+
+@pytest.mark.parametrize("label", ["Acme\xa0Inc", "\U0001f469\u200d\U0001f4bb", "\u0645\u06cc\u200c\u062e",
+                                   "a\u3000b", "\U0001fae8"])
+def test_ordinary_labels_are_accepted(label: str) -> None:
+    event = QueryEvent.model_validate({"query_id": "q", "text": "tea", "segment": label, "user_id": label})
+    assert event.segment == event.user_id == label
