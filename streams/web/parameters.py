@@ -11,8 +11,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from schemas import QueryEvent
-from schemas.errors import GristmillError
+from schemas import QueryEvent, validate_filter
+from schemas.errors import GristmillError, InvalidFilter
 
 DECIMAL_INTEGER = re.compile(r"-?[0-9]{1,19}")
 DECIMAL_NUMBER = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?")
@@ -76,9 +76,15 @@ def search_request(fields: Mapping[str, Any], called: Mapping[str, str] | None =
     """A search as the `queries` contract takes it (the HTTP API and the CLI check a search with this before they
     run or send it); `InvalidParameter` with the first reason otherwise, naming the field as the caller calls it
     (`called`: e.g. `top_k` is HTTP's `k`)."""
+    filter_ = fields.get("filter")
     try:
+        if isinstance(filter_, Mapping):
+            validate_filter(filter_)  # its own message names the fields one can filter on
         return QueryEvent.model_validate({key: value for key, value in fields.items() if value is not None})
+    except InvalidFilter as exc:
+        raise InvalidParameter(str(exc)) from None
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
-        where = ".".join((called or {}).get(str(part), str(part)) for part in first["loc"]) or "request"
+        field, *inside = [str(part) for part in first["loc"]] or ["request"]
+        where = ".".join([(called or {}).get(field, field), *inside])
         raise InvalidParameter(f"{where}: {first['msg']}") from None
