@@ -27,7 +27,7 @@ ENCODE_SECONDS = Histogram("gristmill_encode_seconds", "Encoder time per batch",
 STORE_WRITE_SECONDS = Histogram("gristmill_store_write_seconds", "Vector store write time per batch",
                                 buckets=LATENCY_BUCKETS)
 STORE_FAILURES = Counter("gristmill_store_failures_total", "Vector store operations that failed and were retried")
-STORE_UP = Gauge("gristmill_store_up", "1 when the last vector store operation succeeded")
+STORE_UP = Gauge("gristmill_store_up", "0 while an operation on a store (vector store or state) is being retried")
 CACHE_INVALIDATIONS = Counter("gristmill_cache_invalidations_total", "Query caches dropped because indexed documents "
                               "changed: by this worker's writes (local) or another worker's (remote)", ["cause"])
 STORE_FAILING = Gauge("gristmill_store_failing", "1 while operations on this store fail and are retried (vector "

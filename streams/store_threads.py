@@ -78,9 +78,7 @@ class StoreThreads:
         try:
             while True:
                 try:
-                    result = await loop.run_in_executor(executor, operation)
-                    metrics.STORE_UP.set(1)
-                    return result
+                    return await loop.run_in_executor(executor, operation)
                 except OperationAborted as exc:
                     raise WriteAborted(f"{what} stopped early: {exc}") from exc
                 except StoreError as exc:
@@ -99,6 +97,8 @@ class StoreThreads:
                 self._failing.get(store, {}).pop(id(marked), None)
                 if not self._failing.get(store):
                     metrics.STORE_FAILING.labels(store).set(0)
+            # up while no operation is retrying on any store (another store's success says nothing of this one)
+            metrics.STORE_UP.set(0 if self.failing() else 1)
 
     async def compact(self, store: VectorStore, interval_s: float) -> bool:
         """Vacuum and flush `store` on the writer thread (`VectorStore.compact`); a failure waits for the next turn
