@@ -83,8 +83,8 @@ async def decide_live(*, settings: Settings, store: EvaluationStore, active: Act
         await announce(decided, settings, store, outbox)  # taken before a stop, not yet published
     if registry is not None:
         def supersede() -> ExperimentRecord | None:
-            current = registry.current()
-            return end_superseded(store, settings.model_name, None if current is None else current.version)
+            return end_superseded(store, settings.model_name,
+                                  lambda: None if (current := registry.current()) is None else current.version)
 
         ended = await loop.run_in_executor(None, supersede)
         if ended is not None:

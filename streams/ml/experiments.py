@@ -14,7 +14,7 @@ import hashlib
 import math
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Literal
@@ -338,12 +338,14 @@ def superseded(experiment: ExperimentRecord, serving: str | None) -> str | None:
     return None
 
 
-def end_superseded(store: EvaluationStore, model: str, serving: str | None, cause: str | None = None,
-                   now: float | None = None) -> ExperimentRecord | None:
+def end_superseded(store: EvaluationStore, model: str, serving: str | Callable[[], str | None] | None,
+                   cause: str | None = None, now: float | None = None) -> ExperimentRecord | None:
     """End the model's live experiment if `serving` supersedes it (state `ended`, decision `end`, the reason
     recorded); returns it when this call ended it. A conditional transition: of several workers, or of a replay of
     `model-updates`, one ends it and the others change nothing."""
     experiment = store.active(model)
+    if callable(serving):  # read after the experiment: one recorded meanwhile is never judged by an older pointer
+        serving = serving()
     why = None if experiment is None else superseded(experiment, serving)
     if experiment is None or why is None:
         return None
