@@ -194,6 +194,15 @@ class Settings(BaseSettings):
     store_retry_max_s: float = Field(default=10.0, gt=0, description="Backoff cap while the store fails.")
     sqlite_busy_timeout_s: float = Field(default=5.0, gt=0, description="How long a write to the SQLite state "
                                          "waits for another process's lock before it fails (and is retried).")
+    database_url: str | None = Field(default=None, description="`postgresql://user:password@host:port/db`: the query "
+                                     "log, feedback state, evaluation store and experiments live in this PostgreSQL "
+                                     "database (workers on many machines share it); unset: SQLite files in "
+                                     "SHARED_DIR.")
+    database_pool_size: int = Field(default=4, ge=1, le=100, description="Connections each state store of a "
+                                    "process may hold open to PostgreSQL.")
+    database_timeout_s: float = Field(default=5.0, gt=0, description="How long a state operation waits to connect "
+                                      "to PostgreSQL (or for a free pooled connection) before it fails (and is "
+                                      "retried).")
     feedback_claim_s: float = Field(default=60.0, gt=0, description="How long a worker settling held feedback "
                                     "keeps it from the others (a worker that dies mid-settle lets it lapse).")
     pairs_max_rows: int = Field(default=500_000, ge=1_000, description="Training pairs kept (oldest pruned "
@@ -203,10 +212,17 @@ class Settings(BaseSettings):
                                             "vacuums replaced points and flushes (on the writer thread); 0 disables.")
 
     @field_validator("kafka_bootstrap_servers", "qdrant_url", "qdrant_api_key", "admin_token", "kafka_sasl_password",
-                     "api_keys_file", "api_key", mode="before")
+                     "api_keys_file", "api_key", "database_url", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgresql_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("database_url must be a postgresql:// URL (unset keeps the state in SQLite files)")
+        return url
 
     @field_validator("deadletter_max_bytes")
     @classmethod

@@ -25,6 +25,7 @@ from streams.settings import Settings
 from streams.state.evaluation_store import EvaluationStore
 from streams.state.query_log import QueryLog
 from streams.state.registry import ModelRegistry, ensure_base_model
+from streams.state.state_databases import open_state_database
 from streams.state.training_pairs import TrainingPairs
 from streams.store_threads import StoreThreads
 
@@ -62,7 +63,7 @@ class Shared:
         slot = ServingSlot(registry, model, opener or onnx_pairs(settings), settings.rollout_retire_after_s,
                            closer=lambda pair: threads.submit_write(pair.close),
                            challengers=None if opener else ChallengerPairs(settings))
-        pairs = TrainingPairs(settings.pairs_path, settings.sqlite_busy_timeout_s)
+        pairs = TrainingPairs(open_state_database(settings, "feedback state"))
 
         def serving_index() -> ServingIndex:
             """The ledger and chunks of the serving version's index (a trainer-only process does not roll out
@@ -81,8 +82,8 @@ class Shared:
 
         trainer = Trainer(settings, registry, pairs, serving_index, child_setup, rollouts=slot, stopping=stopping,
                           state=threads.state)
-        query_log = QueryLog(settings.query_log_path, settings.query_log_text_chars, settings.sqlite_busy_timeout_s)
-        evaluation = EvaluationStore(settings.evaluation_path, settings.sqlite_busy_timeout_s)
+        query_log = QueryLog(open_state_database(settings, "query log"), settings.query_log_text_chars)
+        evaluation = EvaluationStore(open_state_database(settings, "evaluation store"))
         trainer.evaluation = evaluation
         answering = Answering(slot, threads, evaluation, ActiveExperiment(evaluation, settings.model_name),
                               ShadowRunner(evaluation, settings.shadow_max_pending))

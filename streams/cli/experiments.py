@@ -35,11 +35,12 @@ def start(version: str,
     from streams.produce import produce_record
     from streams.state.errors import ExperimentConflict, UnknownModelVersion
     from streams.state.evaluation_store import EvaluationStore
+    from streams.state.state_databases import open_state_database
 
     settings = require_kafka(load_settings())
     if fraction <= 0:
         raise fail("--fraction must be above 0", status=2)
-    store = EvaluationStore(settings.evaluation_path)
+    store = EvaluationStore(open_state_database(settings, "evaluation store"))
     try:
         update = start_update(open_registry(settings), store, version, mode, fraction)
     except (UnknownModelVersion, ExperimentConflict) as exc:
@@ -57,9 +58,10 @@ def _end(action: Literal["stop", "promote"]) -> None:
     from streams.produce import produce_record
     from streams.state.errors import NoExperiment
     from streams.state.evaluation_store import EvaluationStore
+    from streams.state.state_databases import open_state_database
 
     settings = require_kafka(load_settings())
-    store = EvaluationStore(settings.evaluation_path)
+    store = EvaluationStore(open_state_database(settings, "evaluation store"))
     try:
         update = end_update(store, settings.model_name, action, f"{action} by an operator")
     except NoExperiment as exc:

@@ -21,6 +21,10 @@ class StateUnavailable(StoreError):
         self.store = store
 
 
+class StateSchemaTooNew(GristmillError):
+    """A state store's schema was migrated by a newer release of gristmill (waiting does not help: upgrade)."""
+
+
 class RequestTooLarge(GristmillError):
     """The vector store refused a request as too large (HTTP 413, from Qdrant or a proxy in front of it). Not a
     `StoreError`: sending the same request again cannot succeed, so it is never retried as an outage."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from streams.state.database import Connection, Database, Schema
 from streams.state.errors import ExperimentConflict
 from streams.state.sqlite import SqliteDatabase
 
@@ -95,30 +96,11 @@ class ExperimentRecord:
 class EvaluationStore:
     """Answers, judgements, offline metrics and experiments; rows of answers older than `max_age_s` are pruned."""
 
-    def __init__(self, path: Path, busy_timeout_s: float = 5.0) -> None:
-        self._db = SqliteDatabase(path, "evaluation store", busy_timeout_s)
-        self._db.executescript("""
-            CREATE TABLE IF NOT EXISTS answers (query_id TEXT NOT NULL, arm TEXT NOT NULL,
-                model_version TEXT NOT NULL, index_version TEXT NOT NULL, latency_ms REAL NOT NULL,
-                doc_ids TEXT NOT NULL, answered_at REAL NOT NULL, length TEXT NOT NULL, source TEXT NOT NULL,
-                segment TEXT NOT NULL, experiment TEXT NOT NULL, user_key TEXT NOT NULL, credits TEXT,
-                cached INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (query_id, arm));
-            CREATE INDEX IF NOT EXISTS answers_answered_at ON answers (answered_at);
-            CREATE TABLE IF NOT EXISTS judgements (query_id TEXT NOT NULL, doc_id TEXT NOT NULL,
-                judgement INTEGER NOT NULL, judged_at REAL NOT NULL, PRIMARY KEY (query_id, doc_id));
-            CREATE TABLE IF NOT EXISTS offline (version TEXT NOT NULL, measure TEXT NOT NULL, value REAL NOT NULL,
-                recorded_at REAL NOT NULL, PRIMARY KEY (version, measure));
-            CREATE TABLE IF NOT EXISTS experiments (id TEXT PRIMARY KEY, model TEXT NOT NULL, version TEXT NOT NULL,
-                baseline TEXT NOT NULL, mode TEXT NOT NULL, fraction REAL NOT NULL, state TEXT NOT NULL,
-                started_at REAL NOT NULL, ended_at REAL, decision TEXT, reason TEXT, evidence TEXT NOT NULL);
-        """)
-        with self._db.transaction() as db:  # columns added since the first release
-            if "announced" not in {row[1] for row in db.execute("PRAGMA table_info(experiments)")}:
-                db.execute("ALTER TABLE experiments ADD COLUMN announced INTEGER NOT NULL DEFAULT 1")
-            if "feedback_offset" not in {row[1] for row in db.execute("PRAGMA table_info(judgements)")}:
-                db.execute("ALTER TABLE judgements ADD COLUMN feedback_topic TEXT NOT NULL DEFAULT ''")
-                db.execute("ALTER TABLE judgements ADD COLUMN feedback_partition INTEGER NOT NULL DEFAULT -1")
-                db.execute("ALTER TABLE judgements ADD COLUMN feedback_offset INTEGER NOT NULL DEFAULT -1")
+    def __init__(self, database: Database | Path, busy_timeout_s: float = 5.0) -> None:
+        """`database`: where the store lives (a path: an SQLite file there)."""
+        self._db = (SqliteDatabase(database, "evaluation store", busy_timeout_s) if isinstance(database, Path)
+                    else database)
+        self._db.ensure(SCHEMA)
 
     # answers and judgements
 
@@ -128,7 +110,8 @@ class EvaluationStore:
                  a.answered_at, a.length, a.source, a.segment, a.experiment, a.user_key,
                  None if a.credits is None else json.dumps(a.credits), int(a.cached)) for a in answers]
         if rows:
-            self._write("INSERT OR IGNORE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            self._write("INSERT INTO answers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                        "ON CONFLICT (query_id, arm) DO NOTHING", rows)
 
     def record_judgements(self, judgements: Iterable[JudgementRecord | tuple[str, str, int, float]]) -> None:
         """Accepted judgements (or (query_id, doc_id, judgement, when), unplaced): the latest judgement of a
@@ -142,9 +125,9 @@ class EvaluationStore:
                 "feedback_offset) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (query_id, doc_id) DO UPDATE SET "
                 "judgement = excluded.judgement, judged_at = excluded.judged_at, feedback_topic = "
                 "excluded.feedback_topic, feedback_partition = excluded.feedback_partition, feedback_offset = "
-                "excluded.feedback_offset WHERE excluded.feedback_offset < 0 OR feedback_topic != "
-                "excluded.feedback_topic OR feedback_partition != excluded.feedback_partition OR "
-                "excluded.feedback_offset > feedback_offset", rows)
+                "excluded.feedback_offset WHERE excluded.feedback_offset < 0 OR judgements.feedback_topic != "
+                "excluded.feedback_topic OR judgements.feedback_partition != excluded.feedback_partition OR "
+                "excluded.feedback_offset > judgements.feedback_offset", rows)
 
     def answers(self, since: float = 0.0, until: float | None = None, limit: int = 1_000_000) -> list[AnswerRecord]:
         """Answers in [since, until), oldest first; at most the latest `limit` of them."""
@@ -152,7 +135,8 @@ class EvaluationStore:
             "SELECT query_id, arm, model_version, index_version, latency_ms, doc_ids, answered_at, length, "
             "source, segment, experiment, user_key, credits, cached FROM answers "
             "WHERE answered_at >= ? AND answered_at < ? "
-            "ORDER BY answered_at DESC LIMIT ?", (since, until if until is not None else float("inf"), limit))[::-1]
+            "ORDER BY answered_at DESC, rowid DESC LIMIT ?",
+            (since, until if until is not None else float("inf"), limit))[::-1]
         return [AnswerRecord(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7], r[8], r[9], r[10], r[11],
                              None if r[12] is None else json.loads(r[12]), bool(r[13])) for r in rows]
 
@@ -181,7 +165,7 @@ class EvaluationStore:
         return judged
 
     def prune(self, max_age_s: float, now: float) -> int:
-        with self._db.transaction() as db:
+        with self._db.transaction("write") as db:
             answers = db.execute("DELETE FROM answers WHERE answered_at < ?", (now - max_age_s,)).rowcount
             return answers + db.execute("DELETE FROM judgements WHERE judged_at < ?", (now - max_age_s,)).rowcount
 
@@ -189,7 +173,8 @@ class EvaluationStore:
 
     def record_offline(self, version: str, measures: dict[str, float], now: float | None = None) -> None:
         at = time.time() if now is None else now
-        self._write("INSERT OR REPLACE INTO offline VALUES (?, ?, ?, ?)",
+        self._write("INSERT INTO offline VALUES (?, ?, ?, ?) ON CONFLICT (version, measure) DO UPDATE SET "
+                    "value = excluded.value, recorded_at = excluded.recorded_at",
                     [(version, name, float(value), at) for name, value in measures.items()])
 
     def offline(self) -> dict[str, dict[str, float]]:
@@ -215,9 +200,9 @@ class EvaluationStore:
                                          "first (one experiment per model at a time)")
             if db.execute("SELECT 1 FROM experiments WHERE id = ?", (experiment.id,)).fetchone():
                 raise ExperimentConflict(f"experiment id {experiment.id!r} was used before")
-            db.execute("UPDATE experiments SET state = 'finished', reason = COALESCE(reason, '') || "
-                       "'; watch ended: experiment ' || ? || ' started' WHERE model = ? AND state = "
-                       "'promoted'", (experiment.id, experiment.model))
+            db.execute("UPDATE experiments SET state = 'finished', reason = COALESCE(reason, '') || ? "
+                       "WHERE model = ? AND state = 'promoted'",
+                       (f"; watch ended: experiment {experiment.id} started", experiment.model))
             db.execute("INSERT INTO experiments (id, model, version, baseline, mode, fraction, state, started_at, "
                        "ended_at, decision, reason, evidence) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (experiment.id, experiment.model, experiment.version, experiment.baseline,
@@ -229,13 +214,13 @@ class EvaluationStore:
     def record_ended(self, experiment: ExperimentRecord) -> bool:
         """Store an experiment that ended as it started (a start refused when applied), beside any live one; False
         when its id is stored already (a re-delivered start changes nothing)."""
-        cursor = self._db.execute(
-            "INSERT OR IGNORE INTO experiments (id, model, version, baseline, mode, fraction, state, started_at, "
-            "ended_at, decision, reason, evidence) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        return self._db.execute(
+            "INSERT INTO experiments (id, model, version, baseline, mode, fraction, state, started_at, "
+            "ended_at, decision, reason, evidence) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (id) DO NOTHING",
             (experiment.id, experiment.model, experiment.version, experiment.baseline, experiment.mode,
              experiment.fraction, experiment.state, experiment.started_at, experiment.ended_at, experiment.decision,
-             experiment.reason, json.dumps(experiment.evidence)))
-        return cursor.rowcount == 1
+             experiment.reason, json.dumps(experiment.evidence))) == 1
 
     def transition(self, experiment_id: str, from_states: Sequence[str], to_state: str, *,
                    decision: str | None = None, reason: str | None = None, evidence: dict[str, Any] | None = None,
@@ -244,14 +229,13 @@ class EvaluationStore:
         False when it was not in one of them (another worker decided first). `announce`: the decision still has to
         be published (`unannounced` lists it until `announced` is called)."""
         at = time.time() if now is None else now
-        cursor = self._db.execute(
+        return self._db.execute(
             f"UPDATE experiments SET state = ?, decision = COALESCE(?, decision), reason = COALESCE(?, reason), "
             f"evidence = COALESCE(?, evidence), ended_at = CASE WHEN ? THEN ? ELSE ended_at END, "
             f"announced = CASE WHEN ? THEN 0 ELSE announced END "
             f"WHERE id = ? AND state IN ({','.join('?' * len(from_states))})",
             (to_state, decision, reason, None if evidence is None else json.dumps(evidence), ended, at, announce,
-             experiment_id, *from_states))
-        return cursor.rowcount == 1
+             experiment_id, *from_states)) == 1
 
     def unannounced(self, model: str) -> list[ExperimentRecord]:
         """Experiments whose decision was taken but not yet published (a stop came in between)."""
@@ -264,10 +248,10 @@ class EvaluationStore:
 
     def experiments(self, model: str | None = None, limit: int = 20) -> list[ExperimentRecord]:
         """The latest experiments, newest first."""
-        rows = self._db.fetchall(
-            "SELECT id, model, version, baseline, mode, fraction, state, started_at, ended_at, decision, reason, "
-            "evidence FROM experiments WHERE ? IS NULL OR model = ? ORDER BY started_at DESC LIMIT ?",
-            (model, model, limit))
+        columns = ("SELECT id, model, version, baseline, mode, fraction, state, started_at, ended_at, decision, "
+                   "reason, evidence FROM experiments ")
+        rows = (self._db.fetchall(columns + "ORDER BY started_at DESC LIMIT ?", (limit,)) if model is None else
+                self._db.fetchall(columns + "WHERE model = ? ORDER BY started_at DESC LIMIT ?", (model, limit)))
         return [ExperimentRecord(*r[:11], evidence=json.loads(r[11])) for r in rows]
 
     def active(self, model: str) -> ExperimentRecord | None:
@@ -280,8 +264,64 @@ class EvaluationStore:
         return next((ExperimentRecord(*r[:11], evidence=json.loads(r[11])) for r in rows), None)
 
     def _write(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
-        with self._db.transaction() as db:
+        with self._db.transaction("write") as db:
             db.executemany(sql, rows)
 
     def close(self) -> None:
         self._db.close()
+
+
+SQLITE_TABLES = """
+        CREATE TABLE IF NOT EXISTS answers (query_id TEXT NOT NULL, arm TEXT NOT NULL,
+            model_version TEXT NOT NULL, index_version TEXT NOT NULL, latency_ms REAL NOT NULL,
+            doc_ids TEXT NOT NULL, answered_at REAL NOT NULL, length TEXT NOT NULL, source TEXT NOT NULL,
+            segment TEXT NOT NULL, experiment TEXT NOT NULL, user_key TEXT NOT NULL, credits TEXT,
+            cached INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (query_id, arm));
+        CREATE INDEX IF NOT EXISTS answers_answered_at ON answers (answered_at);
+        CREATE TABLE IF NOT EXISTS judgements (query_id TEXT NOT NULL, doc_id TEXT NOT NULL,
+            judgement INTEGER NOT NULL, judged_at REAL NOT NULL, PRIMARY KEY (query_id, doc_id));
+        CREATE TABLE IF NOT EXISTS offline (version TEXT NOT NULL, measure TEXT NOT NULL, value REAL NOT NULL,
+            recorded_at REAL NOT NULL, PRIMARY KEY (version, measure));
+        CREATE TABLE IF NOT EXISTS experiments (id TEXT PRIMARY KEY, model TEXT NOT NULL, version TEXT NOT NULL,
+            baseline TEXT NOT NULL, mode TEXT NOT NULL, fraction REAL NOT NULL, state TEXT NOT NULL,
+            started_at REAL NOT NULL, ended_at REAL, decision TEXT, reason TEXT, evidence TEXT NOT NULL)
+    """
+
+
+def _sqlite_schema(db: Connection) -> None:
+    for statement in SQLITE_TABLES.split(";"):
+        db.execute(statement)
+    # columns added since the first release
+    if "announced" not in {row[1] for row in db.execute("PRAGMA table_info(experiments)").fetchall()}:
+        db.execute("ALTER TABLE experiments ADD COLUMN announced INTEGER NOT NULL DEFAULT 1")
+    if "feedback_offset" not in {row[1] for row in db.execute("PRAGMA table_info(judgements)").fetchall()}:
+        db.execute("ALTER TABLE judgements ADD COLUMN feedback_topic TEXT NOT NULL DEFAULT ''")
+        db.execute("ALTER TABLE judgements ADD COLUMN feedback_partition INTEGER NOT NULL DEFAULT -1")
+        db.execute("ALTER TABLE judgements ADD COLUMN feedback_offset INTEGER NOT NULL DEFAULT -1")
+
+
+SCHEMA = Schema(sqlite=_sqlite_schema, postgresql=(
+    # 1: answers per arm (`rowid` orders those of one instant as recorded, as SQLite's does; read by time, per
+    # experiment and by model version), judgements, offline metrics,
+    # experiments (the live one of a model is looked up by model and state)
+    """CREATE TABLE answers (query_id TEXT NOT NULL, arm TEXT NOT NULL, model_version TEXT NOT NULL,
+           index_version TEXT NOT NULL, latency_ms DOUBLE PRECISION NOT NULL, doc_ids TEXT NOT NULL,
+           answered_at DOUBLE PRECISION NOT NULL, length TEXT NOT NULL, source TEXT NOT NULL, segment TEXT NOT NULL,
+           experiment TEXT NOT NULL, user_key TEXT NOT NULL, credits TEXT, cached INTEGER NOT NULL DEFAULT 0,
+           rowid BIGINT GENERATED ALWAYS AS IDENTITY, PRIMARY KEY (query_id, arm));
+       CREATE INDEX answers_answered_at ON answers (answered_at, rowid);
+       CREATE INDEX answers_version_arm_time ON answers (model_version, arm, answered_at);
+       CREATE INDEX answers_experiment_time ON answers (experiment, answered_at) WHERE experiment <> '';
+       CREATE TABLE judgements (query_id TEXT NOT NULL, doc_id TEXT NOT NULL, judgement INTEGER NOT NULL,
+           judged_at DOUBLE PRECISION NOT NULL, feedback_topic TEXT NOT NULL DEFAULT '',
+           feedback_partition INTEGER NOT NULL DEFAULT -1, feedback_offset BIGINT NOT NULL DEFAULT -1,
+           PRIMARY KEY (query_id, doc_id));
+       CREATE INDEX judgements_judged_at ON judgements (judged_at);
+       CREATE TABLE offline (version TEXT NOT NULL, measure TEXT NOT NULL, value DOUBLE PRECISION NOT NULL,
+           recorded_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (version, measure));
+       CREATE TABLE experiments (id TEXT PRIMARY KEY, model TEXT NOT NULL, version TEXT NOT NULL,
+           baseline TEXT NOT NULL, mode TEXT NOT NULL, fraction DOUBLE PRECISION NOT NULL, state TEXT NOT NULL,
+           started_at DOUBLE PRECISION NOT NULL, ended_at DOUBLE PRECISION, decision TEXT, reason TEXT,
+           evidence TEXT NOT NULL, announced INTEGER NOT NULL DEFAULT 1);
+       CREATE INDEX experiments_model_state ON experiments (model, state, started_at);""",
+))

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from streams.state.database import Schema, TransactionKind
 from streams.state.errors import StateUnavailable
 
 #: SQLite's primary result codes of a database that cannot be used now, rather than of a wrong statement: busy or
@@ -32,7 +33,10 @@ def unavailable(exc: sqlite3.Error) -> bool:
 
 class SqliteDatabase:
     """One connection, used from any thread under one lock. Commits are durable (`synchronous=FULL`): the agents
-    commit their Kafka offsets after these writes, so a write acknowledged here must survive a power loss."""
+    commit their Kafka offsets after these writes, so a write acknowledged here must survive a power loss.
+    Every write transaction is `BEGIN IMMEDIATE` (SQLite has one writer per file: `serialized` holds anyway)."""
+
+    dialect = "sqlite"
 
     def __init__(self, path: Path, store: str, busy_timeout_s: float = 5.0) -> None:
         self.path = path
@@ -68,12 +72,17 @@ class SqliteDatabase:
         except OSError as exc:  # the directory cannot be made or read
             raise StateUnavailable(self.store, f"{self.store} ({self.path}): {exc}") from exc
 
+    def ensure(self, schema: Schema) -> None:
+        with self.transaction() as db:
+            schema.sqlite(db)
+
     @contextlib.contextmanager
-    def transaction(self, immediate: bool = True) -> Iterator[sqlite3.Connection]:
-        """`BEGIN [IMMEDIATE]` ... `COMMIT`; any failure rolls back (reconnecting if even that fails)."""
+    def transaction(self, kind: TransactionKind = "serialized") -> Iterator[sqlite3.Connection]:
+        """`BEGIN IMMEDIATE` (`BEGIN` to read) ... `COMMIT`; any failure rolls back (reconnecting if even that
+        fails)."""
         with self._lock, self.unavailable_as_typed():
             db = self._db or self._connect()
-            db.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+            db.execute("BEGIN" if kind == "read" else "BEGIN IMMEDIATE")
             try:
                 yield db
                 db.execute("COMMIT")
@@ -93,19 +102,15 @@ class SqliteDatabase:
                 db.close()
             self._db = None
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
-        """One statement on its own (autocommit)."""
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """One statement on its own (autocommit); returns the rows it changed."""
         with self._lock, self.unavailable_as_typed():
             db = self._db or self._connect()
             try:
-                return db.execute(sql, params)
+                return db.execute(sql, params).rowcount
             except BaseException:
                 self._abandon(db)
                 raise
-
-    def executescript(self, script: str) -> None:
-        with self._lock, self.unavailable_as_typed():
-            (self._db or self._connect()).executescript(script)
 
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         with self._lock, self.unavailable_as_typed():

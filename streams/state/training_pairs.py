@@ -1,8 +1,11 @@
-"""Durable feedback state (SQLite, WAL): feedback waiting for its query, training pairs, and retrain history.
+"""Durable feedback state (SQLite or PostgreSQL): feedback waiting for its query, training pairs, and retrain
+history.
 
-Several workers share it (compose: the shared volume). Held feedback is settled by one worker at a time: a worker
-claims the rows it settles (a lease; a worker that dies mid-settle lets it lapse and another takes over), so expired
-feedback becomes one dead letter, not one per worker.
+Several workers share it (the shared volume, or one database). Held feedback is settled by one worker at a time: a
+worker claims the rows it settles (a lease; a worker that dies mid-settle lets it lapse and another takes over; on
+PostgreSQL rows another worker is claiming are skipped, not waited for), so expired feedback becomes one dead
+letter, not one per worker. Judging, the pairs counter and retrain decisions read, decide and write in
+`serialized` transactions: one worker at a time per store.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from streams.state.database import EVERY_ROW, Connection, Database, Schema
 from streams.state.sqlite import SqliteDatabase
 
 
@@ -102,52 +106,24 @@ class TrainingPairs:
     Pairs follow the latest judgement of each (query, document) (`judge`). `sequence()` counts every change to the
     pairs (what a retrain would train on has changed since)."""
 
-    def __init__(self, path: Path, busy_timeout_s: float = 5.0) -> None:
-        self._db = SqliteDatabase(path, "feedback state", busy_timeout_s)
-        self._db.executescript("""
-            CREATE TABLE IF NOT EXISTS pending (topic TEXT, partition INTEGER, "offset" INTEGER, key BLOB,
-                value BLOB NOT NULL, query_id TEXT NOT NULL, received_at REAL NOT NULL,
-                PRIMARY KEY (topic, partition, "offset"));
-            CREATE TABLE IF NOT EXISTS pairs (query_id TEXT NOT NULL, doc_id TEXT NOT NULL, query TEXT NOT NULL,
-                text TEXT NOT NULL, kind TEXT NOT NULL, source TEXT NOT NULL, feedback_offset TEXT NOT NULL,
-                created_at REAL NOT NULL, PRIMARY KEY (query_id, doc_id));
-            CREATE INDEX IF NOT EXISTS pairs_created_at ON pairs (created_at);
-            CREATE TABLE IF NOT EXISTS retrains (requested_at REAL NOT NULL, reason TEXT NOT NULL,
-                pairs INTEGER NOT NULL);
-            CREATE TABLE IF NOT EXISTS trainings (snapshot_at REAL NOT NULL, finished_at REAL NOT NULL,
-                version TEXT, status TEXT NOT NULL, reason TEXT);
-            CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-            CREATE TABLE IF NOT EXISTS judgements (query_id TEXT NOT NULL, doc_id TEXT NOT NULL,
-                judgement INTEGER NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL,
-                "offset" INTEGER NOT NULL, judged_at REAL NOT NULL, PRIMARY KEY (query_id, doc_id));
-            CREATE INDEX IF NOT EXISTS judgements_judged_at ON judgements (judged_at);
-        """)
-        with self._db.transaction() as db:  # columns added since the first release
-            pending = {row[1] for row in db.execute("PRAGMA table_info(pending)")}
-            if "claimed_until" not in pending:
-                db.execute("ALTER TABLE pending ADD COLUMN claimed_until REAL NOT NULL DEFAULT 0")
-                db.execute("ALTER TABLE pending ADD COLUMN claimed_by TEXT")
-            for table, column in (("trainings", "pairs_sequence"), ("retrains", "pairs_sequence"), ("pairs", "seq")):
-                if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
-                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
-            retrains = {row[1] for row in db.execute("PRAGMA table_info(retrains)")}
-            if "published" not in retrains:  # requests recorded before were published
-                db.execute("ALTER TABLE retrains ADD COLUMN published INTEGER NOT NULL DEFAULT 1")
-            if "publish_claimed_until" not in retrains:
-                db.execute("ALTER TABLE retrains ADD COLUMN publish_claimed_until REAL NOT NULL DEFAULT 0")
+    def __init__(self, database: Database | Path, busy_timeout_s: float = 5.0) -> None:
+        """`database`: where the state lives (a path: an SQLite file there)."""
+        self._db = (SqliteDatabase(database, "feedback state", busy_timeout_s) if isinstance(database, Path)
+                    else database)
+        self._db.ensure(SCHEMA)
 
     # held feedback
 
     def hold(self, pending: Sequence[PendingFeedback]) -> None:
         rows = [(p.topic, p.partition, p.offset, p.key, p.value, p.query_id, p.received_at) for p in pending]
-        with self._db.transaction() as db:
-            db.executemany("INSERT OR IGNORE INTO pending (topic, partition, \"offset\", key, value, query_id, "
-                           "received_at) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        with self._db.transaction("write") as db:
+            db.executemany("INSERT INTO pending (topic, partition, \"offset\", key, value, query_id, received_at) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (topic, partition, \"offset\") DO NOTHING", rows)
 
     def held(self, now: float | None = None) -> list[PendingFeedback]:
         """Feedback still held and not claimed by a worker settling it now."""
         rows = self._db.fetchall('SELECT topic, partition, "offset", key, value, query_id, received_at FROM pending '
-                                 "WHERE claimed_until < ? ORDER BY received_at",
+                                 "WHERE claimed_until < ? ORDER BY received_at, rowid",
                                  (time.time() if now is None else now,))
         return [PendingFeedback(*row) for row in rows]
 
@@ -158,24 +134,27 @@ class TrainingPairs:
         until `release`d or `unclaim`ed with the token."""
         token = uuid.uuid4().hex
         claimed = []
-        with self._db.transaction() as db:
+        # a row another worker is claiming right now is skipped, not waited for (its claim decides it)
+        skip_locked = " FOR UPDATE SKIP LOCKED" if self._db.dialect == "postgresql" else ""
+        with self._db.transaction("write") as db:
             for p in pending:
-                cursor = db.execute('UPDATE pending SET claimed_until = ?, claimed_by = ? WHERE topic = ? AND '
-                                    'partition = ? AND "offset" = ? AND claimed_until < ?',
-                                    (now + lease_s, token, *_key(p), now))
-                if cursor.rowcount == 1:
+                free = db.execute('SELECT 1 FROM pending WHERE topic = ? AND partition = ? AND "offset" = ? AND '
+                                  f"claimed_until < ?{skip_locked}", (*_key(p), now)).fetchone()
+                if free is not None and db.execute(
+                        'UPDATE pending SET claimed_until = ?, claimed_by = ? WHERE topic = ? AND partition = ? '
+                        'AND "offset" = ? AND claimed_until < ?', (now + lease_s, token, *_key(p), now)).rowcount:
                     claimed.append(p)
         return token, claimed
 
     def unclaim(self, token: str, pending: Sequence[PendingFeedback]) -> None:
         """Hand feedback this claim holds back to the hold (it still waits for its query)."""
-        with self._db.transaction() as db:
+        with self._db.transaction("write") as db:
             db.executemany('UPDATE pending SET claimed_until = 0 WHERE topic = ? AND partition = ? AND "offset" = ? '
                            "AND claimed_by = ?", [(*_key(p), token) for p in pending])
 
     def release(self, token: str, pending: Sequence[PendingFeedback]) -> None:
         """Settled by this claim: out of the hold."""
-        with self._db.transaction() as db:
+        with self._db.transaction("write") as db:
             db.executemany('DELETE FROM pending WHERE topic = ? AND partition = ? AND "offset" = ? AND claimed_by = ?',
                            [(*_key(p), token) for p in pending])
 
@@ -190,11 +169,11 @@ class TrainingPairs:
             sequence = self._sequence(db)
             for p in pairs:
                 row = (p.query_id, p.doc_id, p.query, p.text, p.kind, p.source, p.feedback_offset, stamp, sequence + 1)
-                verb = "REPLACE" if p.source == "feedback" else "IGNORE"
-                sequence += db.execute(f"INSERT OR {verb} INTO pairs (query_id, doc_id, query, text, kind, source, "
-                                       "feedback_offset, created_at, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                                       row).rowcount
-            db.execute("INSERT OR REPLACE INTO counters VALUES ('pairs', ?)", (sequence,))
+                conflict = REPLACE_PAIR if p.source == "feedback" else "DO NOTHING"
+                sequence += db.execute("INSERT INTO pairs (query_id, doc_id, query, text, kind, source, "
+                                       "feedback_offset, created_at, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                                       f"ON CONFLICT (query_id, doc_id) {conflict}", row).rowcount
+            self._set_sequence(db, sequence)
 
     def judge(self, judgements: Sequence[Judgement]) -> list[TrainingPair]:
         """Apply accepted judgements in order; returns the pairs written. Each (query, document) follows its latest
@@ -212,8 +191,10 @@ class TrainingPairs:
                                   "doc_id = ?", (j.query_id, j.doc_id)).fetchone()
                 if last is not None and (last[0], last[1]) == (j.topic, j.partition) and last[2] >= j.offset:
                     continue
-                db.execute('INSERT OR REPLACE INTO judgements (query_id, doc_id, judgement, topic, partition, '
-                           '"offset", judged_at) VALUES (?, ?, ?, ?, ?, ?, ?)',
+                db.execute('INSERT INTO judgements (query_id, doc_id, judgement, topic, partition, "offset", '
+                           "judged_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (query_id, doc_id) DO UPDATE SET "
+                           'judgement = excluded.judgement, topic = excluded.topic, partition = excluded.partition, '
+                           '"offset" = excluded."offset", judged_at = excluded.judged_at',
                            (j.query_id, j.doc_id, j.judgement, j.topic, j.partition, j.offset, j.judged_at))
                 if j.judgement == 0:
                     sequence += db.execute("DELETE FROM pairs WHERE query_id = ? AND doc_id = ? AND source = "
@@ -224,7 +205,7 @@ class TrainingPairs:
                     sequence = self._write_pair(db, pair, j.judged_at, sequence)
                     written.append(pair)
                 sequence = self._infer(db, j, sequence, written)
-            db.execute("INSERT OR REPLACE INTO counters VALUES ('pairs', ?)", (sequence,))
+            self._set_sequence(db, sequence)
         return written
 
     def _infer(self, db: Any, j: Judgement, sequence: int, written: list[TrainingPair]) -> int:
@@ -250,10 +231,15 @@ class TrainingPairs:
 
     @staticmethod
     def _write_pair(db: Any, p: TrainingPair, stamp: float, sequence: int) -> int:
-        db.execute("INSERT OR REPLACE INTO pairs (query_id, doc_id, query, text, kind, source, feedback_offset, "
-                   "created_at, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        db.execute("INSERT INTO pairs (query_id, doc_id, query, text, kind, source, feedback_offset, created_at, "
+                   f"seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (query_id, doc_id) {REPLACE_PAIR}",
                    (p.query_id, p.doc_id, p.query, p.text, p.kind, p.source, p.feedback_offset, stamp, sequence + 1))
         return sequence + 1
+
+    @staticmethod
+    def _set_sequence(db: Any, sequence: int) -> None:
+        db.execute("INSERT INTO counters VALUES ('pairs', ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                   (sequence,))
 
     @staticmethod
     def _sequence(db: Any) -> int:
@@ -263,7 +249,7 @@ class TrainingPairs:
     def sequence(self) -> int:
         """How many times pairs were added, overwritten or withdrawn, ever (never decreases, pruning included); each
         pair carries the sequence number of its latest change."""
-        with self._db.transaction(immediate=False) as db:
+        with self._db.transaction("read") as db:
             return self._sequence(db)
 
     def pairs(self, since: float = 0.0) -> list[TrainingPair]:
@@ -286,13 +272,13 @@ class TrainingPairs:
     def prune(self, max_rows: int, max_age_s: float, now: float) -> int:
         """Drop pairs older than `max_age_s` and the oldest beyond `max_rows` (the models trained on them keep their
         lineage in their manifests); returns how many went. The latest judgements behind them are kept as long."""
-        with self._db.transaction() as db:
+        with self._db.transaction("write") as db:
             db.execute("DELETE FROM judgements WHERE judged_at < ?", (now - max_age_s,))
-            db.execute("DELETE FROM judgements WHERE rowid IN (SELECT rowid FROM judgements ORDER BY judged_at "
-                       "DESC LIMIT -1 OFFSET ?)", (max_rows,))
+            db.execute("DELETE FROM judgements WHERE (query_id, doc_id) IN (SELECT query_id, doc_id FROM judgements "
+                       "ORDER BY judged_at DESC LIMIT ? OFFSET ?)", (EVERY_ROW, max_rows))
             aged = db.execute("DELETE FROM pairs WHERE created_at < ?", (now - max_age_s,)).rowcount
-            return aged + db.execute("DELETE FROM pairs WHERE rowid IN (SELECT rowid FROM pairs ORDER BY created_at "
-                                     "DESC LIMIT -1 OFFSET ?)", (max_rows,)).rowcount
+            return aged + db.execute("DELETE FROM pairs WHERE (query_id, doc_id) IN (SELECT query_id, doc_id FROM "
+                                     "pairs ORDER BY created_at DESC LIMIT ? OFFSET ?)", (EVERY_ROW, max_rows)).rowcount
 
     # retrains and trainings
 
@@ -308,27 +294,27 @@ class TrainingPairs:
             if last is not None and at - last[0] < min_interval_s:
                 return None
             since = last[1] if last is not None else 0
-            new_pairs, new_positive = db.execute("SELECT COUNT(*), COALESCE(SUM(kind = 'positive'), 0) FROM pairs "
-                                                 "WHERE seq > ?", (since,)).fetchone()
+            new_pairs, new_positive = db.execute("SELECT COUNT(*), COUNT(*) FILTER (WHERE kind = 'positive') FROM "
+                                                 "pairs WHERE seq > ?", (since,)).fetchone()
             if new_positive < min_new_positive or new_pairs < max(1, min_new_pairs):
                 return None
             row = db.execute("INSERT INTO retrains (requested_at, reason, pairs, pairs_sequence, published, "
-                             "publish_claimed_until) VALUES (?, ?, ?, ?, 0, ?)",
-                             (at, reason, new_pairs, self._sequence(db), at + claim_s)).lastrowid
+                             "publish_claimed_until) VALUES (?, ?, ?, ?, 0, ?) RETURNING rowid",
+                             (at, reason, new_pairs, self._sequence(db), at + claim_s)).fetchone()[0]
             return RecordedRetrain(int(row), reason, at, int(new_pairs))
 
     def retrain_published(self, row: int) -> None:
         """The request recorded as `row` is on the `retrain` topic."""
-        with self._db.transaction() as db:
-            db.execute("UPDATE retrains SET published = 1 WHERE rowid = ?", (row,))
+        self._db.execute("UPDATE retrains SET published = 1 WHERE rowid = ?", (row,))
 
     def claim_unpublished_retrains(self, now: float, claim_s: float = 30.0) -> list[RecordedRetrain]:
         """Requests never published whose publishing claim lapsed (the worker that recorded or last claimed one
         stopped, or its broker was away): claimed by the caller for `claim_s`, in one transaction, so that one
         worker at a time publishes each."""
-        with self._db.transaction() as db:
+        skip_locked = " FOR UPDATE SKIP LOCKED" if self._db.dialect == "postgresql" else ""
+        with self._db.transaction("write") as db:
             rows = db.execute("SELECT rowid, reason, requested_at, pairs FROM retrains WHERE published = 0 "
-                              "AND publish_claimed_until < ? ORDER BY rowid", (now,)).fetchall()
+                              f"AND publish_claimed_until < ? ORDER BY rowid{skip_locked}", (now,)).fetchall()
             db.executemany("UPDATE retrains SET publish_claimed_until = ? WHERE rowid = ?",
                            [(now + claim_s, r[0]) for r in rows])
         return [RecordedRetrain(int(r[0]), r[1], float(r[2]), int(r[3])) for r in rows]
@@ -345,10 +331,9 @@ class TrainingPairs:
                         pairs_sequence: int | None = None) -> None:
         """A finished training run; `pairs_sequence` is `sequence()` when its pairs were read (a request that finds
         no change since has nothing new to train on)."""
-        with self._db.transaction() as db:
-            db.execute("INSERT INTO trainings (snapshot_at, finished_at, version, status, reason, pairs_sequence) "
-                       "VALUES (?, ?, ?, ?, ?, ?)", (snapshot_at, time.time(), version, status, reason,
-                                                     pairs_sequence))
+        self._db.execute("INSERT INTO trainings (snapshot_at, finished_at, version, status, reason, pairs_sequence) "
+                         "VALUES (?, ?, ?, ?, ?, ?)", (snapshot_at, time.time(), version, status, reason,
+                                                       pairs_sequence))
 
     def trainings(self) -> list[dict[str, Any]]:
         rows = self._db.fetchall("SELECT snapshot_at, finished_at, version, status, reason, pairs_sequence "
@@ -362,3 +347,76 @@ class TrainingPairs:
 
 def pair_lineage(topic: str, partition: int, offset: int) -> str:
     return f"{topic}/{partition}@{offset}"
+
+
+#: An explicit judgement's pair overwrites whatever pair (query, document) had.
+REPLACE_PAIR = ("DO UPDATE SET query = excluded.query, text = excluded.text, kind = excluded.kind, source = "
+                "excluded.source, feedback_offset = excluded.feedback_offset, created_at = excluded.created_at, "
+                "seq = excluded.seq")
+
+
+SQLITE_TABLES = """
+        CREATE TABLE IF NOT EXISTS pending (topic TEXT, partition INTEGER, "offset" INTEGER, key BLOB,
+            value BLOB NOT NULL, query_id TEXT NOT NULL, received_at REAL NOT NULL,
+            PRIMARY KEY (topic, partition, "offset"));
+        CREATE TABLE IF NOT EXISTS pairs (query_id TEXT NOT NULL, doc_id TEXT NOT NULL, query TEXT NOT NULL,
+            text TEXT NOT NULL, kind TEXT NOT NULL, source TEXT NOT NULL, feedback_offset TEXT NOT NULL,
+            created_at REAL NOT NULL, PRIMARY KEY (query_id, doc_id));
+        CREATE INDEX IF NOT EXISTS pairs_created_at ON pairs (created_at);
+        CREATE TABLE IF NOT EXISTS retrains (requested_at REAL NOT NULL, reason TEXT NOT NULL,
+            pairs INTEGER NOT NULL);
+        CREATE TABLE IF NOT EXISTS trainings (snapshot_at REAL NOT NULL, finished_at REAL NOT NULL,
+            version TEXT, status TEXT NOT NULL, reason TEXT);
+        CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+        CREATE TABLE IF NOT EXISTS judgements (query_id TEXT NOT NULL, doc_id TEXT NOT NULL,
+            judgement INTEGER NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL,
+            "offset" INTEGER NOT NULL, judged_at REAL NOT NULL, PRIMARY KEY (query_id, doc_id));
+        CREATE INDEX IF NOT EXISTS judgements_judged_at ON judgements (judged_at)
+    """
+
+
+def _sqlite_schema(db: Connection) -> None:
+    for statement in SQLITE_TABLES.split(";"):
+        db.execute(statement)
+    # columns added since the first release
+    pending = {row[1] for row in db.execute("PRAGMA table_info(pending)").fetchall()}
+    if "claimed_until" not in pending:
+        db.execute("ALTER TABLE pending ADD COLUMN claimed_until REAL NOT NULL DEFAULT 0")
+        db.execute("ALTER TABLE pending ADD COLUMN claimed_by TEXT")
+    for table, column in (("trainings", "pairs_sequence"), ("retrains", "pairs_sequence"), ("pairs", "seq")):
+        if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})").fetchall()}:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
+    retrains = {row[1] for row in db.execute("PRAGMA table_info(retrains)").fetchall()}
+    if "published" not in retrains:  # requests recorded before were published
+        db.execute("ALTER TABLE retrains ADD COLUMN published INTEGER NOT NULL DEFAULT 1")
+    if "publish_claimed_until" not in retrains:
+        db.execute("ALTER TABLE retrains ADD COLUMN publish_claimed_until REAL NOT NULL DEFAULT 0")
+
+
+SCHEMA = Schema(sqlite=_sqlite_schema, postgresql=(
+    # 1: held feedback (settled by claims), pairs (a retrain reads those changed since a sequence), retrain
+    # requests and trainings (`rowid` names a row and orders rows of one instant, as SQLite's does), the pairs
+    # counter, the latest judgements
+    """CREATE TABLE pending (topic TEXT NOT NULL, partition INTEGER NOT NULL, "offset" BIGINT NOT NULL, key BYTEA,
+           value BYTEA NOT NULL, query_id TEXT NOT NULL, received_at DOUBLE PRECISION NOT NULL,
+           claimed_until DOUBLE PRECISION NOT NULL DEFAULT 0, claimed_by TEXT,
+           rowid BIGINT GENERATED ALWAYS AS IDENTITY, PRIMARY KEY (topic, partition, "offset"));
+       CREATE INDEX pending_received_at ON pending (received_at, rowid);
+       CREATE TABLE pairs (query_id TEXT NOT NULL, doc_id TEXT NOT NULL, query TEXT NOT NULL, text TEXT NOT NULL,
+           kind TEXT NOT NULL, source TEXT NOT NULL, feedback_offset TEXT NOT NULL,
+           created_at DOUBLE PRECISION NOT NULL, seq BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (query_id, doc_id));
+       CREATE INDEX pairs_created_at ON pairs (created_at);
+       CREATE INDEX pairs_seq ON pairs (seq);
+       CREATE TABLE retrains (rowid BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+           requested_at DOUBLE PRECISION NOT NULL, reason TEXT NOT NULL, pairs INTEGER NOT NULL,
+           pairs_sequence BIGINT NOT NULL DEFAULT 0, published INTEGER NOT NULL DEFAULT 1,
+           publish_claimed_until DOUBLE PRECISION NOT NULL DEFAULT 0);
+       CREATE TABLE trainings (rowid BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+           snapshot_at DOUBLE PRECISION NOT NULL, finished_at DOUBLE PRECISION NOT NULL, version TEXT,
+           status TEXT NOT NULL, reason TEXT, pairs_sequence BIGINT NOT NULL DEFAULT 0);
+       CREATE TABLE counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL);
+       CREATE TABLE judgements (query_id TEXT NOT NULL, doc_id TEXT NOT NULL, judgement INTEGER NOT NULL,
+           topic TEXT NOT NULL, partition INTEGER NOT NULL, "offset" BIGINT NOT NULL,
+           judged_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (query_id, doc_id));
+       CREATE INDEX judgements_judged_at ON judgements (judged_at);""",
+))

@@ -1,13 +1,12 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from schemas import FeedbackEvent
 from streams.ml.pairing import UNPUBLISHED_AFTER_S, RetrainPolicy, pairs_from_feedback
 from streams.state.query_log import LoggedQuery
 from streams.state.training_pairs import Judgement, TrainingPair, TrainingPairs
+from tests.conftest import StateDatabases
 
 LOGGED = LoggedQuery("q1", {"text": "green tea temperature"}, {"hits": [
     {"doc_id": "a", "chunk": 0, "score": 0.9, "text": "a0"}, {"doc_id": "b", "chunk": 1, "score": 0.8, "text": "b1"},
@@ -47,8 +46,9 @@ def test_a_judged_document_that_was_not_served_uses_its_indexed_text() -> None:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> TrainingPairs:
-    return TrainingPairs(tmp_path / "f.sqlite3")
+def store(state_databases: StateDatabases) -> TrainingPairs:
+    """The feedback state's contract runs on SQLite and PostgreSQL."""
+    return TrainingPairs(state_databases.open("feedback state"))
 
 
 def pair(query_id: str, doc_id: str, kind: str = "positive", source: str = "feedback") -> TrainingPair:

@@ -1,4 +1,5 @@
-"""The evaluation store: answers per arm, judgements, offline metrics, one live experiment per model."""
+"""The evaluation store's contract, on SQLite and PostgreSQL: answers per arm, judgements, offline metrics, one
+live experiment per model."""
 
 import sqlite3
 from pathlib import Path
@@ -7,6 +8,7 @@ import pytest
 
 from streams.state.errors import ExperimentConflict
 from streams.state.evaluation_store import AnswerRecord, EvaluationStore, ExperimentRecord, JudgementRecord
+from tests.conftest import StateDatabases
 
 
 def answer(query_id: str, arm: str = "serving", at: float = 100.0) -> AnswerRecord:
@@ -14,8 +16,8 @@ def answer(query_id: str, arm: str = "serving", at: float = 100.0) -> AnswerReco
                         {"a": "serving", "b": "candidate"} if arm == "interleave" else None)
 
 
-def test_judged_answers_come_with_the_judgements_of_their_queries_only(tmp_path: Path) -> None:
-    store = EvaluationStore(tmp_path / "evaluation.sqlite3")
+def test_judged_answers_come_with_the_judgements_of_their_queries_only(state_databases: StateDatabases) -> None:
+    store = EvaluationStore(state_databases.open("evaluation store"))
     store.record_answers([answer("q1"), answer("q2", at=200.0), answer("q3", at=300.0)])
     store.record_answers([AnswerRecord("q4", "serving", "v1", "v1", 5.0, ["a"], 250.0, "short", "", "", "e2")])
     store.record_judgements([("q1", "a", 1, 101.0), ("q2", "b", -1, 201.0), ("q4", "a", 1, 251.0)])
@@ -30,15 +32,15 @@ def experiment(id_: str, state: str = "building", model: str = "minilm") -> Expe
     return ExperimentRecord(id_, model, "v2", "v1", "split", 0.5, state, 50.0)
 
 
-def test_answers_judgements_and_offline_metrics_survive_a_reopen(tmp_path: Path) -> None:
-    store = EvaluationStore(tmp_path / "evaluation.sqlite3")
+def test_answers_judgements_and_offline_metrics_survive_a_reopen(state_databases: StateDatabases) -> None:
+    store = EvaluationStore(state_databases.open("evaluation store"))
     store.record_answers([answer("q1"), answer("q1", "shadow"), answer("q2", "interleave", at=200.0)])
     store.record_answers([answer("q1")])  # a re-delivered query overwrites its row
     store.record_judgements([("q1", "a", 1, 101.0), ("q1", "b", -1, 101.0)])
     store.record_judgements([("q1", "b", 1, 102.0)])  # the latest judgement counts
     store.record_offline("v2", {"held_out_nDCG@10": 0.5})
     store.close()
-    store = EvaluationStore(tmp_path / "evaluation.sqlite3")
+    store = EvaluationStore(state_databases.open("evaluation store"))
     assert sorted((a.query_id, a.arm) for a in store.answers()) == [("q1", "serving"), ("q1", "shadow"),
                                                                     ("q2", "interleave")]
     assert store.answers(since=150.0)[0].credits == {"a": "serving", "b": "candidate"}
@@ -48,8 +50,8 @@ def test_answers_judgements_and_offline_metrics_survive_a_reopen(tmp_path: Path)
     assert [a.query_id for a in store.answers()] == ["q2"]
 
 
-def test_one_live_experiment_per_model_and_transitions_happen_once(tmp_path: Path) -> None:
-    store = EvaluationStore(tmp_path / "evaluation.sqlite3")
+def test_one_live_experiment_per_model_and_transitions_happen_once(state_databases: StateDatabases) -> None:
+    store = EvaluationStore(state_databases.open("evaluation store"))
     store.start_experiment(experiment("e1"))
     with pytest.raises(ExperimentConflict):
         store.start_experiment(experiment("e2"))
@@ -74,8 +76,8 @@ def test_one_live_experiment_per_model_and_transitions_happen_once(tmp_path: Pat
 
 
 def test_the_latest_judgement_by_feedback_offset_counts_and_a_late_or_repeated_one_changes_nothing(
-        tmp_path: Path) -> None:
-    store = EvaluationStore(tmp_path / "evaluation.sqlite3")
+        state_databases: StateDatabases) -> None:
+    store = EvaluationStore(state_databases.open("evaluation store"))
     store.record_judgements([JudgementRecord("q1", "a", 1, 10.0, "feedback", 0, 4),
                              JudgementRecord("q1", "a", -1, 11.0, "feedback", 0, 5)])
     store.record_judgements([JudgementRecord("q1", "a", 1, 12.0, "feedback", 0, 4)])  # settled late elsewhere

@@ -1,10 +1,9 @@
-"""The query log keeps bounded text and is pruned by age and rows."""
+"""The query log's contract, on SQLite and PostgreSQL: bounded text, first answer kept, pruned by age and rows."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from streams.state.query_log import LoggedQuery, QueryLog
+from tests.conftest import StateDatabases
 
 
 def entry(query_id: str, at: float, text: str = "q") -> LoggedQuery:
@@ -12,8 +11,8 @@ def entry(query_id: str, at: float, text: str = "q") -> LoggedQuery:
                                                               "model_version": "v1", "index_version": "v1"}, at, "http")
 
 
-def test_texts_are_cut_and_old_or_surplus_entries_pruned(tmp_path: Path) -> None:
-    log = QueryLog(tmp_path / "queries.sqlite3", text_chars=100)
+def test_texts_are_cut_and_old_or_surplus_entries_pruned(state_databases: StateDatabases) -> None:
+    log = QueryLog(state_databases.open("query log"), text_chars=100)
     try:
         log.record([entry("long", 1_000.0, "x" * 10_000)])
         logged = log.get("long")
@@ -26,8 +25,8 @@ def test_texts_are_cut_and_old_or_surplus_entries_pruned(tmp_path: Path) -> None
         log.close()
 
 
-def test_a_query_answered_again_keeps_its_first_answer(tmp_path: Path) -> None:
-    log = QueryLog(tmp_path / "queries.sqlite3")
+def test_a_query_answered_again_keeps_its_first_answer(state_databases: StateDatabases) -> None:
+    log = QueryLog(state_databases.open("query log"))
     try:
         log.record([entry("q", 1_000.0, "first")])
         log.record([entry("q", 1_001.0, "again")])  # re-delivered after a rebalance, answered by another worker

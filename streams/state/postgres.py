@@ -1,0 +1,153 @@
+"""PostgreSQL: the state stores of workers on many machines (`GRISTMILL_DATABASE_URL=postgresql://…`).
+
+Each store lives in a schema of its own (`gristmill_query_log`, `gristmill_feedback`, `gristmill_evaluation`,
+prefixed by the namespace when one is set), reached through a psycopg connection pool whose connections have that
+schema on their search path, so one store's SQL runs unchanged on SQLite and here. Migrations are versioned per
+store (`schema_migrations`) and applied under an advisory lock: of several workers starting at once, one migrates
+and the others find it done. `serialized` transactions take a per-store advisory lock (the read-decide-write ones:
+counters, retrain decisions, experiment starts); plain writes rely on row locks and conditional updates.
+
+A server that cannot be reached, restarts, shuts down, or cancels a statement raises `StateUnavailable`; the
+failed connection leaves the pool, and the next try gets a fresh one (each is checked when taken from the pool).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import re
+import time
+import zlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import psycopg_pool
+from psycopg import sql as pgsql
+
+from streams.state.database import Schema, TransactionKind
+from streams.state.errors import StateSchemaTooNew, StateUnavailable
+
+#: The schema of each store (a namespace, when set, prefixes them: several deployments may share one database).
+STORE_SCHEMAS = {"query log": "query_log", "feedback state": "feedback", "evaluation store": "evaluation"}
+
+
+def redacted(url: str) -> str:
+    """The URL without its password (for logs and errors)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    return urlunsplit(parts._replace(netloc=netloc[0].split(":", 1)[0] + ":***@" + netloc[1]))
+
+
+def schema_name(store: str, namespace: str = "") -> str:
+    prefix = re.sub(r"[^a-z0-9_]", "_", namespace.lower())
+    return f"{prefix + '_' if prefix else ''}gristmill_{STORE_SCHEMAS[store]}"
+
+
+@functools.lru_cache(maxsize=512)
+def placeholders(statement: str) -> str:
+    """`?` placeholders as psycopg's `%s` (the stores' SQL holds no `?` or `%` inside string literals)."""
+    return statement.replace("%", "%%").replace("?", "%s")
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether `exc` says the server cannot be used now (retry later) rather than that the statement is wrong:
+    psycopg's OperationalError covers connection failures and SQLSTATE classes 08 (connection), 40 (serialization,
+    deadlock), 53 (resources), 55 (lock not available), 57 (shutdown, cancel), 58 (system error)."""
+    return isinstance(exc, psycopg.OperationalError | psycopg_pool.PoolTimeout)
+
+
+class _Connection:
+    """A transaction's connection, speaking the stores' `?` placeholders."""
+
+    def __init__(self, connection: psycopg.Connection[Any]) -> None:
+        self._connection = connection
+
+    def execute(self, statement: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
+        return self._connection.execute(placeholders(statement), tuple(params))  # type: ignore[arg-type]
+
+    def executemany(self, statement: str, rows: Sequence[Sequence[Any]]) -> psycopg.Cursor[Any]:
+        cursor = self._connection.cursor()
+        cursor.executemany(placeholders(statement), [tuple(row) for row in rows])  # type: ignore[arg-type]
+        return cursor
+
+
+class PostgresDatabase:
+    """One store's schema in a PostgreSQL database, through a pool of its own (`pool_size` connections at most,
+    opened as needed). Commits are durable when acknowledged (the server's `synchronous_commit`, on by default)."""
+
+    dialect = "postgresql"
+
+    def __init__(self, url: str, store: str, *, namespace: str = "", pool_size: int = 4,
+                 connect_timeout_s: float = 5.0) -> None:
+        self.url = url
+        self.store = store
+        self.schema = schema_name(store, namespace)
+        self.connect_timeout_s = connect_timeout_s
+        self._lock_key = zlib.crc32(self.schema.encode())  # this store's advisory lock
+        self._pool = psycopg_pool.ConnectionPool(
+            url, min_size=0, max_size=pool_size, open=True, timeout=connect_timeout_s,
+            check=psycopg_pool.ConnectionPool.check_connection, name=self.schema,
+            kwargs={"autocommit": True, "connect_timeout": max(1, round(connect_timeout_s)),
+                    "options": f"-c search_path={self.schema}", "application_name": "gristmill"})
+
+    @contextlib.contextmanager
+    def unavailable_as_typed(self) -> Iterator[None]:
+        try:
+            yield
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            if not unavailable(exc):
+                raise
+            raise StateUnavailable(self.store, f"{self.store} (PostgreSQL {redacted(self.url)}, schema "
+                                               f"{self.schema}): {type(exc).__name__}: {exc}".strip()) from exc
+
+    def ensure(self, schema: Schema) -> None:
+        """Apply the migrations not applied yet, each once, in order, in one transaction under this store's lock
+        (several workers starting together: the first migrates, the others wait and find it done)."""
+        with self.unavailable_as_typed(), self._pool.connection() as connection, connection.transaction():
+            connection.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
+            connection.execute(pgsql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(pgsql.Identifier(self.schema)))
+            connection.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
+                               "applied_at DOUBLE PRECISION NOT NULL)")
+            applied = {row[0] for row in connection.execute("SELECT version FROM schema_migrations")}
+            newer = max(applied, default=0) - len(schema.postgresql)
+            if newer > 0:
+                raise StateSchemaTooNew(f"{self.store}: schema {self.schema} is at migration "
+                                                    f"{max(applied)}, newer than this release knows "
+                                                    f"({len(schema.postgresql)}); upgrade gristmill")
+            for version, migration in enumerate(schema.postgresql, start=1):
+                if version not in applied:
+                    connection.execute(migration)  # type: ignore[call-overload]
+                    connection.execute("INSERT INTO schema_migrations VALUES (%s, %s)", (version, time.time()))
+
+    def migrations(self) -> list[int]:
+        """The versions applied to this store's schema."""
+        return [row[0] for row in self.fetchall("SELECT version FROM schema_migrations ORDER BY version")]
+
+    @contextlib.contextmanager
+    def transaction(self, kind: TransactionKind = "serialized") -> Iterator[_Connection]:
+        with self.unavailable_as_typed(), self._pool.connection() as connection, connection.transaction():
+            if kind == "serialized":
+                connection.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
+            elif kind == "read":
+                connection.execute("SET TRANSACTION READ ONLY")
+            yield _Connection(connection)
+
+    def execute(self, statement: str, params: Sequence[Any] = ()) -> int:
+        with self.unavailable_as_typed(), self._pool.connection() as connection:
+            return connection.execute(placeholders(statement), tuple(params)).rowcount  # type: ignore[arg-type]
+
+    def fetchall(self, statement: str, params: Sequence[Any] = ()) -> list[Any]:
+        with self.unavailable_as_typed(), self._pool.connection() as connection:
+            return connection.execute(placeholders(statement), tuple(params)).fetchall()  # type: ignore[arg-type]
+
+    def fetchone(self, statement: str, params: Sequence[Any] = ()) -> Any:
+        rows = self.fetchall(statement, params)
+        return rows[0] if rows else None
+
+    def close(self) -> None:
+        self._pool.close()
+

@@ -1,0 +1,25 @@
+"""Where the configured state stores live: PostgreSQL when `GRISTMILL_DATABASE_URL` is set, else SQLite files in
+the shared directory."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from streams.settings import Settings
+from streams.state.database import Database
+from streams.state.sqlite import SqliteDatabase
+
+StateStore = Literal["query log", "feedback state", "evaluation store"]
+
+
+def open_state_database(settings: Settings, store: StateStore) -> Database:
+    """The database `store` keeps its tables in (opening one connects lazily: a server away fails the first
+    operation, retried like any store outage, not the start)."""
+    if settings.database_url:
+        from streams.state.postgres import PostgresDatabase  # psycopg loads only where PostgreSQL is used
+
+        return PostgresDatabase(settings.database_url, store, namespace=settings.namespace,
+                                pool_size=settings.database_pool_size, connect_timeout_s=settings.database_timeout_s)
+    path = {"query log": settings.query_log_path, "feedback state": settings.pairs_path,
+            "evaluation store": settings.evaluation_path}[store]
+    return SqliteDatabase(path, store, settings.sqlite_busy_timeout_s)
