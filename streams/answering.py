@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from streams import metrics
 from streams.ml.experiments import Answer, RoutedQuery, answer, answer_record
 from streams.ml.serving import Serving, ServingSlot
+from streams.state.errors import StateUnavailable
 from streams.state.evaluation_store import EvaluationStore, ExperimentRecord
 from streams.store_threads import StoreThreads
 
@@ -30,22 +31,30 @@ class ActiveExperiment:
         self.model = model
         self.ttl_s = ttl_s
         self._cached: tuple[float, ExperimentRecord | None] = (-1e18, None)
+        self._known: ExperimentRecord | None = None  # the last one read
         self._lock = threading.Lock()
 
     def get(self) -> ExperimentRecord | None:
+        """The live experiment; while the evaluation store is away, the last one read (serving never waits for
+        the store, nor fails with it: the next `get` after `ttl_s` reads it again)."""
         now = time.monotonic()
         with self._lock:
             if now - self._cached[0] < self.ttl_s:
                 return self._cached[1]
-        experiment = self.store.active(self.model)
+        try:
+            experiment = self.store.active(self.model)
+        except StateUnavailable as exc:
+            log.debug("the live experiment is not known now, routing as last read: %s", exc)
+            experiment = self._known
         with self._lock:
             self._cached = (now, experiment)
+            self._known = experiment
         return experiment
 
     def forget(self) -> None:
         """Re-read on the next `get` (after this worker changed the experiment)."""
         with self._lock:
-            self._cached = (-1e18, None)
+            self._cached = (-1e18, self._known)
 
 
 def lower_priority() -> None:

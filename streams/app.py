@@ -26,7 +26,7 @@ from streams.kafka_transport import App, Consumer, QuietWhileStopping
 from streams.processing import BatchRunner, Contract, FailureHook, Handler
 from streams.settings import Settings
 from streams.shared import Shared
-from streams.state.errors import OperationAborted
+from streams.state.errors import OperationAborted, StoreError
 from streams.topics import TopicNames, faust_credentials
 from streams.validation import RECORD_OVERHEAD_BYTES, RawMessage
 
@@ -197,9 +197,14 @@ class Worker:
                     metrics.STAGE_SECONDS.labels("monitor").inc(time.perf_counter() - started)
 
     def timer(self, interval_s: float, tick: Callable[[], Awaitable[None]]) -> None:
-        """Call `tick` every `interval_s` while the worker runs."""
+        """Call `tick` every `interval_s` while the worker runs. A tick that finds a store away (a `StoreError`)
+        is skipped with a warning, not the worker's end: the next tick tries again."""
         async def run_tick() -> None:  # faust reads a timer's signature to decide whether to pass the app
-            await tick()
+            try:
+                await tick()
+            except StoreError as exc:
+                metrics.STORE_FAILURES.inc()
+                log.warning("%s skipped, the next tick tries again: %s", getattr(tick, "func", tick).__name__, exc)
 
         function = getattr(tick, "func", tick)  # a partial names its function
         self.app.timer(interval_s, name=f"{function.__module__}.{function.__qualname__}")(run_tick)

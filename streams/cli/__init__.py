@@ -12,7 +12,7 @@ import typer
 from confluent_kafka import KafkaException
 
 from schemas.errors import GristmillError
-from streams.cli import bench, deadletter, experiments, models, produce, query, stack
+from streams.cli import bench, deadletter, experiments, models, produce, query, stack, state
 from streams.cli.context import console, styled
 
 app = typer.Typer(help="gristmill: a streaming pipeline that keeps a semantic-search index fresh.",
@@ -26,6 +26,7 @@ app.add_typer(produce_app, name="produce")
 app.add_typer(bench_app, name="bench")
 app.add_typer(deadletter_app, name="deadletter")
 app.add_typer(experiment_app, name="experiment")
+app.add_typer(state.state_app, name="state")
 
 for command in (stack.up, stack.demo, stack.status, query.search, query.ask, models.retrain, models.rollback,
                 models.promote, models.reindex, models.models):

@@ -24,12 +24,19 @@ def bench_ingest(
 
 def bench_query(
     chunks: Annotated[list[int] | None, typer.Option(help="Index sizes in chunks (repeatable).")] = None,
+    state_backends: Annotated[bool, typer.Option(help="At the smallest size, also the state stores in PostgreSQL "
+                                                      "(a throwaway server) beside SQLite: HTTP and Kafka latency, "
+                                                      "GET /evaluation, its query plans.")] = True,
+    evaluation_answers: Annotated[int, typer.Option(min=1, help="Answers (over 24 h, one in five judged) in each "
+                                                               "backend's evaluation store for GET /evaluation.")
+                                  ] = 100_000,
 ) -> None:
     """Dense and hybrid HTTP latency and QPS at each index size, the Kafka round trip, against a per-query
-    baseline."""
+    baseline; the state in PostgreSQL beside SQLite, side by side in the same run."""
     from streams.devtools.bench_query import run_query_bench
 
-    run_query_bench(load_settings(), chunks or [10_000, 100_000], console)
+    run_query_bench(load_settings(), chunks or [10_000, 100_000], console, state_backends=state_backends,
+                    evaluation_answers=evaluation_answers)
 
 
 def bench_monitor(

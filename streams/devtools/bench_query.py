@@ -1,5 +1,6 @@
 """`gristmill bench query`: query latency over HTTP and Kafka and sustained QPS, beside a baseline
-(sentence-transformers encode + qdrant-client local-mode search per query) measured in the same run."""
+(sentence-transformers encode + qdrant-client local-mode search per query) measured in the same run; at the smallest
+size, the state stores in PostgreSQL beside SQLite (streams.devtools.bench_state)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from rich.console import Console
 from schemas import DocumentEvent
 from streams.broker import EmbeddedBroker
 from streams.devtools.bench_ingest import Row, bench_texts, print_rows
+from streams.devtools.bench_state import run_state_backends
 from streams.devtools.ingest_rig import NAMESPACE
 from streams.devtools.worker_process import WorkerProcess
 from streams.ml.chunking import Chunker
@@ -86,7 +88,10 @@ async def sustained_qps(url: str, queries: list[str], concurrency: int, seconds:
     return done / (time.perf_counter() - started)
 
 
-def run_query_bench(settings: Settings, sizes: Sequence[int], console: Console) -> list[Row]:
+def run_query_bench(settings: Settings, sizes: Sequence[int], console: Console, *, state_backends: bool = True,
+                    evaluation_answers: int = 100_000) -> list[Row]:
+    """At the smallest size also (`state_backends`) the state in SQLite beside PostgreSQL: served latency and
+    `GET /evaluation` over `evaluation_answers` logged answers (streams.devtools.bench_state)."""
     model = ensure_base_model(open_registry(settings))
     encoder = open_encoder(settings, model)
     short, long = bench_texts()
@@ -129,6 +134,9 @@ def run_query_bench(settings: Settings, sizes: Sequence[int], console: Console) 
                                            console)
                 finally:
                     worker.stop()
+                if n == 0 and state_backends:
+                    rows += run_state_backends(settings, data_dir, settings.models_dir, Path(tmp), NAMESPACE,
+                                               model.version, queries, chunks, evaluation_answers, console)
                 if n == 0:
                     rows += experiment_rows(settings, model, encoder, data_dir, Path(tmp) / "registry", broker,
                                             queries, long[:100], vocabulary, chunks, console)

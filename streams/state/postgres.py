@@ -90,6 +90,9 @@ class PostgresDatabase:
         self._lock_key = zlib.crc32(self.schema.encode())  # this store's advisory lock
         self._pool = psycopg_pool.ConnectionPool(
             url, min_size=0, max_size=pool_size, open=True, timeout=connect_timeout_s,
+            # a connection the pool could not make is retried with backoff only this long: then the next
+            # operation asks afresh, so a server back after an outage is used within seconds
+            reconnect_timeout=connect_timeout_s,
             check=psycopg_pool.ConnectionPool.check_connection, name=self.schema,
             kwargs={"autocommit": True, "connect_timeout": max(1, round(connect_timeout_s)),
                     "options": f"-c search_path={self.schema}", "application_name": "gristmill"})

@@ -1,5 +1,6 @@
 """The compose stack validates offline (Debian's docker-compose, no engine) and is wired as documented; its state
-lives in named volumes its images' users can write, and no secret has a default.
+lives in named volumes its images' users can write, workers and trainer share theirs in the postgres service, and no
+secret has a default.
 
 The checks that can be got wrong quietly are functions returning the problems they find, so each is also run on a
 broken copy of the files (it must report it) as well as on the real ones (they must report nothing)."""
@@ -17,6 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import pytest
 import yaml
@@ -25,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text()
 DOCKERFILE_TEXT = (ROOT / "deploy/Dockerfile").read_text()
 SECRETS = {"QDRANT_API_KEY": "test-qdrant-key", "GRAFANA_ADMIN_PASSWORD": "test-grafana",
-           "GRISTMILL_API_KEYS_DIR": "/run/gristmill-test-keys"}
+           "GRISTMILL_POSTGRES_PASSWORD": "test-postgres", "GRISTMILL_API_KEYS_DIR": "/run/gristmill-test-keys"}
 
 
 def compose(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -38,7 +40,7 @@ def compose(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 
 @pytest.fixture(scope="module")
 def config() -> dict[str, Any]:
-    result = compose("--profile", "gpu", "config")
+    result = compose("--profile", "gpu", "--profile", "migrate", "config")
     assert result.returncode == 0, result.stderr
     return yaml.safe_load(result.stdout)
 
@@ -58,8 +60,8 @@ def test_secrets_are_required_not_defaulted(missing: str) -> None:
 
 def test_services_and_wiring(config: dict[str, Any]) -> None:
     services = config["services"]
-    assert {"kafka", "qdrant", "worker", "worker-gpu", "trainer", "prometheus", "grafana",
-            "model-export"} <= set(services)
+    assert {"kafka", "qdrant", "postgres", "worker", "worker-gpu", "trainer", "prometheus", "grafana",
+            "model-export", "state-migrate"} <= set(services)
     worker = services["worker"]
     assert worker["environment"]["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
     assert worker["environment"]["QDRANT_URL"] == "http://qdrant:6333"
@@ -71,10 +73,9 @@ def test_services_and_wiring(config: dict[str, Any]) -> None:
     assert trainer["build"]["target"] == "trainer" and trainer["environment"]["GRISTMILL_AGENTS"] == "trainer"
     assert "trainer" not in worker["environment"]["GRISTMILL_AGENTS"].split(",")
     assert "rollout" in worker["environment"]["GRISTMILL_AGENTS"].split(",")
-    for name in ("worker", "trainer"):  # the registry and the training pairs are shared
+    for name in ("worker", "trainer"):  # the registry is shared on a volume; the state in PostgreSQL (below)
         targets = {v["target"] if isinstance(v, dict) else v.split(":")[1] for v in services[name]["volumes"]}
-        assert {"/models", "/shared"} <= targets
-        assert services[name]["environment"]["GRISTMILL_SHARED_DIR"] == "/shared"
+        assert "/models" in targets and "/shared" not in targets
     reservation = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert reservation["capabilities"] == ["gpu"] and services["worker-gpu"]["profiles"] == ["gpu"]
 
@@ -123,12 +124,28 @@ def test_workers_and_trainer_read_the_api_keys_from_a_read_only_mount(config: di
 # -- no secret has a default ---------------------------------------------------------------------------------------
 SECRET_NAME = re.compile(r"SECRET|PASSWORD|TOKEN|KEY", re.IGNORECASE)
 INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<rest>[^}]*)\}")
+#: The password of a URL's `user:password@` (an interpolation's `:?` message may hold spaces).
+URL_PASSWORD = re.compile(r"[a-z][a-z0-9+.-]*://[^\s:/@]+:(?P<password>\$\{[^}]*\}|[^\s@/]+)@", re.IGNORECASE)
+
+
+def strings(node: Any) -> Iterator[str]:
+    """Every string of a parsed YAML document (keys and values; comments are not in it)."""
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            yield from strings(key)
+            yield from strings(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from strings(item)
 
 
 def secret_default_problems(text: str) -> list[str]:
-    """Secrets given a default: a `${NAME...}` of a secret-looking NAME without `:?` (required), or a secret-looking
-    environment variable given a value that is not such a required interpolation (a literal, `${X:-...}`). A secret
-    that is optional is passed through by name (no value), which has no default. `*_FILE`/`*_DIR` name paths."""
+    """Secrets given a default: a `${NAME...}` of a secret-looking NAME without `:?` (required), a secret-looking
+    environment variable given a value that is not such a required interpolation (a literal, `${X:-...}`), or a URL
+    whose `user:password@` password is not one (`GRISTMILL_DATABASE_URL`, whatever its name). A secret that is
+    optional is passed through by name (no value), which has no default. `*_FILE`/`*_DIR` name paths."""
     problems = [f"${{{m['name']}{m['rest']}}} has a default: a secret must be required (`:?`) or passed through"
                 for m in INTERPOLATION.finditer(text)
                 if SECRET_NAME.search(m["name"]) and not m["rest"].startswith(":?")]
@@ -142,11 +159,19 @@ def secret_default_problems(text: str) -> list[str]:
             required = INTERPOLATION.fullmatch(str(value))
             if required is None or not required["rest"].startswith(":?"):
                 problems.append(f"{where}: {key} is given {value!r}: a secret must be a required `${{...:?...}}`")
+    for value in dict.fromkeys(strings(raw)):  # once each (anchors repeat a value)
+        for url in URL_PASSWORD.finditer(value):
+            required = INTERPOLATION.fullmatch(url["password"])
+            if required is None or not required["rest"].startswith(":?"):
+                problems.append(f"{url[0]!r} carries a password that is not a required `${{...:?...}}`")
     return problems
 
 
 def test_no_secret_has_a_default() -> None:
     assert secret_default_problems(COMPOSE_TEXT) == []
+
+
+POSTGRES_SECRET = "${GRISTMILL_POSTGRES_PASSWORD:?set GRISTMILL_POSTGRES_PASSWORD}"
 
 
 @pytest.mark.parametrize(("secret", "defaulted"), [
@@ -155,10 +180,125 @@ def test_no_secret_has_a_default() -> None:
     ("${GRAFANA_ADMIN_PASSWORD:?set GRAFANA_ADMIN_PASSWORD}", "admin"),
     ("GRISTMILL_ADMIN_TOKEN:  #", "GRISTMILL_ADMIN_TOKEN: ${GRISTMILL_ADMIN_TOKEN:-} #"),
     ("GRISTMILL_KAFKA_SASL_PASSWORD:  #", "GRISTMILL_KAFKA_SASL_PASSWORD: hunter2 #"),
-], ids=["interpolation-default", "unset-default", "literal", "empty-default", "literal-pass-through"])
+    ("POSTGRES_PASSWORD: ${GRISTMILL_POSTGRES_PASSWORD:?", "POSTGRES_PASSWORD: ${GRISTMILL_POSTGRES_PASSWORD:-"),
+    (f"POSTGRES_PASSWORD: {POSTGRES_SECRET}", "POSTGRES_PASSWORD: postgres"),
+    (f"gristmill:{POSTGRES_SECRET}@", "gristmill:postgres@"),  # in GRISTMILL_DATABASE_URL
+    (f"gristmill:{POSTGRES_SECRET}@", "gristmill:${PGPASS}@"),  # optional, and not named like a secret
+], ids=["interpolation-default", "unset-default", "literal", "empty-default", "literal-pass-through",
+        "postgres-default", "postgres-literal", "url-literal-password", "url-optional-password"])
 def test_the_secret_check_finds_a_default(secret: str, defaulted: str) -> None:
     assert secret in COMPOSE_TEXT
     assert secret_default_problems(COMPOSE_TEXT.replace(secret, defaulted, 1))
+
+
+# -- workers and the trainer keep their state in the postgres service --------------------------------------------------
+DATABASE_URL = f"postgresql://gristmill:{SECRETS['GRISTMILL_POSTGRES_PASSWORD']}@postgres:5432/gristmill"
+
+
+def gristmill_processes(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The services running `gristmill up`: each opens the query log, feedback state and evaluation store."""
+    return {name: service for name, service in config["services"].items()
+            if "build" in service and service.get("command") == ["up"]}
+
+
+def waits_for_healthy_postgres(service: dict[str, Any]) -> bool:
+    depends_on = service.get("depends_on") or {}
+    return isinstance(depends_on, dict) and (depends_on.get("postgres") or {}).get("condition") == "service_healthy"
+
+
+def database_problems(config: dict[str, Any]) -> list[str]:
+    """The postgres service answers a pg_isready healthcheck; every gristmill process has GRISTMILL_DATABASE_URL
+    naming it with its user, password and database, waits for it to be healthy, and mounts no `shared` volume (the
+    SQLite files PostgreSQL replaces); state-migrate moves that volume's files into the same database and namespace.
+    (Its data in a named volume postgres can write: THIRD_PARTY_STATE.)"""
+    services = config["services"]
+    postgres = services.get("postgres")
+    if postgres is None:
+        return ["no postgres service: the workers' state would be SQLite files on one host"]
+    problems = []
+    if "pg_isready" not in " ".join((postgres.get("healthcheck") or {}).get("test") or []):
+        problems.append("postgres: no pg_isready healthcheck: `service_healthy` would not mean it takes connections")
+    env = postgres.get("environment") or {}
+    user = env.get("POSTGRES_USER", "postgres")
+    expected = (user, env.get("POSTGRES_PASSWORD"), env.get("POSTGRES_DB", user))
+
+    def url_problems(where: str, url: str | None) -> list[str]:
+        if not url:
+            return [f"{where}: no GRISTMILL_DATABASE_URL: its state would be SQLite files of its own"]
+        parts = urlsplit(url)
+        if parts.scheme not in ("postgresql", "postgres") or (parts.hostname, parts.port or 5432) != ("postgres", 5432):
+            return [f"{where}: {url} is not the postgres service (postgres:5432)"]
+        found = (parts.username, unquote(parts.password or ""), parts.path.lstrip("/"))
+        return [] if found == expected else [f"{where}: {url} does not carry the postgres service's user, "
+                                             f"password and database"]
+
+    processes = gristmill_processes(config)
+    if not processes:
+        problems.append("no service runs `gristmill up`")
+    for name, service in processes.items():
+        problems += url_problems(name, (service.get("environment") or {}).get("GRISTMILL_DATABASE_URL"))
+        if not waits_for_healthy_postgres(service):
+            problems.append(f"{name}: does not wait for postgres to be healthy (condition: service_healthy)")
+        if any(m.kind == "volume" and m.source == "shared" for m in mounts(service)):
+            problems.append(f"{name}: mounts `shared`, whose SQLite state PostgreSQL replaces")
+    migrate = services.get("state-migrate")
+    if migrate is None:
+        return [*problems, "no state-migrate service: a stack upgraded from SQLite cannot move its state over"]
+    command, env = migrate.get("command") or [], migrate.get("environment") or {}
+    flags = dict(zip(command[2::2], command[3::2], strict=False)) if command[:2] == ["state", "migrate"] else {}
+    problems += url_problems("state-migrate --to", flags.get("--to", env.get("GRISTMILL_DATABASE_URL")))
+    # --from defaults to GRISTMILL_SHARED_DIR, else the data directory (a relative one: never a volume here)
+    source = holding(migrate, flags.get("--from", env.get("GRISTMILL_SHARED_DIR", env.get("GRISTMILL_DATA_DIR", "-"))))
+    if source is None or (source.kind, source.source) != ("volume", "shared"):
+        problems.append("state-migrate: --from is not in the `shared` volume")
+    if not waits_for_healthy_postgres(migrate):
+        problems.append("state-migrate: does not wait for postgres to be healthy (condition: service_healthy)")
+    namespaces = {(s.get("environment") or {}).get("GRISTMILL_NAMESPACE") for s in [migrate, *processes.values()]}
+    if len(namespaces) != 1:
+        problems.append(f"state-migrate: not the workers' GRISTMILL_NAMESPACE (it names the schemas): {namespaces}")
+    return problems
+
+
+def test_workers_and_trainer_share_their_state_in_the_postgres_service(config: dict[str, Any]) -> None:
+    assert set(gristmill_processes(config)) == {"worker", "worker-gpu", "trainer"}
+    assert database_problems(config) == []
+    for service in gristmill_processes(config).values():
+        assert service["environment"]["GRISTMILL_DATABASE_URL"] == DATABASE_URL
+    postgres = config["services"]["postgres"]
+    assert postgres["image"].split(":")[0] == "postgres" and postgres["environment"]["POSTGRES_PASSWORD"] == \
+        SECRETS["GRISTMILL_POSTGRES_PASSWORD"]
+    assert holding(postgres, postgres["environment"]["PGDATA"]) == Mount("volume", "postgres-data",
+                                                                          "/var/lib/postgresql/data")
+    assert "postgres-data" in config["volumes"] and "shared" in config["volumes"]
+    assert config["services"]["state-migrate"]["profiles"] == ["migrate"]  # never started by a plain `up`
+
+
+@pytest.mark.parametrize("change", [
+    lambda s: s.pop("postgres"),
+    lambda s: s["postgres"].pop("healthcheck"),
+    lambda s: s["worker"]["environment"].update(
+        GRISTMILL_DATABASE_URL=DATABASE_URL.replace("@postgres:", "@localhost:")),
+    lambda s: s["trainer"]["environment"].pop("GRISTMILL_DATABASE_URL"),
+    lambda s: s["postgres"]["environment"].update(POSTGRES_PASSWORD="another"),  # the URLs' password is refused
+    lambda s: s["worker-gpu"]["environment"].update(GRISTMILL_DATABASE_URL=DATABASE_URL + "-other"),  # another db
+    lambda s: s["trainer"]["depends_on"].pop("postgres"),
+    lambda s: s["worker"]["depends_on"].update(postgres={"condition": "service_started"}),
+    lambda s: s["worker"].update(volumes=[*s["worker"]["volumes"], "shared:/shared:rw"]),
+    lambda s: s["state-migrate"]["environment"].update(GRISTMILL_DATABASE_URL=DATABASE_URL + "-other"),
+    lambda s: s["state-migrate"].update(command=["state", "migrate", "--to", DATABASE_URL + "-other", "--from",
+                                                 "/shared"]),
+    lambda s: s["state-migrate"].update(command=["state", "migrate", "--from", "/tmp"]),
+    lambda s: (s["state-migrate"].update(command=["state", "migrate"]),  # the default: the data directory
+               s["state-migrate"]["environment"].pop("GRISTMILL_SHARED_DIR")),
+    lambda s: s["state-migrate"]["environment"].update(GRISTMILL_NAMESPACE="other"),
+    lambda s: s["state-migrate"].pop("depends_on"),
+], ids=["no-postgres", "no-healthcheck", "url-elsewhere", "trainer-no-url", "password-mismatch", "other-database",
+        "trainer-no-depends", "worker-started-not-healthy", "worker-mounts-shared", "migrate-url-elsewhere",
+        "migrate-to-elsewhere", "migrate-from-elsewhere", "migrate-from-data-dir", "migrate-other-namespace",
+        "migrate-no-depends"])
+def test_the_database_check_finds_state_outside_the_postgres_service(
+        config: dict[str, Any], change: Callable[[dict[str, Any]], None]) -> None:
+    assert database_problems(broken(config, change))
 
 
 # -- state lives in named volumes its image's user can write ---------------------------------------------------------
@@ -209,8 +349,10 @@ class ImageState:
 
 
 #: Read from each image's Dockerfile (apache/kafka docker/jvm/Dockerfile; qdrant Dockerfile, USER_ID=0 unless the
-#: -unprivileged tag; prometheus Dockerfile; grafana Dockerfile). Root writes any volume; the others need the mount
-#: at the directory they own, and the state inside it.
+#: -unprivileged tag; prometheus Dockerfile; grafana Dockerfile; docker-library/postgres 16/*/Dockerfile, which makes
+#: /var/lib/postgresql/data owned by postgres, uid 999, as a VOLUME, and whose entrypoint steps down from root to
+#: postgres after making PGDATA). Root writes any volume; the others need the mount at the directory they own, and
+#: the state inside it.
 THIRD_PARTY_STATE: dict[str, ImageState] = {
     "apache/kafka": ImageState("appuser (uid 1000)", "/var/lib/kafka/data",
                                lambda s: s["environment"].get("KAFKA_LOG_DIRS", "/tmp/kraft-combined-logs").split(",")),
@@ -220,6 +362,8 @@ THIRD_PARTY_STATE: dict[str, ImageState] = {
                                   lambda s: [command_flag(s, "--storage.tsdb.path", "/prometheus/data")]),
     "grafana/grafana": ImageState("grafana (uid 472)", "/var/lib/grafana",
                                   lambda s: [s.get("environment", {}).get("GF_PATHS_DATA", "/var/lib/grafana")]),
+    "postgres": ImageState("postgres (uid 999)", "/var/lib/postgresql/data",
+                           lambda s: [s.get("environment", {}).get("PGDATA", "/var/lib/postgresql/data")]),
 }
 
 
@@ -246,14 +390,14 @@ def third_party_state_problems(config: dict[str, Any]) -> list[str]:
 
 #: The state of each gristmill service: where a setting points, and the mount it must be. Workers scale, so their
 #: data dir (one process's run file) is a tmpfs per replica: a shared volume would hand a replica another's run file.
+#: The query log, feedback state and evaluation store are in PostgreSQL (`database_problems`); `shared` holds the
+#: SQLite files of a stack from before, which only state-migrate reads.
 GRISTMILL_STATE: dict[str, dict[str, tuple[str, str]]] = {
-    "worker": {"/models": ("GRISTMILL_REGISTRY_DIR", "volume"), "/shared": ("GRISTMILL_SHARED_DIR", "volume"),
-               "/data": ("GRISTMILL_DATA_DIR", "tmpfs")},
-    "worker-gpu": {"/models": ("GRISTMILL_REGISTRY_DIR", "volume"), "/shared": ("GRISTMILL_SHARED_DIR", "volume"),
-                   "/data": ("GRISTMILL_DATA_DIR", "tmpfs")},
-    "trainer": {"/models": ("GRISTMILL_REGISTRY_DIR", "volume"), "/shared": ("GRISTMILL_SHARED_DIR", "volume"),
-                "/data": ("GRISTMILL_DATA_DIR", "volume")},
+    "worker": {"/models": ("GRISTMILL_REGISTRY_DIR", "volume"), "/data": ("GRISTMILL_DATA_DIR", "tmpfs")},
+    "worker-gpu": {"/models": ("GRISTMILL_REGISTRY_DIR", "volume"), "/data": ("GRISTMILL_DATA_DIR", "tmpfs")},
+    "trainer": {"/models": ("GRISTMILL_REGISTRY_DIR", "volume"), "/data": ("GRISTMILL_DATA_DIR", "volume")},
     "model-export": {"/models": ("GRISTMILL_REGISTRY_DIR", "volume")},
+    "state-migrate": {"/shared": ("GRISTMILL_SHARED_DIR", "volume")},
 }
 
 
@@ -299,23 +443,28 @@ def broken(config: dict[str, Any], change: Callable[[dict[str, Any]], None]) -> 
     lambda s: s["prometheus"].update(command=["--storage.tsdb.path=/tmp/tsdb"]),
     lambda s: s["grafana"]["environment"].update(GF_PATHS_DATA="/srv/grafana"),
     lambda s: s["grafana"].update(user="0"),
+    lambda s: s["postgres"]["environment"].update(PGDATA="/var/lib/postgresql/pgdata"),  # beside the volume
+    lambda s: s["postgres"].update(volumes=[]),  # the image's anonymous VOLUME: gone with `down`/`rm -v`
+    lambda s: s["postgres"].update(user="999"),  # the entrypoint can no longer chown PGDATA
     lambda s: s.update(redis={"image": "redis:7"}),  # an image nobody reasoned about
 ], ids=["kafka-default-log-dir", "kafka-log-dir-outside", "kafka-volume-not-in-image", "qdrant-no-volume",
-        "prometheus-tsdb-outside", "grafana-data-outside", "grafana-user-override", "unknown-image"])
+        "prometheus-tsdb-outside", "grafana-data-outside", "grafana-user-override", "postgres-data-outside",
+        "postgres-no-volume", "postgres-user-override", "unknown-image"])
 def test_the_third_party_state_check_finds_state_outside_a_writable_volume(
         config: dict[str, Any], change: Callable[[dict[str, Any]], None]) -> None:
     assert third_party_state_problems(broken(config, change))
 
 
 @pytest.mark.parametrize("change", [
-    lambda s: s["trainer"].update(volumes=[v for v in s["trainer"]["volumes"] if "shared" not in str(v)]),
+    lambda s: s["trainer"].update(volumes=[v for v in s["trainer"]["volumes"] if "models" not in str(v)]),
     lambda s: s["trainer"].update(volumes=[v for v in s["trainer"]["volumes"] if "trainer-data" not in str(v)]),
     lambda s: s["worker"].update(tmpfs=[], volumes=[*s["worker"]["volumes"], "worker-data:/data:rw"]),  # shared
     lambda s: s["worker"].update(tmpfs=["/data:mode=0700"]),  # root's tmpfs
-    lambda s: s["worker-gpu"]["environment"].update(GRISTMILL_SHARED_DIR="/data/shared"),
+    lambda s: s["state-migrate"].update(volumes=[]),
+    lambda s: s["state-migrate"]["environment"].update(GRISTMILL_SHARED_DIR="/data/shared"),
     lambda s: s["model-export"].update(volumes=[]),
-], ids=["trainer-shared-missing", "trainer-data-missing", "worker-data-shared", "worker-tmpfs-root",
-        "shared-dir-elsewhere", "model-export-no-models"])
+], ids=["trainer-models-missing", "trainer-data-missing", "worker-data-shared", "worker-tmpfs-root",
+        "migrate-shared-missing", "shared-dir-elsewhere", "model-export-no-models"])
 def test_the_gristmill_state_check_finds_state_outside_its_volumes(
         config: dict[str, Any], change: Callable[[dict[str, Any]], None]) -> None:
     assert gristmill_state_problems(broken(config, change), DOCKERFILE_TEXT)
