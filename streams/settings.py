@@ -203,6 +203,8 @@ class Settings(BaseSettings):
     database_timeout_s: float = Field(default=5.0, gt=0, description="How long a state operation waits to connect "
                                       "to PostgreSQL (or for a free pooled connection) before it fails (and is "
                                       "retried).")
+    database_startup_wait_s: float = Field(default=120.0, ge=0, description="How long a process starting waits "
+                                           "for PostgreSQL to be reachable (to migrate its schema) before it fails.")
     feedback_claim_s: float = Field(default=60.0, gt=0, description="How long a worker settling held feedback "
                                     "keeps it from the others (a worker that dies mid-settle lets it lapse).")
     pairs_max_rows: int = Field(default=500_000, ge=1_000, description="Training pairs kept (oldest pruned "

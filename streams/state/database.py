@@ -69,3 +69,24 @@ class Database(Protocol):
 
     def close(self) -> None: ...
 
+
+
+def insert_rows(db: Database, head: str, rows: Sequence[Sequence[Any]], tail: str = "",
+                per_statement: int = 200) -> None:
+    """`head` ("INSERT INTO t (a, b) VALUES") with the rows as one multi-row statement, then `tail` (an
+    "ON CONFLICT ..." clause): one round trip, atomic by itself. More than `per_statement` rows are written by
+    several statements in one transaction."""
+    if not rows:
+        return
+    placeholders = "(" + ", ".join("?" * len(rows[0])) + ")"
+    statements = []
+    for start in range(0, len(rows), per_statement):
+        part = rows[start:start + per_statement]
+        statements.append((f"{head} {', '.join([placeholders] * len(part))} {tail}",
+                           [value for row in part for value in row]))
+    if len(statements) == 1:
+        db.execute(*statements[0])
+        return
+    with db.transaction("write") as connection:
+        for statement, params in statements:
+            connection.execute(statement, params)

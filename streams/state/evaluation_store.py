@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from streams.state.database import Connection, Database, Schema
+from streams.state.database import Connection, Database, Schema, insert_rows
 from streams.state.errors import ExperimentConflict
 from streams.state.sqlite import SqliteDatabase
 
@@ -110,8 +110,9 @@ class EvaluationStore:
                  a.answered_at, a.length, a.source, a.segment, a.experiment, a.user_key,
                  None if a.credits is None else json.dumps(a.credits), int(a.cached)) for a in answers]
         if rows:
-            self._write("INSERT INTO answers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                        "ON CONFLICT (query_id, arm) DO NOTHING", rows)
+            insert_rows(self._db, "INSERT INTO answers (query_id, arm, model_version, index_version, latency_ms, "
+                                  "doc_ids, answered_at, length, source, segment, experiment, user_key, credits, "
+                                  "cached) VALUES", rows, "ON CONFLICT (query_id, arm) DO NOTHING")
 
     def record_judgements(self, judgements: Iterable[JudgementRecord | tuple[str, str, int, float]]) -> None:
         """Accepted judgements (or (query_id, doc_id, judgement, when), unplaced): the latest judgement of a
@@ -146,7 +147,17 @@ class EvaluationStore:
         answers = self.answers(since, until, limit)
         if experiment is not None:
             answers = [a for a in answers if a.experiment == experiment]
-        return JudgedAnswers(answers, self.judgements(a.query_id for a in answers))
+        if len(answers) < 500:
+            return JudgedAnswers(answers, self.judgements(a.query_id for a in answers))
+        # many answers: the judgements of the window's queries in one statement (a semi-join), kept for these
+        wanted = {a.query_id for a in answers}
+        judged: dict[str, dict[str, int]] = {}
+        for query_id, doc_id, judgement in self._db.fetchall(
+                "SELECT query_id, doc_id, judgement FROM judgements WHERE query_id IN (SELECT query_id FROM answers "
+                "WHERE answered_at >= ? AND answered_at < ?)", (since, until if until is not None else float("inf"))):
+            if query_id in wanted:
+                judged.setdefault(query_id, {})[doc_id] = judgement
+        return JudgedAnswers(answers, judged)
 
     def judgements(self, query_ids: Iterable[str] | None = None) -> dict[str, dict[str, int]]:
         """query_id -> {doc_id: judgement}."""

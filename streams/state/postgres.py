@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import re
 import time
+import weakref
 import zlib
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -28,6 +30,11 @@ from psycopg import sql as pgsql
 
 from streams.state.database import Schema, TransactionKind
 from streams.state.errors import StateSchemaTooNew, StateUnavailable
+
+log = logging.getLogger(__name__)
+
+#: A pooled connection used this recently is taken without a liveness check.
+RECENTLY_USED_S = 2.0
 
 #: The schema of each store (a namespace, when set, prefixes them: several deployments may share one database).
 STORE_SCHEMAS = {"query log": "query_log", "feedback state": "feedback", "evaluation store": "evaluation"}
@@ -43,7 +50,12 @@ def redacted(url: str) -> str:
 
 
 def schema_name(store: str, namespace: str = "") -> str:
-    prefix = re.sub(r"[^a-z0-9_]", "_", namespace.lower())
+    """The store's schema: `gristmill_<store>`, prefixed by the namespace. A namespace that is not already a short
+    lowercase identifier is made one and suffixed by its hash (`a-b` and `a_b` never share a schema; every name
+    fits PostgreSQL's 63 characters)."""
+    prefix = namespace
+    if not re.fullmatch(r"[a-z0-9_]{0,32}", namespace):
+        prefix = re.sub(r"[^a-z0-9_]", "_", namespace.lower())[:32] + f"_{zlib.crc32(namespace.encode()):08x}"
     return f"{prefix + '_' if prefix else ''}gristmill_{STORE_SCHEMAS[store]}"
 
 
@@ -82,18 +94,22 @@ class PostgresDatabase:
     dialect = "postgresql"
 
     def __init__(self, url: str, store: str, *, namespace: str = "", pool_size: int = 4,
-                 connect_timeout_s: float = 5.0) -> None:
+                 connect_timeout_s: float = 5.0, startup_wait_s: float = 0.0) -> None:
+        """`startup_wait_s`: how long `ensure` waits for a server that cannot be reached yet (a worker started
+        beside its database) before it fails."""
         self.url = url
         self.store = store
         self.schema = schema_name(store, namespace)
         self.connect_timeout_s = connect_timeout_s
+        self.startup_wait_s = startup_wait_s
+        self._returned_at: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = weakref.WeakKeyDictionary()
         self._lock_key = zlib.crc32(self.schema.encode())  # this store's advisory lock
         self._pool = psycopg_pool.ConnectionPool(
             url, min_size=0, max_size=pool_size, open=True, timeout=connect_timeout_s,
             # a connection the pool could not make is retried with backoff only this long: then the next
             # operation asks afresh, so a server back after an outage is used within seconds
             reconnect_timeout=connect_timeout_s,
-            check=psycopg_pool.ConnectionPool.check_connection, name=self.schema,
+            check=self._check, reset=self._returned, name=self.schema,
             kwargs={"autocommit": True, "connect_timeout": max(1, round(connect_timeout_s)),
                     "options": f"-c search_path={self.schema}", "application_name": "gristmill"})
 
@@ -107,9 +123,30 @@ class PostgresDatabase:
             raise StateUnavailable(self.store, f"{self.store} (PostgreSQL {redacted(self.url)}, schema "
                                                f"{self.schema}): {type(exc).__name__}: {exc}".strip()) from exc
 
+    def _returned(self, connection: psycopg.Connection[Any]) -> None:
+        self._returned_at[connection] = time.monotonic()
+
+    def _check(self, connection: psycopg.Connection[Any]) -> None:
+        """Before a pooled connection is used: one idle for a while is checked (a server restarted meanwhile
+        closed it) and replaced when dead; one used moments ago is not (no extra round trip on a busy path)."""
+        if time.monotonic() - self._returned_at.get(connection, float("-inf")) > RECENTLY_USED_S:
+            psycopg_pool.ConnectionPool.check_connection(connection)
+
     def ensure(self, schema: Schema) -> None:
         """Apply the migrations not applied yet, each once, in order, in one transaction under this store's lock
-        (several workers starting together: the first migrates, the others wait and find it done)."""
+        (several workers starting together: the first migrates, the others wait and find it done). A server not
+        reachable yet is waited for up to `startup_wait_s`."""
+        deadline = time.monotonic() + self.startup_wait_s
+        while True:
+            try:
+                return self._migrate(schema)
+            except StateUnavailable as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                log.warning("waiting for PostgreSQL: %s", exc)
+                time.sleep(min(2.0, max(0.1, deadline - time.monotonic())))
+
+    def _migrate(self, schema: Schema) -> None:
         with self.unavailable_as_typed(), self._pool.connection() as connection, connection.transaction():
             connection.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
             connection.execute(pgsql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(pgsql.Identifier(self.schema)))

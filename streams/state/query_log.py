@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from streams.state.database import EVERY_ROW, Connection, Database, Schema
+from streams.state.database import EVERY_ROW, Connection, Database, Schema, insert_rows
 from streams.state.sqlite import SqliteDatabase
 
 
@@ -49,8 +49,8 @@ class QueryLog:
         rows = [(e.query_id, json.dumps(e.query, default=str), json.dumps(e.response, default=str), e.answered_at,
                  e.via, e.response.get("model_version", ""), e.response.get("index_version", ""))
                 for e in entries]
-        with self._db.transaction("write") as db:
-            db.executemany("INSERT INTO queries VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (query_id) DO NOTHING", rows)
+        insert_rows(self._db, "INSERT INTO queries (query_id, query, response, answered_at, via, model_version, "
+                              "index_version) VALUES", rows, "ON CONFLICT (query_id) DO NOTHING")
 
     def get(self, query_id: str) -> LoggedQuery | None:
         row = self._db.fetchone("SELECT query_id, query, response, answered_at, via FROM queries WHERE query_id = ?",

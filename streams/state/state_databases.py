@@ -13,13 +13,14 @@ StateStore = Literal["query log", "feedback state", "evaluation store"]
 
 
 def open_state_database(settings: Settings, store: StateStore) -> Database:
-    """The database `store` keeps its tables in (opening one connects lazily: a server away fails the first
-    operation, retried like any store outage, not the start)."""
+    """The database `store` keeps its tables in. A PostgreSQL server away at start is waited for (up to
+    `database_startup_wait_s`); away later, it fails operations, retried like any store outage."""
     if settings.database_url:
         from streams.state.postgres import PostgresDatabase  # psycopg loads only where PostgreSQL is used
 
         return PostgresDatabase(settings.database_url, store, namespace=settings.namespace,
-                                pool_size=settings.database_pool_size, connect_timeout_s=settings.database_timeout_s)
+                                pool_size=settings.database_pool_size, connect_timeout_s=settings.database_timeout_s,
+                                startup_wait_s=settings.database_startup_wait_s)
     path = {"query log": settings.query_log_path, "feedback state": settings.pairs_path,
             "evaluation store": settings.evaluation_path}[store]
     return SqliteDatabase(path, store, settings.sqlite_busy_timeout_s)

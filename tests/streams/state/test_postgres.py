@@ -64,15 +64,21 @@ def test_each_store_has_its_own_schema_and_a_namespace_prefixes_them(postgres_se
     try:
         first.record([logged("q1")])
         assert (first.count(), other.count()) == (1, 0)  # two deployments in one database never mix
-        assert schema_name("query log", "Team-B") == "team_b_gristmill_query_log"
         with psycopg.connect(url) as connection:
             tables = {row[0] for row in connection.execute(
                 "SELECT table_schema || '.' || table_name FROM information_schema.tables "
                 "WHERE table_schema LIKE '%%gristmill%%'")}
-        assert {"gristmill_query_log.queries", "team_b_gristmill_query_log.queries"} <= tables
+        assert {"gristmill_query_log.queries", f"{schema_name('query log', 'Team-B')}.queries"} <= tables
     finally:
         first.close()
         other.close()
+
+
+def test_namespaces_that_read_alike_never_share_a_schema() -> None:
+    assert schema_name("query log", "team_b") == "team_b_gristmill_query_log"
+    names = {schema_name(store, namespace) for store in ("query log", "feedback state", "evaluation store")
+             for namespace in ("a-b", "a_b", "A_b", "a.b", "x" * 80, "x" * 81)}
+    assert len(names) == 18 and max(len(name) for name in names) <= 63
 
 
 def test_a_wrong_statement_is_a_bug_not_an_outage(postgres_server: PostgresServer) -> None:
@@ -145,3 +151,20 @@ def retried_until_done(operation: Callable[[], object], within_s: float = 20.0) 
 def test_urls_are_shown_without_their_password() -> None:
     assert redacted("postgresql://app:s3cr%40t@db:5432/gristmill") == "postgresql://app:***@db:5432/gristmill"
     assert redacted("postgresql://db/gristmill") == "postgresql://db/gristmill"
+
+
+def test_a_store_opened_before_its_server_is_up_waits_for_it(own_server: PostgresServer) -> None:
+    url = own_server.new_database()
+    own_server.stop()
+    starting = threading.Timer(2.0, own_server.start)  # the database comes up after the worker
+    starting.start()
+    try:
+        log = QueryLog(PostgresDatabase(url, "query log", connect_timeout_s=0.5, startup_wait_s=60.0))
+        log.record([logged("first")])
+        assert log.count() == 1
+        log.close()
+    finally:
+        starting.join()
+    with pytest.raises(StateUnavailable):  # without a wait, a start with the server away fails at once
+        own_server.stop()
+        QueryLog(PostgresDatabase(url, "query log", connect_timeout_s=0.5))

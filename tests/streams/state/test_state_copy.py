@@ -17,7 +17,7 @@ from streams.devtools.postgres_server import PostgresServer, free_port
 from streams.state import state_copy
 from streams.state.errors import StateUnavailable
 from streams.state.evaluation_store import AnswerRecord, EvaluationStore, ExperimentRecord, JudgementRecord
-from streams.state.postgres import PostgresDatabase
+from streams.state.postgres import PostgresDatabase, schema_name
 from streams.state.query_log import LoggedQuery, QueryLog
 from streams.state.sqlite import SqliteDatabase
 from streams.state.state_copy import STORES, MissingSource, StoreCopied, TableCount, copy_store
@@ -250,7 +250,7 @@ def test_a_missing_file_is_reported_and_not_created(tmp_path: Path, target: Targ
 def test_a_namespace_copies_into_the_schemas_its_workers_use(tmp_path: Path, target: Target) -> None:
     build_sqlite_state(tmp_path)
     copied = copy_store("query log", tmp_path / FILES["query log"], target.url, namespace="Acme-1")
-    assert copied.schema == "acme_1_gristmill_query_log"
+    assert copied.schema == schema_name("query log", "Acme-1")
     assert QueryLog(target.open("query log", namespace="Acme-1")).count() == 5
     assert QueryLog(target.open("query log")).count() == 0
 
