@@ -21,10 +21,12 @@ $(VENV)/.installed-test: $(VENV)/.installed-run
 demo: $(VENV)/.installed-run
 	$(BIN)/gristmill up --demo
 
-# Tools the deploy tests drive: Debian's docker-compose (validates compose files, no engine needed) and Chromium.
+# Tools the tests drive: Debian's docker-compose (validates compose files, no engine needed), Chromium, and
+# PostgreSQL's server binaries (the tests start their own server in a temporary directory).
 test-tools:
-	@command -v docker-compose >/dev/null && command -v chromium >/dev/null || \
-	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-compose chromium)
+	@command -v docker-compose >/dev/null && command -v chromium >/dev/null && \
+	  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-compose chromium postgresql)
 
 test: $(VENV)/.installed-test test-tools
 	$(BIN)/ruff check .

@@ -36,6 +36,7 @@ from streams.state.errors import (
     UnknownModelVersion,
 )
 from streams.state.query_log import LoggedQuery
+from streams.store_threads import WriteAborted
 from streams.web.api_keys import ApiKeys
 from streams.web.dashboard import PAGE, dashboard_state
 from streams.web.evaluation import EVALUATION_PARAMETERS, evaluation_body, evaluation_query, experiment_body
@@ -53,6 +54,8 @@ from streams.web.openapi import OPENAPI
 from streams.web.parameters import InvalidParameter, integer, search_request, unique, valid_unicode
 
 log = logging.getLogger(__name__)
+#: Longest a stopping worker waits for the answers it sent to be logged.
+LOGGING_DRAIN_S = 10.0
 #: What the HTTP API calls the `queries` contract's fields (its errors name them so).
 HTTP_NAMES = {"text": "q", "top_k": "k"}
 #: The parameters `GET /search` reads.
@@ -83,6 +86,25 @@ def build_http_app(worker: AgentHost) -> web.Application:
         return await shared.answering.answer(queries, retry=False)  # the pair taken once per batch
 
     batcher = MicroBatcher(search_many, worker.settings.query_batch_records)  # concurrent searches share encodes
+    logging_answers: set[asyncio.Task[None]] = set()  # answers sent, still being logged
+
+    async def log_answer(logged: LoggedQuery, answer: Answer) -> None:
+        """Log an answer already sent (its client never waits for the state stores, nor fails with them)."""
+        try:
+            await shared.threads.state_once(lambda: shared.query_log.record([logged]))
+        except StoreError as exc:
+            log.warning("HTTP query %s answered but not logged (feedback on it cannot be joined): %s",
+                        logged.query_id, exc)
+            metrics.RECORDS_FAILED.labels("queries", "query log").inc()
+        try:
+            await shared.answering.record([answer], logged.answered_at)
+        except WriteAborted as exc:  # stopping
+            log.warning("HTTP query %s: its evaluation row not recorded: %s", logged.query_id, exc)
+
+    async def finish_logging(app: web.Application) -> None:
+        """At shutdown: the answers sent are logged before the stores close (a stop aborts retries)."""
+        if logging_answers:
+            await asyncio.wait(list(logging_answers), timeout=LOGGING_DRAIN_S)
 
     async def run_search(text: Any, k: Any, filter_: Any, mode: Any = None, group: Any = "chunk",
                          user_id: Any = None, segment: Any = None) -> web.Response:
@@ -122,12 +144,9 @@ def build_http_app(worker: AgentHost) -> web.Application:
         logged = LoggedQuery(query_id, {"text": text, "top_k": k, "filter": filter_, "mode": mode, "group": group,
                                         "user_id": user_id, "segment": segment},
                              {k: v for k, v in body.items() if k != "query"}, answered, "http")
-        try:  # the answer stands whether or not it could be logged
-            await shared.threads.state_once(lambda: shared.query_log.record([logged]))
-        except StoreError as exc:
-            log.warning("HTTP query %s answered but not logged (feedback on it cannot be joined): %s", query_id, exc)
-            metrics.RECORDS_FAILED.labels("queries", "query log").inc()
-        await shared.answering.record([answer], answered)
+        task = asyncio.get_running_loop().create_task(log_answer(logged, answer))  # logged after it is sent
+        logging_answers.add(task)
+        task.add_done_callback(logging_answers.discard)
         return web.json_response(body)
 
     @routes.get("/search")
@@ -303,6 +322,7 @@ def build_http_app(worker: AgentHost) -> web.Application:
     app = web.Application(client_max_size=1024 * 1024,
                           middlewares=[headers_expected_next, host_guard(allowed), access_guard(keys)])
     app.add_routes(routes)
+    app.on_shutdown.append(finish_logging)
     return app
 
 

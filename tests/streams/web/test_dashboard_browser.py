@@ -46,6 +46,7 @@ def test_dashboard_shows_live_numbers_dead_letters_and_queries(tmp_path: Path, r
         produce(broker.bootstrap_servers, "dash-ui.documents", [*docs, (b"broken", b"{not json")])
         worker.wait_for(lambda: worker.get("/health")["index"]["documents"] == 7, 60, "documents indexed")
         worker.get("/search", q="steeping green tea", k=3)
+        worker.wait_for(lambda: worker.get("/api/dashboard")["recent_queries"], 30, "the query logged")
         worker.wait_for(lambda: worker.get("/api/dashboard")["dead_letters"], 30, "dead letter on the dashboard")
 
         dom = chromium(tmp_path, "--dump-dom", worker.url + "/")

@@ -9,6 +9,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from streams.devtools.harness import Harness, double_registry, message
 from streams.web.http import build_http_app
+from tests.polling import eventually
 
 AUTH = {"Authorization": "Bearer s3cret"}
 DOCS = [{"doc_id": f"d{i}", "version": 1, "op": "upsert", "text": f"note {i} about tea and bikes",
@@ -38,8 +39,11 @@ def test_experiments_are_started_once_answered_by_arm_and_reported(tmp_path: Pat
         hit = await (await client.get("/search", params={"q": "tea", "k": "3", "user_id": "u1",
                                                          "segment": "web"})).json()
         bad_slice = await client.get("/search", params={"q": "tea", "segment": "x" * 65})
-        evaluation = await (await client.get("/evaluation", params={"by": "version,arm,slice",
-                                                                    "slices": "segment"})).json()
+        async def read_evaluation() -> dict[str, Any]:  # the answer's row is recorded after it was sent
+            return await (await client.get("/evaluation", params={"by": "version,arm,slice",
+                                                                  "slices": "segment"})).json()
+
+        evaluation = await eventually(read_evaluation, lambda body: body["rows"])
         bad_by = await client.get("/evaluation", params={"by": "colour"})
         experiment = await (await client.get("/experiment")).json()
         stopped = await client.post("/admin/experiment/stop", headers=AUTH)

@@ -19,6 +19,7 @@ from streams.state.memory_store import InMemoryVectorStore
 from streams.web.dashboard import dashboard_state
 from streams.web.guards import GuardedSite
 from streams.web.http import build_http_app
+from tests.polling import eventually
 
 DOCS = [{"doc_id": "tea", "version": 1, "op": "upsert", "text": "Green tea is steeped at eighty degrees."},
         {"doc_id": "bikes", "version": 1, "op": "upsert", "text": "Oil the bicycle chain.", "source": "workshop"}]
@@ -124,7 +125,11 @@ def test_health_names_a_crash_looping_agent_and_the_dashboard_shows_bounded_text
         await client.post("/search", json={"q": "tea " * 900, "k": 1})
         running.shared.health.crashed("query", RuntimeError("boom"))
         health = await (await client.get("/health")).json()
-        return health, await (await client.get("/api/dashboard")).json()
+
+        async def read_dashboard() -> dict[str, Any]:  # the answer is logged after it was sent
+            return await (await client.get("/api/dashboard")).json()
+
+        return health, await eventually(read_dashboard, lambda body: body["recent_queries"])
 
     with harness(tmp_path) as running:
         health, dashboard = with_client(running, scenario)
