@@ -77,9 +77,9 @@ async def settle(held: Sequence[PendingFeedback], *, join: FeedbackJoin, policy:
 
     Refused feedback judges nothing. Both stores keep the latest judgement per (query, document) by the feedback's
     offset, so settling again after a crash (the hold still has it) or a re-delivery changes nothing."""
-    now = time.time()
-    token, claimed = await threads.state(lambda: join.pairs.claim(held, now, claim_s), "feedback hold")
-    outcome = await threads.state(lambda: join.settle(claimed, now), "feedback join")
+    # the clock is read inside each try: a claim retried through an outage leases from when it is taken
+    token, claimed = await threads.state(lambda: join.pairs.claim(held, time.time(), claim_s), "feedback hold")
+    outcome = await threads.state(lambda: join.settle(claimed, time.time()), "feedback join")
     if evaluation is not None and outcome.judged:
         judged = [JudgementRecord(j.query_id, j.doc_id, j.judgement, j.judged_at, j.topic, j.partition, j.offset)
                   for j in outcome.judged]

@@ -24,37 +24,54 @@ log = logging.getLogger(__name__)
 
 class ActiveExperiment:
     """The model's live experiment as the evaluation store says, re-read at most every `ttl_s` (so the query path
-    does not read SQLite per batch)."""
+    does not read the store per batch)."""
 
     def __init__(self, store: EvaluationStore, model: str, ttl_s: float = 1.0) -> None:
         self.store = store
         self.model = model
         self.ttl_s = ttl_s
-        self._cached: tuple[float, ExperimentRecord | None] = (-1e18, None)
         self._known: ExperimentRecord | None = None  # the last one read
+        self._read_at: float | None = None  # when (None: never, or forgotten)
+        self._ever_read = False
+        self._refreshing = False
+        self._failing = False  # the last read found the store away
         self._lock = threading.Lock()
 
-    def get(self) -> ExperimentRecord | None:
-        """The live experiment; while the evaluation store is away, the last one read (serving never waits for
-        the store, nor fails with it: the next `get` after `ttl_s` reads it again)."""
-        now = time.monotonic()
+    def get(self, wait: bool = True) -> ExperimentRecord | None:
+        """The live experiment. `wait` False (serving): a forgotten one is read now, as is the first; a stale one
+        is re-read in the background (one read at a time) and the last one read is returned meanwhile; while the
+        store is away (the last read failed) serving never waits for it: the last one read stays in use."""
         with self._lock:
-            if now - self._cached[0] < self.ttl_s:
-                return self._cached[1]
+            if self._read_at is not None and time.monotonic() - self._read_at < self.ttl_s:
+                return self._known
+            if not wait and self._ever_read and (self._read_at is not None or self._failing):
+                if not self._refreshing:
+                    self._refreshing = True
+                    threading.Thread(target=self._read, name="experiment-refresh", daemon=True).start()
+                return self._known
+        return self._read()
+
+    def _read(self) -> ExperimentRecord | None:
         try:
             experiment = self.store.active(self.model)
         except StateUnavailable as exc:
             log.debug("the live experiment is not known now, routing as last read: %s", exc)
-            experiment = self._known
+            with self._lock:
+                self._read_at, self._refreshing, self._failing = time.monotonic(), False, True  # again after ttl
+                return self._known
+        except BaseException:
+            with self._lock:
+                self._refreshing = False
+            raise
         with self._lock:
-            self._cached = (now, experiment)
-            self._known = experiment
+            self._known, self._read_at, self._refreshing, self._ever_read = experiment, time.monotonic(), False, True
+            self._failing = False
         return experiment
 
     def forget(self) -> None:
         """Re-read on the next `get` (after this worker changed the experiment)."""
         with self._lock:
-            self._cached = (-1e18, self._known)
+            self._read_at = None
 
 
 def lower_priority() -> None:
@@ -132,7 +149,7 @@ class Answering:
         """Answer a batch from one serving pair (and the challenger where the experiment routes a query there);
         the shadow's share is queued, not awaited. `retry` False: one try (HTTP; the caller sees the error)."""
         pair, challenger = self.serving.current, self.serving.challenger  # taken once for the batch
-        experiment = await asyncio.get_running_loop().run_in_executor(None, self.experiment.get)
+        experiment = await asyncio.get_running_loop().run_in_executor(None, self.experiment.get, False)
 
         def search() -> tuple[list[Answer], list[RoutedQuery]]:
             return answer(queries, pair, challenger, experiment)

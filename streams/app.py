@@ -197,14 +197,19 @@ class Worker:
                     metrics.STAGE_SECONDS.labels("monitor").inc(time.perf_counter() - started)
 
     def timer(self, interval_s: float, tick: Callable[[], Awaitable[None]]) -> None:
-        """Call `tick` every `interval_s` while the worker runs. A tick that finds a store away (a `StoreError`)
-        is skipped with a warning, not the worker's end: the next tick tries again."""
+        """Call `tick` every `interval_s` while the worker runs. A tick that fails is never the worker's end: one
+        that finds a store away (a `StoreError`) is skipped with a warning, any other failure is logged with its
+        traceback and counted; the next tick tries again."""
         async def run_tick() -> None:  # faust reads a timer's signature to decide whether to pass the app
+            name = getattr(tick, "func", tick).__name__
             try:
                 await tick()
             except StoreError as exc:
                 metrics.STORE_FAILURES.inc()
-                log.warning("%s skipped, the next tick tries again: %s", getattr(tick, "func", tick).__name__, exc)
+                log.warning("%s skipped, the next tick tries again: %s", name, exc)
+            except Exception:
+                metrics.TIMER_FAILURES.labels(name).inc()
+                log.exception("%s failed; the next tick tries again", name)
 
         function = getattr(tick, "func", tick)  # a partial names its function
         self.app.timer(interval_s, name=f"{function.__module__}.{function.__qualname__}")(run_tick)

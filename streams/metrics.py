@@ -26,6 +26,8 @@ ENCODE_SECONDS = Histogram("gristmill_encode_seconds", "Encoder time per batch",
                            buckets=LATENCY_BUCKETS)
 STORE_WRITE_SECONDS = Histogram("gristmill_store_write_seconds", "Vector store write time per batch",
                                 buckets=LATENCY_BUCKETS)
+TIMER_FAILURES = Counter("gristmill_timer_failures_total", "Periodic tasks that failed (not on a store outage); "
+                         "the next tick runs anyway", ["timer"])
 STORE_FAILURES = Counter("gristmill_store_failures_total", "Vector store operations that failed and were retried")
 STORE_UP = Gauge("gristmill_store_up", "0 while an operation on a store (vector store or state) is being retried")
 CACHE_INVALIDATIONS = Counter("gristmill_cache_invalidations_total", "Query caches dropped because indexed documents "

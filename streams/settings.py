@@ -12,7 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     """Every knob of gristmill; read once from the environment, passed explicitly everywhere."""
 
-    model_config = SettingsConfigDict(env_prefix="GRISTMILL_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="GRISTMILL_", extra="ignore", frozen=True, hide_input_in_errors=True)
 
     # Where things live
     data_dir: Path = Field(default=Path(".gristmill"), description="State: shard, models, run files.")
@@ -203,6 +203,10 @@ class Settings(BaseSettings):
     database_timeout_s: float = Field(default=5.0, gt=0, description="How long a state operation waits to connect "
                                       "to PostgreSQL (or for a free pooled connection) before it fails (and is "
                                       "retried).")
+    database_statement_timeout_s: float = Field(default=60.0, gt=0, description="Longest a PostgreSQL statement or "
+                                                "lock wait may take before it fails (and is retried): a hung server "
+                                                "or a lock held by a worker cut off from it is an outage, not a "
+                                                "hang.")
     database_startup_wait_s: float = Field(default=120.0, ge=0, description="How long a process starting waits "
                                            "for PostgreSQL to be reachable (to migrate its schema) before it fails.")
     feedback_claim_s: float = Field(default=60.0, gt=0, description="How long a worker settling held feedback "

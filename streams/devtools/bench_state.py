@@ -214,7 +214,7 @@ def clipped(text: str, width: int = 240) -> str:
 
 def run_state_backends(settings: Settings, index_dir: Path, registry_dir: Path, root: Path, namespace: str,
                        model_version: str, queries: list[str], chunks: int, answers: int, console: Console,
-                       requests: int = 400, kafka_requests: int = 150, evaluation_requests: int = 5) -> list[Row]:
+                       requests: int = 1_000, kafka_requests: int = 300, evaluation_requests: int = 5) -> list[Row]:
     """The rows comparing the state backends (see the module's doc). `index_dir`: a worker's data dir whose
     qdrant index (`index_dir/qdrant`, no worker using it) each backend's worker gets a copy of."""
     bench = settings.model_copy(update={"namespace": namespace})

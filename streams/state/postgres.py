@@ -27,11 +27,15 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import psycopg_pool
 from psycopg import sql as pgsql
+from psycopg.types.string import StrDumperUnknown
 
 from streams.state.database import Schema, TransactionKind
 from streams.state.errors import StateSchemaTooNew, StateUnavailable
 
 log = logging.getLogger(__name__)
+
+#: The first key of gristmill's advisory locks (the second names the store's schema): "grml".
+LOCK_SPACE = 0x67726D6C
 
 #: A pooled connection used this recently is taken without a liveness check.
 RECENTLY_USED_S = 2.0
@@ -41,12 +45,24 @@ STORE_SCHEMAS = {"query log": "query_log", "feedback state": "feedback", "evalua
 
 
 def redacted(url: str) -> str:
-    """The URL without its password (for logs and errors)."""
+    """The URL without its password (for logs and errors), whether in its user part or its query."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    return urlunsplit(parts._replace(netloc=netloc[0].split(":", 1)[0] + ":***@" + netloc[1]))
+    if parts.query:
+        parts = parts._replace(query=re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2***", parts.query))
+    if parts.password is not None:
+        netloc = parts.netloc.rsplit("@", 1)
+        parts = parts._replace(netloc=netloc[0].split(":", 1)[0] + ":***@" + netloc[1])
+    return urlunsplit(parts)
+
+
+def scrubbed(text: str, url: str) -> str:
+    """`text` without the URL's password (a driver's message may quote the connection string)."""
+    password = urlsplit(url).password
+    found = re.search(r"(?i)(?:^|&)password=([^&]*)", urlsplit(url).query)
+    for secret in (password, found.group(1) if found else None):
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text.replace(url, redacted(url))
 
 
 def schema_name(store: str, namespace: str = "") -> str:
@@ -54,8 +70,8 @@ def schema_name(store: str, namespace: str = "") -> str:
     lowercase identifier is made one and suffixed by its hash (`a-b` and `a_b` never share a schema; every name
     fits PostgreSQL's 63 characters)."""
     prefix = namespace
-    if not re.fullmatch(r"[a-z0-9_]{0,32}", namespace):
-        prefix = re.sub(r"[^a-z0-9_]", "_", namespace.lower())[:32] + f"_{zlib.crc32(namespace.encode()):08x}"
+    if not re.fullmatch(r"[a-z0-9_]{0,32}", namespace) or namespace.startswith("pg"):  # pg_*: PostgreSQL's own
+        prefix = "ns_" + re.sub(r"[^a-z0-9_]", "_", namespace.lower())[:29] + f"_{zlib.crc32(namespace.encode()):08x}"
     return f"{prefix + '_' if prefix else ''}gristmill_{STORE_SCHEMAS[store]}"
 
 
@@ -68,8 +84,20 @@ def placeholders(statement: str) -> str:
 def unavailable(exc: BaseException) -> bool:
     """Whether `exc` says the server cannot be used now (retry later) rather than that the statement is wrong:
     psycopg's OperationalError covers connection failures and SQLSTATE classes 08 (connection), 40 (serialization,
-    deadlock), 53 (resources), 55 (lock not available), 57 (shutdown, cancel), 58 (system error)."""
-    return isinstance(exc, psycopg.OperationalError | psycopg_pool.PoolTimeout)
+    deadlock), 53 (resources), 55 (lock not available), 57 (shutdown, statement timeout), 58 (system error); a
+    server that turned read-only (25006: a failover under way, a standby) is one too."""
+    return isinstance(exc, psycopg.OperationalError | psycopg_pool.PoolTimeout | psycopg.errors.ReadOnlySqlTransaction)
+
+
+class NulFreeText(StrDumperUnknown):
+    """Text as PostgreSQL can hold it: NUL (which `TEXT` refuses, and SQLite keeps) becomes U+FFFD."""
+
+    def dump(self, obj: str) -> bytes:  # type: ignore[override]
+        return super().dump(obj.replace("\x00", "\ufffd") if "\x00" in obj else obj)  # type: ignore[no-any-return]
+
+
+def configure_connection(connection: psycopg.Connection[Any]) -> None:
+    connection.adapters.register_dumper(str, NulFreeText)
 
 
 class _Connection:
@@ -94,34 +122,55 @@ class PostgresDatabase:
     dialect = "postgresql"
 
     def __init__(self, url: str, store: str, *, namespace: str = "", pool_size: int = 4,
-                 connect_timeout_s: float = 5.0, startup_wait_s: float = 0.0) -> None:
+                 connect_timeout_s: float = 5.0, startup_wait_s: float = 0.0, statement_timeout_s: float = 60.0
+                 ) -> None:
         """`startup_wait_s`: how long `ensure` waits for a server that cannot be reached yet (a worker started
-        beside its database) before it fails."""
+        beside its database) before it fails. `statement_timeout_s` bounds every statement and lock wait (a hung
+        server, a lock held by a worker cut off from it: an outage after that long, never a hang); a session idle
+        inside a transaction that long is ended by the server, and TCP keepalives find a dead peer within ~30 s."""
         self.url = url
         self.store = store
         self.schema = schema_name(store, namespace)
         self.connect_timeout_s = connect_timeout_s
         self.startup_wait_s = startup_wait_s
         self._returned_at: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = weakref.WeakKeyDictionary()
-        self._lock_key = zlib.crc32(self.schema.encode())  # this store's advisory lock
+        # this store's advisory lock: gristmill's key space, then the schema's
+        self._lock_key = (LOCK_SPACE, zlib.crc32(self.schema.encode()) - 2**31)
+        timeout_ms = max(1, round(statement_timeout_s * 1000))
         self._pool = psycopg_pool.ConnectionPool(
             url, min_size=0, max_size=pool_size, open=True, timeout=connect_timeout_s,
             # a connection the pool could not make is retried with backoff only this long: then the next
             # operation asks afresh, so a server back after an outage is used within seconds
             reconnect_timeout=connect_timeout_s,
-            check=self._check, reset=self._returned, name=self.schema,
+            check=self._check, reset=self._returned, configure=configure_connection, name=self.schema,
             kwargs={"autocommit": True, "connect_timeout": max(1, round(connect_timeout_s)),
-                    "options": f"-c search_path={self.schema}", "application_name": "gristmill"})
+                    "options": f"-c search_path={self.schema} -c statement_timeout={timeout_ms} "
+                               f"-c lock_timeout={timeout_ms} -c idle_in_transaction_session_timeout={timeout_ms}",
+                    "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+                    "tcp_user_timeout": 30_000, "application_name": "gristmill"})
 
     @contextlib.contextmanager
     def unavailable_as_typed(self) -> Iterator[None]:
         try:
             yield
-        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+        except psycopg_pool.PoolTimeout as exc:  # no connection: say why (unreachable, a wrong password, ...)
+            reason = self._why_no_connection()
+            raise StateUnavailable(self.store, f"{self.store} (PostgreSQL {redacted(self.url)}, schema "
+                                               f"{self.schema}): {scrubbed(str(reason or exc), self.url)}") from exc
+        except psycopg.Error as exc:
             if not unavailable(exc):
                 raise
             raise StateUnavailable(self.store, f"{self.store} (PostgreSQL {redacted(self.url)}, schema "
-                                               f"{self.schema}): {type(exc).__name__}: {exc}".strip()) from exc
+                                               f"{self.schema}): {type(exc).__name__}: "
+                                               f"{scrubbed(str(exc), self.url)}".strip()) from exc
+
+    def _why_no_connection(self) -> BaseException | None:
+        """The error of one direct connection attempt (the pool only says it has none), or None if it connects."""
+        try:
+            psycopg.connect(self.url, connect_timeout=max(1, round(self.connect_timeout_s))).close()
+        except psycopg.Error as exc:
+            return exc
+        return None
 
     def _returned(self, connection: psycopg.Connection[Any]) -> None:
         self._returned_at[connection] = time.monotonic()
@@ -148,7 +197,7 @@ class PostgresDatabase:
 
     def _migrate(self, schema: Schema) -> None:
         with self.unavailable_as_typed(), self._pool.connection() as connection, connection.transaction():
-            connection.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
+            connection.execute("SELECT pg_advisory_xact_lock(%s, %s)", self._lock_key)
             connection.execute(pgsql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(pgsql.Identifier(self.schema)))
             connection.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
                                "applied_at DOUBLE PRECISION NOT NULL)")
@@ -171,9 +220,9 @@ class PostgresDatabase:
     def transaction(self, kind: TransactionKind = "serialized") -> Iterator[_Connection]:
         with self.unavailable_as_typed(), self._pool.connection() as connection, connection.transaction():
             if kind == "serialized":
-                connection.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
-            elif kind == "read":
-                connection.execute("SET TRANSACTION READ ONLY")
+                connection.execute("SELECT pg_advisory_xact_lock(%s, %s)", self._lock_key)
+            elif kind == "read":  # one snapshot for the whole transaction
+                connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             yield _Connection(connection)
 
     def execute(self, statement: str, params: Sequence[Any] = ()) -> int:

@@ -20,7 +20,8 @@ def open_state_database(settings: Settings, store: StateStore) -> Database:
 
         return PostgresDatabase(settings.database_url, store, namespace=settings.namespace,
                                 pool_size=settings.database_pool_size, connect_timeout_s=settings.database_timeout_s,
-                                startup_wait_s=settings.database_startup_wait_s)
+                                startup_wait_s=settings.database_startup_wait_s,
+                                statement_timeout_s=settings.database_statement_timeout_s)
     path = {"query log": settings.query_log_path, "feedback state": settings.pairs_path,
             "evaluation store": settings.evaluation_path}[store]
     return SqliteDatabase(path, store, settings.sqlite_busy_timeout_s)

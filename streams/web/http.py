@@ -24,15 +24,15 @@ from streams import metrics
 from streams.app import Worker
 from streams.batching import MicroBatcher
 from streams.host import AgentHost
-from streams.ml.experiments import Answer, RoutedQuery, end_update, rolling_out, start_update
+from streams.ml.experiments import Answer, RoutedQuery, answer_record, end_update, rolling_out, start_update
 from streams.ml.search import SearchRequest
 from streams.ml.trainer import promote_update, rollback_update
 from streams.processing import publish
+from streams.shared import Shared
 from streams.state.errors import (
     ExperimentConflict,
     NoExperiment,
     NothingToRollBack,
-    StoreError,
     UnknownModelVersion,
 )
 from streams.state.query_log import LoggedQuery
@@ -56,6 +56,8 @@ from streams.web.parameters import InvalidParameter, integer, search_request, un
 log = logging.getLogger(__name__)
 #: Longest a stopping worker waits for the answers it sent to be logged.
 LOGGING_DRAIN_S = 10.0
+#: HTTP answers waiting to be logged at most (a store outage: beyond this, answers go unlogged, counted).
+MAX_WAITING_ANSWERS = 10_000
 #: What the HTTP API calls the `queries` contract's fields (its errors name them so).
 HTTP_NAMES = {"text": "q", "top_k": "k"}
 #: The parameters `GET /search` reads.
@@ -86,25 +88,7 @@ def build_http_app(worker: AgentHost) -> web.Application:
         return await shared.answering.answer(queries, retry=False)  # the pair taken once per batch
 
     batcher = MicroBatcher(search_many, worker.settings.query_batch_records)  # concurrent searches share encodes
-    logging_answers: set[asyncio.Task[None]] = set()  # answers sent, still being logged
-
-    async def log_answer(logged: LoggedQuery, answer: Answer) -> None:
-        """Log an answer already sent (its client never waits for the state stores, nor fails with them)."""
-        try:
-            await shared.threads.state_once(lambda: shared.query_log.record([logged]))
-        except StoreError as exc:
-            log.warning("HTTP query %s answered but not logged (feedback on it cannot be joined): %s",
-                        logged.query_id, exc)
-            metrics.RECORDS_FAILED.labels("queries", "query log").inc()
-        try:
-            await shared.answering.record([answer], logged.answered_at)
-        except WriteAborted as exc:  # stopping
-            log.warning("HTTP query %s: its evaluation row not recorded: %s", logged.query_id, exc)
-
-    async def finish_logging(app: web.Application) -> None:
-        """At shutdown: the answers sent are logged before the stores close (a stop aborts retries)."""
-        if logging_answers:
-            await asyncio.wait(list(logging_answers), timeout=LOGGING_DRAIN_S)
+    answer_log = AnswerLog(shared)  # answers sent, logged behind them
 
     async def run_search(text: Any, k: Any, filter_: Any, mode: Any = None, group: Any = "chunk",
                          user_id: Any = None, segment: Any = None) -> web.Response:
@@ -144,9 +128,7 @@ def build_http_app(worker: AgentHost) -> web.Application:
         logged = LoggedQuery(query_id, {"text": text, "top_k": k, "filter": filter_, "mode": mode, "group": group,
                                         "user_id": user_id, "segment": segment},
                              {k: v for k, v in body.items() if k != "query"}, answered, "http")
-        task = asyncio.get_running_loop().create_task(log_answer(logged, answer))  # logged after it is sent
-        logging_answers.add(task)
-        task.add_done_callback(logging_answers.discard)
+        answer_log.add(logged, answer)  # logged after it is sent
         return web.json_response(body)
 
     @routes.get("/search")
@@ -322,8 +304,52 @@ def build_http_app(worker: AgentHost) -> web.Application:
     app = web.Application(client_max_size=1024 * 1024,
                           middlewares=[headers_expected_next, host_guard(allowed), access_guard(keys)])
     app.add_routes(routes)
-    app.on_shutdown.append(finish_logging)
+    app.on_shutdown.append(answer_log.finish)
     return app
+
+
+class AnswerLog:
+    """HTTP answers are logged after they are sent (a client never waits for the state stores, nor fails with
+    them): one writer logs what waits in batches, retried through a store outage like the agents' writes. At most
+    `MAX_WAITING_ANSWERS` wait (beyond, an answer goes unlogged, counted and logged)."""
+
+    def __init__(self, shared: Shared) -> None:
+        self.shared = shared
+        self.waiting: list[tuple[LoggedQuery, Answer]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    def add(self, logged: LoggedQuery, answer: Answer) -> None:
+        if len(self.waiting) >= MAX_WAITING_ANSWERS:
+            log.warning("HTTP query %s answered but not logged: %d answers wait for the state stores already",
+                        logged.query_id, len(self.waiting))
+            metrics.RECORDS_FAILED.labels("queries", "query log").inc()
+            return
+        self.waiting.append((logged, answer))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write())
+
+    async def _write(self) -> None:
+        while self.waiting:
+            batch, self.waiting = self.waiting[:500], self.waiting[500:]
+            try:
+                await self._log(batch)
+            except WriteAborted as exc:  # stopping
+                log.warning("%d HTTP answers not logged: %s", len(batch) + len(self.waiting), exc)
+                metrics.RECORDS_FAILED.labels("queries", "query log").inc(len(batch) + len(self.waiting))
+                self.waiting = []
+
+    async def _log(self, batch: list[tuple[LoggedQuery, Answer]]) -> None:
+        shared = self.shared
+        entries = [logged for logged, _ in batch]
+        rows = [answer_record(a.query, a.result, a.arm, a.experiment, a.credits, a.result.latency_ms,
+                              logged.answered_at) for logged, a in batch]
+        await shared.threads.state(lambda: shared.query_log.record(entries), "query log (HTTP)")
+        await shared.threads.state(lambda: shared.evaluation.record_answers(rows), "evaluation store")
+
+    async def finish(self, app: web.Application) -> None:
+        """At shutdown: the answers sent are logged before the stores close (a stop aborts retries)."""
+        if self._writer is not None:
+            await asyncio.wait([self._writer], timeout=LOGGING_DRAIN_S)
 
 
 class HttpService(Service):
