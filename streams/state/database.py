@@ -71,13 +71,15 @@ class Database(Protocol):
 
 
 
-def insert_rows(db: Database, head: str, rows: Sequence[Sequence[Any]], tail: str = "",
+def insert_rows(db: Database, head: str, rows: Sequence[Sequence[Any]], tail: str = "", *, key_columns: int,
                 per_statement: int = 200) -> None:
     """`head` ("INSERT INTO t (a, b) VALUES") with the rows as one multi-row statement, then `tail` (an
     "ON CONFLICT ..." clause): one round trip, atomic by itself. More than `per_statement` rows are written by
-    several statements in one transaction."""
+    several statements in one transaction. Rows go in the order of their key (the first `key_columns`): two
+    writers of overlapping keys lock them in one order, so they never deadlock."""
     if not rows:
         return
+    rows = sorted(rows, key=lambda row: tuple(row[:key_columns]))
     placeholders = "(" + ", ".join("?" * len(rows[0])) + ")"
     statements = []
     for start in range(0, len(rows), per_statement):

@@ -21,6 +21,10 @@ class StateUnavailable(StoreError):
         self.store = store
 
 
+class SqliteTooOld(GristmillError):
+    """The Python's SQLite library is older than the state stores' SQL needs."""
+
+
 class StateSchemaTooNew(GristmillError):
     """A state store's schema was migrated by a newer release of gristmill (waiting does not help: upgrade)."""
 

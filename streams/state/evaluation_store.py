@@ -112,14 +112,16 @@ class EvaluationStore:
         if rows:
             insert_rows(self._db, "INSERT INTO answers (query_id, arm, model_version, index_version, latency_ms, "
                                   "doc_ids, answered_at, length, source, segment, experiment, user_key, credits, "
-                                  "cached) VALUES", rows, "ON CONFLICT (query_id, arm) DO NOTHING")
+                                  "cached) VALUES", rows, "ON CONFLICT (query_id, arm) DO NOTHING", key_columns=2)
 
     def record_judgements(self, judgements: Iterable[JudgementRecord | tuple[str, str, int, float]]) -> None:
         """Accepted judgements (or (query_id, doc_id, judgement, when), unplaced): the latest judgement of a
         document for a query counts. One from the same partition as the one kept but at a lower offset (arriving
         late) is ignored, and the same one again (re-delivered, or settled by another worker) changes nothing."""
         records = [j if isinstance(j, JudgementRecord) else JudgementRecord(*j) for j in judgements]
-        rows = [(r.query_id, r.doc_id, r.judgement, r.judged_at, r.topic, r.partition, r.offset) for r in records]
+        # in key order (a stable sort keeps a key's judgements in theirs): two workers' batches never deadlock
+        rows = sorted([(r.query_id, r.doc_id, r.judgement, r.judged_at, r.topic, r.partition, r.offset)
+                       for r in records], key=lambda row: row[:2])
         if rows:
             self._write(
                 "INSERT INTO judgements (query_id, doc_id, judgement, judged_at, feedback_topic, feedback_partition, "
@@ -130,31 +132,30 @@ class EvaluationStore:
                 "excluded.feedback_topic OR judgements.feedback_partition != excluded.feedback_partition OR "
                 "excluded.feedback_offset > judgements.feedback_offset", rows)
 
-    def answers(self, since: float = 0.0, until: float | None = None, limit: int = 1_000_000) -> list[AnswerRecord]:
-        """Answers in [since, until), oldest first; at most the latest `limit` of them."""
+    def answers(self, since: float = 0.0, until: float | None = None, limit: int = 1_000_000,
+                experiment: str | None = None) -> list[AnswerRecord]:
+        """Answers in [since, until) (of `experiment` when given), oldest first; at most the latest `limit`."""
+        window, params = _window(since, until, experiment)
         rows = self._db.fetchall(
             "SELECT query_id, arm, model_version, index_version, latency_ms, doc_ids, answered_at, length, "
-            "source, segment, experiment, user_key, credits, cached FROM answers "
-            "WHERE answered_at >= ? AND answered_at < ? "
-            "ORDER BY answered_at DESC, rowid DESC LIMIT ?",
-            (since, until if until is not None else float("inf"), limit))[::-1]
+            f"source, segment, experiment, user_key, credits, cached FROM answers WHERE {window} "
+            "ORDER BY answered_at DESC, rowid DESC LIMIT ?", (*params, limit))[::-1]
         return [AnswerRecord(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7], r[8], r[9], r[10], r[11],
                              None if r[12] is None else json.loads(r[12]), bool(r[13])) for r in rows]
 
     def judged_answers(self, since: float = 0.0, until: float | None = None, limit: int = 1_000_000,
                        experiment: str | None = None) -> JudgedAnswers:
         """`answers` (only those of `experiment` when given) with their queries' judgements."""
-        answers = self.answers(since, until, limit)
-        if experiment is not None:
-            answers = [a for a in answers if a.experiment == experiment]
+        answers = self.answers(since, until, limit, experiment)
         if len(answers) < 500:
             return JudgedAnswers(answers, self.judgements(a.query_id for a in answers))
         # many answers: the judgements of the window's queries in one statement (a semi-join), kept for these
         wanted = {a.query_id for a in answers}
         judged: dict[str, dict[str, int]] = {}
+        window, params = _window(since, until, experiment)
         for query_id, doc_id, judgement in self._db.fetchall(
                 "SELECT query_id, doc_id, judgement FROM judgements WHERE query_id IN (SELECT query_id FROM answers "
-                "WHERE answered_at >= ? AND answered_at < ?)", (since, until if until is not None else float("inf"))):
+                f"WHERE {window})", params):
             if query_id in wanted:
                 judged.setdefault(query_id, {})[doc_id] = judgement
         return JudgedAnswers(answers, judged)
@@ -225,13 +226,14 @@ class EvaluationStore:
     def record_ended(self, experiment: ExperimentRecord) -> bool:
         """Store an experiment that ended as it started (a start refused when applied), beside any live one; False
         when its id is stored already (a re-delivered start changes nothing)."""
-        return self._db.execute(
-            "INSERT INTO experiments (id, model, version, baseline, mode, fraction, state, started_at, "
-            "ended_at, decision, reason, evidence) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (id) DO NOTHING",
+        with self._db.transaction() as db:  # serialized with `start_experiment`, which may store the same id
+            return db.execute(
+                "INSERT INTO experiments (id, model, version, baseline, mode, fraction, state, started_at, "
+                "ended_at, decision, reason, evidence) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (id) DO NOTHING",
             (experiment.id, experiment.model, experiment.version, experiment.baseline, experiment.mode,
              experiment.fraction, experiment.state, experiment.started_at, experiment.ended_at, experiment.decision,
-             experiment.reason, json.dumps(experiment.evidence))) == 1
+                 experiment.reason, json.dumps(experiment.evidence))).rowcount == 1
 
     def transition(self, experiment_id: str, from_states: Sequence[str], to_state: str, *,
                    decision: str | None = None, reason: str | None = None, evidence: dict[str, Any] | None = None,
@@ -282,6 +284,14 @@ class EvaluationStore:
         self._db.close()
 
 
+def _window(since: float, until: float | None, experiment: str | None) -> tuple[str, tuple[Any, ...]]:
+    """The WHERE clause (and its parameters) of the answers in [since, until), of `experiment` when given."""
+    bounds = (since, until if until is not None else float("inf"))
+    if experiment is None:
+        return "answered_at >= ? AND answered_at < ?", bounds
+    return "experiment = ? AND answered_at >= ? AND answered_at < ?", (experiment, *bounds)
+
+
 SQLITE_TABLES = """
         CREATE TABLE IF NOT EXISTS answers (query_id TEXT NOT NULL, arm TEXT NOT NULL,
             model_version TEXT NOT NULL, index_version TEXT NOT NULL, latency_ms REAL NOT NULL,
@@ -289,6 +299,7 @@ SQLITE_TABLES = """
             segment TEXT NOT NULL, experiment TEXT NOT NULL, user_key TEXT NOT NULL, credits TEXT,
             cached INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (query_id, arm));
         CREATE INDEX IF NOT EXISTS answers_answered_at ON answers (answered_at);
+        CREATE INDEX IF NOT EXISTS answers_experiment_time ON answers (experiment, answered_at);
         CREATE TABLE IF NOT EXISTS judgements (query_id TEXT NOT NULL, doc_id TEXT NOT NULL,
             judgement INTEGER NOT NULL, judged_at REAL NOT NULL, PRIMARY KEY (query_id, doc_id));
         CREATE TABLE IF NOT EXISTS offline (version TEXT NOT NULL, measure TEXT NOT NULL, value REAL NOT NULL,
@@ -312,8 +323,8 @@ def _sqlite_schema(db: Connection) -> None:
 
 
 SCHEMA = Schema(sqlite=_sqlite_schema, postgresql=(
-    # 1: answers per arm (`rowid` orders those of one instant as recorded, as SQLite's does; read by time, per
-    # experiment and by model version), judgements, offline metrics,
+    # 1: answers per arm (`rowid` orders those of one instant as recorded, as SQLite's does; read by time, and
+    # by experiment and time: every version and arm of a window is summarized together), judgements, offline metrics,
     # experiments (the live one of a model is looked up by model and state)
     """CREATE TABLE answers (query_id TEXT NOT NULL, arm TEXT NOT NULL, model_version TEXT NOT NULL,
            index_version TEXT NOT NULL, latency_ms DOUBLE PRECISION NOT NULL, doc_ids TEXT NOT NULL,
@@ -321,8 +332,7 @@ SCHEMA = Schema(sqlite=_sqlite_schema, postgresql=(
            experiment TEXT NOT NULL, user_key TEXT NOT NULL, credits TEXT, cached INTEGER NOT NULL DEFAULT 0,
            rowid BIGINT GENERATED ALWAYS AS IDENTITY, PRIMARY KEY (query_id, arm));
        CREATE INDEX answers_answered_at ON answers (answered_at, rowid);
-       CREATE INDEX answers_version_arm_time ON answers (model_version, arm, answered_at);
-       CREATE INDEX answers_experiment_time ON answers (experiment, answered_at) WHERE experiment <> '';
+       CREATE INDEX answers_experiment_time ON answers (experiment, answered_at);
        CREATE TABLE judgements (query_id TEXT NOT NULL, doc_id TEXT NOT NULL, judgement INTEGER NOT NULL,
            judged_at DOUBLE PRECISION NOT NULL, feedback_topic TEXT NOT NULL DEFAULT '',
            feedback_partition INTEGER NOT NULL DEFAULT -1, feedback_offset BIGINT NOT NULL DEFAULT -1,

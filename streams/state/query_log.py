@@ -50,7 +50,7 @@ class QueryLog:
                  e.via, e.response.get("model_version", ""), e.response.get("index_version", ""))
                 for e in entries]
         insert_rows(self._db, "INSERT INTO queries (query_id, query, response, answered_at, via, model_version, "
-                              "index_version) VALUES", rows, "ON CONFLICT (query_id) DO NOTHING")
+                              "index_version) VALUES", rows, "ON CONFLICT (query_id) DO NOTHING", key_columns=1)
 
     def get(self, query_id: str) -> LoggedQuery | None:
         row = self._db.fetchone("SELECT query_id, query, response, answered_at, via FROM queries WHERE query_id = ?",

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from streams.state.database import Schema, TransactionKind
-from streams.state.errors import StateUnavailable
+from streams.state.errors import SqliteTooOld, StateUnavailable
 
 #: SQLite's primary result codes of a database that cannot be used now, rather than of a wrong statement: busy or
 #: locked (another process holds it past the busy timeout), out of memory, read-only, I/O error, full, cannot open,
@@ -29,6 +29,10 @@ def unavailable(exc: sqlite3.Error) -> bool:
     """Whether `exc` says the database cannot be used now (retry later), not that the statement is wrong."""
     code = getattr(exc, "sqlite_errorcode", None)
     return code is not None and (code & 0xFF) in UNAVAILABLE_CODES
+
+
+#: The SQLite the stores' SQL needs (RETURNING, upserts, FILTER, row values).
+MIN_SQLITE = (3, 35, 0)
 
 
 class SqliteDatabase:
@@ -44,6 +48,9 @@ class SqliteDatabase:
         self.busy_timeout_s = busy_timeout_s
         self._lock = threading.RLock()
         self._db: sqlite3.Connection | None = None
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            raise SqliteTooOld(f"{store}: SQLite {sqlite3.sqlite_version} is older than the "
+                               f"{'.'.join(map(str, MIN_SQLITE))} gristmill needs (use a newer Python build)")
         with self.unavailable_as_typed():
             path.parent.mkdir(parents=True, exist_ok=True)
             self._connect()

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from streams.state.database import EVERY_ROW, Connection, Database, Schema
+from streams.state.database import EVERY_ROW, Connection, Database, Schema, insert_rows
 from streams.state.sqlite import SqliteDatabase
 
 
@@ -116,9 +116,8 @@ class TrainingPairs:
 
     def hold(self, pending: Sequence[PendingFeedback]) -> None:
         rows = [(p.topic, p.partition, p.offset, p.key, p.value, p.query_id, p.received_at) for p in pending]
-        with self._db.transaction("write") as db:
-            db.executemany("INSERT INTO pending (topic, partition, \"offset\", key, value, query_id, received_at) "
-                           "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (topic, partition, \"offset\") DO NOTHING", rows)
+        insert_rows(self._db, 'INSERT INTO pending (topic, partition, "offset", key, value, query_id, received_at) '
+                              "VALUES", rows, 'ON CONFLICT (topic, partition, "offset") DO NOTHING', key_columns=3)
 
     def held(self, now: float | None = None) -> list[PendingFeedback]:
         """Feedback still held and not claimed by a worker settling it now."""
@@ -137,7 +136,7 @@ class TrainingPairs:
         # a row another worker is claiming right now is skipped, not waited for (its claim decides it)
         skip_locked = " FOR UPDATE SKIP LOCKED" if self._db.dialect == "postgresql" else ""
         with self._db.transaction("write") as db:
-            for p in pending:
+            for p in sorted(pending, key=_key):  # rows locked in key order: concurrent claims never deadlock
                 free = db.execute('SELECT 1 FROM pending WHERE topic = ? AND partition = ? AND "offset" = ? AND '
                                   f"claimed_until < ?{skip_locked}", (*_key(p), now)).fetchone()
                 if free is not None and db.execute(
@@ -150,13 +149,13 @@ class TrainingPairs:
         """Hand feedback this claim holds back to the hold (it still waits for its query)."""
         with self._db.transaction("write") as db:
             db.executemany('UPDATE pending SET claimed_until = 0 WHERE topic = ? AND partition = ? AND "offset" = ? '
-                           "AND claimed_by = ?", [(*_key(p), token) for p in pending])
+                           "AND claimed_by = ?", [(*_key(p), token) for p in sorted(pending, key=_key)])
 
     def release(self, token: str, pending: Sequence[PendingFeedback]) -> None:
         """Settled by this claim: out of the hold."""
         with self._db.transaction("write") as db:
             db.executemany('DELETE FROM pending WHERE topic = ? AND partition = ? AND "offset" = ? AND claimed_by = ?',
-                           [(*_key(p), token) for p in pending])
+                           [(*_key(p), token) for p in sorted(pending, key=_key)])
 
     # training pairs
 

@@ -1,8 +1,8 @@
 """Two `gristmill up` workers in one consumer group, each with its own data directory, sharing one PostgreSQL
 database (`GRISTMILL_DATABASE_URL`): feedback on answers from either worker is joined, and either worker's
-`/evaluation` counts every judged query. The server is stopped for 10 s while queries and feedback flow: the agents
-pause (`/health` says degraded, naming the store), and once it is back every query is logged and every feedback
-joined exactly once — nothing is lost, nothing dead-lettered."""
+`/evaluation` counts every judged query. The server is stopped for 10 s while queries (Kafka and HTTP) and feedback
+flow: the agents pause (`/health` says degraded, naming the store), HTTP searches are answered at once, and once it
+is back every query is logged and every feedback joined exactly once — nothing is lost, nothing dead-lettered."""
 
 from __future__ import annotations
 
@@ -116,6 +116,8 @@ def test_two_workers_share_one_database_and_a_server_restart_loses_nothing(
         during = threading.Thread(target=ask_and_judge, args=("during", 24))
         during.start()
         watcher.join()
+        # searches over HTTP meanwhile: answered at once, logged once the server is back
+        http_ids = [workers[i % 2].get("/search", q=f"pump filter {i}", k=2)["query_id"] for i in range(6)]
         time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - stopped)))
         server.start()
         during.join(180)
@@ -123,7 +125,8 @@ def test_two_workers_share_one_database_and_a_server_restart_loses_nothing(
         assert degraded, "/health never said degraded while the database was away"
         print(f"health during the outage: {degraded[0]}")
 
-        query_ids = {f"before{w}-{i}" for w in range(waves) for i in range(12)} | {f"during-{i}" for i in range(24)}
+        query_ids = ({f"before{w}-{i}" for w in range(waves) for i in range(12)} | {f"during-{i}" for i in range(24)}
+                     | set(http_ids))
         log = QueryLog(PostgresDatabase(url, "query log", namespace=NAMESPACE))
         evaluation = EvaluationStore(PostgresDatabase(url, "evaluation store", namespace=NAMESPACE))
         pairs = TrainingPairs(PostgresDatabase(url, "feedback state", namespace=NAMESPACE))
@@ -143,7 +146,8 @@ def test_two_workers_share_one_database_and_a_server_restart_loses_nothing(
         for worker in workers:  # either worker's /evaluation counts every judged query
             worker.wait_for(lambda w=worker: judged_queries(w) == len(top_hits), 60,  # type: ignore[misc]
                             "every judged query counted")
-            assert worker.get("/health")["status"] == "ok"
+            worker.wait_for(lambda w=worker: w.get("/health")["status"] == "ok", 60,  # type: ignore[misc]
+                            "health ok again")
             assert "Traceback" not in worker.log() and " ERROR " not in worker.log()
         assert sum(dead_letters(w) for w in workers) == 0
     finally:

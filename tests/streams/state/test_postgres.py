@@ -10,8 +10,10 @@ from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
+from pydantic import ValidationError
 
 from streams.devtools.postgres_server import PostgresServer
+from streams.settings import Settings
 from streams.state.errors import StateSchemaTooNew, StateUnavailable
 from streams.state.evaluation_store import SCHEMA as EVALUATION_SCHEMA
 from streams.state.evaluation_store import EvaluationStore
@@ -151,6 +153,19 @@ def retried_until_done(operation: Callable[[], object], within_s: float = 20.0) 
 def test_urls_are_shown_without_their_password() -> None:
     assert redacted("postgresql://app:s3cr%40t@db:5432/gristmill") == "postgresql://app:***@db:5432/gristmill"
     assert redacted("postgresql://db/gristmill") == "postgresql://db/gristmill"
+    assert redacted("postgresql://db/g?sslmode=require&password=hunter2x") == (
+        "postgresql://db/g?sslmode=require&password=***")
+
+
+def test_a_settings_error_never_echoes_the_url() -> None:
+    with pytest.raises(ValidationError) as refused:
+        Settings(database_url="mysql://app:hunter2secret@db/g")
+    assert "hunter2secret" not in str(refused.value)
+
+
+def test_a_namespace_never_makes_a_schema_postgresql_reserves() -> None:
+    assert not schema_name("query log", "pg").startswith("pg_")
+    assert not schema_name("query log", "pg_staging").startswith("pg_")
 
 
 def test_a_store_opened_before_its_server_is_up_waits_for_it(own_server: PostgresServer) -> None:
