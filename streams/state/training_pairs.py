@@ -132,18 +132,22 @@ class TrainingPairs:
         settle (of any worker, this one included) whose claim has not lapsed (after `lease_s`). They stay claimed
         until `release`d or `unclaim`ed with the token."""
         token = uuid.uuid4().hex
-        claimed = []
+        by_key = {_key(p): p for p in pending}
+        keys = sorted(by_key)  # rows locked in key order: concurrent claims never deadlock
         # a row another worker is claiming right now is skipped, not waited for (its claim decides it)
         skip_locked = " FOR UPDATE SKIP LOCKED" if self._db.dialect == "postgresql" else ""
+        claimed: set[tuple[str, int, int]] = set()
         with self._db.transaction("write") as db:
-            for p in sorted(pending, key=_key):  # rows locked in key order: concurrent claims never deadlock
-                free = db.execute('SELECT 1 FROM pending WHERE topic = ? AND partition = ? AND "offset" = ? AND '
-                                  f"claimed_until < ?{skip_locked}", (*_key(p), now)).fetchone()
-                if free is not None and db.execute(
-                        'UPDATE pending SET claimed_until = ?, claimed_by = ? WHERE topic = ? AND partition = ? '
-                        'AND "offset" = ? AND claimed_until < ?', (now + lease_s, token, *_key(p), now)).rowcount:
-                    claimed.append(p)
-        return token, claimed
+            for start in range(0, len(keys), 200):
+                part = keys[start:start + 200]
+                rows = db.execute(
+                    'UPDATE pending SET claimed_until = ?, claimed_by = ? WHERE (topic, partition, "offset") IN '
+                    '(SELECT topic, partition, "offset" FROM pending WHERE (topic, partition, "offset") IN '
+                    f"(VALUES {', '.join(['(?, ?, ?)'] * len(part))}) AND claimed_until < ? "
+                    f'ORDER BY topic, partition, "offset"{skip_locked}) RETURNING topic, partition, "offset"',
+                    (now + lease_s, token, *[value for key in part for value in key], now)).fetchall()
+                claimed.update((str(topic), int(partition), int(offset)) for topic, partition, offset in rows)
+        return token, [by_key[key] for key in keys if key in claimed]
 
     def unclaim(self, token: str, pending: Sequence[PendingFeedback]) -> None:
         """Hand feedback this claim holds back to the hold (it still waits for its query)."""
