@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 from pathlib import Path
@@ -30,10 +31,12 @@ def migrate(
                                         "evaluation.sqlite3); default GRISTMILL_SHARED_DIR, else "
                                         "GRISTMILL_DATA_DIR.")] = None,
 ) -> None:
-    """Copy the SQLite state into PostgreSQL; run again, it copies only what is new.
+    """Copy the SQLite state into PostgreSQL: into an empty database, with the workers stopped.
 
-    Each row is copied unless its key is there already. Stop the workers first; the SQLite files stay (their
-    schema brought up to date)."""
+    Each row is copied unless its key is there already: run again (after an interruption), it copies only what is
+    new. A database that holds data not copied from these files (workers started on it first) is refused, and
+    nothing is copied. The SQLite files stay (their schema brought up to date, and an id naming them as the
+    source)."""
     import psycopg
 
     from streams.state import state_copy
@@ -57,6 +60,11 @@ def migrate(
     pool_log.setLevel(logging.CRITICAL)  # a failure is reported below on one line; the pool's retries need not be
     try:
         state_copy.check_server(to, settings.database_timeout_s)
+        for store, path in sources.items():  # every store can be copied, or none is
+            with contextlib.suppress(state_copy.MissingSource):
+                state_copy.check_target(store, path, to, namespace=settings.namespace,
+                                        timeout_s=settings.database_timeout_s,
+                                        busy_timeout_s=settings.sqlite_busy_timeout_s)
         with progress_bar() as bar:
             tasks: dict[tuple[str, str], TaskID] = {}
 
@@ -73,7 +81,8 @@ def migrate(
                         busy_timeout_s=settings.sqlite_busy_timeout_s, progress=show))
                 except state_copy.MissingSource:
                     bar.console.print(styled(f"{store}: skipped, no ", "yellow", path), soft_wrap=True)
-    except GristmillError as exc:  # a server away or refusing the login, a schema too new, a mismatch
+    except GristmillError as exc:  # a server away or refusing the login, a schema too new, a mismatch, a database
+        # holding data of its own
         raise fail("cannot migrate: ", state_copy.one_line(exc)) from None
     except psycopg.Error as exc:  # a statement the server refused (e.g. no right to create the schemas)
         raise fail("cannot migrate: ", f"{type(exc).__name__}: {state_copy.one_line(exc)}") from None

@@ -8,6 +8,7 @@ broken copy of the files (it must report it) as well as on the real ones (they m
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import os
 import re
@@ -299,6 +300,101 @@ def test_workers_and_trainer_share_their_state_in_the_postgres_service(config: d
 def test_the_database_check_finds_state_outside_the_postgres_service(
         config: dict[str, Any], change: Callable[[dict[str, Any]], None]) -> None:
     assert database_problems(broken(config, change))
+
+
+# -- the postgres server: byte-order text, partitioned sessions ended -------------------------------------------------
+#: Within this many seconds a session whose peer is cut off (a worker behind a network partition, and the advisory
+#: lock it may hold) must be ended by the server.
+PARTITIONED_SESSION_S = 60
+
+
+def server_settings(service: dict[str, Any]) -> dict[str, str]:
+    """The `-c name=value` (and `--name=value`) settings of a postgres service's command."""
+    command = [str(arg) for arg in service.get("command") or []]
+    settings = [value for flag, value in itertools.pairwise(command) if flag == "-c"]
+    settings += [arg[2:] for arg in command if arg.startswith("--") and "=" in arg]
+    return dict(setting.split("=", 1) for setting in settings if "=" in setting)
+
+
+def postgres_server_problems(config: dict[str, Any]) -> list[str]:
+    """The postgres service initialises its cluster with the C.UTF-8 locale and UTF8 (text ordered by code point, as
+    on SQLite and in the tests, not by the image's en_US.utf8), runs `postgres` (the entrypoint initialises PGDATA
+    only for that command), and ends a session whose client stopped answering within PARTITIONED_SESSION_S: TCP
+    keepalives (idle + interval x count), and a session left idle inside a transaction."""
+    postgres = config["services"].get("postgres")
+    if postgres is None:
+        return ["no postgres service"]
+    problems = []
+    initdb = shlex.split(str((postgres.get("environment") or {}).get("POSTGRES_INITDB_ARGS") or ""))
+    if "--locale=C.UTF-8" not in initdb:
+        problems.append(f"postgres: POSTGRES_INITDB_ARGS {initdb} lacks --locale=C.UTF-8: the image's en_US.utf8 "
+                        "collation orders text unlike SQLite")
+    if "--encoding=UTF8" not in initdb:
+        problems.append(f"postgres: POSTGRES_INITDB_ARGS {initdb} lacks --encoding=UTF8")
+    command = [str(arg) for arg in postgres.get("command") or []]
+    if not command or (command[0] != "postgres" and not command[0].startswith("-")):  # flags: `postgres` is implied
+        problems.append(f"postgres: command {command} is not the server's: the entrypoint would neither initialise "
+                        "PGDATA nor run the server")
+    settings = server_settings(postgres)
+
+    def seconds(name: str, unit_s: float = 1.0) -> float | None:
+        value = settings.get(name)
+        return float(value) * unit_s if value is not None and value.isdigit() and int(value) > 0 else None
+
+    idle_s, interval_s, count = (seconds(f"tcp_keepalives_{name}") for name in ("idle", "interval", "count"))
+    if idle_s is None or interval_s is None or count is None:
+        problems.append(f"postgres: tcp_keepalives_idle/_interval/_count not all set (the kernel's default waits "
+                        f"2 h): {settings}")
+    elif idle_s + interval_s * count > PARTITIONED_SESSION_S:
+        problems.append(f"postgres: keepalives end a dead peer's session only after "
+                        f"{idle_s + interval_s * count:.0f} s")
+    idle = seconds("idle_in_transaction_session_timeout", 0.001)
+    if idle is None or idle > PARTITIONED_SESSION_S:
+        problems.append(f"postgres: idle_in_transaction_session_timeout is "
+                        f"{settings.get('idle_in_transaction_session_timeout')} (ms): a session idle inside a "
+                        "transaction keeps its locks")
+    user_timeout = seconds("tcp_user_timeout", 0.001)
+    if user_timeout is None or user_timeout > PARTITIONED_SESSION_S:
+        problems.append(f"postgres: tcp_user_timeout is {settings.get('tcp_user_timeout')} (ms): a connection "
+                        "with unacknowledged data outlives a partition")
+    return problems
+
+
+def test_the_postgres_server_orders_text_by_code_point_and_ends_partitioned_sessions(config: dict[str, Any]) -> None:
+    assert postgres_server_problems(config) == []
+    postgres = config["services"]["postgres"]
+    assert postgres["environment"]["POSTGRES_INITDB_ARGS"] == "--locale=C.UTF-8 --encoding=UTF8"
+    assert server_settings(postgres) == {
+        "tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5", "tcp_keepalives_count": "3",
+        "tcp_user_timeout": "30000", "idle_in_transaction_session_timeout": "60000"}
+
+
+def without_setting(service: dict[str, Any], name: str) -> None:
+    command = service["command"]
+    at = next(i for i, arg in enumerate(command) if str(arg).startswith(f"{name}="))
+    del command[at - 1:at + 1]
+
+
+@pytest.mark.parametrize("change", [
+    lambda s: s["postgres"]["environment"].pop("POSTGRES_INITDB_ARGS"),
+    lambda s: s["postgres"]["environment"].update(POSTGRES_INITDB_ARGS="--locale=en_US.utf8 --encoding=UTF8"),
+    lambda s: s["postgres"]["environment"].update(POSTGRES_INITDB_ARGS="--locale=C.UTF-8"),
+    lambda s: s["postgres"].pop("command"),
+    lambda s: s["postgres"].update(command=["bash", "-c", "postgres " + " ".join(s["postgres"]["command"][1:])]),
+    lambda s: without_setting(s["postgres"], "tcp_keepalives_idle"),
+    lambda s: s["postgres"]["command"].__setitem__(s["postgres"]["command"].index("tcp_keepalives_count=3"),
+                                                    "tcp_keepalives_count=20"),
+    lambda s: without_setting(s["postgres"], "idle_in_transaction_session_timeout"),
+    lambda s: s["postgres"]["command"].__setitem__(
+        s["postgres"]["command"].index("idle_in_transaction_session_timeout=60000"),
+        "idle_in_transaction_session_timeout=0"),  # 0 disables it
+    lambda s: without_setting(s["postgres"], "tcp_user_timeout"),
+], ids=["no-initdb-args", "initdb-en-us", "initdb-no-encoding", "no-command", "command-not-postgres",
+        "no-keepalive-idle", "keepalive-too-long", "no-idle-in-transaction-timeout",
+        "idle-in-transaction-timeout-off", "no-user-timeout"])
+def test_the_postgres_server_check_finds_a_setting_missing(config: dict[str, Any],
+                                                           change: Callable[[dict[str, Any]], None]) -> None:
+    assert postgres_server_problems(broken(config, change))
 
 
 # -- state lives in named volumes its image's user can write ---------------------------------------------------------

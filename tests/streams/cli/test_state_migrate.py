@@ -1,6 +1,7 @@
 """`gristmill state migrate`: the SQLite state of GRISTMILL_DATA_DIR (or `--from DIR`) copied into a real
 PostgreSQL server, once (a second run copies nothing); a missing file skipped and not created; a URL that is not
-PostgreSQL's, or a server nobody listens for, refused on one line without the password or a traceback."""
+PostgreSQL's, or a server nobody listens for, refused on one line without the password or a traceback; so is a
+database that already holds data of its own (workers started on it first), before anything is copied."""
 
 from __future__ import annotations
 
@@ -49,6 +50,31 @@ def test_migrate_copies_the_data_dir_once_and_a_second_run_copies_nothing(
     queries, feedback = PostgresDatabase(url, "query log"), PostgresDatabase(url, "feedback state")
     try:
         assert QueryLog(queries).count() == 5 and len(TrainingPairs(feedback).retrains()) == 2
+    finally:
+        queries.close()
+        feedback.close()
+
+
+def test_migrate_into_a_database_workers_already_wrote_to_is_refused_on_one_line_and_copies_nothing(
+        tmp_path: Path, postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`docker compose up -d` before the migration: a worker recorded a training in the empty database. Its rowid 1
+    is the file's first training's too: merged, the file's would be taken for already there."""
+    build_sqlite_state(tmp_path)
+    url = postgres_server.new_database()
+    feedback, queries = PostgresDatabase(url, "feedback state"), PostgresDatabase(url, "query log")
+    try:
+        TrainingPairs(feedback).record_training(900.0, "v9", "promoted", "drift", pairs_sequence=0)
+        result = migrate(monkeypatch, tmp_path, "--to", url)
+        assert result.exit_code == 1, result.output
+        lines = result.output.splitlines()
+        assert len(lines) == 2 and lines[0].startswith("copying the SQLite state in"), lines
+        assert lines[1].startswith(f"cannot migrate: feedback state: the PostgreSQL state already holds data not "
+                                   f"copied from {(tmp_path / 'feedback.sqlite3').resolve()} (schema "
+                                   f"gristmill_feedback: trainings: 1 rows, none copied from it)")
+        assert lines[1].endswith("migrate into an empty database (stop the workers first, then drop schema "
+                                 "gristmill_feedback or use a new database)")
+        # checked before anything was copied: not even the query log, which nobody wrote to
+        assert QueryLog(queries).count() == 0 and len(TrainingPairs(feedback).trainings()) == 1
     finally:
         queries.close()
         feedback.close()

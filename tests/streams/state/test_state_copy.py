@@ -1,10 +1,12 @@
 """Copying the SQLite state into PostgreSQL (`streams.state.state_copy`), against a real PostgreSQL server: every
 row reads back through the store APIs as it did on SQLite, a second copy copies nothing and duplicates nothing, ids
 recorded after it are new, an older SQLite file is upgraded first, and a missing file or an absent server is an
-error of its own."""
+error of its own. A copy goes only into a schema that holds nothing but what copies from the same file put there:
+one workers already wrote to, before or during the copy, is refused; an interrupted copy resumes."""
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -14,7 +16,7 @@ from typing import Any
 import pytest
 
 from streams.devtools.postgres_server import PostgresServer, free_port
-from streams.state import state_copy
+from streams.state import query_log, state_copy
 from streams.state.errors import StateUnavailable
 from streams.state.evaluation_store import AnswerRecord, EvaluationStore, ExperimentRecord, JudgementRecord
 from streams.state.postgres import PostgresDatabase, schema_name
@@ -162,8 +164,30 @@ def test_a_second_copy_copies_nothing_and_duplicates_nothing(tmp_path: Path, tar
     assert len(views["evaluation store"][0]) == 3
 
 
-def test_rows_recorded_after_the_copy_get_new_ids_and_counters_keep_the_larger_value(tmp_path: Path,
-                                                                                   target: Target) -> None:
+def copies_recorded(database: PostgresDatabase) -> list[tuple[str, str, int]]:
+    """What the schema's `state_copies` says: (file name, table, rows inserted by the copies from it)."""
+    return [(Path(path).name, table, rows) for path, table, rows in database.fetchall(
+        "SELECT path, table_name, rows FROM state_copies ORDER BY table_name")]
+
+
+def test_each_schema_records_the_file_its_rows_were_copied_from(tmp_path: Path, target: Target) -> None:
+    build_sqlite_state(tmp_path)
+    target.copy(tmp_path)
+    target.copy(tmp_path)  # counted once
+    assert copies_recorded(target.open("feedback state")) == [
+        ("feedback.sqlite3", table, rows) for table, rows in
+        [("counters", 1), ("judgements", 3), ("pairs", 5), ("pending", 2), ("retrains", 2), ("trainings", 2)]]
+    assert copies_recorded(target.open("query log")) == [("queries.sqlite3", "queries", 5)]
+    (source,) = {key for (key,) in target.open("evaluation store").fetchall("SELECT DISTINCT source FROM state_copies")}
+    with sqlite3.connect(tmp_path / FILES["evaluation store"]) as db:  # the id the copy wrote into the file
+        (file_id,) = db.execute(f"SELECT id FROM {state_copy.SOURCE_TABLE}").fetchone()
+    db.close()
+    assert source == f"{file_id}/inode {(tmp_path / FILES['evaluation store']).stat().st_ino}"
+    # not a store migration: the store's own migrations are all there is in schema_migrations
+    assert target.open("query log").migrations() == list(range(1, len(query_log.SCHEMA.postgresql) + 1))
+
+
+def test_rows_recorded_after_the_copy_get_new_ids(tmp_path: Path, target: Target) -> None:
     build_sqlite_state(tmp_path)
     target.copy(tmp_path)
     database = target.open("feedback state")
@@ -177,20 +201,156 @@ def test_rows_recorded_after_the_copy_get_new_ids_and_counters_keep_the_larger_v
     feedback.record_training(500.0, "v3", "promoted", "drift", pairs_sequence=feedback.sequence())
     trainings = [row for (row,) in database.fetchall("SELECT rowid FROM trainings ORDER BY rowid")]
     assert trainings[-1] > 2 and len(trainings) == 3
-    larger_on_postgresql = feedback.sequence()
 
+
+def postgresql_rows(database: PostgresDatabase) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of the feedback state's tables on PostgreSQL (to show a refused copy wrote nothing)."""
+    return {table.name: sorted(map(tuple, database.fetchall(f'SELECT * FROM "{table.name}"')), key=repr)
+            for table in STORES["feedback state"].tables}
+
+
+def test_a_copy_into_a_schema_workers_already_wrote_to_is_refused_and_writes_nothing(
+        tmp_path: Path, target: Target) -> None:
+    """Workers started on the empty database before the migration (`docker compose up -d` first): their retrain
+    request is rowid 1 there, as the file's first one is in SQLite. Merged, the file's would be "already there"."""
+    build_sqlite_state(tmp_path)
+    database = target.open("feedback state")
+    on_postgresql = TrainingPairs(database)
+    on_postgresql.judge([Judgement("q7", "query 7", "z", "about z", 1, "feedback", 0, 70, 700.0, ())])
+    assert on_postgresql.record_retrain_if("drift", at=700.0, min_interval_s=0.0) is not None
+    before = postgresql_rows(database)
+    with pytest.raises(state_copy.TargetDiverged) as refused:
+        copy_store("feedback state", tmp_path / FILES["feedback state"], target.url)
+    message = str(refused.value)
+    assert message.startswith(f"feedback state: the PostgreSQL state already holds data not copied from "
+                              f"{(tmp_path / FILES['feedback state']).resolve()} (schema gristmill_feedback: ")
+    assert "retrains: 1 rows, none copied from it" in message and "migrate into an empty database" in message
+    assert "\n" not in message
+    assert postgresql_rows(database) == before  # nothing merged, no counter moved
+    assert database.fetchall("SELECT to_regclass('state_copies')") == [(None,)]  # nor a record of a copy
+    with pytest.raises(state_copy.TargetDiverged):  # the check alone says so too
+        state_copy.check_target("feedback state", tmp_path / FILES["feedback state"], target.url)
+    # the store that nobody wrote to is copied
+    assert copy_store("query log", tmp_path / FILES["query log"], target.url).copied == 5
+
+
+def test_a_copy_again_after_workers_wrote_to_postgresql_is_refused(tmp_path: Path, target: Target) -> None:
+    """Copied, then workers wrote to PostgreSQL (retrain 3, a larger pairs counter) while others went on writing to
+    the file (its own retrain 3): the two histories are not merged."""
+    build_sqlite_state(tmp_path)
+    target.copy(tmp_path)
+    database = target.open("feedback state")
+    on_postgresql = TrainingPairs(database)
+    on_postgresql.judge([Judgement("q3", "query 3", "d", "about d", 1, "feedback", 0, 9, 400.0, ())])
+    assert on_postgresql.record_retrain_if("drift", at=500.0, min_interval_s=0.0) is not None
     on_sqlite = TrainingPairs(tmp_path / FILES["feedback state"])
-    assert on_sqlite.sequence() < larger_on_postgresql
     on_sqlite.judge([Judgement("q4", "query 4", "e", "about e", 1, "feedback", 2, 1, 450.0, ())])
-    again = copy_store("feedback state", tmp_path / FILES["feedback state"], target.url)
-    assert dict((c.table, c.copied) for c in again.tables)["pairs"] == 1  # the new pair; the counter stays
-    assert feedback.sequence() == larger_on_postgresql and len(feedback.pairs()) == len(on_sqlite.pairs()) + 2
-
-    on_sqlite.add([TrainingPair("q5", "query 5", f"x{i}", "about x", "positive", "feedback", "feedback/3@1")
-                   for i in range(3)])  # now the SQLite counter is the larger one
-    copy_store("feedback state", tmp_path / FILES["feedback state"], target.url)
-    assert feedback.sequence() == on_sqlite.sequence() > larger_on_postgresql
+    assert on_sqlite.record_retrain_if("schedule", at=460.0, min_interval_s=0.0) is not None
     on_sqlite.close()
+    before = postgresql_rows(database)
+    with pytest.raises(state_copy.TargetDiverged) as refused:
+        copy_store("feedback state", tmp_path / FILES["feedback state"], target.url)
+    assert "retrains: 3 rows, 2 copied from it" in str(refused.value)
+    assert postgresql_rows(database) == before
+
+
+def test_a_copy_again_copies_what_the_file_gained_since_and_its_counter(tmp_path: Path, target: Target) -> None:
+    """Nothing else wrote to PostgreSQL: the file is the one history, and what it gained since is copied (its
+    counter, larger now, with it)."""
+    build_sqlite_state(tmp_path)
+    target.copy(tmp_path)
+    feedback = TrainingPairs(target.open("feedback state"))
+    on_sqlite = TrainingPairs(tmp_path / FILES["feedback state"])
+    on_sqlite.add([TrainingPair("q5", "query 5", f"x{i}", "about x", "positive", "feedback", "feedback/3@1")
+                   for i in range(3)])
+    assert on_sqlite.sequence() > feedback.sequence()
+    again = copy_store("feedback state", tmp_path / FILES["feedback state"], target.url)
+    assert {c.table: c.copied for c in again.tables}["pairs"] == 3
+    assert {c.table: c.copied for c in again.tables}["counters"] == 1  # the counter's new value
+    assert feedback.sequence() == on_sqlite.sequence() and feedback.pairs() == on_sqlite.pairs()
+    on_sqlite.close()
+    copy_store("feedback state", tmp_path / FILES["feedback state"], target.url)  # and so on
+
+
+def test_an_interrupted_copy_resumes(tmp_path: Path, target: Target, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(state_copy, "BATCH_ROWS", 2)
+    build_sqlite_state(tmp_path)
+
+    def interrupt(count: TableCount) -> None:
+        if count.table == "pairs" and count.done == 2:  # pending copied, two pairs of five
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        copy_store("feedback state", tmp_path / FILES["feedback state"], target.url, progress=interrupt)
+    database = target.open("feedback state")
+    assert database.fetchone("SELECT COUNT(*) FROM pairs") == (2,)
+    state_copy.check_target("feedback state", tmp_path / FILES["feedback state"], target.url)  # may go on
+    resumed = copy_store("feedback state", tmp_path / FILES["feedback state"], target.url)
+    assert {c.table: (c.copied, c.already_there) for c in resumed.tables}["pairs"] == (3, 2)
+    assert {c.table: c.already_there for c in resumed.tables}["pending"] == 2
+    sqlite = sqlite_stores(tmp_path)  # every row once, as in the file
+    assert store_views(target.stores())["feedback state"] == store_views(sqlite)["feedback state"]
+    for table in STORES["feedback state"].tables:
+        columns = (["rowid"] if table.keeps_rowid else []) + sqlite_columns(tmp_path / FILES["feedback state"],
+                                                                            table.name)
+        assert table_rows(database, table.name, columns) == table_rows(sqlite["feedback state"], table.name, columns)
+    for opened in sqlite.values():
+        opened.close()
+
+
+def test_workers_writing_during_the_copy_are_found(tmp_path: Path, target: Target,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(state_copy, "BATCH_ROWS", 2)
+    build_sqlite_state(tmp_path)
+    log = QueryLog(target.open("query log"))
+
+    def worker_writes(count: TableCount) -> None:
+        if count.done == 2:
+            log.record([LoggedQuery("w1", {"text": "from a worker"}, {"hits": []}, 900.0, "http")])
+
+    with pytest.raises(state_copy.TargetDiverged) as found:
+        copy_store("query log", tmp_path / FILES["query log"], target.url, progress=worker_writes)
+    assert "was written to while it was copied from" in str(found.value)
+    assert "queries: 6 rows, 5 copied from it" in str(found.value)
+
+
+def test_the_source_is_the_file_itself_not_its_path(tmp_path: Path, target: Target) -> None:
+    """Moved (or seen through another mount), a file is the same source; another file at its path, or a copy of it
+    (a backup restored: it may have gone on from another point), is not."""
+    first, moved = tmp_path / "first", tmp_path / "moved"
+    first.mkdir()
+    build_sqlite_state(first)
+    copy_store("query log", first / FILES["query log"], target.url)
+    first.rename(moved)
+    assert copy_store("query log", moved / FILES["query log"], target.url).already_there == 5
+    assert copies_recorded(target.open("query log")) == [("queries.sqlite3", "queries", 5)]
+
+    other = tmp_path / "other"
+    other.mkdir()
+    build_sqlite_state(other)  # the same rows, written by other workers
+    first.mkdir()
+    (other / FILES["query log"]).rename(first / FILES["query log"])
+    with pytest.raises(state_copy.TargetDiverged):
+        copy_store("query log", first / FILES["query log"], target.url)
+
+    restored = tmp_path / "restored"
+    restored.mkdir()
+    shutil.copy2(moved / FILES["query log"], restored / FILES["query log"])  # the same id inside, another file
+    with pytest.raises(state_copy.TargetDiverged):
+        copy_store("query log", restored / FILES["query log"], target.url)
+
+
+def test_the_check_alone_writes_nothing(tmp_path: Path, target: Target) -> None:
+    build_sqlite_state(tmp_path)
+    path = tmp_path / FILES["evaluation store"]
+    state_copy.check_target("evaluation store", path, target.url)  # an empty database: nothing in the way
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT name FROM sqlite_master WHERE name = ?", (state_copy.SOURCE_TABLE,)).fetchall() == []
+    db.close()
+    assert target.open("evaluation store").fetchall(
+        "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'gristmill%'") == []
+    with pytest.raises(MissingSource):
+        state_copy.check_target("query log", tmp_path / "elsewhere.sqlite3", target.url)
 
 
 def old_release_files(root: Path) -> None:
