@@ -44,8 +44,7 @@ async def follow(*, serving: ServingSlot, active: ActiveExperiment, write: Write
     """Build the live experiment's challenger here (a worker restarted mid-experiment builds it again; the copy
     skips what its collection already holds), and let it go when the experiment ends."""
     loop = asyncio.get_running_loop()
-    active.forget()
-    experiment = await loop.run_in_executor(None, active.get)
+    experiment = await loop.run_in_executor(None, active.refresh)
     # a promoted candidate stays attached until the rollout makes it serve (the switch lets it go)
     wanted = experiment.version if experiment is not None and (experiment.live or (
         experiment.state == "promoted" and serving.current.model.version != experiment.version)) else None
@@ -71,7 +70,7 @@ async def follow(*, serving: ServingSlot, active: ActiveExperiment, write: Write
             experiment.id, ("building", "running"), "stopped", decision="stop", ended=True, reason=reason))
         return
     await loop.run_in_executor(None, lambda: active.store.transition(experiment.id, ("building",), "running"))
-    active.forget()
+    await loop.run_in_executor(None, active.refresh)
 
 
 async def decide_live(*, settings: Settings, store: EvaluationStore, active: ActiveExperiment,
@@ -88,7 +87,7 @@ async def decide_live(*, settings: Settings, store: EvaluationStore, active: Act
 
         ended = await loop.run_in_executor(None, supersede)
         if ended is not None:
-            active.forget()
+            await loop.run_in_executor(None, active.refresh)
             metrics.EXPERIMENT_DECISIONS.labels("end").inc()
             log.info("experiment %s of %s ended: what serves changed outside it", ended.id, ended.version)
     experiment = await loop.run_in_executor(None, store.active, settings.model_name)
@@ -115,7 +114,7 @@ async def decide_live(*, settings: Settings, store: EvaluationStore, active: Act
         reason=decision.reason, evidence=kept, ended=True, announce=decision.action in UPDATE_OF))
     if not moved:
         return  # another worker (or an operator) decided first
-    active.forget()
+    await loop.run_in_executor(None, active.refresh)
     metrics.EXPERIMENT_DECISIONS.labels(decision.action).inc()
     log.info("experiment %s of %s: %s (%s)", experiment.id, experiment.version, decision.action, decision.reason)
     if decision.action in UPDATE_OF:

@@ -24,7 +24,9 @@ log = logging.getLogger(__name__)
 
 class ActiveExperiment:
     """The model's live experiment as the evaluation store says, re-read at most every `ttl_s` (so the query path
-    does not read the store per batch)."""
+    does not read the store per batch). Serving (`get(wait=False)`) never waits for the store once the experiment
+    was read: a stale one is re-read in the background, one read at a time, and the last one read routes meanwhile
+    (while the store is away too). A worker that changed the experiment `refresh`es it (off the serving path)."""
 
     def __init__(self, store: EvaluationStore, model: str, ttl_s: float = 1.0) -> None:
         self.store = store
@@ -33,45 +35,59 @@ class ActiveExperiment:
         self._known: ExperimentRecord | None = None  # the last one read
         self._read_at: float | None = None  # when (None: never, or forgotten)
         self._ever_read = False
+        self._generation = 0  # bumped by `forget`/`refresh`: a read begun before never overwrites a later one
         self._refreshing = False
-        self._failing = False  # the last read found the store away
         self._lock = threading.Lock()
 
     def get(self, wait: bool = True) -> ExperimentRecord | None:
-        """The live experiment. `wait` False (serving): a forgotten one is read now, as is the first; a stale one
-        is re-read in the background (one read at a time) and the last one read is returned meanwhile; while the
-        store is away (the last read failed) serving never waits for it: the last one read stays in use."""
+        """The live experiment; `wait` False (serving): the last one read once any was (see the class)."""
         with self._lock:
             if self._read_at is not None and time.monotonic() - self._read_at < self.ttl_s:
                 return self._known
-            if not wait and self._ever_read and (self._read_at is not None or self._failing):
+            if not wait and self._ever_read:
                 if not self._refreshing:
                     self._refreshing = True
-                    threading.Thread(target=self._read, name="experiment-refresh", daemon=True).start()
+                    threading.Thread(target=self._read, args=(self._generation, True), name="experiment-refresh",
+                                     daemon=True).start()
                 return self._known
-        return self._read()
+            generation = self._generation
+        return self._read(generation)
 
-    def _read(self) -> ExperimentRecord | None:
+    def refresh(self) -> ExperimentRecord | None:
+        """Read it now (this worker just changed it): what serving routes by from then on."""
+        with self._lock:
+            self._generation += 1
+            generation = self._generation
+        return self._read(generation)
+
+    def forget(self) -> None:
+        """Stale from now: the next `get` re-reads it (serving: in the background)."""
+        with self._lock:
+            self._generation += 1
+            self._read_at = None
+
+    def _read(self, generation: int, background: bool = False) -> ExperimentRecord | None:
         try:
             experiment = self.store.active(self.model)
         except StateUnavailable as exc:
             log.debug("the live experiment is not known now, routing as last read: %s", exc)
             with self._lock:
-                self._read_at, self._refreshing, self._failing = time.monotonic(), False, True  # again after ttl
+                if background:
+                    self._refreshing = False
+                if generation == self._generation:
+                    self._read_at = time.monotonic()  # tried: again after `ttl_s`
                 return self._known
         except BaseException:
-            with self._lock:
-                self._refreshing = False
+            if background:
+                with self._lock:
+                    self._refreshing = False
             raise
         with self._lock:
-            self._known, self._read_at, self._refreshing, self._ever_read = experiment, time.monotonic(), False, True
-            self._failing = False
+            if background:
+                self._refreshing = False
+            if generation == self._generation:
+                self._known, self._read_at, self._ever_read = experiment, time.monotonic(), True
         return experiment
-
-    def forget(self) -> None:
-        """Re-read on the next `get` (after this worker changed the experiment)."""
-        with self._lock:
-            self._read_at = None
 
 
 def lower_priority() -> None:

@@ -207,6 +207,8 @@ class Worker:
             except StoreError as exc:
                 metrics.STORE_FAILURES.inc()
                 log.warning("%s skipped, the next tick tries again: %s", name, exc)
+            except Unfinished as exc:  # the worker is stopping
+                log.info("%s stopped: %s", name, exc)
             except Exception:
                 metrics.TIMER_FAILURES.labels(name).inc()
                 log.exception("%s failed; the next tick tries again", name)

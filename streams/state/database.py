@@ -15,8 +15,9 @@ from typing import Any, Literal, Protocol
 
 #: How a transaction holds its store: `read` sees one snapshot; `write` writes rows of its own (an insert that
 #: ignores or overwrites a conflict, a conditional update); `serialized` reads, decides, then writes (a counter, a
-#: retrain decision, an experiment start) and so runs one at a time per store, across every worker.
-TransactionKind = Literal["read", "write", "serialized"]
+#: retrain decision, an experiment start) and so runs one at a time per store, across every worker; `maintenance`
+#: writes like `write` but may take as long as it needs (pruning: no statement timeout).
+TransactionKind = Literal["read", "write", "serialized", "maintenance"]
 
 #: A LIMIT that keeps every row (SQLite has no `LIMIT ALL`; `LIMIT ? OFFSET ?` with this is portable).
 EVERY_ROW = 2**63 - 1

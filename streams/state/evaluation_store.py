@@ -155,7 +155,7 @@ class EvaluationStore:
         window, params = _window(since, until, experiment)
         for query_id, doc_id, judgement in self._db.fetchall(
                 "SELECT query_id, doc_id, judgement FROM judgements WHERE query_id IN (SELECT query_id FROM answers "
-                f"WHERE {window})", params):
+                f"WHERE {window} ORDER BY answered_at DESC, rowid DESC LIMIT ?)", (*params, limit)):
             if query_id in wanted:
                 judged.setdefault(query_id, {})[doc_id] = judgement
         return JudgedAnswers(answers, judged)
@@ -177,7 +177,7 @@ class EvaluationStore:
         return judged
 
     def prune(self, max_age_s: float, now: float) -> int:
-        with self._db.transaction("write") as db:
+        with self._db.transaction("maintenance") as db:
             answers = db.execute("DELETE FROM answers WHERE answered_at < ?", (now - max_age_s,)).rowcount
             return answers + db.execute("DELETE FROM judgements WHERE judged_at < ?", (now - max_age_s,)).rowcount
 
@@ -323,9 +323,9 @@ def _sqlite_schema(db: Connection) -> None:
 
 
 SCHEMA = Schema(sqlite=_sqlite_schema, postgresql=(
-    # 1: answers per arm (`rowid` orders those of one instant as recorded, as SQLite's does; read by time, and
-    # by experiment and time: every version and arm of a window is summarized together), judgements, offline metrics,
-    # experiments (the live one of a model is looked up by model and state)
+    # 1: answers per arm (`rowid` orders those of one instant by the order they were written in, as SQLite's
+    # does; read by time, and by experiment and time: every version and arm of a window is summarized together),
+    # judgements, offline metrics, experiments (the live one of a model is looked up by model and state)
     """CREATE TABLE answers (query_id TEXT NOT NULL, arm TEXT NOT NULL, model_version TEXT NOT NULL,
            index_version TEXT NOT NULL, latency_ms DOUBLE PRECISION NOT NULL, doc_ids TEXT NOT NULL,
            answered_at DOUBLE PRECISION NOT NULL, length TEXT NOT NULL, source TEXT NOT NULL, segment TEXT NOT NULL,

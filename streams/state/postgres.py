@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 #: The first key of gristmill's advisory locks (the second names the store's schema): "grml".
 LOCK_SPACE = 0x67726D6C
 
+#: How often a pool without connections asks the server directly why.
+PROBE_EVERY_S = 5.0
+
 #: A pooled connection used this recently is taken without a liveness check.
 RECENTLY_USED_S = 2.0
 
@@ -133,6 +136,8 @@ class PostgresDatabase:
         self.schema = schema_name(store, namespace)
         self.connect_timeout_s = connect_timeout_s
         self.startup_wait_s = startup_wait_s
+        self._probed_at = float("-inf")
+        self._probe_error: BaseException | None = None
         self._returned_at: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = weakref.WeakKeyDictionary()
         # this store's advisory lock: gristmill's key space, then the schema's
         self._lock_key = (LOCK_SPACE, zlib.crc32(self.schema.encode()) - 2**31)
@@ -165,12 +170,19 @@ class PostgresDatabase:
                                                f"{scrubbed(str(exc), self.url)}".strip()) from exc
 
     def _why_no_connection(self) -> BaseException | None:
-        """The error of one direct connection attempt (the pool only says it has none), or None if it connects."""
-        try:
-            psycopg.connect(self.url, connect_timeout=max(1, round(self.connect_timeout_s))).close()
-        except psycopg.Error as exc:
-            return exc
-        return None
+        """Why the pool has no connection to give: when it holds none (the server refuses or cannot be reached,
+        not a busy pool), the error of one direct attempt — at most one every `PROBE_EVERY_S`, the last reused."""
+        if self._pool.get_stats().get("pool_size", 0) > 0:
+            return None  # connections exist, all busy
+        now = time.monotonic()
+        if now - self._probed_at >= PROBE_EVERY_S:
+            self._probed_at = now
+            try:
+                psycopg.connect(self.url, connect_timeout=max(1, round(self.connect_timeout_s))).close()
+                self._probe_error = None
+            except psycopg.Error as exc:
+                self._probe_error = exc
+        return self._probe_error
 
     def _returned(self, connection: psycopg.Connection[Any]) -> None:
         self._returned_at[connection] = time.monotonic()
@@ -197,6 +209,7 @@ class PostgresDatabase:
 
     def _migrate(self, schema: Schema) -> None:
         with self.unavailable_as_typed(), self._pool.connection() as connection, connection.transaction():
+            connection.execute("SET LOCAL statement_timeout = 0")  # a migration takes as long as it needs
             connection.execute("SELECT pg_advisory_xact_lock(%s, %s)", self._lock_key)
             connection.execute(pgsql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(pgsql.Identifier(self.schema)))
             connection.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
@@ -223,6 +236,8 @@ class PostgresDatabase:
                 connection.execute("SELECT pg_advisory_xact_lock(%s, %s)", self._lock_key)
             elif kind == "read":  # one snapshot for the whole transaction
                 connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            elif kind == "maintenance":  # as long as it takes (the session's lock and idle timeouts still hold)
+                connection.execute("SET LOCAL statement_timeout = 0")
             yield _Connection(connection)
 
     def execute(self, statement: str, params: Sequence[Any] = ()) -> int:

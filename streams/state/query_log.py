@@ -71,7 +71,7 @@ class QueryLog:
 
     def prune(self, max_rows: int, max_age_s: float, now: float) -> int:
         """Delete entries older than `max_age_s` and the oldest beyond `max_rows`; returns how many went."""
-        with self._db.transaction("write") as db:
+        with self._db.transaction("maintenance") as db:
             aged = db.execute("DELETE FROM queries WHERE answered_at < ?", (now - max_age_s,)).rowcount
             return aged + db.execute("DELETE FROM queries WHERE query_id IN (SELECT query_id FROM queries "
                                      "ORDER BY answered_at DESC LIMIT ? OFFSET ?)", (EVERY_ROW, max_rows)).rowcount
@@ -92,7 +92,7 @@ def _sqlite_schema(db: Connection) -> None:
 
 SCHEMA = Schema(sqlite=_sqlite_schema, postgresql=(
     # 1: the log (looked up by query_id: its primary key; read and pruned by time; `rowid` orders answers of one
-    # instant as they were logged, as SQLite's does)
+    # instant by the order they were written in, as SQLite's does)
     """CREATE TABLE queries (query_id TEXT PRIMARY KEY, query TEXT NOT NULL, response TEXT NOT NULL,
            answered_at DOUBLE PRECISION NOT NULL, via TEXT NOT NULL, model_version TEXT NOT NULL,
            index_version TEXT NOT NULL, rowid BIGINT GENERATED ALWAYS AS IDENTITY);

@@ -275,7 +275,7 @@ class TrainingPairs:
     def prune(self, max_rows: int, max_age_s: float, now: float) -> int:
         """Drop pairs older than `max_age_s` and the oldest beyond `max_rows` (the models trained on them keep their
         lineage in their manifests); returns how many went. The latest judgements behind them are kept as long."""
-        with self._db.transaction("write") as db:
+        with self._db.transaction("maintenance") as db:
             db.execute("DELETE FROM judgements WHERE judged_at < ?", (now - max_age_s,))
             db.execute("DELETE FROM judgements WHERE (query_id, doc_id) IN (SELECT query_id, doc_id FROM judgements "
                        "ORDER BY judged_at DESC LIMIT ? OFFSET ?)", (EVERY_ROW, max_rows))

@@ -304,7 +304,7 @@ def build_http_app(worker: AgentHost) -> web.Application:
     app = web.Application(client_max_size=1024 * 1024,
                           middlewares=[headers_expected_next, host_guard(allowed), access_guard(keys)])
     app.add_routes(routes)
-    app.on_shutdown.append(answer_log.finish)
+    app.on_cleanup.append(answer_log.finish)  # after the requests in flight were answered
     return app
 
 
@@ -316,9 +316,14 @@ class AnswerLog:
     def __init__(self, shared: Shared) -> None:
         self.shared = shared
         self.waiting: list[tuple[LoggedQuery, Answer]] = []
+        self.closed = False
         self._writer: asyncio.Task[None] | None = None
 
     def add(self, logged: LoggedQuery, answer: Answer) -> None:
+        if self.closed:  # answered while the worker stops, after the last answers were logged
+            log.warning("HTTP query %s answered while stopping: not logged", logged.query_id)
+            metrics.RECORDS_FAILED.labels("queries", "query log").inc()
+            return
         if len(self.waiting) >= MAX_WAITING_ANSWERS:
             log.warning("HTTP query %s answered but not logged: %d answers wait for the state stores already",
                         logged.query_id, len(self.waiting))
@@ -337,6 +342,9 @@ class AnswerLog:
                 log.warning("%d HTTP answers not logged: %s", len(batch) + len(self.waiting), exc)
                 metrics.RECORDS_FAILED.labels("queries", "query log").inc(len(batch) + len(self.waiting))
                 self.waiting = []
+            except Exception:  # a bug or a record the store refuses: this batch only, the writer goes on
+                log.exception("%d HTTP answers not logged", len(batch))
+                metrics.RECORDS_FAILED.labels("queries", "query log").inc(len(batch))
 
     async def _log(self, batch: list[tuple[LoggedQuery, Answer]]) -> None:
         shared = self.shared
@@ -347,9 +355,15 @@ class AnswerLog:
         await shared.threads.state(lambda: shared.evaluation.record_answers(rows), "evaluation store")
 
     async def finish(self, app: web.Application) -> None:
-        """At shutdown: the answers sent are logged before the stores close (a stop aborts retries)."""
+        """At the app's cleanup, once no request is served any more: the answers sent are logged before the stores close
+        (a stop aborts retries); what is left after `LOGGING_DRAIN_S` is counted unlogged."""
+        self.closed = True
         if self._writer is not None:
             await asyncio.wait([self._writer], timeout=LOGGING_DRAIN_S)
+        if self.waiting:
+            log.warning("%d HTTP answers not logged before the stop", len(self.waiting))
+            metrics.RECORDS_FAILED.labels("queries", "query log").inc(len(self.waiting))
+            self.waiting = []
 
 
 class HttpService(Service):

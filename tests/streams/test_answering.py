@@ -24,10 +24,11 @@ class SlowStore:
 
     def active(self, model: str) -> ExperimentRecord | None:
         self.reads += 1
+        seen = self.experiment  # what the store holds when the read begins
         time.sleep(self.delay_s)
         if self.away.is_set():
             raise StateUnavailable("evaluation store", "away")
-        return self.experiment
+        return seen
 
 
 def test_serving_never_waits_for_an_away_store_and_sees_it_back() -> None:
@@ -54,11 +55,25 @@ def test_serving_never_waits_for_an_away_store_and_sees_it_back() -> None:
         time.sleep(0.05)
 
 
-def test_a_forgotten_experiment_is_read_again_before_serving_routes() -> None:
+def test_a_worker_that_changed_the_experiment_routes_by_it_at_once() -> None:
     store = SlowStore(delay_s=0.0)
     active = ActiveExperiment(store, "minilm", ttl_s=60.0)  # type: ignore[arg-type]
     assert active.get(wait=False) == RUNNING
     store.experiment = None
     assert active.get(wait=False) == RUNNING  # within the TTL
-    active.forget()  # this worker changed it: the next answer routes as the store says now
+    assert active.refresh() is None  # this worker changed it: the next answer routes as the store says now
+    assert active.get(wait=False) is None
+
+
+def test_a_read_begun_before_a_refresh_never_overwrites_it() -> None:
+    store = SlowStore(delay_s=0.0)
+    active = ActiveExperiment(store, "minilm", ttl_s=0.01)  # type: ignore[arg-type]
+    assert active.get(wait=False) == RUNNING
+    store.delay_s = 1.0
+    time.sleep(0.05)
+    assert active.get(wait=False) == RUNNING  # stale: a background read of RUNNING begins
+    store.experiment, store.delay_s = None, 0.0
+    assert active.refresh() is None  # the experiment ended here, while that read is in flight
+    time.sleep(1.5)  # the old read finishes
+    active.ttl_s = 60.0
     assert active.get(wait=False) is None

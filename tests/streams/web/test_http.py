@@ -139,3 +139,28 @@ def test_health_names_a_crash_looping_agent_and_the_dashboard_shows_bounded_text
     assert health["agents"]["query"]["last_error"] == "RuntimeError: boom"
     assert len(dashboard["recent_queries"][0]["text"]) <= 201 and state["degraded_agents"] == ["query"]
     assert len(logged.query["text"]) <= running.settings.query_log_text_chars + 1
+
+
+def test_answers_are_logged_after_they_are_sent_and_a_failed_batch_costs_only_itself(tmp_path: Path) -> None:
+    with harness(tmp_path) as running:
+        log = running.shared.query_log
+        record, calls = log.record, []
+
+        def fails_once(entries: Any) -> None:  # a record the store refuses (not an outage): that batch only
+            calls.append(len(entries))
+            if len(calls) == 1:
+                raise RuntimeError("refused")
+            record(entries)
+
+        log.record = fails_once  # type: ignore[method-assign]
+
+        async def scenario(client: TestClient) -> list[str]:
+            first = await (await client.post("/search", json={"q": "tea", "k": 1})).json()
+            await eventually(lambda: asyncio.sleep(0, calls), lambda seen: seen)
+            second = await (await client.post("/search", json={"q": "green tea", "k": 1})).json()
+            await eventually(lambda: asyncio.sleep(0, log.get(second["query_id"])), lambda row: row)
+            return [first["query_id"], second["query_id"]]
+
+        first, second = with_client(running, scenario)
+        assert log.get(first) is None and log.get(second) is not None  # the writer went on after the failure
+        assert {a.query_id for a in running.shared.evaluation.answers()} == {second}
