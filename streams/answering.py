@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from streams import metrics
 from streams.ml.experiments import Answer, RoutedQuery, answer, answer_record
 from streams.ml.serving import Serving, ServingSlot
-from streams.state.errors import StateUnavailable
+from streams.state.errors import StateUnavailable, StoreError
 from streams.state.evaluation_store import EvaluationStore, ExperimentRecord
 from streams.store_threads import StoreThreads
 
@@ -135,6 +135,9 @@ class ShadowRunner:
         try:
             await asyncio.get_running_loop().run_in_executor(self._executor, search_and_record)
             metrics.SHADOW_SEARCHES.labels("answered").inc(len(queries))
+        except StoreError as exc:  # the challenger was let go (the experiment ended) or a store is away meanwhile
+            metrics.SHADOW_SEARCHES.labels("failed").inc(len(queries))
+            log.warning("shadow searches of %s not done: %s", experiment_id, exc)
         except Exception:  # the shadow must never hurt serving
             metrics.SHADOW_SEARCHES.labels("failed").inc(len(queries))
             log.exception("shadow searches of %s failed", experiment_id)

@@ -25,8 +25,8 @@ from streams.settings import Settings
 from streams.state.evaluation_store import EvaluationStore
 from streams.state.query_log import QueryLog
 from streams.state.registry import ModelRegistry, ensure_base_model
-from streams.state.state_databases import open_state_database
 from streams.state.training_pairs import TrainingPairs
+from streams.state_databases import open_state_database
 from streams.store_threads import StoreThreads
 
 

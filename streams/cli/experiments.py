@@ -35,7 +35,7 @@ def start(version: str,
     from streams.produce import produce_record
     from streams.state.errors import ExperimentConflict, UnknownModelVersion
     from streams.state.evaluation_store import EvaluationStore
-    from streams.state.state_databases import open_state_database
+    from streams.state_databases import open_state_database
 
     settings = require_kafka(load_settings())
     if fraction <= 0:
@@ -58,7 +58,7 @@ def _end(action: Literal["stop", "promote"]) -> None:
     from streams.produce import produce_record
     from streams.state.errors import NoExperiment
     from streams.state.evaluation_store import EvaluationStore
-    from streams.state.state_databases import open_state_database
+    from streams.state_databases import open_state_database
 
     settings = require_kafka(load_settings())
     store = EvaluationStore(open_state_database(settings, "evaluation store"))

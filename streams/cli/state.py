@@ -15,8 +15,8 @@ from schemas.errors import GristmillError
 from streams.cli.context import console, fail, load_settings, progress_bar, styled, untrusted
 
 if TYPE_CHECKING:
+    from streams.state.database import StateStore
     from streams.state.state_copy import TableCount
-    from streams.state.state_databases import StateStore
 
 state_app = typer.Typer(help="The state stores: query log, feedback state, evaluation store.", no_args_is_help=True)
 

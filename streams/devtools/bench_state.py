@@ -36,7 +36,7 @@ from streams.roundtrip import QueryRoundTrip
 from streams.settings import Settings
 from streams.state.database import Database, Schema, TransactionKind
 from streams.state.evaluation_store import AnswerRecord, EvaluationStore, JudgementRecord
-from streams.state.state_databases import open_state_database
+from streams.state_databases import open_state_database
 from streams.topics import create_topics
 
 BACKENDS = ("sqlite", "postgresql")

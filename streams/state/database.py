@@ -19,6 +19,9 @@ from typing import Any, Literal, Protocol
 #: writes like `write` but may take as long as it needs (pruning: no statement timeout).
 TransactionKind = Literal["read", "write", "serialized", "maintenance"]
 
+#: The state stores, by the name errors and `/health` give them.
+StateStore = Literal["query log", "feedback state", "evaluation store"]
+
 #: A LIMIT that keeps every row (SQLite has no `LIMIT ALL`; `LIMIT ? OFFSET ?` with this is portable).
 EVERY_ROW = 2**63 - 1
 

@@ -45,13 +45,12 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from schemas.errors import GristmillError
-from streams.state.database import Database
+from streams.state.database import Database, StateStore
 from streams.state.errors import StateUnavailable
 from streams.state.evaluation_store import EvaluationStore
 from streams.state.postgres import PostgresDatabase, redacted
 from streams.state.query_log import QueryLog
 from streams.state.sqlite import SqliteDatabase
-from streams.state.state_databases import StateStore
 from streams.state.training_pairs import TrainingPairs
 
 #: Rows per PostgreSQL transaction (fewer for a wide table: a statement takes at most `MAX_PARAMETERS`).

@@ -17,13 +17,13 @@ import pytest
 
 from streams.devtools.postgres_server import PostgresServer, free_port
 from streams.state import query_log, state_copy
+from streams.state.database import StateStore
 from streams.state.errors import StateUnavailable
 from streams.state.evaluation_store import AnswerRecord, EvaluationStore, ExperimentRecord, JudgementRecord
 from streams.state.postgres import PostgresDatabase, schema_name
 from streams.state.query_log import LoggedQuery, QueryLog
 from streams.state.sqlite import SqliteDatabase
 from streams.state.state_copy import STORES, MissingSource, StoreCopied, TableCount, copy_store
-from streams.state.state_databases import StateStore
 from streams.state.training_pairs import Judgement, PendingFeedback, TrainingPair, TrainingPairs
 
 FILES: dict[StateStore, str] = {"query log": "queries.sqlite3", "feedback state": "feedback.sqlite3",

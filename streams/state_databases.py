@@ -3,13 +3,9 @@ the shared directory."""
 
 from __future__ import annotations
 
-from typing import Literal
-
 from streams.settings import Settings
-from streams.state.database import Database
+from streams.state.database import Database, StateStore
 from streams.state.sqlite import SqliteDatabase
-
-StateStore = Literal["query log", "feedback state", "evaluation store"]
 
 
 def open_state_database(settings: Settings, store: StateStore) -> Database:
