@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping
-from datetime import datetime
-from typing import Annotated, Literal
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -77,10 +78,19 @@ SearchMode = Literal["dense", "sparse", "hybrid"]
 #: Whether hits are chunks, or documents (each document's best chunk).
 SearchGroup = Literal["chunk", "doc"]
 
-#: Chunk payload fields a query may filter on (exact match), and the type each one holds.
+#: Chunk payload fields a query may filter on, and the type each one holds; `metadata.<key>` filters a document's
+#: metadata (`METADATA_KEY` names the keys a filter can reach).
 FilterField = Literal["doc_id", "source", "title", "version", "model_version"]
 FILTER_FIELDS: frozenset[str] = frozenset(FilterField.__args__)  # type: ignore[attr-defined]
 INTEGER_FILTER_FIELDS = frozenset({"version"})
+METADATA_PREFIX = "metadata."
+METADATA_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+RANGE_OPERATORS = ("gt", "gte", "lt", "lte")
+FILTER_OPERATORS = ("any", "exists", *RANGE_OPERATORS)
+MAX_ANY_VALUES = 256
+#: A filter's value for one key: a scalar (exact match), or one condition object — `{"any": [...]}`,
+#: `{"exists": true}`, or a range of `gt`/`gte`/`lt`/`lte` over numbers or ISO-8601 dates.
+FilterValue = ScalarValue | dict[str, object]
 
 
 def _shown(value: object) -> str:
@@ -88,28 +98,105 @@ def _shown(value: object) -> str:
     return f"{type(value).__name__} {text[:40]}{'...' if len(text) > 40 else ''}"
 
 
-def validate_filter(filter_: Mapping[str, object] | None) -> dict[str, ScalarValue]:
-    """An exact-match payload filter, checked (`InvalidFilter` otherwise): known fields only (an unknown field is
-    an error, not an empty result), each with a value of its type: `version` an integer from 0 to 2**63-1, the
-    others strings of at most 1,000 characters. The HTTP API and the `queries` contract both check with this."""
-    checked = dict(filter_ or {})
-    unknown = set(checked) - FILTER_FIELDS
-    if unknown:
-        raise InvalidFilter(f"cannot filter on {sorted(unknown)}; filterable: {sorted(FILTER_FIELDS)}")
-    for field, value in checked.items():
-        if field in INTEGER_FILTER_FIELDS:
-            if type(value) is not int or not 0 <= value <= INT64[1]:
-                raise InvalidFilter(f"filter {field!r} must be an integer from 0 to 2**63-1, not {_shown(value)}")
-        elif not isinstance(value, str) or len(value) > MAX_FILTER_VALUE_CHARS:
-            raise InvalidFilter(f"filter {field!r} must be a string of at most {MAX_FILTER_VALUE_CHARS} characters, "
+def filterable(key: str) -> bool:
+    """Whether a filter may name `key`: a payload field, or `metadata.<key>` with a plain key."""
+    return key in FILTER_FIELDS or (key.startswith(METADATA_PREFIX) and bool(METADATA_KEY.match(key[9:])))
+
+
+def _exact(key: str, value: object) -> ScalarValue:
+    """A value to match exactly: of the field's type (`version` an integer, the other fields strings; metadata a
+    string, an integer, a boolean or a finite number)."""
+    if key in INTEGER_FILTER_FIELDS:
+        if type(value) is not int or not 0 <= value <= INT64[1]:
+            raise InvalidFilter(f"filter {key!r} must be an integer from 0 to 2**63-1, not {_shown(value)}")
+        return value
+    if key in FILTER_FIELDS or isinstance(value, str):
+        if not isinstance(value, str) or len(value) > MAX_FILTER_VALUE_CHARS:
+            raise InvalidFilter(f"filter {key!r} must be a string of at most {MAX_FILTER_VALUE_CHARS} characters, "
                                 f"not {_shown(value)}")
-        else:
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                raise InvalidFilter(f"filter {field!r} must be valid Unicode text (it holds a lone surrogate)") \
-                    from None
-    return checked  # type: ignore[return-value]
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidFilter(f"filter {key!r} must be valid Unicode text (it holds a lone surrogate)") from None
+        return value
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and INT64[0] <= value <= INT64[1]:
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    raise InvalidFilter(f"filter {key!r} must be a string, an integer, a boolean or a finite number, not "
+                        f"{_shown(value)}")
+
+
+def _kind(value: object) -> str:
+    return "boolean" if isinstance(value, bool) else "number" if isinstance(value, int | float) else "string"
+
+
+def _bound(key: str, op: str, value: object) -> float | datetime:
+    """A range bound: a number, or an ISO-8601 date or time (UTC when it names no offset)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidFilter(f"filter {key!r}: {op} must be finite, not {_shown(value)}")
+        return value
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise InvalidFilter(f"filter {key!r}: a range is over numbers or ISO-8601 dates; {op} is the string "
+                                f"{value[:40]!r}") from None
+        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    raise InvalidFilter(f"filter {key!r}: {op} must be a number or an ISO-8601 date, not {_shown(value)}")
+
+
+def _condition(key: str, condition: dict[str, object]) -> dict[str, object]:
+    """One condition object checked; ranges come back with their dates as ISO-8601 strings with an offset."""
+    unknown = [op for op in condition if op not in FILTER_OPERATORS]
+    if unknown or not condition:
+        raise InvalidFilter(f"filter {key!r}: unknown operator {(unknown or ['(none)'])[0]!r}; a condition is "
+                            f"one of {{\"any\": [...]}}, {{\"exists\": true}} or a range of gt, gte, lt, lte")
+    ops = set(condition)
+    if len(ops) > 1 and not ops <= set(RANGE_OPERATORS):
+        raise InvalidFilter(f"filter {key!r}: one condition per key ({sorted(ops)} given); several keys combine "
+                            "with AND")
+    if "exists" in condition:
+        if condition["exists"] is not True:
+            raise InvalidFilter(f"filter {key!r}: exists must be true, not {_shown(condition['exists'])}")
+        return {"exists": True}
+    if "any" in condition:
+        values = condition["any"]
+        if not isinstance(values, list) or not 1 <= len(values) <= MAX_ANY_VALUES:
+            raise InvalidFilter(f"filter {key!r}: any must be a list of 1 to {MAX_ANY_VALUES} values")
+        checked = [_exact(key, value) for value in values]
+        if any(isinstance(value, float) for value in checked):
+            raise InvalidFilter(f"filter {key!r}: any matches strings, integers or booleans, not fractions")
+        if len({_kind(value) for value in checked}) > 1:
+            raise InvalidFilter(f"filter {key!r}: any mixes types ({sorted({_kind(v) for v in checked})})")
+        return {"any": checked}
+    if key in FILTER_FIELDS and key not in INTEGER_FILTER_FIELDS:
+        raise InvalidFilter(f"filter {key!r}: a range needs numbers or dates; {key} holds strings")
+    bounds = {op: _bound(key, op, value) for op, value in condition.items()}
+    if len({isinstance(bound, datetime) for bound in bounds.values()}) > 1:
+        raise InvalidFilter(f"filter {key!r}: a range mixes numbers and dates")
+    return {op: bound.isoformat() if isinstance(bound, datetime) else bound for op, bound in bounds.items()}
+
+
+def validate_filter(filter_: Mapping[str, object] | None) -> dict[str, FilterValue]:
+    """A payload filter, checked (`InvalidFilter` otherwise): known keys only (an unknown key is an error, not an
+    empty result), each with an exact value of its type or one condition object (`FilterValue`); keys combine with
+    AND. The HTTP API and the `queries` contract both check with this."""
+    checked = dict(filter_ or {})
+    unknown = sorted(key for key in checked if not filterable(key))
+    if unknown:
+        raise InvalidFilter(f"cannot filter on {unknown}; filterable: {sorted(FILTER_FIELDS)} and metadata.<key> "
+                            "(letters, digits, _ and -)")
+    return {key: _condition(key, value) if isinstance(value, dict) else _exact(key, value)
+            for key, value in checked.items()}
+
+
+def filter_cache_key(filter_: Mapping[str, FilterValue]) -> str:
+    """A checked filter as one canonical string (a cache key)."""
+    return json.dumps(filter_, sort_keys=True, separators=(",", ":"))
 
 
 def _integer_label(value: object) -> object:
@@ -160,7 +247,10 @@ class QueryEvent(Record):
     query_id: EntityId
     text: Annotated[str, StringConstraints(min_length=1, max_length=MAX_QUERY_CHARS, pattern=r"\S")]
     top_k: int = Field(default=10, ge=1, le=1000)
-    filter: dict[FilterField, ScalarValue] = Field(default_factory=dict, max_length=8)
+    filter: dict[str, Any] = Field(default_factory=dict, max_length=16, description="Payload conditions, "
+                                           "combined with AND: a field or `metadata.<key>` to an exact value, "
+                                           "{\"any\": [...]}, {\"exists\": true} or a range of gt/gte/lt/lte "
+                                           "over numbers or ISO-8601 dates.")
     mode: SearchMode | None = Field(default=None, description="dense, sparse or hybrid; absent: the worker's "
                                                               "default (hybrid unless configured).")
     group: SearchGroup = Field(default="chunk", description="doc: at most one hit per document, so top_k counts "
@@ -172,7 +262,7 @@ class QueryEvent(Record):
 
     @field_validator("filter")
     @classmethod
-    def _typed_filter(cls, value: dict[str, ScalarValue]) -> dict[str, ScalarValue]:
+    def _typed_filter(cls, value: dict[str, Any]) -> dict[str, FilterValue]:
         try:
             return validate_filter(value)
         except InvalidFilter as exc:

@@ -8,6 +8,10 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas.records import METADATA_KEY
+
+#: The types a metadata key's payload index (and a GET search's value of it) may have.
+METADATA_INDEX_TYPES = ("integer", "float", "keyword", "bool", "datetime")
 
 class Settings(BaseSettings):
     """Every knob of gristmill; read once from the environment, passed explicitly everywhere."""
@@ -64,6 +68,10 @@ class Settings(BaseSettings):
                     "larger than this fails its own record (dead letter), not the store.",
     )
     collection: str = Field(default="chunks", pattern=r"^[A-Za-z0-9_-]+$")
+    metadata_indexes: str = Field(default="", description="Metadata keys filters read often, each with its type "
+                                  "(`year:integer,lang:keyword,published:datetime`; types integer, float, keyword, "
+                                  "bool, datetime): Qdrant keeps a payload index of each, and a GET search parses "
+                                  "`metadata.<key>=` as that type (others are strings).")
 
     # HTTP
     http_host: str = "127.0.0.1"
@@ -229,6 +237,22 @@ class Settings(BaseSettings):
         if url is not None and not url.startswith(("postgresql://", "postgres://")):
             raise ValueError("database_url must be a postgresql:// URL (unset keeps the state in SQLite files)")
         return url
+
+    @field_validator("metadata_indexes")
+    @classmethod
+    def _metadata_indexes(cls, value: str) -> str:
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            name, _, kind = item.partition(":")
+            if not METADATA_KEY.match(name.strip()) or kind.strip() not in METADATA_INDEX_TYPES:
+                raise ValueError(f"metadata_indexes: {item!r} is not key:type (a key of letters, digits, _ and -; a "
+                                 f"type of {', '.join(METADATA_INDEX_TYPES)})")
+        return value
+
+    @property
+    def metadata_index_types(self) -> dict[str, str]:
+        """metadata key -> its declared type (`metadata_indexes`)."""
+        pairs = (item.partition(":") for item in filter(None, (p.strip() for p in self.metadata_indexes.split(","))))
+        return {name.strip(): kind.strip() for name, _, kind in pairs}
 
     @field_validator("deadletter_max_bytes")
     @classmethod

@@ -103,7 +103,7 @@ class DocumentIndexer:
                     digest = content_hash(event)
                     if (previous is not None and not previous.deleted and previous.content_hash == digest
                             and previous.model_version == self.encoder.version):
-                        self.store.set_chunk_version(doc_id, event.version)
+                        self.store.set_chunk_version(doc_id, event.version, event.metadata)
                         states.append(self._state(event, digest, previous.chunks))
                         outcome.unchanged += 1
                     else:
@@ -126,7 +126,7 @@ class DocumentIndexer:
                     for chunk in chunks:
                         points.append(ChunkPoint(event.doc_id, chunk.number, chunk.text, event.version, digest,
                                                  self.encoder.version, vectors[row], event.source, event.title,
-                                                 lexical[row]))
+                                                 lexical[row], event.metadata))
                         row += 1
                     states.append(self._state(event, digest, len(chunks)))
                 self.store.upsert_chunks(points)
@@ -152,7 +152,7 @@ class DocumentIndexer:
         lexical = self.sparse.embed_documents(texts) if self.sparse is not None else [None] * len(texts)
         self.store.upsert_chunks([ChunkPoint(doc_id, chunk.number, chunk.text, state.version,
                                              state.content_hash or "", self.encoder.version, vector, state.source,
-                                             state.title, terms)
+                                             state.title, terms, state.metadata)
                                   for chunk, vector, terms in zip(chunks, vectors, lexical, strict=True)])
         self.store.delete_chunks(doc_id, from_chunk=len(chunks))
 

@@ -10,7 +10,7 @@ from typing import Literal
 
 from cachetools import TTLCache
 
-from schemas import ScalarValue, validate_filter
+from schemas.records import FilterValue, filter_cache_key, validate_filter
 from streams import metrics
 from streams.state.encoder import Encoder
 from streams.state.sparse import SparseEncoder
@@ -29,7 +29,7 @@ class SearchRequest:
 
     text: str
     limit: int = 10
-    filter: Mapping[str, ScalarValue] = field(default_factory=dict)
+    filter: Mapping[str, FilterValue] = field(default_factory=dict)
     mode: Mode | None = None
     group: Group = "chunk"
 
@@ -105,11 +105,11 @@ class Searcher:
         return mode
 
     def _key(self, request: SearchRequest, generation: int) -> tuple[object, ...]:
-        return (normalize_query(request.text), request.limit, tuple(sorted(request.filter.items())),
+        return (normalize_query(request.text), request.limit, filter_cache_key(request.filter),
                 self.mode_of(request), request.group, self.fusion, self.encoder.version, self.index_version,
                 generation)
 
-    def search(self, text: str, limit: int = 10, filter_: Mapping[str, ScalarValue] | None = None,
+    def search(self, text: str, limit: int = 10, filter_: Mapping[str, FilterValue] | None = None,
                mode: Mode | None = None, group: Group = "chunk") -> SearchResult:
         return self.search_many([SearchRequest(text, limit, dict(filter_ or {}), mode, group)])[0]
 

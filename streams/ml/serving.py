@@ -61,6 +61,8 @@ def open_store(settings: Settings, dim: int, model_version: str = BASE_VERSION) 
         from streams.state.edge_store import EdgeVectorStore
 
         store = EdgeVectorStore(settings.shard_dir, collection, dim, settings.sparse_vectors)
+    if settings.metadata_index_types:
+        store.index_metadata(settings.metadata_index_types)
     if settings.faults_file is not None:
         from streams.state.faults import FaultInjectingStore, FaultPlan
 

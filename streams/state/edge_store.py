@@ -15,8 +15,12 @@ from streams.state.qdrant_store import (
     DENSE,
     SCROLL_PAGE,
     SPARSE,
+    AtLeast,
+    Between,
     Condition,
+    DatesBetween,
     Match,
+    MatchAny,
     PointToWrite,
     QdrantStore,
     StoredPoint,
@@ -33,10 +37,23 @@ _VACUUM_ONLY = qe.EdgeOptimizersConfig(indexing_threshold=10**9)
 def _filter(conditions: Sequence[Condition]) -> qe.Filter | None:
     if not conditions:
         return None
-    return qe.Filter(must=[
-        qe.FieldCondition(key=c.key, match=qe.MatchValue(c.value)) if isinstance(c, Match)  # type: ignore[arg-type]
-        else qe.FieldCondition(key=c.key, range=qe.RangeFloat(gte=c.value))
-        for c in conditions])
+    must: list[Any] = []
+    must_not: list[Any] = []
+    for c in conditions:
+        if isinstance(c, Match):
+            must.append(qe.FieldCondition(key=c.key, match=qe.MatchValue(c.value)))  # type: ignore[arg-type]
+        elif isinstance(c, MatchAny):
+            must.append(qe.FieldCondition(key=c.key, match=qe.MatchAny(list(c.values))))  # type: ignore[arg-type]
+        elif isinstance(c, AtLeast):
+            must.append(qe.FieldCondition(key=c.key, range=qe.RangeFloat(gte=c.value)))
+        elif isinstance(c, Between):
+            must.append(qe.FieldCondition(key=c.key, range=qe.RangeFloat(gt=c.gt, gte=c.gte, lt=c.lt, lte=c.lte)))
+        elif isinstance(c, DatesBetween):
+            must.append(qe.FieldCondition(key=c.key, range=qe.RangeDateTime(gt=c.gt, gte=c.gte, lt=c.lt,
+                                                                             lte=c.lte)))
+        else:  # Exists
+            must_not.append(qe.IsEmptyCondition(c.key))
+    return qe.Filter(must=must or None, must_not=must_not or None)
 
 
 def _open(path: Path, config: qe.EdgeConfig) -> qe.EdgeShard:
@@ -98,6 +115,17 @@ class EdgeVectorStore(QdrantStore):
         self._modes = ALL_MODES if hybrid else DENSE_ONLY
         if chunks.info().points_count and self._chunk_dim() not in (None, dim):
             raise StoreError(f"shard {root / collection} holds vectors of another dimension than {dim}")
+
+    def index_metadata(self, types: Mapping[str, str]) -> None:
+        """Payload indexes of the chunks' `metadata.<key>` for the keys declared (key -> type, as
+        `Settings.metadata_index_types`; booleans are kept as keywords)."""
+        schemas = {"integer": qe.PayloadSchemaType.Integer, "float": qe.PayloadSchemaType.Float,
+                   "keyword": qe.PayloadSchemaType.Keyword, "bool": qe.PayloadSchemaType.Keyword,
+                   "datetime": qe.PayloadSchemaType.Datetime}
+        with self._write_lock:
+            for key, kind in types.items():
+                _call(lambda key=key, kind=kind: self._shards[self.collection].update(  # type: ignore[misc]
+                    qe.UpdateOperation.create_field_index(f"metadata.{key}", schemas[kind])))
 
     def _chunk_dim(self) -> int | None:
         records, _ = self._shards[self.collection].scroll(

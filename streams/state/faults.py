@@ -85,8 +85,9 @@ class FaultInjectingStore:
     def delete_chunks(self, doc_id: str, from_chunk: int = 0) -> None:
         self._run("delete_chunks", lambda: self.inner.delete_chunks(doc_id, from_chunk), [doc_id])
 
-    def set_chunk_version(self, doc_id: str, version: int) -> None:
-        self._run("set_chunk_version", lambda: self.inner.set_chunk_version(doc_id, version), [doc_id])
+    def set_chunk_version(self, doc_id: str, version: int, metadata: Mapping[str, ScalarValue] | None = None
+                          ) -> None:
+        self._run("set_chunk_version", lambda: self.inner.set_chunk_version(doc_id, version, metadata), [doc_id])
 
     @property
     def modes(self) -> frozenset[str]:

@@ -10,21 +10,82 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
-from streams.state.qdrant_store import Condition, Match, PointToWrite, QdrantStore, StoredPoint
+from streams.state.qdrant_store import (
+    AtLeast,
+    Between,
+    Condition,
+    DatesBetween,
+    Exists,
+    Match,
+    MatchAny,
+    PointToWrite,
+    QdrantStore,
+    StoredPoint,
+)
 from streams.state.store import VectorQuery
+
+
+def _field(payload: Mapping[str, Any], key: str) -> Any:
+    """The payload's value at a dotted key (`metadata.lang`), None when absent."""
+    value: Any = payload
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    return value
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _moment(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _within(value: Any, gt: Any, gte: Any, lt: Any, lte: Any) -> bool:
+    return ((gt is None or value > gt) and (gte is None or value >= gte) and (lt is None or value < lt)
+            and (lte is None or value <= lte))
+
+
+def _equal(value: Any, wanted: Any) -> bool:
+    return value == wanted and type(value) is type(wanted)  # as Qdrant's keyword, integer and bool matches
+
+
+def _holds(value: Any, condition: Condition) -> bool:
+    """Qdrant's semantics on one value (a list matches when any element does)."""
+    if isinstance(condition, Match):
+        return _equal(value, condition.value)
+    if isinstance(condition, MatchAny):
+        return any(_equal(value, wanted) for wanted in condition.values)
+    if isinstance(condition, AtLeast):
+        return _number(value) and value >= condition.value
+    if isinstance(condition, Between):
+        return _number(value) and _within(value, condition.gt, condition.gte, condition.lt, condition.lte)
+    if isinstance(condition, DatesBetween):
+        moment = _moment(value)
+        bounds = [None if b is None else _moment(b) for b in (condition.gt, condition.gte, condition.lt, condition.lte)]
+        return moment is not None and _within(moment, *bounds)
+    return value is not None  # Exists
 
 
 def _matches(payload: Mapping[str, Any], conditions: Sequence[Condition]) -> bool:
     for condition in conditions:
-        value = payload.get(condition.key)
-        if isinstance(condition, Match):
-            if value != condition.value or type(value) is not type(condition.value):
+        value = _field(payload, condition.key)
+        values = value if isinstance(value, list) else [value]
+        if isinstance(condition, Exists):
+            if not any(v is not None for v in values):
                 return False
-        elif not isinstance(value, (int, float)) or isinstance(value, bool) or value < condition.value:
+        elif not any(_holds(v, condition) for v in values):
             return False
     return True
 

@@ -19,9 +19,18 @@ from typing import Any
 import numpy as np
 
 from schemas import ScalarValue, validate_filter
+from schemas.records import METADATA_PREFIX
 from streams.state.errors import UnsupportedSearchMode
 from streams.state.sparse import Sparse
-from streams.state.store import DENSE_ONLY, ChunkPoint, DocumentState, SearchHit, VectorQuery, document_point_id
+from streams.state.store import (
+    DENSE_ONLY,
+    ChunkPoint,
+    DocumentState,
+    SearchHit,
+    VectorQuery,
+    document_point_id,
+    filterable_metadata,
+)
 
 SCROLL_PAGE = 1_000
 DENSE, SPARSE = "dense", "bm25"  # the names of a chunk's vectors
@@ -43,7 +52,68 @@ class AtLeast:
     value: float
 
 
-Condition = Match | AtLeast
+@dataclass(frozen=True, slots=True)
+class MatchAny:
+    """Payload field `key` equals one of `values`."""
+
+    key: str
+    values: tuple[ScalarValue, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Between:
+    """Payload field `key` is a number within the bounds given (None: unbounded)."""
+
+    key: str
+    gt: float | None = None
+    gte: float | None = None
+    lt: float | None = None
+    lte: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DatesBetween:
+    """Payload field `key` is a date or time (RFC 3339) within the bounds given (ISO-8601 with an offset)."""
+
+    key: str
+    gt: str | None = None
+    gte: str | None = None
+    lt: str | None = None
+    lte: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Exists:
+    """Payload field `key` is there, with a value other than null or an empty list."""
+
+    key: str
+
+
+Condition = Match | AtLeast | MatchAny | Between | DatesBetween | Exists
+
+
+def filter_conditions(filter_: Mapping[str, object] | None) -> list[Condition]:
+    """A query's filter (checked here: `InvalidFilter`) as the backends' neutral conditions, all to hold."""
+    conditions: list[Condition] = []
+    for key, value in validate_filter(filter_).items():
+        if isinstance(value, float):  # Qdrant matches keywords, integers and booleans: a number is a range
+            conditions.append(Between(key, gte=value, lte=value))
+        elif isinstance(value, bool) and key.startswith(METADATA_PREFIX):  # as chunks carry booleans
+            conditions.append(Match(key, "true" if value else "false"))
+        elif isinstance(value, dict) and "any" in value and key.startswith(METADATA_PREFIX):
+            conditions.append(MatchAny(key, tuple(("true" if v else "false") if isinstance(v, bool) else v
+                                                  for v in value["any"])))  # type: ignore[union-attr]
+        elif not isinstance(value, dict):
+            conditions.append(Match(key, value))
+        elif "any" in value:
+            conditions.append(MatchAny(key, tuple(value["any"])))  # type: ignore[arg-type]
+        elif "exists" in value:
+            conditions.append(Exists(key))
+        elif any(isinstance(bound, str) for bound in value.values()):
+            conditions.append(DatesBetween(key, **value))  # type: ignore[arg-type]
+        else:
+            conditions.append(Between(key, **value))  # type: ignore[arg-type]
+    return conditions
 #: One point as read back: its payload and, when asked for, its dense vector.
 StoredPoint = tuple[Mapping[str, Any], Sequence[float] | None]
 #: One point to write: id, dense vector, sparse vector (chunks of a hybrid collection only), payload.
@@ -109,12 +179,16 @@ class QdrantStore(ABC):
             conditions.append(AtLeast("chunk", float(from_chunk)))
         self._delete(self.collection, conditions)
 
-    def set_chunk_version(self, doc_id: str, version: int) -> None:
-        self._set_payload(self.collection, [Match("doc_id", doc_id)], {"version": version})
+    def set_chunk_version(self, doc_id: str, version: int, metadata: Mapping[str, ScalarValue] | None = None
+                          ) -> None:
+        stamped: dict[str, Any] = {"version": version}
+        if metadata is not None:
+            stamped["metadata"] = filterable_metadata(metadata)
+        self._set_payload(self.collection, [Match("doc_id", doc_id)], stamped)
 
     def search(self, query: VectorQuery, limit: int,
-               filter_: Mapping[str, ScalarValue] | None = None) -> list[SearchHit]:
-        conditions = [Match(key, value) for key, value in validate_filter(filter_).items()]
+               filter_: Mapping[str, object] | None = None) -> list[SearchHit]:
+        conditions = filter_conditions(filter_)
         if query.mode not in self.modes:
             raise UnsupportedSearchMode(f"collection {self.collection!r} answers {sorted(self.modes)} searches, not "
                              f"{query.mode!r} (it predates sparse vectors: `gristmill reindex` rebuilds it)")

@@ -23,8 +23,12 @@ from streams.state.qdrant_store import (
     DENSE,
     SCROLL_PAGE,
     SPARSE,
+    AtLeast,
+    Between,
     Condition,
+    DatesBetween,
     Match,
+    MatchAny,
     PointToWrite,
     QdrantStore,
     StoredPoint,
@@ -53,10 +57,23 @@ NAMED_POINTS = 3
 def _filter(conditions: Sequence[Condition]) -> qm.Filter | None:
     if not conditions:
         return None
-    return qm.Filter(must=[
-        qm.FieldCondition(key=c.key, match=qm.MatchValue(value=c.value)) if isinstance(c, Match)  # type: ignore[arg-type]
-        else qm.FieldCondition(key=c.key, range=qm.Range(gte=c.value))
-        for c in conditions])
+    must: list[Any] = []
+    must_not: list[Any] = []
+    for c in conditions:
+        if isinstance(c, Match):
+            must.append(qm.FieldCondition(key=c.key, match=qm.MatchValue(value=c.value)))  # type: ignore[arg-type]
+        elif isinstance(c, MatchAny):
+            must.append(qm.FieldCondition(key=c.key, match=qm.MatchAny(any=list(c.values))))  # type: ignore[arg-type]
+        elif isinstance(c, AtLeast):
+            must.append(qm.FieldCondition(key=c.key, range=qm.Range(gte=c.value)))
+        elif isinstance(c, Between):
+            must.append(qm.FieldCondition(key=c.key, range=qm.Range(gt=c.gt, gte=c.gte, lt=c.lt, lte=c.lte)))
+        elif isinstance(c, DatesBetween):
+            must.append(qm.FieldCondition(key=c.key, range=qm.DatetimeRange(gt=c.gt, gte=c.gte, lt=c.lt,
+                                                                            lte=c.lte)))
+        else:  # Exists
+            must_not.append(qm.IsEmptyCondition(is_empty=qm.PayloadField(key=c.key)))
+    return qm.Filter(must=must or None, must_not=must_not or None)
 
 
 def _client_sparse(vector: Sparse) -> qm.SparseVector:
@@ -140,6 +157,18 @@ class ServerVectorStore(QdrantStore):
                                   ("source", qm.PayloadSchemaType.KEYWORD)):
                 self._client.create_payload_index(self.collection, field, schema, wait=True)
             self._client.create_payload_index(self.ledger, "state", qm.PayloadSchemaType.KEYWORD, wait=True)
+
+    def index_metadata(self, types: Mapping[str, str]) -> None:
+        """Payload indexes of the chunks' `metadata.<key>` for the keys declared (key -> type, as
+        `Settings.metadata_index_types`; booleans are kept as keywords)."""
+        schemas = {"integer": qm.PayloadSchemaType.INTEGER, "float": qm.PayloadSchemaType.FLOAT,
+                   "keyword": qm.PayloadSchemaType.KEYWORD, "bool": qm.PayloadSchemaType.KEYWORD,
+                   "datetime": qm.PayloadSchemaType.DATETIME}
+        with warnings.catch_warnings():  # local mode ignores payload indexes and says so
+            warnings.simplefilter("ignore", UserWarning)
+            for key, kind in types.items():
+                _call(lambda key=key, kind=kind: self._client.create_payload_index(  # type: ignore[misc]
+                    self.collection, f"metadata.{key}", schemas[kind], wait=True))
 
     def _upsert(self, collection: str, points: Sequence[PointToWrite]) -> None:
         """Write `points` in requests of at most `request_max_bytes` (estimated), in order. A point that fits no

@@ -29,6 +29,13 @@ def document_point_id(doc_id: str) -> str:
     return str(uuid.uuid5(GRISTMILL_NS, doc_id))
 
 
+def filterable_metadata(metadata: Mapping[str, ScalarValue]) -> dict[str, ScalarValue]:
+    """A document's metadata as its chunks carry it for filters: booleans as the keywords "true"/"false" (the
+    embedded Qdrant's Python binding matches a boolean as the integer 1 or 0, never a stored boolean)."""
+    return {key: ("true" if value else "false") if isinstance(value, bool) else value
+            for key, value in metadata.items()}
+
+
 @dataclass(frozen=True, slots=True)
 class ChunkPoint:
     """One indexed chunk; `vector` is None when read back without vectors."""
@@ -43,6 +50,7 @@ class ChunkPoint:
     source: str | None = None
     title: str | None = None
     sparse: Sparse | None = None  # BM25 weights of the chunk's text (absent in dense-only collections)
+    metadata: Mapping[str, ScalarValue] = field(default_factory=dict)  # its document's (filters read it)
 
     @property
     def point_id(self) -> str:
@@ -52,7 +60,7 @@ class ChunkPoint:
         return {
             "doc_id": self.doc_id, "chunk": self.chunk, "text": self.text, "version": self.version,
             "content_hash": self.content_hash, "model_version": self.model_version,
-            "source": self.source, "title": self.title,
+            "source": self.source, "title": self.title, "metadata": filterable_metadata(self.metadata),
         }
 
     @classmethod
@@ -61,7 +69,7 @@ class ChunkPoint:
             doc_id=payload["doc_id"], chunk=int(payload["chunk"]), text=payload["text"],
             version=int(payload["version"]), content_hash=payload["content_hash"],
             model_version=payload["model_version"], source=payload.get("source"),
-            title=payload.get("title"),
+            title=payload.get("title"), metadata=payload.get("metadata") or {},
             vector=None if vector is None else np.asarray(vector, dtype=np.float32),
         )
 
@@ -135,8 +143,10 @@ class VectorStore(Protocol):
         """Delete the doc's chunks numbered `from_chunk` and up (all of them by default)."""
         ...
 
-    def set_chunk_version(self, doc_id: str, version: int) -> None:
-        """Stamp a newer version on unchanged chunks (content hash equal, nothing re-embedded)."""
+    def set_chunk_version(self, doc_id: str, version: int, metadata: Mapping[str, ScalarValue] | None = None
+                          ) -> None:
+        """Stamp a newer version (and the document's metadata, when given) on unchanged chunks (content hash
+        equal, nothing re-embedded)."""
         ...
 
     @property
@@ -146,7 +156,7 @@ class VectorStore(Protocol):
         ...
 
     def search(self, query: VectorQuery, limit: int,
-               filter_: Mapping[str, ScalarValue] | None = None) -> list[SearchHit]:
+               filter_: Mapping[str, object] | None = None) -> list[SearchHit]:
         """Chunks best first: by cosine (`dense`), BM25 (`sparse`) or both fused (`hybrid`); `filter_` is checked
         (`InvalidFilter`) and applies to every mode. A mode not in `modes` is `UnsupportedSearchMode`."""
         ...

@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import Field, TypeAdapter
 
 from schemas import FILTER_FIELDS, INTEGER_FILTER_FIELDS, ModelUpdate
+from schemas.records import METADATA_PREFIX
 from streams import metrics
 from streams.app import Worker
 from streams.batching import MicroBatcher
@@ -51,7 +52,7 @@ from streams.web.guards import (
     read_json,
 )
 from streams.web.openapi import OPENAPI
-from streams.web.parameters import InvalidParameter, integer, search_request, unique, valid_unicode
+from streams.web.parameters import InvalidParameter, integer, number, search_request, unique, valid_unicode
 
 log = logging.getLogger(__name__)
 #: Longest a stopping worker waits for the answers it sent to be logged.
@@ -70,11 +71,25 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
-def query_filter(params: Mapping[str, str]) -> dict[str, Any]:
-    """The filter of a GET search from its query parameters: integer fields parsed strictly (`InvalidParameter`
-    if not)."""
-    return {key: integer(value, f"filter {key!r}") if key in INTEGER_FILTER_FIELDS else value
-            for key, value in params.items() if key in FILTER_FIELDS}
+def query_filter(params: Mapping[str, str], metadata_types: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The exact-match filter of a GET search from its query parameters (`metadata.lang=de` style for metadata):
+    integer fields, and metadata keys declared integer, float or bool (`metadata_types`), parsed strictly
+    (`InvalidParameter` if not); other values are strings. Conditions other than exact ones are POST's."""
+    def typed(key: str, value: str) -> Any:
+        kind = (metadata_types or {}).get(key.removeprefix(METADATA_PREFIX)) if key.startswith(METADATA_PREFIX) \
+            else "integer" if key in INTEGER_FILTER_FIELDS else None
+        if kind == "integer":
+            return number(value, f"filter {key!r}", whole=True)
+        if kind == "float":
+            return number(value, f"filter {key!r}")
+        if kind == "bool":
+            if value not in ("true", "false"):
+                raise InvalidParameter(f"filter {key!r} must be true or false, not {value[:40]!r}")
+            return value == "true"
+        return value
+
+    return {key: typed(key, value) for key, value in params.items()
+            if key in FILTER_FIELDS or key.startswith(METADATA_PREFIX)}
 
 
 def build_http_app(worker: AgentHost) -> web.Application:
@@ -134,8 +149,9 @@ def build_http_app(worker: AgentHost) -> web.Application:
     @routes.get("/search")
     async def search_get(request: web.Request) -> web.Response:
         try:
-            params = unique(request.query, SEARCH_PARAMETERS)
-            k, filter_ = integer(params.get("k", "10"), "k"), query_filter(params)
+            params = unique(request.query, SEARCH_PARAMETERS | {key for key in request.query
+                                                                 if key.startswith(METADATA_PREFIX)})
+            k, filter_ = integer(params.get("k", "10"), "k"), query_filter(params, settings.metadata_index_types)
         except InvalidParameter as exc:
             return _error(400, str(exc))
         return await run_search(params.get("q", ""), k, filter_, params.get("mode"), params.get("group", "chunk"),

@@ -44,9 +44,24 @@ _MODE = {"enum": ["dense", "sparse", "hybrid"], "description": "dense, BM25 (spa
 _GROUP = {"enum": ["chunk", "doc"], "default": "chunk", "description": "doc: at most one hit (the best chunk) per "
                                                                        "document; k counts documents."}
 _ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
-_FILTER = {"type": "object", "description": "Exact-match payload filter.",
-           "propertyNames": {"enum": sorted(FILTER_FIELDS)},
-           "additionalProperties": {"type": ["string", "integer", "number", "boolean"]}}
+_BOUND = {"type": ["number", "string"], "description": "a number, or an ISO-8601 date or time"}
+_CONDITION = {"oneOf": [
+    {"type": ["string", "integer", "number", "boolean"], "description": "exact match"},
+    {"type": "object", "required": ["any"], "additionalProperties": False,
+     "properties": {"any": {"type": "array", "minItems": 1, "maxItems": 256,
+                            "items": {"type": ["string", "integer", "boolean"]}}}},
+    {"type": "object", "required": ["exists"], "additionalProperties": False,
+     "properties": {"exists": {"const": True}}},
+    {"type": "object", "minProperties": 1, "additionalProperties": False,
+     "properties": {"gt": _BOUND, "gte": _BOUND, "lt": _BOUND, "lte": _BOUND}},
+]}
+_FILTER = {"type": "object", "maxProperties": 16,
+           "description": "Payload conditions, all to hold (AND), evaluated inside Qdrant: a field or "
+                          "`metadata.<key>` to an exact value, `{\"any\": [...]}`, `{\"exists\": true}` or a "
+                          "range of gt/gte/lt/lte over numbers or ISO-8601 dates.",
+           "propertyNames": {"anyOf": [{"enum": sorted(FILTER_FIELDS)},
+                                       {"pattern": "^metadata\\.[A-Za-z0-9_-]{1,64}$"}]},
+           "additionalProperties": _CONDITION}
 
 
 def _json(schema_ref: str, description: str) -> dict[str, Any]:
@@ -71,6 +86,9 @@ OPENAPI: dict[str, Any] = {
                     {"name": "group", "in": "query", "schema": _GROUP},
                     *_SLICE_PARAMS,
                     *({"name": f, "in": "query", "schema": {"type": "string"}} for f in sorted(FILTER_FIELDS)),
+                    {"name": "metadata.<key>", "in": "query", "schema": {"type": "string"},
+                     "description": "exact match on a metadata key (`metadata.lang=de`; a key declared in "
+                                    "GRISTMILL_METADATA_INDEXES as integer, float or bool is parsed as one)"},
                 ],
                 "responses": {"200": _json("SearchResponse", "Hits, best first"), "400": _BAD},
             },

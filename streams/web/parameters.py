@@ -39,6 +39,21 @@ def integer(text: str, name: str) -> int:
     return int(text)
 
 
+SIGNED_NUMBER = re.compile(r"-?[0-9]{1,18}(\.[0-9]{1,12})?")
+
+
+def number(text: str, name: str, whole: bool = False) -> float | int:
+    """A plain decimal number, signed (`whole`: an integer of 64 bits); no exponents, `nan` or `inf`."""
+    if not SIGNED_NUMBER.fullmatch(text) or (whole and "." in text):
+        raise InvalidParameter(f"{name} must be {'an integer' if whole else 'a number'}, not {text[:40]!r}")
+    if whole:
+        value = int(text)
+        if not -(2**63) <= value < 2**63:
+            raise InvalidParameter(f"{name} must fit in 64 bits, not {text[:40]!r}")
+        return value
+    return float(text)
+
+
 def seconds(text: str, name: str, low: float, high: float) -> float:
     """A plain decimal number of seconds from `low` to `high` (no `nan`, `inf` or exponents)."""
     if not DECIMAL_NUMBER.fullmatch(text):

@@ -5,7 +5,7 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from schemas import TOPIC_RECORDS, FeedbackEvent
+from schemas import TOPIC_RECORDS, FeedbackEvent, InvalidFilter, QueryEvent, validate_filter
 from schemas.export import PUBLISHED_DIR, render_json_schemas
 
 
@@ -35,3 +35,36 @@ def test_feedback_needs_exactly_one_judgement(fields: dict[str, int]) -> None:
 def test_feedback_accepts_a_label_or_a_rating() -> None:
     assert FeedbackEvent(query_id="q", doc_id="d", label=-1).label == -1
     assert FeedbackEvent(query_id="q", doc_id="d", rating=4).rating == 4
+
+
+@pytest.mark.parametrize(("filter_", "message"), [
+    ({"metadata.lang": {"like": "d%"}}, "unknown operator 'like'"),
+    ({"metadata.lang": {}}, "unknown operator"),
+    ({"metadata.lang": {"any": ["de", 1]}}, "any mixes types"),
+    ({"metadata.lang": {"any": []}}, "any must be a list of 1 to"),
+    ({"metadata.year": {"gte": 2020, "lt": "2024-01-01"}}, "mixes numbers and dates"),
+    ({"metadata.lang": {"gte": "de"}}, "a range is over numbers or ISO-8601 dates"),
+    ({"source": {"gte": 1}}, "a range needs numbers or dates; source holds strings"),
+    ({"metadata.year": {"any": [2020], "gte": 2020}}, "one condition per key"),
+    ({"metadata.draft": {"exists": False}}, "exists must be true"),
+    ({"metadata.a.b": "x"}, "cannot filter on ['metadata.a.b']"),
+    ({"text": "x"}, "cannot filter on ['text']"),
+    ({"metadata.score": float("nan")}, "finite number"),
+    ({"version": -1}, "integer from 0"),
+])
+def test_a_filter_that_cannot_be_evaluated_is_refused_with_its_reason(filter_: dict, message: str) -> None:
+    with pytest.raises(InvalidFilter) as refused:
+        validate_filter(filter_)
+    assert message in str(refused.value)
+    with pytest.raises(ValidationError, match="filter"):  # the queries contract refuses it alike
+        QueryEvent(query_id="q", text="tea", filter=filter_)
+
+
+def test_filters_are_checked_and_their_dates_given_an_offset() -> None:
+    checked = validate_filter({"metadata.lang": {"any": ["de", "fr"]}, "metadata.year": {"gte": 2020, "lt": 2024.5},
+                               "metadata.published": {"gte": "2024-01-01"}, "metadata.draft": {"exists": True},
+                               "source": "wiki", "version": 3, "metadata.flag": True})
+    assert checked["metadata.published"] == {"gte": "2024-01-01T00:00:00+00:00"}  # a date without offset is UTC
+    assert checked["metadata.lang"] == {"any": ["de", "fr"]} and checked["metadata.flag"] is True
+    assert QueryEvent(query_id="q", text="tea", filter={"metadata.year": {"gte": 2020}}).filter == {
+        "metadata.year": {"gte": 2020}}

@@ -82,6 +82,17 @@ def test_delete_removes_all_chunks_and_blocks_older_upserts(indexer: DocumentInd
     assert [c.text for c in store.chunks("a")] == ["revived"]
 
 
+def test_a_metadata_change_reaches_filters_without_re_embedding(indexer: DocumentIndexer,
+                                                                 store: EdgeVectorStore) -> None:
+    indexer.apply([upsert("long", 1, LONG, metadata={"lang": "de", "year": 2023})])
+    outcome = indexer.apply([upsert("long", 2, LONG, metadata={"lang": "en", "year": 2024})])
+    assert (outcome.unchanged, outcome.embedded) == (1, 0)  # the same text: its vectors kept
+    query = VectorQuery(indexer.encoder.encode(["consumers commit offsets"])[0])
+    assert store.search(query, 50, {"metadata.lang": "de"}) == []
+    assert {h.doc_id for h in store.search(query, 50, {"metadata.year": {"gte": 2024}})} == {"long"}
+    assert {c.metadata["lang"] for c in store.chunks("long")} == {"en"}  # on every chunk
+
+
 def test_unchanged_content_is_not_re_embedded(indexer: DocumentIndexer, store: EdgeVectorStore) -> None:
     indexer.apply([upsert("a", 1, LONG)])
     outcome = indexer.apply([upsert("a", 2, LONG)])

@@ -4,6 +4,7 @@ double, and the fault-injection wrapper with no fault planned."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,54 @@ def test_search_filter_by_payload(store: VectorStore) -> None:
     assert [h.doc_id for h in store.search(VectorQuery(unit(1, 0)), 10, {"source": "faq"})] == ["b"]
     with pytest.raises(InvalidFilter, match="cannot filter"):
         store.search(VectorQuery(unit(1, 0)), 10, {"text": "x"})
+
+
+CATALOGUE = {  # doc_id -> its metadata
+    "de-2020": {"lang": "de", "year": 2020, "published": "2020-05-01", "score": 0.5, "draft": False},
+    "en-2023": {"lang": "en", "year": 2023, "published": "2023-01-02T08:00:00+02:00", "draft": True},
+    "fr-2024": {"lang": "fr", "year": 2024, "published": "2024-12-31T23:00:00Z"},
+    "plain": {},
+}
+
+
+@pytest.mark.parametrize(("filter_", "expected"), [
+    ({"metadata.lang": "de"}, {"de-2020"}),
+    ({"metadata.lang": {"any": ["de", "fr"]}}, {"de-2020", "fr-2024"}),
+    ({"metadata.year": {"gte": 2023}}, {"en-2023", "fr-2024"}),
+    ({"metadata.year": {"gt": 2020, "lt": 2024}}, {"en-2023"}),
+    ({"metadata.year": 2020, "metadata.lang": "de"}, {"de-2020"}),  # AND
+    ({"metadata.year": 2020, "metadata.lang": "en"}, set()),
+    ({"metadata.published": {"gte": "2023-01-01", "lt": "2024-12-31T23:30:00Z"}}, {"en-2023", "fr-2024"}),
+    ({"metadata.published": {"lt": "2023-01-02T07:00:01+01:00"}}, {"de-2020", "en-2023"}),  # offsets compared
+    ({"metadata.published": {"lt": "2023-01-02T07:00:00+01:00"}}, {"de-2020"}),  # the same instant is not before
+    ({"metadata.draft": {"exists": True}}, {"de-2020", "en-2023"}),
+    ({"metadata.draft": True}, {"en-2023"}),
+    ({"metadata.draft": False}, {"de-2020"}),
+    ({"metadata.score": 0.5}, {"de-2020"}),
+    ({"metadata.missing": {"exists": True}}, set()),
+    ({"version": {"gte": 1}, "metadata.lang": {"any": ["fr"]}}, {"fr-2024"}),
+])
+def test_metadata_filters_are_evaluated_inside_the_store(store: VectorStore, filter_: dict, expected: set) -> None:
+    store.upsert_chunks([replace(point(doc_id, 0, unit(1, i / 10)), metadata=metadata)
+                         for i, (doc_id, metadata) in enumerate(CATALOGUE.items())])
+    assert {h.doc_id for h in store.search(VectorQuery(unit(1, 0)), 10, filter_)} == expected
+
+
+def test_k_asked_means_k_matching_results(store: VectorStore) -> None:
+    points = [replace(point(f"d{i}", 0, unit(1, i / 100)), metadata={"lang": "de" if i % 10 == 9 else "en"})
+              for i in range(60)]
+    store.upsert_chunks(points)  # the six German documents rank last by the query
+    hits = store.search(VectorQuery(unit(1, 0)), 5, {"metadata.lang": "de"})
+    assert [h.doc_id for h in hits] == ["d9", "d19", "d29", "d39", "d49"]
+
+
+def test_metadata_of_unchanged_chunks_is_restamped(store: VectorStore) -> None:
+    store.upsert_chunks([replace(point("a", 0, unit(1, 0)), metadata={"lang": "de"})])
+    store.set_chunk_version("a", 2, {"lang": "en"})  # a new version, same text: nothing re-embedded
+    query = VectorQuery(unit(1, 0))
+    assert store.search(query, 5, {"metadata.lang": "de"}) == []
+    assert [h.doc_id for h in store.search(query, 5, {"metadata.lang": "en"})] == ["a"]
+    assert store.chunks("a")[0].metadata == {"lang": "en"}
 
 
 def test_document_ledger_round_trip_and_tombstones(store: VectorStore) -> None:

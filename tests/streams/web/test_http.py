@@ -164,3 +164,38 @@ def test_answers_are_logged_after_they_are_sent_and_a_failed_batch_costs_only_it
         first, second = with_client(running, scenario)
         assert log.get(first) is None and log.get(second) is not None  # the writer went on after the failure
         assert {a.query_id for a in running.shared.evaluation.answers()} == {second}
+
+
+def test_metadata_filters_over_get_and_post(tmp_path: Path) -> None:
+    notes = [{"doc_id": f"note-{lang}-{year}", "version": 1, "op": "upsert", "text": f"tea note {lang} {year}",
+              "metadata": {"lang": lang, "year": year, "reviewed": year > 2021}}
+             for lang in ("de", "en") for year in (2020, 2022, 2024)]
+
+    async def scenario(client: TestClient) -> dict[str, Any]:
+        async def found(method: str, path: str, body: Any = None) -> Any:
+            response = await client.request(method, path, json=body)
+            answer = await response.json()
+            return sorted(h["doc_id"] for h in answer["hits"]) if response.status == 200 else (response.status,
+                                                                                                answer["error"])
+
+        return {
+            "lang": await found("GET", "/search?q=tea&k=20&metadata.lang=de"),
+            "year": await found("GET", "/search?q=tea&k=20&metadata.year=2022"),  # declared integer
+            "reviewed": await found("GET", "/search?q=tea&k=20&metadata.reviewed=true&metadata.lang=en"),
+            "bad bool": await found("GET", "/search?q=tea&metadata.reviewed=yes"),
+            "bad key": await found("GET", "/search?q=tea&metadata.a.b=1"),
+            "range": await found("POST", "/search", {"q": "tea", "k": 20, "filter": {
+                "metadata.year": {"gte": 2022}, "metadata.lang": {"any": ["de"]}}}),
+            "mixed": await found("POST", "/search", {"q": "tea", "filter": {"metadata.year": {"gte": 1, "lt": "x"}}}),
+        }
+
+    with harness(tmp_path, metadata_indexes="year:integer,reviewed:bool") as running:
+        running.send("documents", notes)
+        got = with_client(running, scenario)
+    assert got["lang"] == ["note-de-2020", "note-de-2022", "note-de-2024"]
+    assert got["year"] == ["note-de-2022", "note-en-2022"]
+    assert got["reviewed"] == ["note-en-2022", "note-en-2024"]
+    assert got["bad bool"][0] == 400 and "true or false" in got["bad bool"][1]
+    assert got["bad key"][0] == 400 and "cannot filter on" in got["bad key"][1]
+    assert got["range"] == ["note-de-2022", "note-de-2024"]
+    assert got["mixed"][0] == 400 and "a range is over numbers or ISO-8601 dates" in got["mixed"][1]
