@@ -84,7 +84,7 @@ FilterField = Literal["doc_id", "source", "title", "version", "model_version"]
 FILTER_FIELDS: frozenset[str] = frozenset(FilterField.__args__)  # type: ignore[attr-defined]
 INTEGER_FILTER_FIELDS = frozenset({"version"})
 METADATA_PREFIX = "metadata."
-METADATA_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+METADATA_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")  # (fullmatch)
 RANGE_OPERATORS = ("gt", "gte", "lt", "lte")
 FILTER_OPERATORS = ("any", "exists", *RANGE_OPERATORS)
 MAX_ANY_VALUES = 256
@@ -100,7 +100,7 @@ def _shown(value: object) -> str:
 
 def filterable(key: str) -> bool:
     """Whether a filter may name `key`: a payload field, or `metadata.<key>` with a plain key."""
-    return key in FILTER_FIELDS or (key.startswith(METADATA_PREFIX) and bool(METADATA_KEY.match(key[9:])))
+    return key in FILTER_FIELDS or (key.startswith(METADATA_PREFIX) and bool(METADATA_KEY.fullmatch(key[9:])))
 
 
 def _exact(key: str, value: object) -> ScalarValue:
@@ -136,16 +136,18 @@ def _kind(value: object) -> str:
 def _bound(key: str, op: str, value: object) -> float | datetime:
     """A range bound: a number, or an ISO-8601 date or time (UTC when it names no offset)."""
     if isinstance(value, int | float) and not isinstance(value, bool):
-        if isinstance(value, float) and not math.isfinite(value):
-            raise InvalidFilter(f"filter {key!r}: {op} must be finite, not {_shown(value)}")
+        if (isinstance(value, float) and not math.isfinite(value)) or (
+                isinstance(value, int) and not INT64[0] <= value <= INT64[1]):
+            raise InvalidFilter(f"filter {key!r}: {op} must be a finite number within 64 bits, not {_shown(value)}")
         return value
     if isinstance(value, str):
         try:
             moment = datetime.fromisoformat(value)
-        except ValueError:
+            # as an instant in UTC (Qdrant parses RFC 3339: no seconds in an offset)
+            return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
+        except (ValueError, OverflowError):
             raise InvalidFilter(f"filter {key!r}: a range is over numbers or ISO-8601 dates; {op} is the string "
                                 f"{value[:40]!r}") from None
-        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
     raise InvalidFilter(f"filter {key!r}: {op} must be a number or an ISO-8601 date, not {_shown(value)}")
 
 
@@ -178,6 +180,8 @@ def _condition(key: str, condition: dict[str, object]) -> dict[str, object]:
     bounds = {op: _bound(key, op, value) for op, value in condition.items()}
     if len({isinstance(bound, datetime) for bound in bounds.values()}) > 1:
         raise InvalidFilter(f"filter {key!r}: a range mixes numbers and dates")
+    if key in INTEGER_FILTER_FIELDS and any(isinstance(bound, datetime) for bound in bounds.values()):
+        raise InvalidFilter(f"filter {key!r}: a range over {key} is over integers, not dates")
     return {op: bound.isoformat() if isinstance(bound, datetime) else bound for op, bound in bounds.items()}
 
 

@@ -243,7 +243,7 @@ class Settings(BaseSettings):
     def _metadata_indexes(cls, value: str) -> str:
         for item in filter(None, (part.strip() for part in value.split(","))):
             name, _, kind = item.partition(":")
-            if not METADATA_KEY.match(name.strip()) or kind.strip() not in METADATA_INDEX_TYPES:
+            if not METADATA_KEY.fullmatch(name.strip()) or kind.strip() not in METADATA_INDEX_TYPES:
                 raise ValueError(f"metadata_indexes: {item!r} is not key:type (a key of letters, digits, _ and -; a "
                                  f"type of {', '.join(METADATA_INDEX_TYPES)})")
         return value

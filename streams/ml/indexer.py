@@ -37,7 +37,8 @@ class IndexOutcome:
     deleted: int = 0
     unchanged: int = 0
     stale: int = 0
-    replaced: int = 0  # documents whose indexed chunks were rewritten or deleted (answers may have changed)
+    replaced: int = 0  # documents whose indexed chunks were rewritten, deleted or re-stamped with other metadata
+    # (answers may have changed: a filter may no longer match them)
     stages: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
 
     @contextmanager
@@ -106,6 +107,7 @@ class DocumentIndexer:
                         self.store.set_chunk_version(doc_id, event.version, event.metadata)
                         states.append(self._state(event, digest, previous.chunks))
                         outcome.unchanged += 1
+                        outcome.replaced += dict(previous.metadata) != dict(event.metadata)
                     else:
                         to_embed.append((event, digest))
                         outcome.replaced += previous is not None and not previous.deleted

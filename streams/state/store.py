@@ -10,6 +10,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from schemas import ScalarValue
+from schemas.records import MAX_FILTER_VALUE_CHARS, METADATA_KEY
 from streams.state.sparse import Sparse
 
 GRISTMILL_NS = uuid.UUID("6f1f5a8e-3c1d-5b7e-9a2f-6d4c2b1e0a99")
@@ -30,10 +31,12 @@ def document_point_id(doc_id: str) -> str:
 
 
 def filterable_metadata(metadata: Mapping[str, ScalarValue]) -> dict[str, ScalarValue]:
-    """A document's metadata as its chunks carry it for filters: booleans as the keywords "true"/"false" (the
-    embedded Qdrant's Python binding matches a boolean as the integer 1 or 0, never a stored boolean)."""
+    """A document's metadata as its chunks carry it for filters: only what a filter can match (keys a filter can
+    name, strings no longer than a filter value), booleans as the keywords "true"/"false" (the embedded Qdrant's
+    Python binding matches a boolean as the integer 1 or 0, never a stored boolean)."""
     return {key: ("true" if value else "false") if isinstance(value, bool) else value
-            for key, value in metadata.items()}
+            for key, value in metadata.items()
+            if METADATA_KEY.fullmatch(key) and not (isinstance(value, str) and len(value) > MAX_FILTER_VALUE_CHARS)}
 
 
 @dataclass(frozen=True, slots=True)

@@ -77,7 +77,9 @@ def query_filter(params: Mapping[str, str], metadata_types: Mapping[str, str] | 
     (`InvalidParameter` if not); other values are strings. Conditions other than exact ones are POST's."""
     def typed(key: str, value: str) -> Any:
         kind = (metadata_types or {}).get(key.removeprefix(METADATA_PREFIX)) if key.startswith(METADATA_PREFIX) \
-            else "integer" if key in INTEGER_FILTER_FIELDS else None
+            else "version" if key in INTEGER_FILTER_FIELDS else None
+        if kind == "version":
+            return integer(value, f"filter {key!r}")
         if kind == "integer":
             return number(value, f"filter {key!r}", whole=True)
         if kind == "float":

@@ -39,7 +39,7 @@ def integer(text: str, name: str) -> int:
     return int(text)
 
 
-SIGNED_NUMBER = re.compile(r"-?[0-9]{1,18}(\.[0-9]{1,12})?")
+SIGNED_NUMBER = re.compile(r"-?[0-9]{1,19}(\.[0-9]{1,12})?")
 
 
 def number(text: str, name: str, whole: bool = False) -> float | int:

@@ -51,6 +51,10 @@ def test_feedback_accepts_a_label_or_a_rating() -> None:
     ({"text": "x"}, "cannot filter on ['text']"),
     ({"metadata.score": float("nan")}, "finite number"),
     ({"version": -1}, "integer from 0"),
+    ({"metadata.lang\n": "de"}, "cannot filter on"),  # a key is matched whole
+    ({"metadata.n": {"lte": 10**400}}, "within 64 bits"),
+    ({"version": {"gte": "2024-01-01"}}, "over integers, not dates"),
+    ({"metadata.t": {"gte": "0001-01-01T00:00+05:00"}}, "ISO-8601 dates"),
 ])
 def test_a_filter_that_cannot_be_evaluated_is_refused_with_its_reason(filter_: dict, message: str) -> None:
     with pytest.raises(InvalidFilter) as refused:
@@ -65,6 +69,8 @@ def test_filters_are_checked_and_their_dates_given_an_offset() -> None:
                                "metadata.published": {"gte": "2024-01-01"}, "metadata.draft": {"exists": True},
                                "source": "wiki", "version": 3, "metadata.flag": True})
     assert checked["metadata.published"] == {"gte": "2024-01-01T00:00:00+00:00"}  # a date without offset is UTC
+    assert validate_filter({"metadata.t": {"lt": "2024-07-01T12:00:00+05:30:15"}}) == {
+        "metadata.t": {"lt": "2024-07-01T06:29:45+00:00"}}  # the instant, in UTC (Qdrant takes no offset seconds)
     assert checked["metadata.lang"] == {"any": ["de", "fr"]} and checked["metadata.flag"] is True
     assert QueryEvent(query_id="q", text="tea", filter={"metadata.year": {"gte": 2020}}).filter == {
         "metadata.year": {"gte": 2020}}

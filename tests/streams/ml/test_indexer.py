@@ -87,6 +87,8 @@ def test_a_metadata_change_reaches_filters_without_re_embedding(indexer: Documen
     indexer.apply([upsert("long", 1, LONG, metadata={"lang": "de", "year": 2023})])
     outcome = indexer.apply([upsert("long", 2, LONG, metadata={"lang": "en", "year": 2024})])
     assert (outcome.unchanged, outcome.embedded) == (1, 0)  # the same text: its vectors kept
+    assert outcome.replaced == 1  # but cached answers filtered on it may be wrong now: they are dropped
+    assert indexer.apply([upsert("long", 3, LONG, metadata={"year": 2024, "lang": "en"})]).replaced == 0
     query = VectorQuery(indexer.encoder.encode(["consumers commit offsets"])[0])
     assert store.search(query, 50, {"metadata.lang": "de"}) == []
     assert {h.doc_id for h in store.search(query, 50, {"metadata.year": {"gte": 2024}})} == {"long"}
