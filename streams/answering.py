@@ -180,6 +180,10 @@ class Answering:
     async def record(self, answers: Sequence[Answer], answered_at: float) -> None:
         """The answers' rows in the evaluation store, each with the time its arm's searcher took (embedding and
         search in its batch; interleave: the slower of the two), so arms compare on what they cost."""
-        rows = [answer_record(a.query, a.result, a.arm, a.experiment, a.credits, a.result.latency_ms, answered_at)
-                for a in answers]
+        await self.record_each([(answer, answered_at) for answer in answers])
+
+    async def record_each(self, answered: Sequence[tuple[Answer, float]]) -> None:
+        """`record`, each answer with its own time (answers logged after they were sent, in a batch)."""
+        rows = [answer_record(a.query, a.result, a.arm, a.experiment, a.credits, a.result.latency_ms, at)
+                for a, at in answered]
         await self.threads.state(lambda: self.evaluation.record_answers(rows), "evaluation store")

@@ -135,7 +135,6 @@ class TrainingPairs:
         by_key = {_key(p): p for p in pending}
         keys = sorted(by_key)  # rows locked in key order: concurrent claims never deadlock
         # a row another worker is claiming right now is skipped, not waited for (its claim decides it)
-        skip_locked = " FOR UPDATE SKIP LOCKED" if self._db.dialect == "postgresql" else ""
         claimed: set[tuple[str, int, int]] = set()
         with self._db.transaction("write") as db:
             for start in range(0, len(keys), 200):
@@ -144,7 +143,8 @@ class TrainingPairs:
                     'UPDATE pending SET claimed_until = ?, claimed_by = ? WHERE (topic, partition, "offset") IN '
                     '(SELECT topic, partition, "offset" FROM pending WHERE (topic, partition, "offset") IN '
                     f"(VALUES {', '.join(['(?, ?, ?)'] * len(part))}) AND claimed_until < ? "
-                    f'ORDER BY topic, partition, "offset"{skip_locked}) RETURNING topic, partition, "offset"',
+                    f'ORDER BY topic, partition, "offset"{_skip_locked(self._db)}) '
+                    'RETURNING topic, partition, "offset"',
                     (now + lease_s, token, *[value for key in part for value in key], now)).fetchall()
                 claimed.update((str(topic), int(partition), int(offset)) for topic, partition, offset in rows)
         return token, [by_key[key] for key in keys if key in claimed]
@@ -314,10 +314,10 @@ class TrainingPairs:
         """Requests never published whose publishing claim lapsed (the worker that recorded or last claimed one
         stopped, or its broker was away): claimed by the caller for `claim_s`, in one transaction, so that one
         worker at a time publishes each."""
-        skip_locked = " FOR UPDATE SKIP LOCKED" if self._db.dialect == "postgresql" else ""
         with self._db.transaction("write") as db:
             rows = db.execute("SELECT rowid, reason, requested_at, pairs FROM retrains WHERE published = 0 "
-                              f"AND publish_claimed_until < ? ORDER BY rowid{skip_locked}", (now,)).fetchall()
+                              f"AND publish_claimed_until < ? ORDER BY rowid{_skip_locked(self._db)}",
+                              (now,)).fetchall()
             db.executemany("UPDATE retrains SET publish_claimed_until = ? WHERE rowid = ?",
                            [(now + claim_s, r[0]) for r in rows])
         return [RecordedRetrain(int(r[0]), r[1], float(r[2]), int(r[3])) for r in rows]
@@ -346,6 +346,12 @@ class TrainingPairs:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _skip_locked(db: Database) -> str:
+    """What locks the rows a claim takes and skips those another worker is claiming (PostgreSQL; SQLite's
+    transaction holds the one writer lock already)."""
+    return " FOR UPDATE SKIP LOCKED" if db.dialect == "postgresql" else ""
 
 
 def pair_lineage(topic: str, partition: int, offset: int) -> str:

@@ -25,7 +25,7 @@ from streams import metrics
 from streams.app import Worker
 from streams.batching import MicroBatcher
 from streams.host import AgentHost
-from streams.ml.experiments import Answer, RoutedQuery, answer_record, end_update, rolling_out, start_update
+from streams.ml.experiments import Answer, RoutedQuery, end_update, rolling_out, start_update
 from streams.ml.search import SearchRequest
 from streams.ml.trainer import promote_update, rollback_update
 from streams.processing import publish
@@ -367,10 +367,8 @@ class AnswerLog:
     async def _log(self, batch: list[tuple[LoggedQuery, Answer]]) -> None:
         shared = self.shared
         entries = [logged for logged, _ in batch]
-        rows = [answer_record(a.query, a.result, a.arm, a.experiment, a.credits, a.result.latency_ms,
-                              logged.answered_at) for logged, a in batch]
         await shared.threads.state(lambda: shared.query_log.record(entries), "query log (HTTP)")
-        await shared.threads.state(lambda: shared.evaluation.record_answers(rows), "evaluation store")
+        await shared.answering.record_each([(answer, logged.answered_at) for logged, answer in batch])
 
     async def finish(self, app: web.Application) -> None:
         """At the app's cleanup, once no request is served any more: the answers sent are logged before the stores close
