@@ -95,23 +95,12 @@ class PostgresServer:
     def stop(self) -> None:
         self._run(["pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop"])
 
-    def running(self) -> bool:
-        try:
-            psycopg.connect(self.url, connect_timeout=2).close()
-        except psycopg.OperationalError:
-            return False
-        return True
-
     def new_database(self) -> str:
         """An empty database of its own; returns its URL."""
         name = f"t_{uuid.uuid4().hex[:12]}"
         with psycopg.connect(self.url, autocommit=True) as admin:
             admin.execute(pgsql.SQL("CREATE DATABASE {}").format(pgsql.Identifier(name)))
         return self.database_url(name)
-
-    def log_tail(self, chars: int = 4000) -> str:
-        log = self.root / "server.log"
-        return log.read_text(errors="replace")[-chars:] if log.exists() else ""
 
     def close(self) -> None:
         try:
