@@ -1,4 +1,7 @@
-"""Query agent: `queries` -> validate -> embed (micro-batched) -> search -> `responses`, and the query log."""
+"""Query agent: `queries` -> validate -> embed (micro-batched) -> search -> `responses`, and the query log.
+
+A query is answered from the documents its `principals` may read (public ones only without): the topic's Kafka
+ACL is the trust boundary, as whoever may produce to it may name any principal."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ from collections.abc import Sequence
 from functools import partial
 
 from schemas import Hit, QueryEvent, QueryResponse
+from schemas.records import AttributedQueryEvent
 from streams import metrics
 from streams.answering import Answering
 from streams.host import AgentHost
@@ -14,15 +18,19 @@ from streams.ml.experiments import RoutedQuery
 from streams.ml.search import SearchRequest
 from streams.processing import Contract, Outbox
 from streams.state.query_log import LoggedQuery, QueryLog
+from streams.state.store import Access
 from streams.store_threads import StoreThreads
 from streams.validation import RECORD_OVERHEAD_BYTES, Accepted
 
 QUERIES = Contract("queries", QueryEvent, "query_id")
+#: `queries` where every query must say whom it is asked for (`GRISTMILL_QUERY_PRINCIPALS_REQUIRED`).
+ATTRIBUTED_QUERIES = Contract("queries", AttributedQueryEvent, "query_id")
 
 
 def register(worker: AgentHost) -> None:
     s, shared = worker.settings, worker.shared
-    worker.batch_agent(QUERIES, "query", s.query_batch_records, s.query_batch_seconds,
+    contract = ATTRIBUTED_QUERIES if s.query_principals_required else QUERIES
+    worker.batch_agent(contract, "query", s.query_batch_records, s.query_batch_seconds,
                        partial(respond, answering=shared.answering, threads=shared.threads, outbox=worker.outbox,
                                query_log=shared.query_log, max_bytes=s.deadletter_max_bytes))
     worker.timer(60.0, partial(prune_log, shared.query_log, shared.threads, s.query_log_max_rows,
@@ -37,7 +45,8 @@ async def respond(batch: Sequence[Accepted[QueryEvent]], *, answering: Answering
     metrics.BATCH_RECORDS.labels("query").observe(len(batch))
     queries = [a.record for a in batch]
     answers = await answering.answer([RoutedQuery(q.query_id, SearchRequest(q.text, q.top_k, q.filter, q.mode,
-                                                                            q.group), q.user_id, q.segment)
+                                                                            q.group, Access.of(q.principals)),
+                                                  q.user_id, q.segment)
                                       for q in queries])
     latency_ms = round((time.perf_counter() - started) * 1000, 3)
     responses = [fit(QueryResponse(query_id=q.query_id, model_version=a.result.model_version,

@@ -63,6 +63,13 @@ def _safe_label(value: str) -> str:
     return value
 
 
+#: Who may read a document, and who a query is asked for: `user:alice`, `group:eng` (any text of 1-200 characters
+#: without spaces, control characters, line separators or bidi overrides). Matched exactly.
+MAX_PRINCIPAL_CHARS = 200
+MAX_PRINCIPALS = 256
+Principal = Annotated[str, StringConstraints(min_length=1, max_length=MAX_PRINCIPAL_CHARS, pattern=r"^\S+$"),
+                      AfterValidator(_safe_label)]
+
 #: A document's version: the producer's, compared to order its events (a 64-bit signed integer from 0).
 DocumentVersion = Annotated[int, Field(ge=0, le=2**63 - 1)]
 Segment = Annotated[str, StringConstraints(min_length=1, max_length=64,
@@ -231,6 +238,9 @@ class DocumentEvent(Record):
     title: str | None = Field(default=None, max_length=1_000)
     source: str | None = Field(default=None, max_length=256)
     metadata: dict[str, Scalar] = Field(default_factory=dict, max_length=64)
+    acl: list[Principal] | None = Field(default=None, min_length=1, max_length=MAX_PRINCIPALS, description=(
+        "Who may read the document: principals such as user:alice or group:eng; a search returns it only to a "
+        "caller holding one of them. Absent: public (every caller)."))
     updated_at: datetime | None = None
 
     @model_validator(mode="after")
@@ -262,6 +272,9 @@ class QueryEvent(Record):
     user_id: Annotated[EntityId, AfterValidator(_safe_label)] | None = None
     segment: Segment | None = Field(default=None, description="The producer's slice of this query (e.g. a tenant or "
                                                               "a client); online metrics are reported per segment.")
+    principals: list[Principal] | None = Field(default=None, max_length=MAX_PRINCIPALS, description=(
+        "Who the query is asked for: it is answered from public documents and those whose acl names one of these. "
+        "Absent or empty: public documents only. Whoever may write to this topic may claim any principal."))
     ts: datetime | None = None
 
     @field_validator("filter")
@@ -271,6 +284,14 @@ class QueryEvent(Record):
             return validate_filter(value)
         except InvalidFilter as exc:
             raise ValueError(str(exc)) from exc
+
+
+class AttributedQueryEvent(QueryEvent):
+    """`queries` where `GRISTMILL_QUERY_PRINCIPALS_REQUIRED` is set: `principals` must be given (an empty list asks
+    for public documents only), so no producer forgets whom it asks for."""
+
+    principals: list[Principal] = Field(max_length=MAX_PRINCIPALS, description=QueryEvent.model_fields[
+        "principals"].description)
 
 
 class FeedbackEvent(Record):

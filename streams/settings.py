@@ -120,6 +120,9 @@ class Settings(BaseSettings):
     # Query serving
     query_batch_records: int = Field(default=64, ge=1, description="Max queries embedded together.")
     query_batch_seconds: float = Field(default=0.003, gt=0, description="Max wait to batch queries.")
+    query_principals_required: bool = Field(default=False, description="Queries on Kafka must carry `principals` "
+                                            "(whom they are asked for; an empty list: public documents only); one "
+                                            "without is a dead letter. Producers to `queries` are trusted to tell.")
     query_cache_size: int = Field(default=10_000, ge=0, description="Cached answers; 0 disables the cache.")
     query_cache_ttl_s: float = Field(default=30.0, gt=0, description="Longest a cached answer is served.")
     query_cache_bytes: int = Field(default=64 * 2**20, ge=0, description="Memory the cached answers may take.")

@@ -122,11 +122,15 @@ class Harness:
     def send(self, topic: str, messages: Sequence[RawMessage | Mapping[str, Any] | Record]) -> None:
         """Deliver one batch of `topic` to its observers and to its agent, and wait until it is processed. Values
         that are not `RawMessage`s are keyed by the contract's key field and get the next offsets of partition 0."""
+        self.run(self.deliver(topic, messages))
+
+    async def deliver(self, topic: str, messages: Sequence[RawMessage | Mapping[str, Any] | Record]) -> None:
+        """`send` from a coroutine already running on the harness's loop (an HTTP test's scenario)."""
         batch = [m if isinstance(m, RawMessage) else self._message(topic, m) for m in messages]
         for observe in self.observers.get(topic, []):
             observe(batch)
         if topic in self.runners:
-            self.run(self.runners[topic].run(batch))
+            await self.runners[topic].run(batch)
 
     def tick(self) -> None:
         """Call every timer once."""

@@ -23,7 +23,7 @@ from streams.state.edge_store import EdgeVectorStore
 from streams.state.encoder import Encoder, OnnxEncoder
 from streams.state.registry import ModelVersion
 from streams.state.sparse import Bm25Encoder, Bm25Parameters
-from streams.state.store import ChunkPoint, Fusion, Mode, SearchHit
+from streams.state.store import INTERNAL, ChunkPoint, Fusion, Mode, SearchHit
 
 SNAPSHOT_ROWS = "index.jsonl"  # doc_id, chunk, text, source of each chunk, in the order of the vectors
 SNAPSHOT_VECTORS = "index.npy"  # the serving model's vectors, as the index holds them
@@ -138,7 +138,8 @@ class HeldOutIndex:
             rankings: dict[str, list[SearchHit]] = {}
             for start in range(0, len(query_ids), EVAL_BATCH):
                 batch = query_ids[start:start + EVAL_BATCH]
-                results = searcher.search_many([SearchRequest(judged[q][0], limit, group="doc") for q in batch])
+                results = searcher.search_many([SearchRequest(judged[q][0], limit, group="doc",
+                                                                     access=INTERNAL) for q in batch])
                 rankings.update({q: result.hits for q, result in zip(batch, results, strict=True)})
                 advance(len(batch))
             return rankings

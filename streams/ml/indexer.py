@@ -15,7 +15,7 @@ from schemas import DocumentEvent, document_content
 from streams.ml.chunking import Chunker
 from streams.state.encoder import Encoder
 from streams.state.sparse import SparseEncoder
-from streams.state.store import ChunkPoint, DocumentState, VectorStore
+from streams.state.store import ChunkPoint, DocumentState, VectorStore, readers_of
 
 
 def content_hash(event: DocumentEvent) -> str:
@@ -38,7 +38,7 @@ class IndexOutcome:
     unchanged: int = 0
     stale: int = 0
     replaced: int = 0  # documents whose indexed chunks were rewritten, deleted or re-stamped with other metadata
-    # (answers may have changed: a filter may no longer match them)
+    # or acl (answers may have changed: a filter may no longer match them, a caller may no longer read them)
     stages: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
 
     @contextmanager
@@ -96,18 +96,21 @@ class DocumentIndexer:
                 if previous is not None and event.version <= previous.version:
                     outcome.stale += 1
                 elif event.op == "delete":
-                    self.store.delete_chunks(doc_id)
-                    states.append(DocumentState(doc_id, event.version, deleted=True))
+                    self.store.delete_chunks(doc_id)  # the tombstone keeps the acl: who may learn of the delete
+                    kept = event.acl if event.acl is not None else previous.acl if previous is not None else None
+                    states.append(DocumentState(doc_id, event.version, deleted=True,
+                                                acl=None if kept is None else list(kept)))
                     outcome.deleted += 1
                     outcome.replaced += 1
                 else:
                     digest = content_hash(event)
                     if (previous is not None and not previous.deleted and previous.content_hash == digest
                             and previous.model_version == self.encoder.version):
-                        self.store.set_chunk_version(doc_id, event.version, event.metadata)
+                        self.store.set_chunk_version(doc_id, event.version, event.metadata, event.acl)
                         states.append(self._state(event, digest, previous.chunks))
                         outcome.unchanged += 1
-                        outcome.replaced += dict(previous.metadata) != dict(event.metadata)
+                        outcome.replaced += (dict(previous.metadata) != dict(event.metadata)
+                                             or readers_of(previous.acl) != readers_of(event.acl))
                     else:
                         to_embed.append((event, digest))
                         outcome.replaced += previous is not None and not previous.deleted
@@ -128,7 +131,7 @@ class DocumentIndexer:
                     for chunk in chunks:
                         points.append(ChunkPoint(event.doc_id, chunk.number, chunk.text, event.version, digest,
                                                  self.encoder.version, vectors[row], event.source, event.title,
-                                                 lexical[row], event.metadata))
+                                                 lexical[row], event.metadata, event.acl))
                         row += 1
                     states.append(self._state(event, digest, len(chunks)))
                 self.store.upsert_chunks(points)
@@ -154,7 +157,7 @@ class DocumentIndexer:
         lexical = self.sparse.embed_documents(texts) if self.sparse is not None else [None] * len(texts)
         self.store.upsert_chunks([ChunkPoint(doc_id, chunk.number, chunk.text, state.version,
                                              state.content_hash or "", self.encoder.version, vector, state.source,
-                                             state.title, terms, state.metadata)
+                                             state.title, terms, state.metadata, state.acl)
                                   for chunk, vector, terms in zip(chunks, vectors, lexical, strict=True)])
         self.store.delete_chunks(doc_id, from_chunk=len(chunks))
 
@@ -162,5 +165,5 @@ class DocumentIndexer:
         return DocumentState(
             event.doc_id, event.version, deleted=False, content_hash=digest, chunks=chunks, text=event.text,
             title=event.title, source=event.source, metadata=dict(event.metadata),
-            model_version=self.encoder.version,
+            model_version=self.encoder.version, acl=None if event.acl is None else list(event.acl),
         )

@@ -28,10 +28,11 @@ def replay_event(state: DocumentState) -> DocumentEvent:
     """The document event that produces `state` in an empty collection."""
     if state.deleted:
         return DocumentEvent.model_construct(doc_id=state.doc_id, version=state.version, op="delete", text=None,
-                                             title=None, source=None, metadata={}, updated_at=None)
+                                             title=None, source=None, metadata={}, acl=state.acl,
+                                             updated_at=None)
     return DocumentEvent.model_construct(doc_id=state.doc_id, version=state.version, op="upsert", text=state.text,
                                          title=state.title, source=state.source, metadata=dict(state.metadata),
-                                         updated_at=None)
+                                         acl=state.acl, updated_at=None)
 
 
 def copy_documents(states: Sequence[DocumentState], target: Serving) -> int:

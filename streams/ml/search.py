@@ -14,7 +14,7 @@ from schemas.records import FilterValue, filter_cache_key, validate_filter
 from streams import metrics
 from streams.state.encoder import Encoder
 from streams.state.sparse import SparseEncoder
-from streams.state.store import Fusion, Mode, SearchHit, VectorQuery, VectorStore
+from streams.state.store import PUBLIC, Access, Fusion, Mode, SearchHit, VectorQuery, VectorStore
 
 MAX_CANDIDATES = 10_000  # chunks a document-level search reads at most to find its documents
 
@@ -25,13 +25,15 @@ Group = Literal["chunk", "doc"]
 @dataclass(frozen=True)
 class SearchRequest:
     """A search: `mode` None means the searcher's default; `group="doc"` answers at most one hit (its best chunk)
-    per document, so `limit` counts documents."""
+    per document, so `limit` counts documents. `access` says whose search it is: public documents only unless
+    the caller's principals open more."""
 
     text: str
     limit: int = 10
     filter: Mapping[str, FilterValue] = field(default_factory=dict)
     mode: Mode | None = None
     group: Group = "chunk"
+    access: Access = PUBLIC
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ class Searcher:
     by Qdrant); a mode the collection cannot answer (one made before chunks carried sparse vectors) is answered
     dense, and the result says so. Document-level searches read chunks until they have `limit` documents.
 
-    Repeated queries within the same versions come from a TTL cache, bounded by entries and by bytes. The TTL
+    Repeated queries within the same versions and access come from a TTL cache, bounded by entries and by bytes. The TTL
     bounds how long a cached answer can miss documents indexed after it; an index write that replaces or deletes
     a document bumps the write generation (`invalidate`), which is part of every key, so no answer, cached or
     not, shows chunks that were replaced or deleted.
@@ -106,12 +108,12 @@ class Searcher:
 
     def _key(self, request: SearchRequest, generation: int) -> tuple[object, ...]:
         return (normalize_query(request.text), request.limit, filter_cache_key(request.filter),
-                self.mode_of(request), request.group, self.fusion, self.encoder.version, self.index_version,
-                generation)
+                self.mode_of(request), request.group, request.access, self.fusion, self.encoder.version,
+                self.index_version, generation)
 
     def search(self, text: str, limit: int = 10, filter_: Mapping[str, FilterValue] | None = None,
-               mode: Mode | None = None, group: Group = "chunk") -> SearchResult:
-        return self.search_many([SearchRequest(text, limit, dict(filter_ or {}), mode, group)])[0]
+               mode: Mode | None = None, group: Group = "chunk", access: Access = PUBLIC) -> SearchResult:
+        return self.search_many([SearchRequest(text, limit, dict(filter_ or {}), mode, group, access)])[0]
 
     def search_many(self, requests: Sequence[SearchRequest]) -> list[SearchResult]:
         """Answer a batch: cache hits at once, the misses embedded together in one encoder call."""
@@ -153,10 +155,11 @@ class Searcher:
         """Chunk hits, or one hit per document (its best chunk, scored as fused for the document)."""
         if request.group == "chunk":
             return self.store.search(replace(query, candidates=max(query.candidates, request.limit)), request.limit,
-                                     request.filter)
+                                     request.filter, request.access)
         fetch = min(MAX_CANDIDATES, request.limit * self.group_candidates)
         while True:
-            chunks = self.store.search(replace(query, candidates=max(query.candidates, fetch)), fetch, request.filter)
+            chunks = self.store.search(replace(query, candidates=max(query.candidates, fetch)), fetch, request.filter,
+                                       request.access)
             best: dict[str, SearchHit] = {}
             for hit in chunks:
                 best.setdefault(hit.doc_id, hit)

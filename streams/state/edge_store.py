@@ -21,12 +21,13 @@ from streams.state.qdrant_store import (
     DatesBetween,
     Match,
     MatchAny,
+    Missing,
     PointToWrite,
     QdrantStore,
     StoredPoint,
 )
 from streams.state.sparse import Sparse
-from streams.state.store import ALL_MODES, DENSE_ONLY, VectorQuery
+from streams.state.store import ALL_MODES, DENSE_ONLY, READERS, VectorQuery
 
 T = TypeVar("T")
 # Optimizing blocks the GIL; building HNSW takes seconds (7 s at 14k chunks here), vacuuming ~0.1 s. Exact search
@@ -51,6 +52,8 @@ def _filter(conditions: Sequence[Condition]) -> qe.Filter | None:
         elif isinstance(c, DatesBetween):
             must.append(qe.FieldCondition(key=c.key, range=qe.RangeDateTime(gt=c.gt, gte=c.gte, lt=c.lt,
                                                                              lte=c.lte)))
+        elif isinstance(c, Missing):
+            must.append(qe.IsEmptyCondition(c.key))
         else:  # Exists
             must_not.append(qe.IsEmptyCondition(c.key))
     return qe.Filter(must=must or None, must_not=must_not or None)
@@ -106,7 +109,7 @@ class EdgeVectorStore(QdrantStore):
             docs = _open(root / self.ledger, qe.EdgeConfig(
                 vectors=qe.EdgeVectorParams(size=1, distance=qe.Distance.Dot), optimizers=_VACUUM_ONLY))
             for field, schema in (("doc_id", qe.PayloadSchemaType.Keyword), ("chunk", qe.PayloadSchemaType.Integer),
-                                  ("source", qe.PayloadSchemaType.Keyword)):
+                                  ("source", qe.PayloadSchemaType.Keyword), (READERS, qe.PayloadSchemaType.Keyword)):
                 chunks.update(qe.UpdateOperation.create_field_index(field, schema))
             docs.update(qe.UpdateOperation.create_field_index("state", qe.PayloadSchemaType.Keyword))
         except Exception as exc:  # qdrant-edge raises bare Exception
@@ -115,6 +118,7 @@ class EdgeVectorStore(QdrantStore):
         self._modes = ALL_MODES if hybrid else DENSE_ONLY
         if chunks.info().points_count and self._chunk_dim() not in (None, dim):
             raise StoreError(f"shard {root / collection} holds vectors of another dimension than {dim}")
+        self.publish_unlabelled_chunks()
 
     def index_metadata(self, types: Mapping[str, str]) -> None:
         """Payload indexes of the chunks' `metadata.<key>` for the keys declared (key -> type, as

@@ -18,7 +18,17 @@ from typing import Any, TypeVar
 
 from schemas import ScalarValue
 from streams.state.errors import StoreError
-from streams.state.store import ChunkPoint, DocumentState, SearchHit, VectorQuery, VectorStore
+from streams.state.store import (
+    KEEP_ACL,
+    PUBLIC,
+    Access,
+    ChunkPoint,
+    DocumentState,
+    KeepAcl,
+    SearchHit,
+    VectorQuery,
+    VectorStore,
+)
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -85,17 +95,18 @@ class FaultInjectingStore:
     def delete_chunks(self, doc_id: str, from_chunk: int = 0) -> None:
         self._run("delete_chunks", lambda: self.inner.delete_chunks(doc_id, from_chunk), [doc_id])
 
-    def set_chunk_version(self, doc_id: str, version: int, metadata: Mapping[str, ScalarValue] | None = None
-                          ) -> None:
-        self._run("set_chunk_version", lambda: self.inner.set_chunk_version(doc_id, version, metadata), [doc_id])
+    def set_chunk_version(self, doc_id: str, version: int, metadata: Mapping[str, ScalarValue] | None = None,
+                          acl: Sequence[str] | KeepAcl | None = KEEP_ACL) -> None:
+        self._run("set_chunk_version", lambda: self.inner.set_chunk_version(doc_id, version, metadata, acl),
+                  [doc_id])
 
     @property
     def modes(self) -> frozenset[str]:
         return self.inner.modes
 
-    def search(self, query: VectorQuery, limit: int,
-               filter_: Mapping[str, ScalarValue] | None = None) -> list[SearchHit]:
-        return self._run("search", lambda: self.inner.search(query, limit, filter_))
+    def search(self, query: VectorQuery, limit: int, filter_: Mapping[str, object] | None = None,
+               access: Access = PUBLIC) -> list[SearchHit]:
+        return self._run("search", lambda: self.inner.search(query, limit, filter_, access))
 
     def chunks(self, doc_id: str, with_vectors: bool = False) -> list[ChunkPoint]:
         return self._run("chunks", lambda: self.inner.chunks(doc_id, with_vectors))

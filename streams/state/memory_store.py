@@ -23,6 +23,7 @@ from streams.state.qdrant_store import (
     Exists,
     Match,
     MatchAny,
+    Missing,
     PointToWrite,
     QdrantStore,
     StoredPoint,
@@ -82,8 +83,8 @@ def _matches(payload: Mapping[str, Any], conditions: Sequence[Condition]) -> boo
     for condition in conditions:
         value = _field(payload, condition.key)
         values = value if isinstance(value, list) else [value]
-        if isinstance(condition, Exists):
-            if not any(v is not None for v in values):
+        if isinstance(condition, Exists | Missing):
+            if any(v is not None for v in values) != isinstance(condition, Exists):
                 return False
         elif not any(_holds(v, condition) for v in values):
             return False

@@ -24,12 +24,19 @@ from streams.state.errors import UnsupportedSearchMode
 from streams.state.sparse import Sparse
 from streams.state.store import (
     DENSE_ONLY,
+    KEEP_ACL,
+    PUBLIC,
+    PUBLIC_READER,
+    READERS,
+    Access,
     ChunkPoint,
     DocumentState,
+    KeepAcl,
     SearchHit,
     VectorQuery,
     document_point_id,
     filterable_metadata,
+    readers_of,
 )
 
 SCROLL_PAGE = 1_000
@@ -89,7 +96,21 @@ class Exists:
     key: str
 
 
-Condition = Match | AtLeast | MatchAny | Between | DatesBetween | Exists
+@dataclass(frozen=True, slots=True)
+class Missing:
+    """Payload field `key` is absent, null or an empty list."""
+
+    key: str
+
+
+Condition = Match | AtLeast | MatchAny | Between | DatesBetween | Exists | Missing
+
+
+def access_conditions(access: Access) -> list[Condition]:
+    """What restricts a search to the chunks `access` may read: their `readers` share a value with the caller's
+    (public chunks carry `PUBLIC_READER`, which every caller's readers hold)."""
+    readers = access.readers()
+    return [] if readers is None else [MatchAny(READERS, readers)]
 
 
 def filter_conditions(filter_: Mapping[str, object] | None) -> list[Condition]:
@@ -179,16 +200,23 @@ class QdrantStore(ABC):
             conditions.append(AtLeast("chunk", float(from_chunk)))
         self._delete(self.collection, conditions)
 
-    def set_chunk_version(self, doc_id: str, version: int, metadata: Mapping[str, ScalarValue] | None = None
-                          ) -> None:
+    def set_chunk_version(self, doc_id: str, version: int, metadata: Mapping[str, ScalarValue] | None = None,
+                          acl: Sequence[str] | KeepAcl | None = KEEP_ACL) -> None:
         stamped: dict[str, Any] = {"version": version}
         if metadata is not None:
             stamped["metadata"] = filterable_metadata(metadata)
+        if not isinstance(acl, KeepAcl):
+            stamped[READERS] = readers_of(acl)
         self._set_payload(self.collection, [Match("doc_id", doc_id)], stamped)
 
-    def search(self, query: VectorQuery, limit: int,
-               filter_: Mapping[str, object] | None = None) -> list[SearchHit]:
-        conditions = filter_conditions(filter_)
+    def publish_unlabelled_chunks(self) -> None:
+        """Chunks written before documents had acls carry no `readers`: they are public, and say so from now on
+        (a search only returns chunks whose `readers` it shares)."""
+        self._set_payload(self.collection, [Missing(READERS)], {READERS: [PUBLIC_READER]})
+
+    def search(self, query: VectorQuery, limit: int, filter_: Mapping[str, object] | None = None,
+               access: Access = PUBLIC) -> list[SearchHit]:
+        conditions = filter_conditions(filter_) + access_conditions(access)
         if query.mode not in self.modes:
             raise UnsupportedSearchMode(f"collection {self.collection!r} answers {sorted(self.modes)} searches, not "
                              f"{query.mode!r} (it predates sparse vectors: `gristmill reindex` rebuilds it)")

@@ -29,12 +29,13 @@ from streams.state.qdrant_store import (
     DatesBetween,
     Match,
     MatchAny,
+    Missing,
     PointToWrite,
     QdrantStore,
     StoredPoint,
 )
 from streams.state.sparse import Sparse
-from streams.state.store import ALL_MODES, DENSE_ONLY, VectorQuery
+from streams.state.store import ALL_MODES, DENSE_ONLY, READERS, VectorQuery
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -71,6 +72,8 @@ def _filter(conditions: Sequence[Condition]) -> qm.Filter | None:
         elif isinstance(c, DatesBetween):
             must.append(qm.FieldCondition(key=c.key, range=qm.DatetimeRange(gt=c.gt, gte=c.gte, lt=c.lt,
                                                                             lte=c.lte)))
+        elif isinstance(c, Missing):
+            must.append(qm.IsEmptyCondition(is_empty=qm.PayloadField(key=c.key)))
         else:  # Exists
             must_not.append(qm.IsEmptyCondition(is_empty=qm.PayloadField(key=c.key)))
     return qm.Filter(must=must or None, must_not=must_not or None)
@@ -121,6 +124,7 @@ class ServerVectorStore(QdrantStore):
         self.request_max_bytes = request_max_bytes
         self._warned_refused = False
         _call(lambda: self._ensure_collections(sparse))
+        self.publish_unlabelled_chunks()
 
     @classmethod
     def connect(cls, location: str, collection: str, dim: int, api_key: str | None = None,
@@ -154,7 +158,7 @@ class ServerVectorStore(QdrantStore):
         with warnings.catch_warnings():  # local mode ignores payload indexes and says so
             warnings.simplefilter("ignore", UserWarning)
             for field, schema in (("doc_id", qm.PayloadSchemaType.KEYWORD), ("chunk", qm.PayloadSchemaType.INTEGER),
-                                  ("source", qm.PayloadSchemaType.KEYWORD)):
+                                  ("source", qm.PayloadSchemaType.KEYWORD), (READERS, qm.PayloadSchemaType.KEYWORD)):
                 self._client.create_payload_index(self.collection, field, schema, wait=True)
             self._client.create_payload_index(self.ledger, "state", qm.PayloadSchemaType.KEYWORD, wait=True)
 

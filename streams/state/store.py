@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import enum
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -30,6 +31,44 @@ def document_point_id(doc_id: str) -> str:
     return str(uuid.uuid5(GRISTMILL_NS, doc_id))
 
 
+#: The `readers` of a public document's chunks (no principal holds a space, so none can name it).
+PUBLIC_READER = "* public"
+READERS = "readers"  # the chunk payload field searches are restricted by (never a filter key)
+
+
+def readers_of(acl: Sequence[str] | None) -> list[str]:
+    """What a chunk's `readers` holds: its document's principals, or `PUBLIC_READER` when it has no acl."""
+    return [PUBLIC_READER] if acl is None else sorted(set(acl))
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """Which documents a search may return: public ones and those whose acl names one of `principals`.
+    `internal` (gristmill's own offline evaluations, never an answer to a caller) reads every document."""
+
+    principals: frozenset[str] = frozenset()
+    internal: bool = False
+
+    @classmethod
+    def of(cls, principals: Iterable[str] | None) -> Access:
+        """A caller's access; None or no principals: public documents only."""
+        return cls(frozenset(principals or ()))
+
+    def readers(self) -> tuple[str, ...] | None:
+        """The `readers` values a chunk must share with this caller (None: no restriction)."""
+        return None if self.internal else (PUBLIC_READER, *sorted(self.principals))
+
+    def may_read(self, acl: Sequence[str] | None) -> bool:
+        """Whether a document with `acl` is this caller's to see."""
+        return self.internal or acl is None or not self.principals.isdisjoint(acl)
+
+
+#: A caller without principals: public documents only (the default everywhere a caller is not known).
+PUBLIC = Access()
+#: gristmill's own evaluations over the whole index.
+INTERNAL = Access(internal=True)
+
+
 def filterable_metadata(metadata: Mapping[str, ScalarValue]) -> dict[str, ScalarValue]:
     """A document's metadata as its chunks carry it for filters: only what a filter can match (keys a filter can
     name, strings no longer than a filter value), booleans as the keywords "true"/"false" (the embedded Qdrant's
@@ -54,6 +93,7 @@ class ChunkPoint:
     title: str | None = None
     sparse: Sparse | None = None  # BM25 weights of the chunk's text (absent in dense-only collections)
     metadata: Mapping[str, ScalarValue] = field(default_factory=dict)  # its document's (filters read it)
+    acl: Sequence[str] | None = None  # its document's (None: public); searches are restricted by it
 
     @property
     def point_id(self) -> str:
@@ -64,6 +104,7 @@ class ChunkPoint:
             "doc_id": self.doc_id, "chunk": self.chunk, "text": self.text, "version": self.version,
             "content_hash": self.content_hash, "model_version": self.model_version,
             "source": self.source, "title": self.title, "metadata": filterable_metadata(self.metadata),
+            READERS: readers_of(self.acl),
         }
 
     @classmethod
@@ -73,8 +114,13 @@ class ChunkPoint:
             version=int(payload["version"]), content_hash=payload["content_hash"],
             model_version=payload["model_version"], source=payload.get("source"),
             title=payload.get("title"), metadata=payload.get("metadata") or {},
-            vector=None if vector is None else np.asarray(vector, dtype=np.float32),
+            acl=acl_of(payload.get(READERS)), vector=None if vector is None else np.asarray(vector, dtype=np.float32),
         )
+
+
+def acl_of(readers: Sequence[str] | None) -> tuple[str, ...] | None:
+    """The acl a chunk's `readers` stand for (None: public, as chunks written before acls existed are)."""
+    return None if not readers or PUBLIC_READER in readers else tuple(readers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,13 +141,14 @@ class DocumentState:
     metadata: dict[str, ScalarValue] = field(default_factory=dict)
     model_version: str | None = None
     indexed_at: float = 0.0
+    acl: list[str] | None = None  # who may read it (None: public)
 
     def payload(self) -> dict[str, Any]:
         return {
             "doc_id": self.doc_id, "version": self.version, "deleted": self.deleted,
             "content_hash": self.content_hash, "chunks": self.chunks, "text": self.text,
             "title": self.title, "source": self.source, "metadata": dict(self.metadata),
-            "model_version": self.model_version, "indexed_at": self.indexed_at,
+            "model_version": self.model_version, "indexed_at": self.indexed_at, "acl": self.acl,
             "state": "deleted" if self.deleted else "live",  # keyword: bool matches differ by backend
         }
 
@@ -134,6 +181,15 @@ class SearchHit:
     source: str | None = None
 
 
+class KeepAcl(enum.Enum):
+    """`set_chunk_version`'s default: the chunks keep the acl they carry."""
+
+    KEEP = "keep"
+
+
+KEEP_ACL = KeepAcl.KEEP
+
+
 class VectorStore(Protocol):
     """Chunk vectors and the document ledger of one index (collection)."""
 
@@ -146,10 +202,10 @@ class VectorStore(Protocol):
         """Delete the doc's chunks numbered `from_chunk` and up (all of them by default)."""
         ...
 
-    def set_chunk_version(self, doc_id: str, version: int, metadata: Mapping[str, ScalarValue] | None = None
-                          ) -> None:
-        """Stamp a newer version (and the document's metadata, when given) on unchanged chunks (content hash
-        equal, nothing re-embedded)."""
+    def set_chunk_version(self, doc_id: str, version: int, metadata: Mapping[str, ScalarValue] | None = None,
+                          acl: Sequence[str] | KeepAcl | None = KEEP_ACL) -> None:
+        """Stamp a newer version (and the document's metadata and acl, when given) on unchanged chunks (content
+        hash equal, nothing re-embedded)."""
         ...
 
     @property
@@ -158,10 +214,11 @@ class VectorStore(Protocol):
         chunks carried sparse vectors)."""
         ...
 
-    def search(self, query: VectorQuery, limit: int,
-               filter_: Mapping[str, object] | None = None) -> list[SearchHit]:
+    def search(self, query: VectorQuery, limit: int, filter_: Mapping[str, object] | None = None,
+               access: Access = PUBLIC) -> list[SearchHit]:
         """Chunks best first: by cosine (`dense`), BM25 (`sparse`) or both fused (`hybrid`); `filter_` is checked
-        (`InvalidFilter`) and applies to every mode. A mode not in `modes` is `UnsupportedSearchMode`."""
+        (`InvalidFilter`) and, with `access` (public documents only by default), applies inside the store to every
+        mode. A mode not in `modes` is `UnsupportedSearchMode`."""
         ...
 
     def chunks(self, doc_id: str, with_vectors: bool = False) -> list[ChunkPoint]: ...

@@ -25,11 +25,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from schemas.errors import GristmillError
+from schemas.records import MAX_PRINCIPALS, Principal
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,6 @@ Role = Literal["search", "read", "admin"]
 ROLES: tuple[Role, ...] = ("search", "read", "admin")
 MIN_KEY_CHARS = 16
 
-_Principal = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[\x21-\x7e]+$")]
 
 
 class InvalidApiKeysFile(GristmillError):
@@ -69,7 +69,8 @@ class ApiKeyEntry(BaseModel):
     key: str = Field(min_length=MIN_KEY_CHARS, max_length=512, repr=False,
                      description="The bearer key: visible ASCII, no spaces.")
     name: str = Field(min_length=1, max_length=64, pattern=r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$")
-    principals: list[_Principal] = Field(default_factory=list)
+    principals: list[Principal] = Field(default_factory=list, max_length=MAX_PRINCIPALS,
+                                       description="The principals documents' acls name (user:alice, group:eng).")
     roles: list[Role] = Field(min_length=1)
 
     @field_validator("key")

@@ -37,6 +37,7 @@ from streams.state.errors import (
     UnknownModelVersion,
 )
 from streams.state.query_log import LoggedQuery
+from streams.state.store import Access
 from streams.store_threads import WriteAborted
 from streams.web.api_keys import ApiKeys
 from streams.web.dashboard import PAGE, dashboard_state
@@ -94,6 +95,13 @@ def query_filter(params: Mapping[str, str], metadata_types: Mapping[str, str] | 
             if key in FILTER_FIELDS or key.startswith(METADATA_PREFIX)}
 
 
+def access_of(request: web.Request) -> Access:
+    """What the request's caller may read: the documents its key's principals open, and public ones (only public
+    ones without a key, or with the admin token)."""
+    caller = caller_of(request)
+    return Access.of(caller.principals if caller is not None else None)
+
+
 def build_http_app(worker: AgentHost) -> web.Application:
     """The worker's HTTP app; `InvalidApiKeysFile` when a keys file is configured and cannot be used."""
     routes = web.RouteTableDef()
@@ -107,7 +115,7 @@ def build_http_app(worker: AgentHost) -> web.Application:
     batcher = MicroBatcher(search_many, worker.settings.query_batch_records)  # concurrent searches share encodes
     answer_log = AnswerLog(shared)  # answers sent, logged behind them
 
-    async def run_search(text: Any, k: Any, filter_: Any, mode: Any = None, group: Any = "chunk",
+    async def run_search(access: Access, text: Any, k: Any, filter_: Any, mode: Any = None, group: Any = "chunk",
                          user_id: Any = None, segment: Any = None) -> web.Response:
         if isinstance(text, str) and len(text) > settings.http_max_query_chars:
             return _error(413, f"query text 'q' has {len(text):,} characters; at most "
@@ -121,8 +129,8 @@ def build_http_app(worker: AgentHost) -> web.Application:
             return _error(400, str(exc))
         text, k, filter_, mode, group = request.text, request.top_k, request.filter, request.mode, request.group
         started = time.perf_counter()
-        answer = await batcher.submit(RoutedQuery(query_id, SearchRequest(text, k, filter_, mode, group), user_id,
-                                                  segment))
+        answer = await batcher.submit(RoutedQuery(query_id, SearchRequest(text, k, filter_, mode, group, access),
+                                                  user_id, segment))
         result = answer.result
         latency_s = time.perf_counter() - started
         metrics.QUERY_LATENCY_SECONDS.labels("http").observe(latency_s)
@@ -143,7 +151,8 @@ def build_http_app(worker: AgentHost) -> web.Application:
         }
         answered = time.time()
         logged = LoggedQuery(query_id, {"text": text, "top_k": k, "filter": filter_, "mode": mode, "group": group,
-                                        "user_id": user_id, "segment": segment},
+                                        "user_id": user_id, "segment": segment,
+                                        "principals": sorted(access.principals)},
                              {k: v for k, v in body.items() if k != "query"}, answered, "http")
         answer_log.add(logged, answer)  # logged after it is sent
         return web.json_response(body)
@@ -156,8 +165,8 @@ def build_http_app(worker: AgentHost) -> web.Application:
             k, filter_ = integer(params.get("k", "10"), "k"), query_filter(params, settings.metadata_index_types)
         except InvalidParameter as exc:
             return _error(400, str(exc))
-        return await run_search(params.get("q", ""), k, filter_, params.get("mode"), params.get("group", "chunk"),
-                                params.get("user_id"), params.get("segment"))
+        return await run_search(access_of(request), params.get("q", ""), k, filter_, params.get("mode"),
+                                params.get("group", "chunk"), params.get("user_id"), params.get("segment"))
 
     @routes.post("/search")
     async def search_post(request: web.Request) -> web.Response:
@@ -167,16 +176,16 @@ def build_http_app(worker: AgentHost) -> web.Application:
             return _error(400, str(exc))
         if not isinstance(body, dict):
             return _error(400, "body must be a JSON object with a string 'q'")
-        return await run_search(body.get("q", ""), body.get("k", 10), body.get("filter") or {}, body.get("mode"),
-                                body.get("group", "chunk"), body.get("user_id"), body.get("segment"))
+        return await run_search(access_of(request), body.get("q", ""), body.get("k", 10), body.get("filter") or {},
+                                body.get("mode"), body.get("group", "chunk"), body.get("user_id"), body.get("segment"))
 
     @routes.get("/documents/{doc_id:.+}")
     async def document(request: web.Request) -> web.Response:
         doc_id = request.match_info["doc_id"]
         store = shared.serving.current.store
         states = await shared.threads.peek(lambda: store.get_documents([doc_id]))
-        if doc_id not in states:
-            return _error(404, f"document {doc_id!r} was never indexed")
+        if doc_id not in states or not access_of(request).may_read(states[doc_id].acl):
+            return _error(404, f"document {doc_id!r} was never indexed")  # or is not the caller's to read
         chunks = await shared.threads.peek(lambda: store.chunks(doc_id))
         state = states[doc_id]
         return web.json_response({
@@ -194,7 +203,9 @@ def build_http_app(worker: AgentHost) -> web.Application:
         except (BadRequestBody, KeyError, TypeError, ValueError):
             return _error(400, "body must be {\"doc_ids\": [up to 10,000 document ids]}")
         store = shared.serving.current.store
-        states = await shared.threads.peek(lambda: store.get_documents(doc_ids))
+        access = access_of(request)
+        states = {d: state for d, state in (await shared.threads.peek(lambda: store.get_documents(doc_ids))).items()
+                  if access.may_read(state.acl)}  # a document the caller may not read is as unknown
         return web.json_response({"versions": {d: (states[d].version if d in states else None) for d in doc_ids},
                                   "deleted": sorted(d for d, state in states.items() if state.deleted)})
 

@@ -11,6 +11,7 @@ from streams.ml.serving import serving_pair
 from streams.settings import Settings
 from streams.state.hashing_encoder import HashingEncoder
 from streams.state.memory_store import InMemoryVectorStore
+from streams.state.store import PUBLIC
 from streams.validation import RECORD_OVERHEAD_BYTES
 
 DOCS = {"tea": ("Green tea is steeped at eighty degrees for two minutes.", "kitchen"),
@@ -42,10 +43,10 @@ def test_queries_are_answered_filtered_cached_and_logged(tmp_path: Path) -> None
 class ExplodingStore(InMemoryVectorStore):
     """Raises for searches filtered on source `boom` (a search the store cannot answer)."""
 
-    def search(self, query, limit, filter_=None):  # type: ignore[no-untyped-def]
+    def search(self, query, limit, filter_=None, access=PUBLIC):  # type: ignore[no-untyped-def]
         if (filter_ or {}).get("source") == "boom":
             raise ValueError("the store cannot answer this search")
-        return super().search(query, limit, filter_)
+        return super().search(query, limit, filter_, access)
 
 
 def test_a_query_that_fails_costs_only_itself(tmp_path: Path) -> None:
@@ -95,3 +96,42 @@ def test_a_thousand_long_multibyte_hits_fit_the_producer_in_bytes(tmp_path: Path
     encoded = response.model_dump_json().encode()
     assert len(encoded) + len(b"big") + RECORD_OVERHEAD_BYTES <= settings.deadletter_max_bytes
     assert len(response.hits) == 1000 and all(hit.text.endswith("…") for hit in response.hits)
+
+
+NOTES = [{"doc_id": "menu", "version": 1, "op": "upsert", "text": "the quarterly plan for the canteen menu"},
+         {"doc_id": "roadmap", "version": 1, "op": "upsert", "text": "the quarterly plan for the engine roadmap",
+          "acl": ["group:eng"]},
+         {"doc_id": "salary", "version": 1, "op": "upsert", "text": "the quarterly plan for bob's salary",
+          "acl": ["user:bob"]}]
+
+
+def test_a_query_is_answered_from_what_its_principals_may_read(tmp_path: Path) -> None:
+    asked = {"anyone": None, "nobody": [], "eng": ["group:eng", "user:carol"], "bob": ["user:bob"],
+             "both": ["user:bob", "group:eng"]}
+    with Harness(tmp_path, query_cache_ttl_s=3600).register("ingest", "query") as harness:
+        harness.send("documents", NOTES)
+        for round_ in ("first", "cached"):
+            for mode in ("dense", "sparse", "hybrid"):
+                harness.send("queries", [{"query_id": f"{round_}-{mode}-{who}", "text": "quarterly plan",
+                                          "top_k": 10, "mode": mode, "principals": principals}
+                                         for who, principals in asked.items()])
+        answers = {r.query_id: r for r in harness.published("responses")}  # type: ignore[attr-defined]
+    expected = {"anyone": {"menu"}, "nobody": {"menu"}, "eng": {"menu", "roadmap"}, "bob": {"menu", "salary"},
+                "both": {"menu", "roadmap", "salary"}}
+    assert {qid: {h.doc_id for h in r.hits} for qid, r in answers.items()} == {
+        f"{round_}-{mode}-{who}": docs for round_ in ("first", "cached") for mode in ("dense", "sparse", "hybrid")
+        for who, docs in expected.items()}
+    assert all(r.cached for qid, r in answers.items() if qid.startswith("cached"))
+
+
+def test_principals_can_be_required_of_every_query(tmp_path: Path) -> None:
+    with Harness(tmp_path, query_principals_required=True).register("ingest", "query") as harness:
+        harness.send("documents", NOTES)
+        harness.send("queries", [{"query_id": "unsigned", "text": "quarterly plan"},
+                                 {"query_id": "signed", "text": "quarterly plan", "principals": ["user:bob"]},
+                                 {"query_id": "bad", "text": "quarterly plan", "principals": ["user bob"]}])
+        answers = {r.query_id: r for r in harness.published("responses")}  # type: ignore[attr-defined]
+        letters = {letter.key: letter for letter in harness.published("deadletter")}  # type: ignore[attr-defined]
+    assert list(answers) == ["signed"] and {h.doc_id for h in answers["signed"].hits} == {"menu", "salary"}
+    assert {key: [e.loc for e in letter.errors] for key, letter in letters.items()} == {
+        "unsigned": ["principals"], "bad": ["principals.0"]}

@@ -5,8 +5,9 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from schemas import TOPIC_RECORDS, FeedbackEvent, InvalidFilter, QueryEvent, validate_filter
+from schemas import TOPIC_RECORDS, DocumentEvent, FeedbackEvent, InvalidFilter, QueryEvent, validate_filter
 from schemas.export import PUBLISHED_DIR, render_json_schemas
+from schemas.records import AttributedQueryEvent
 
 
 def test_published_json_schemas_match_the_models() -> None:
@@ -74,3 +75,31 @@ def test_filters_are_checked_and_their_dates_given_an_offset() -> None:
     assert checked["metadata.lang"] == {"any": ["de", "fr"]} and checked["metadata.flag"] is True
     assert QueryEvent(query_id="q", text="tea", filter={"metadata.year": {"gte": 2020}}).filter == {
         "metadata.year": {"gte": 2020}}
+
+
+@pytest.mark.parametrize(("acl", "where"), [
+    ([], "acl"),  # no principal at all: leave `acl` out for a public document
+    (["group:eng"] * 257, "acl"),
+    (["u" * 201], "acl.0"),
+    (["user alice"], "acl.0"),
+    (["group:eng", ""], "acl.1"),
+    (["user:\u202eecila"], "acl.0"),  # a bidi override would disguise the name
+    ([7], "acl.0"),
+])
+def test_an_acl_that_cannot_be_enforced_is_refused(acl: list, where: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        DocumentEvent(doc_id="d", version=1, op="upsert", text="t", acl=acl)
+    assert {".".join(map(str, e["loc"])) for e in refused.value.errors()} == {where}
+
+
+def test_principals_are_optional_on_queries_unless_required() -> None:
+    assert QueryEvent(query_id="q", text="t").principals is None
+    assert QueryEvent(query_id="q", text="t", principals=["user:alice", "group:eng"]).principals == [
+        "user:alice", "group:eng"]
+    assert AttributedQueryEvent(query_id="q", text="t", principals=[]).principals == []  # public documents only
+    with pytest.raises(ValidationError) as refused:
+        AttributedQueryEvent(query_id="q", text="t")
+    assert refused.value.errors()[0]["loc"] == ("principals",)
+    with pytest.raises(ValidationError):
+        QueryEvent(query_id="q", text="t", principals=["a b"])
+    assert DocumentEvent(doc_id="d", version=1, op="upsert", text="t", acl=["u" * 200]).acl == ["u" * 200]

@@ -12,7 +12,7 @@ from streams.ml.chunking import Chunker
 from streams.ml.indexer import DocumentIndexer
 from streams.state.edge_store import EdgeVectorStore
 from streams.state.encoder import OnnxEncoder
-from streams.state.store import VectorQuery
+from streams.state.store import Access, VectorQuery
 
 LONG = " ".join(f"Paragraph {i} explains how consumers commit offsets after the write." for i in range(40))
 
@@ -93,6 +93,30 @@ def test_a_metadata_change_reaches_filters_without_re_embedding(indexer: Documen
     assert store.search(query, 50, {"metadata.lang": "de"}) == []
     assert {h.doc_id for h in store.search(query, 50, {"metadata.year": {"gte": 2024}})} == {"long"}
     assert {c.metadata["lang"] for c in store.chunks("long")} == {"en"}  # on every chunk
+
+
+def test_an_acl_change_reaches_searches_without_re_embedding(indexer: DocumentIndexer,
+                                                              store: EdgeVectorStore) -> None:
+    indexer.apply([upsert("long", 1, LONG, acl=["group:eng"])])
+    query = VectorQuery(indexer.encoder.encode(["consumers commit offsets"])[0])
+    eng, hr = Access.of(["group:eng"]), Access.of(["group:hr"])
+    assert store.search(query, 50) == [] and store.search(query, 50, None, hr) == []
+    assert {h.doc_id for h in store.search(query, 50, None, eng)} == {"long"}
+    outcome = indexer.apply([upsert("long", 2, LONG, acl=["group:hr"])])
+    assert (outcome.unchanged, outcome.embedded, outcome.replaced) == (1, 0, 1)  # cached answers are dropped
+    assert store.search(query, 50, None, eng) == [] and {h.doc_id for h in store.search(query, 50, None, hr)} == {
+        "long"}
+    assert indexer.apply([upsert("long", 3, LONG, acl=["group:hr", "group:hr"])]).replaced == 0  # the same set
+    assert indexer.apply([upsert("long", 4, LONG)]).replaced == 1  # public now
+    assert {h.doc_id for h in store.search(query, 50)} == {"long"}
+    assert store.get_documents(["long"])["long"].acl is None
+
+
+def test_a_tombstone_keeps_the_acl_of_what_it_deleted(indexer: DocumentIndexer, store: EdgeVectorStore) -> None:
+    indexer.apply([upsert("secret", 1, "the plan", acl=["group:board"]), delete("gone", 1)])
+    indexer.apply([delete("secret", 2)])
+    assert store.get_documents(["secret"])["secret"].acl == ["group:board"]
+    assert store.get_documents(["gone"])["gone"].acl is None
 
 
 def test_unchanged_content_is_not_re_embedded(indexer: DocumentIndexer, store: EdgeVectorStore) -> None:

@@ -17,7 +17,17 @@ from streams.state.faults import FaultInjectingStore, FaultPlan
 from streams.state.memory_store import InMemoryVectorStore
 from streams.state.server_store import ServerVectorStore
 from streams.state.sparse import Bm25Encoder
-from streams.state.store import ChunkPoint, DocumentState, VectorQuery, VectorStore, chunk_point_id
+from streams.state.store import (
+    INTERNAL,
+    PUBLIC,
+    READERS,
+    Access,
+    ChunkPoint,
+    DocumentState,
+    VectorQuery,
+    VectorStore,
+    chunk_point_id,
+)
 
 DIM = 8
 
@@ -139,6 +149,70 @@ def test_metadata_of_unchanged_chunks_is_restamped(store: VectorStore) -> None:
     assert store.search(query, 5, {"metadata.lang": "de"}) == []
     assert [h.doc_id for h in store.search(query, 5, {"metadata.lang": "en"})] == ["a"]
     assert store.chunks("a")[0].metadata == {"lang": "en"}
+
+
+ACLS: dict[str, list[str] | None] = {"public": None, "eng": ["group:eng"], "alice": ["user:alice", "group:hr"],
+                                     "ops": ["group:ops", "group:eng"]}
+
+
+@pytest.mark.parametrize(("access", "expected"), [
+    (PUBLIC, {"public"}),
+    (Access.of(None), {"public"}),
+    (Access.of(["group:eng"]), {"public", "eng", "ops"}),
+    (Access.of(["user:alice"]), {"public", "alice"}),
+    (Access.of(["user:bob", "group:ops"]), {"public", "ops"}),
+    (Access.of(["group:en", "user:alic", "* public"]), {"public"}),  # exact matches only
+    (INTERNAL, {"public", "eng", "alice", "ops"}),
+])
+def test_a_search_returns_only_what_its_caller_may_read(store: VectorStore, access: Access, expected: set) -> None:
+    store.upsert_chunks([replace(point(doc_id, 0, unit(1, i / 10)), acl=acl)
+                         for i, (doc_id, acl) in enumerate(ACLS.items())])
+    assert {h.doc_id for h in store.search(VectorQuery(unit(1, 0)), 10, None, access)} == expected
+    assert {h.doc_id for h in store.search(VectorQuery(unit(1, 0)), 10, {"version": 1}, access)} == expected
+
+
+def test_k_asked_means_k_readable_results(store: VectorStore) -> None:
+    store.upsert_chunks([replace(point(f"d{i}", 0, unit(1, i / 100)), acl=None if i % 10 == 9 else ["group:x"])
+                         for i in range(60)])  # the six public documents rank last by the query
+    hits = store.search(VectorQuery(unit(1, 0)), 5, None, Access.of(["user:nobody"]))
+    assert [h.doc_id for h in hits] == ["d9", "d19", "d29", "d39", "d49"]
+
+
+def test_an_acl_restamped_on_unchanged_chunks_reaches_searches(store: VectorStore) -> None:
+    store.upsert_chunks([replace(point("a", i, unit(1, i / 10)), acl=["group:eng"]) for i in range(3)])
+    query, eng = VectorQuery(unit(1, 0)), Access.of(["group:eng"])
+    assert store.search(query, 5) == [] and len(store.search(query, 5, None, eng)) == 3
+    store.set_chunk_version("a", 2, acl=None)  # made public, nothing re-embedded
+    assert len(store.search(query, 5)) == 3
+    store.set_chunk_version("a", 3, acl=["user:carol"])
+    assert store.search(query, 5) == [] and store.search(query, 5, None, eng) == []
+    assert len(store.search(query, 5, None, Access.of(["user:carol"]))) == 3
+    store.set_chunk_version("a", 4, {"lang": "en"})  # the acl is kept unless given
+    assert len(store.search(query, 5, None, Access.of(["user:carol"]))) == 3
+    assert {c.acl for c in store.chunks("a")} == {("user:carol",)}
+
+
+def test_chunks_written_before_acls_are_public(store: VectorStore) -> None:
+    inner = store.inner if isinstance(store, FaultInjectingStore) else store
+    old = point("old", 0, unit(1, 0)).payload()
+    del old[READERS]  # as a chunk written by an earlier release
+    inner._upsert(inner.collection, [(chunk_point_id("old", 0), unit(1, 0).tolist(), None, old)])  # type: ignore[attr-defined]
+    store.upsert_chunks([replace(point("new", 0, unit(1, 0.1)), acl=["group:eng"])])
+    assert store.search(VectorQuery(unit(1, 0)), 5) == []  # a chunk that says nothing is shown to nobody
+    inner.publish_unlabelled_chunks()  # type: ignore[attr-defined]  # what opening a store does
+    assert [h.doc_id for h in store.search(VectorQuery(unit(1, 0)), 5)] == ["old"]
+    assert store.chunks("old")[0].acl is None and store.chunks("new")[0].acl == ("group:eng",)
+
+
+def test_an_edge_shard_of_an_earlier_release_opens_with_its_chunks_public(tmp_path: Path) -> None:
+    store = EdgeVectorStore(tmp_path / "q", "chunks", DIM)
+    old = point("old", 0, unit(1, 0)).payload()
+    del old[READERS]
+    store._upsert(store.collection, [(chunk_point_id("old", 0), unit(1, 0).tolist(), None, old)])
+    store.close()
+    reopened = EdgeVectorStore(tmp_path / "q", "chunks", DIM)
+    assert [h.doc_id for h in reopened.search(VectorQuery(unit(1, 0)), 5)] == ["old"]
+    reopened.close()
 
 
 def test_document_ledger_round_trip_and_tombstones(store: VectorStore) -> None:
@@ -263,6 +337,17 @@ def test_filters_apply_to_every_mode(hybrid_store: VectorStore) -> None:
     for query in (VectorQuery(unit(1, 0)), sparse("tea kettle"),
                   VectorQuery(unit(1, 0), BM25.embed_query("tea kettle"), "hybrid")):
         assert ids(hybrid_store.search(query, 5, {"source": "shop"})) == ["b"], query.mode
+
+
+def test_access_applies_to_every_mode(hybrid_store: VectorStore) -> None:
+    hybrid_store.upsert_chunks([lexical("a", 0, "tea kettle", unit(1, 0)),
+                                replace(lexical("b", 0, "tea kettle spare", unit(1, 0.1)), acl=["group:shop"])])
+    for query in (VectorQuery(unit(1, 0)), sparse("tea kettle spare"),
+                  VectorQuery(unit(1, 0), BM25.embed_query("tea kettle spare"), "hybrid"),
+                  VectorQuery(unit(1, 0), BM25.embed_query("tea kettle spare"), "hybrid", "dbsf")):
+        assert ids(hybrid_store.search(query, 5)) == ["a"], query.mode
+        assert set(ids(hybrid_store.search(query, 5, None, Access.of(["group:shop"])))) == {"a", "b"}, query.mode
+        assert ids(hybrid_store.search(query, 5, {"doc_id": "b"})) == [], query.mode
 
 
 def test_updates_deletes_and_shrinks_keep_both_vectors_consistent(hybrid_store: VectorStore) -> None:

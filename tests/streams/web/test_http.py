@@ -16,6 +16,7 @@ from streams.ml.serving import serving_pair
 from streams.settings import Settings
 from streams.state.hashing_encoder import HashingEncoder
 from streams.state.memory_store import InMemoryVectorStore
+from streams.state.store import PUBLIC
 from streams.web.dashboard import dashboard_state
 from streams.web.guards import GuardedSite
 from streams.web.http import build_http_app
@@ -26,10 +27,10 @@ DOCS = [{"doc_id": "tea", "version": 1, "op": "upsert", "text": "Green tea is st
 
 
 class ExplodingStore(InMemoryVectorStore):
-    def search(self, query, limit, filter_=None):  # type: ignore[no-untyped-def]
+    def search(self, query, limit, filter_=None, access=PUBLIC):  # type: ignore[no-untyped-def]
         if (filter_ or {}).get("source") == "boom":
             raise ValueError("the store cannot answer this search")
-        return super().search(query, limit, filter_)
+        return super().search(query, limit, filter_, access)
 
 
 def harness(tmp_path: Path, **settings: Any) -> Harness:
