@@ -55,7 +55,8 @@ async def restore(failed: Accepted[DocumentEvent], exc: BaseException, *, servin
                   threads: StoreThreads, announce: Announce | None = None) -> None:
     """A document whose write failed half-way: its chunks back to what its ledger entry says."""
     doc_id = failed.record.doc_id
-    await threads.write(lambda: serving.restore_document(doc_id), f"restoring {doc_id!r} after a failed write")
+    await threads.write(lambda: serving.restore_document(doc_id, failed.record),
+                        f"restoring {doc_id!r} after a failed write")
     if announce is not None:
         await announce([doc_id])
 

@@ -24,7 +24,7 @@ from streams.validation import RECORD_OVERHEAD_BYTES, Accepted
 
 QUERIES = Contract("queries", QueryEvent, "query_id")
 #: `queries` where every query must say whom it is asked for (`GRISTMILL_QUERY_PRINCIPALS_REQUIRED`).
-ATTRIBUTED_QUERIES = Contract("queries", AttributedQueryEvent, "query_id")
+ATTRIBUTED_QUERIES = Contract[QueryEvent]("queries", AttributedQueryEvent, "query_id")
 
 
 def register(worker: AgentHost) -> None:

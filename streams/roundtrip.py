@@ -55,11 +55,14 @@ class QueryRoundTrip:
 
     def send(self, text: str, top_k: int = 10, filter_: dict[str, Any] | None = None,
              query_id: str | None = None, mode: str | None = None, group: str = "chunk",
-             user_id: str | None = None, segment: str | None = None) -> str:
+             user_id: str | None = None, segment: str | None = None,
+             principals: list[str] | None = None) -> str:
+        """Produce one query (`principals`: whom it is asked for; None: public documents only)."""
         query_id = query_id or f"ask-{uuid.uuid4()}"
         value = {"query_id": query_id, "text": text, "top_k": top_k, **({"filter": filter_} if filter_ else {}),
                  **({"mode": mode} if mode else {}), **({"group": group} if group != "chunk" else {}),
-                 **({"user_id": user_id} if user_id else {}), **({"segment": segment} if segment else {})}
+                 **({"user_id": user_id} if user_id else {}), **({"segment": segment} if segment else {}),
+                 **({"principals": principals} if principals is not None else {})}
         self._sent[query_id] = time.perf_counter()
         self._producer.produce(self._queries, key=query_id.encode(), value=json.dumps(value).encode())
         self._producer.poll(0)

@@ -28,14 +28,16 @@ Mode = Annotated[str | None, typer.Option(help="dense, sparse or hybrid (default
 Group = Annotated[str, typer.Option(help="chunk, or doc: one hit per document.")]
 
 
-def checked_search(text: str, k: int, source: str | None, mode: str | None, group: str) -> None:
+def checked_search(text: str, k: int, source: str | None, mode: str | None, group: str,
+                   principals: list[str] | None = None) -> None:
     """Check a search as the worker will (the `queries` contract) before it is sent: one line and exit status 2
     otherwise, rather than a dead letter and a wait."""
     from streams.web.parameters import InvalidParameter, search_request
 
     try:
         search_request({"query_id": "cli", "text": text, "top_k": k, "filter": {"source": source} if source else {},
-                        "mode": mode, "group": group}, {"text": "TEXT", "top_k": "-k/--top-k"})
+                        "mode": mode, "group": group, "principals": principals},
+                       {"text": "TEXT", "top_k": "-k/--top-k", "principals": "--principal"})
     except InvalidParameter as exc:
         raise fail("invalid search: ", exc, status=2) from None
 
@@ -54,14 +56,18 @@ def search(text: str, k: Annotated[int, typer.Option("-k", help="Number of hits.
 def ask(text: str, k: Annotated[int, typer.Option("-k", help="Number of hits.")] = 5,
         source: Annotated[str | None, typer.Option(help="Only chunks from this source.")] = None,
         timeout: Annotated[float, typer.Option(help="Seconds to wait for the response.")] = 30.0,
-        mode: Mode = None, group: Group = "chunk") -> None:
+        mode: Mode = None, group: Group = "chunk",
+        principal: Annotated[list[str] | None, typer.Option(
+            help="Ask for this principal (repeatable): documents whose acl names it are searched too.")] = None,
+        ) -> None:
     """Send a query through the `queries` topic and wait for its response on `responses`."""
     from streams.roundtrip import QueryRoundTrip
 
-    checked_search(text, k, source, mode, group)
+    checked_search(text, k, source, mode, group, principal)
     settings = require_kafka(load_settings())
     with QueryRoundTrip(settings) as roundtrip:
-        query_id = roundtrip.send(text, k, {"source": source} if source else None, mode=mode, group=group)
+        query_id = roundtrip.send(text, k, {"source": source} if source else None, mode=mode, group=group,
+                                  principals=principal)
         try:
             answer = roundtrip.wait([query_id], timeout)[query_id]
         except TimeoutError as exc:

@@ -7,7 +7,7 @@ import json
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -15,7 +15,7 @@ from schemas import DocumentEvent, document_content
 from streams.ml.chunking import Chunker
 from streams.state.encoder import Encoder
 from streams.state.sparse import SparseEncoder
-from streams.state.store import ChunkPoint, DocumentState, VectorStore, readers_of
+from streams.state.store import ChunkPoint, DocumentState, VectorStore, narrowest, readers_of
 
 
 def content_hash(event: DocumentEvent) -> str:
@@ -134,9 +134,9 @@ class DocumentIndexer:
                                                  lexical[row], event.metadata, event.acl))
                         row += 1
                     states.append(self._state(event, digest, len(chunks)))
-                self.store.upsert_chunks(points)
-                for (event, _), chunks in zip(to_embed, split, strict=True):
+                for (event, _), chunks in zip(to_embed, split, strict=True):  # first: old chunks keep the old acl
                     self.store.delete_chunks(event.doc_id, from_chunk=len(chunks))
+                self.store.upsert_chunks(points)
             outcome.embedded += len(to_embed)
             outcome.chunks += len(points)
 
@@ -144,13 +144,18 @@ class DocumentIndexer:
             self.store.put_documents(states)
         return outcome
 
-    def restore(self, doc_id: str) -> None:
+    def restore(self, doc_id: str, failed: DocumentEvent | None = None) -> None:
         """Make the document's chunks what its ledger entry says again (after a write of it failed half-way): the
-        ledger's text re-embedded, or no chunks when it is deleted or was never indexed."""
+        ledger's text re-embedded, or no chunks when it is deleted or was never indexed. When the `failed` event is
+        newer than the ledger, they are readable only by whom both acls allow: a revocation in an event that could
+        not be applied still holds."""
         state = self.store.get_documents([doc_id]).get(doc_id)
         if state is None or state.deleted:
             self.store.delete_chunks(doc_id)
             return
+        if failed is not None and failed.version > state.version:
+            state = replace(state, acl=narrowest(state.acl, failed.acl))
+            self.store.put_documents([state])  # the next event compares its acl with this one
         chunks = self.chunker.split(document_content(state.title, state.text))
         texts = [chunk.text for chunk in chunks]
         vectors = self.encoder.encode(texts)

@@ -287,11 +287,12 @@ class ServingSlot:
             self.written_during_rollout.update(event.doc_id for event in events)
         return outcome
 
-    def restore_document(self, doc_id: str) -> None:
-        """After a failed write of `doc_id`: its chunks as its ledger entry says (on the store-writer thread)."""
+    def restore_document(self, doc_id: str, failed: DocumentEvent | None = None) -> None:
+        """After a failed write of `doc_id` (by `failed`): its chunks as its ledger entry says, readable only by
+        whom both acls allow (on the store-writer thread)."""
         for pair in (self.current, self.challenger):
             if pair is not None:
-                pair.indexer().restore(doc_id)
+                pair.indexer().restore(doc_id, failed)
                 pair.searcher.invalidate()
 
     def publish_model_info(self) -> None:

@@ -33,12 +33,31 @@ def document_point_id(doc_id: str) -> str:
 
 #: The `readers` of a public document's chunks (no principal holds a space, so none can name it).
 PUBLIC_READER = "* public"
+#: The `readers` of chunks nobody may read (an empty acl: a failed write's narrowest guess, see `narrowest`).
+NOBODY_READER = "* nobody"
 READERS = "readers"  # the chunk payload field searches are restricted by (never a filter key)
 
 
+def principals_list(principals: Iterable[str]) -> list[str]:
+    """`principals` sorted and unique; a bare string is refused (it would read as its characters)."""
+    if isinstance(principals, str | bytes):
+        raise TypeError(f"principals must be a list of strings, not the string {principals[:40]!r}")
+    return sorted(set(principals))
+
+
 def readers_of(acl: Sequence[str] | None) -> list[str]:
-    """What a chunk's `readers` holds: its document's principals, or `PUBLIC_READER` when it has no acl."""
-    return [PUBLIC_READER] if acl is None else sorted(set(acl))
+    """What a chunk's `readers` holds: its document's principals, `PUBLIC_READER` when it has no acl, or
+    `NOBODY_READER` when its acl is empty."""
+    if acl is None:
+        return [PUBLIC_READER]
+    return principals_list(acl) or [NOBODY_READER]
+
+
+def narrowest(acl: Sequence[str] | None, other: Sequence[str] | None) -> list[str] | None:
+    """Who may read under both acls (None: public; an empty list: nobody): what a half-applied change shows."""
+    if acl is None or other is None:
+        return None if acl is None and other is None else principals_list(other if acl is None else acl)
+    return sorted(set(principals_list(acl)) & set(principals_list(other)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +71,7 @@ class Access:
     @classmethod
     def of(cls, principals: Iterable[str] | None) -> Access:
         """A caller's access; None or no principals: public documents only."""
-        return cls(frozenset(principals or ()))
+        return cls(frozenset(principals_list(principals or ())))
 
     def readers(self) -> tuple[str, ...] | None:
         """The `readers` values a chunk must share with this caller (None: no restriction)."""
@@ -119,8 +138,11 @@ class ChunkPoint:
 
 
 def acl_of(readers: Sequence[str] | None) -> tuple[str, ...] | None:
-    """The acl a chunk's `readers` stand for (None: public, as chunks written before acls existed are)."""
-    return None if not readers or PUBLIC_READER in readers else tuple(readers)
+    """The acl a chunk's `readers` stand for (None: public, as chunks written before acls existed are; an empty
+    tuple: nobody)."""
+    if not readers or PUBLIC_READER in readers:
+        return None
+    return tuple(reader for reader in readers if reader != NOBODY_READER)
 
 
 @dataclass(frozen=True, slots=True)

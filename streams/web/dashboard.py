@@ -14,6 +14,7 @@ from prometheus_client import REGISTRY
 
 from streams.ml.evaluation import summarize
 from streams.shared import Shared
+from streams.topics import TopicNames
 
 
 def _samples(metric: str) -> list[tuple[str, dict[str, str], float]]:
@@ -67,9 +68,11 @@ def shown(text: object, limit: int = SHOWN_CHARS) -> str:
     return value if len(value) <= limit else value[:limit] + "…"
 
 
-def dashboard_state(shared: Shared, trains: bool, recent: int = 20) -> dict[str, Any]:
-    """Everything the page shows, as JSON-ready data (`trains`: this worker runs the trainer agent)."""
+def dashboard_state(shared: Shared, trains: bool, recent: int = 20, documents_shown: bool = False) -> dict[str, Any]:
+    """Everything the page shows, as JSON-ready data (`trains`: this worker runs the trainer agent). A dead-lettered
+    document's value (its text, whoever its acl names) is shown only when `documents_shown` (an admin caller)."""
     cache = counter_by("gristmill_query_cache", "result")
+    withheld = set() if documents_shown else {"documents", TopicNames(shared.settings.namespace).documents}
     lookups = sum(cache.values())
     alerts = [{"topic": labels["topic"], "kind": labels["kind"]}
               for _, labels, value in _samples("gristmill_alert") if value > 0]
@@ -102,7 +105,9 @@ def dashboard_state(shared: Shared, trains: bool, recent: int = 20) -> dict[str,
         "degraded_agents": shared.health.degraded(),
         "alerts": alerts,
         "dead_letters": [{"topic": d.topic, "partition": d.partition, "offset": d.offset, "key": shown(d.key, 80),
-                          "value": shown(d.value, 160), "value_encoding": d.value_encoding,
+                          "value": None if d.topic in withheld else shown(d.value, 160),
+                          "value_withheld": d.topic in withheld,
+                          "value_encoding": d.value_encoding,
                           "value_truncated": d.value_truncated, "exception": d.exception,
                           "reasons": [shown(f"{e.loc}: {e.msg}") for e in d.errors[:5]], "ts": d.ts.isoformat()}
                          for d in list(shared.dead_letters.recent)[:recent]],
@@ -231,7 +236,8 @@ async function refresh() {
     ? s.alerts.map(a => `<span class="alert">${esc(a.topic)}: ${esc(a.kind)}</span>`).join(" · ")
     : '<span class="ok">no alerts</span>';
   rows("deadletters", s.dead_letters, d => `<tr><td>${esc(d.topic)}</td><td>${d.partition}@${d.offset}</td>
-    <td>${esc(d.key)}</td><td>${d.reasons.map(esc).join("<br>")}</td><td><code>${esc(d.value)}</code></td></tr>`,
+    <td>${esc(d.key)}</td><td>${d.reasons.map(esc).join("<br>")}</td>
+    <td>${d.value_withheld ? "<em>withheld: a document (admin only)</em>" : `<code>${esc(d.value)}</code>`}</td></tr>`,
     "no dead letters yet");
   rows("queries", s.recent_queries, q => `<tr><td>${esc(q.text)}</td><td>${esc(q.via)}</td>
     <td>${esc(q.top_hit)}</td><td>${num(q.score, 3)}</td><td>${q.hits}</td><td>${num(q.latency_ms, 1)}</td>

@@ -181,12 +181,12 @@ def build_http_app(worker: AgentHost) -> web.Application:
 
     @routes.get("/documents/{doc_id:.+}")
     async def document(request: web.Request) -> web.Response:
-        doc_id = request.match_info["doc_id"]
+        doc_id, access = request.match_info["doc_id"], access_of(request)
         store = shared.serving.current.store
         states = await shared.threads.peek(lambda: store.get_documents([doc_id]))
-        if doc_id not in states or not access_of(request).may_read(states[doc_id].acl):
+        if doc_id not in states or not access.may_read(states[doc_id].acl):
             return _error(404, f"document {doc_id!r} was never indexed")  # or is not the caller's to read
-        chunks = await shared.threads.peek(lambda: store.chunks(doc_id))
+        chunks = [c for c in await shared.threads.peek(lambda: store.chunks(doc_id)) if access.may_read(c.acl)]
         state = states[doc_id]
         return web.json_response({
             "doc_id": doc_id, "version": state.version, "deleted": state.deleted,
@@ -215,9 +215,9 @@ def build_http_app(worker: AgentHost) -> web.Application:
 
     @routes.get("/api/dashboard")
     async def dashboard_data(request: web.Request) -> web.Response:
-        trains = "trainer" in worker.agents
-        state = await asyncio.get_running_loop().run_in_executor(None, dashboard_state, shared, trains)
-        caller = caller_of(request)
+        trains, caller = "trainer" in worker.agents, caller_of(request)
+        state = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: dashboard_state(shared, trains, documents_shown=caller is not None and caller.may("admin")))
         state["caller"] = {"name": caller.name, "roles": sorted(caller.roles)} if caller else None
         return web.json_response(state, dumps=lambda value: json.dumps(value, default=str))
 

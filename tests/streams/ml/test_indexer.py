@@ -119,6 +119,28 @@ def test_a_tombstone_keeps_the_acl_of_what_it_deleted(indexer: DocumentIndexer, 
     assert store.get_documents(["gone"])["gone"].acl is None
 
 
+def test_a_write_that_failed_leaves_its_document_to_whom_both_acls_allow(indexer: DocumentIndexer,
+                                                                         store: EdgeVectorStore) -> None:
+    """A failed event that narrowed the acl (eng and hr, then hr only) still revokes: its chunks are restored to
+    the ledger's text, readable by the principals both versions name; the next event's acl applies whole."""
+    indexer.apply([upsert("plan", 1, LONG, acl=["group:eng", "group:hr"])])
+    query = VectorQuery(indexer.encoder.encode(["consumers commit offsets"])[0])
+    readers = {who: Access.of([who]) for who in ("group:eng", "group:hr")}
+    indexer.restore("plan", upsert("plan", 2, "a newer text that could not be embedded", acl=["group:hr"]))
+    assert {who for who, access in readers.items() if store.search(query, 5, None, access)} == {"group:hr"}
+    assert {c.text for c in store.chunks("plan")} <= {c.text for c in indexer.chunker.split(LONG)}
+    indexer.restore("plan", upsert("plan", 3, "public now, but it failed too"))  # public ∩ hr: hr
+    assert {who for who, access in readers.items() if store.search(query, 5, None, access)} == {"group:hr"}
+    indexer.restore("plan", upsert("plan", 4, "eng only, and failed", acl=["group:eng"]))  # hr ∩ eng: nobody
+    assert store.chunks("plan") and not any(store.search(query, 5, None, a) for a in (*readers.values(),
+                                                                                      Access.of(["x:y"])))
+    assert store.get_documents(["plan"])["plan"].acl == []
+    indexer.apply([upsert("plan", 5, LONG, acl=["group:eng"])])  # the same text: re-stamped, not re-embedded
+    assert {who for who, access in readers.items() if store.search(query, 5, None, access)} == {"group:eng"}
+    indexer.restore("plan", upsert("plan", 5, LONG))  # a redelivered event, not newer: the ledger's acl
+    assert {who for who, access in readers.items() if store.search(query, 5, None, access)} == {"group:eng"}
+
+
 def test_unchanged_content_is_not_re_embedded(indexer: DocumentIndexer, store: EdgeVectorStore) -> None:
     indexer.apply([upsert("a", 1, LONG)])
     outcome = indexer.apply([upsert("a", 2, LONG)])

@@ -197,11 +197,15 @@ def test_chunks_written_before_acls_are_public(store: VectorStore) -> None:
     old = point("old", 0, unit(1, 0)).payload()
     del old[READERS]  # as a chunk written by an earlier release
     inner._upsert(inner.collection, [(chunk_point_id("old", 0), unit(1, 0).tolist(), None, old)])  # type: ignore[attr-defined]
-    store.upsert_chunks([replace(point("new", 0, unit(1, 0.1)), acl=["group:eng"])])
+    store.upsert_chunks([replace(point("new", 0, unit(1, 0.1)), acl=["group:eng"]),
+                         replace(point("nobody's", 0, unit(1, 0.2)), acl=[])])  # an empty acl: no reader
     assert store.search(VectorQuery(unit(1, 0)), 5) == []  # a chunk that says nothing is shown to nobody
     inner.publish_unlabelled_chunks()  # type: ignore[attr-defined]  # what opening a store does
     assert [h.doc_id for h in store.search(VectorQuery(unit(1, 0)), 5)] == ["old"]
+    assert [h.doc_id for h in store.search(VectorQuery(unit(1, 0)), 5, None, Access.of(["group:eng"]))] == [
+        "old", "new"]
     assert store.chunks("old")[0].acl is None and store.chunks("new")[0].acl == ("group:eng",)
+    assert store.chunks("nobody's")[0].acl == ()
 
 
 def test_an_edge_shard_of_an_earlier_release_opens_with_its_chunks_public(tmp_path: Path) -> None:
@@ -390,3 +394,4 @@ def test_an_edge_shard_keeps_its_layout_when_reopened(tmp_path: Path) -> None:
     finally:
         hybrid.close()
         older.close()
+

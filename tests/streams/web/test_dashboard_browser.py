@@ -43,11 +43,14 @@ def test_dashboard_shows_live_numbers_dead_letters_and_queries(tmp_path: Path, r
         docs = [(f"doc-{i}".encode(), (f'{{"doc_id": "doc-{i}", "version": 1, "op": "upsert", '
                                        f'"text": "Note {i} about green tea and kafka partitions."}}').encode())
                 for i in range(7)]
-        produce(broker.bootstrap_servers, "dash-ui.documents", [*docs, (b"broken", b"{not json")])
+        secret = (b"secret", b'{"doc_id": "secret", "version": 1, "op": "upsert", "text": "the salary of the hr team",'
+                             b' "acl": ["group hr"]}')  # an invalid principal: a dead letter with private text
+        produce(broker.bootstrap_servers, "dash-ui.documents", [*docs, secret])
+        produce(broker.bootstrap_servers, "dash-ui.queries", [(b"broken", b"{not json")])
         worker.wait_for(lambda: worker.get("/health")["index"]["documents"] == 7, 60, "documents indexed")
         worker.get("/search", q="steeping green tea", k=3)
         worker.wait_for(lambda: worker.get("/api/dashboard")["recent_queries"], 30, "the query logged")
-        worker.wait_for(lambda: worker.get("/api/dashboard")["dead_letters"], 30, "dead letter on the dashboard")
+        worker.wait_for(lambda: len(worker.get("/api/dashboard")["dead_letters"]) == 2, 30, "dead letters shown")
 
         dom = chromium(tmp_path, "--dump-dom", worker.url + "/")
         assert dom.returncode == 0, dom.stderr[-2000:]
@@ -61,6 +64,7 @@ def test_dashboard_shows_live_numbers_dead_letters_and_queries(tmp_path: Path, r
     assert cards["documents in"] == "8" and cards["indexed documents"] == "7", cards
     assert cards["query latency p50"].endswith("ms") and cards["query latency p50"] != "- ms", cards
     assert "not valid JSON" in html and "{not json" in html  # the dead letter, with its reason
+    assert "withheld: a document" in html and "salary" not in html  # a document's text: admin callers only
     assert "steeping green tea" in html and "doc-" in html  # the query and its top hit
     assert re.search(r"<td>v1</td>.*serving", html, re.S)
     assert re.search(r'<p id="admin">', html) and "Roll back to the previous model" in html  # token set: actions on
