@@ -44,6 +44,8 @@ _MODE = {"enum": ["dense", "sparse", "hybrid"], "description": "dense, BM25 (spa
 _GROUP = {"enum": ["chunk", "doc"], "default": "chunk", "description": "doc: at most one hit (the best chunk) per "
                                                                        "document; k counts documents."}
 _ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
+_PERMISSIONS = ("Answers only public documents and those whose acl names one of the API key's principals (public "
+                "documents only without a key, when no keys file is configured, or with the admin token).")
 _BOUND = {"type": ["number", "string"], "description": "a number, or an ISO-8601 date or time"}
 _CONDITION = {"oneOf": [
     {"type": ["string", "integer", "number", "boolean"], "description": "exact match"},
@@ -78,6 +80,7 @@ OPENAPI: dict[str, Any] = {
         "/search": {
             "get": {
                 "summary": "Dense, sparse (BM25) or hybrid search over the serving index",
+                "description": _PERMISSIONS,
                 "parameters": [
                     {"name": "q", "in": "query", "required": True, "schema": {"type": "string"}},
                     {"name": "k", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000,
@@ -94,6 +97,7 @@ OPENAPI: dict[str, Any] = {
             },
             "post": {
                 "summary": "Semantic search with a JSON body",
+                "description": _PERMISSIONS,
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
                     "type": "object", "required": ["q"],
                     "properties": {"q": {"type": "string"}, "k": {"type": "integer", "minimum": 1, "maximum": 1000},
@@ -104,11 +108,12 @@ OPENAPI: dict[str, Any] = {
         },
         "/documents/{doc_id}": {"get": {
             "summary": "Ledger entry and chunks of one document",
+            "description": "404, as for a document never indexed, when the key's principals may not read it.",
             "parameters": [{"name": "doc_id", "in": "path", "required": True, "schema": {"type": "string"}}],
             "responses": {"200": {"description": "The document as indexed"}, "404": _json("Error", "Never indexed")},
         }},
         "/documents/versions": {"post": {
-            "summary": "Indexed versions of many documents (null when never indexed)",
+            "summary": "Indexed versions of many documents (null when never indexed, or not the key's to read)",
             "requestBody": {"required": True, "content": {"application/json": {"schema": {
                 "type": "object", "required": ["doc_ids"],
                 "properties": {"doc_ids": {"type": "array", "items": {"type": "string"}, "maxItems": 10000}}}}}},
