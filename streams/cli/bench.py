@@ -30,13 +30,19 @@ def bench_query(
     evaluation_answers: Annotated[int, typer.Option(min=1, help="Answers (over 24 h, one in five judged) in each "
                                                                "backend's evaluation store for GET /evaluation.")
                                   ] = 100_000,
+    principals: Annotated[int, typer.Option(min=3, help="Distinct principals in the acls of the index that "
+                                                        "filtered and permission-restricted searches run on.")
+                          ] = 1_000,
+    access_only: Annotated[bool, typer.Option(help="Only the filtered and permission-restricted searches (at the "
+                                                   "largest size).")] = False,
 ) -> None:
     """Dense and hybrid HTTP latency and QPS at each index size, the Kafka round trip, against a per-query
-    baseline; the state in PostgreSQL beside SQLite, side by side in the same run."""
+    baseline; the state in PostgreSQL beside SQLite; at the largest size, filtered and permission-restricted
+    hybrid searches beside unrestricted ones — side by side in the same run."""
     from streams.devtools.bench_query import run_query_bench
 
     run_query_bench(load_settings(), chunks or [10_000, 100_000], console, state_backends=state_backends,
-                    evaluation_answers=evaluation_answers)
+                    evaluation_answers=evaluation_answers, principals=principals, access_only=access_only)
 
 
 def bench_monitor(

@@ -20,6 +20,7 @@ from rich.console import Console
 
 from schemas import DocumentEvent
 from streams.broker import EmbeddedBroker
+from streams.devtools.bench_access import access_rows
 from streams.devtools.bench_ingest import Row, bench_texts, print_rows
 from streams.devtools.bench_state import run_state_backends
 from streams.devtools.ingest_rig import NAMESPACE
@@ -89,9 +90,12 @@ async def sustained_qps(url: str, queries: list[str], concurrency: int, seconds:
 
 
 def run_query_bench(settings: Settings, sizes: Sequence[int], console: Console, *, state_backends: bool = True,
-                    evaluation_answers: int = 100_000) -> list[Row]:
+                    evaluation_answers: int = 100_000, principals: int = 1_000, access_only: bool = False
+                    ) -> list[Row]:
     """At the smallest size also (`state_backends`) the state in SQLite beside PostgreSQL: served latency and
-    `GET /evaluation` over `evaluation_answers` logged answers (streams.devtools.bench_state)."""
+    `GET /evaluation` over `evaluation_answers` logged answers (streams.devtools.bench_state); at the largest,
+    filtered and permission-restricted searches over `principals` principals (streams.devtools.bench_access) —
+    those alone with `access_only`."""
     model = ensure_base_model(open_registry(settings))
     encoder = open_encoder(settings, model)
     short, long = bench_texts()
@@ -101,7 +105,7 @@ def run_query_bench(settings: Settings, sizes: Sequence[int], console: Console, 
     rows: list[Row] = []
     base_ms: list[float] = []
     with tempfile.TemporaryDirectory(prefix="gristmill-bench-") as tmp:
-        for n, chunks in enumerate(sorted(sizes)):
+        for n, chunks in enumerate([] if access_only else sorted(sizes)):
             data_dir = Path(tmp) / f"index-{chunks}"
             console.print(f"building a {chunks:,}-chunk index (dense and BM25 vectors)...")
             store = EdgeVectorStore(data_dir / "qdrant", collection_name(bench, model.version), encoder.dim)
@@ -141,6 +145,7 @@ def run_query_bench(settings: Settings, sizes: Sequence[int], console: Console, 
                     rows += experiment_rows(settings, model, encoder, data_dir, Path(tmp) / "registry", broker,
                                             queries, long[:100], vocabulary, chunks, console)
             rows += mode_rows(chunks, http_ms, qps, base_ms, check=chunks >= 100_000)
+    rows += access_rows(settings, encoder, max(sizes), principals, queries, long[:100], vocabulary, console)
     print_rows("gristmill bench query", rows, console)
     return rows
 

@@ -1,0 +1,140 @@
+"""`gristmill bench query`'s filtered and permission-restricted searches: one index of `chunks` chunks whose filler
+carries metadata (a year, a language) and acls over `principals` distinct principals (one chunk in ten public),
+searched unrestricted (gristmill's internal access: no condition at all), filtered, restricted to one caller's
+principals, and both — hybrid, one query at a time, phases interleaved round-robin so drift hits each alike, all in
+the same run. End to end (encode + search, as serving does) and the store's search alone (the same query vectors)."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from schemas import DocumentEvent
+from streams.devtools.bench_ingest import Row
+from streams.ml.chunking import Chunker
+from streams.ml.indexer import DocumentIndexer
+from streams.ml.ranking import percentile
+from streams.ml.search import Searcher, SearchRequest
+from streams.ml.serving import bm25
+from streams.settings import Settings
+from streams.state.edge_store import EdgeVectorStore
+from streams.state.encoder import OnnxEncoder
+from streams.state.store import INTERNAL, Access, ChunkPoint, VectorQuery
+
+LANGUAGES = ("en", "de", "fr", "es")
+#: What each phase searches with: (filter, access); the first is the baseline. The filter keeps 40% of the chunks
+#: (years 2015-2024) of one language in four: 10%; the caller may read the public tenth and ~0.5% more.
+PHASES: Mapping[str, tuple[dict[str, Any] | None, Access | None]] = {
+    "unrestricted": (None, INTERNAL),
+    "filtered": ({"metadata.year": {"gte": 2015}, "metadata.lang": "en"}, INTERNAL),
+    "restricted": (None, None),  # to the caller's principals (3 of them), made per run
+    "filtered + restricted": ({"metadata.year": {"gte": 2015}, "metadata.lang": "en"}, None),
+}
+
+
+def labels(n: int, principals: int, rng: np.random.Generator) -> tuple[dict[str, Any], list[str] | None]:
+    """Filler chunk `n`'s metadata and acl: one chunk in ten public, the rest readable by one to three of
+    `principals` users."""
+    metadata = {"year": 2000 + n % 25, "lang": LANGUAGES[n % len(LANGUAGES)]}
+    if n % 10 == 0:
+        return metadata, None
+    return metadata, [f"user:{u}" for u in rng.choice(principals, int(rng.integers(1, 4)), replace=False)]
+
+
+def build_labelled_index(store: EdgeVectorStore, encoder: OnnxEncoder, settings: Settings, chunks: int,
+                         principals: int, real_docs: list[str], vocabulary: list[str]) -> None:
+    """Real documents (public) indexed as ingest does, plus labelled filler up to `chunks` points."""
+    sparse = bm25(settings)
+    chunker = Chunker(encoder.tokenizer, settings.chunk_tokens, settings.chunk_overlap, encoder.max_tokens)
+    DocumentIndexer(store, encoder, chunker, sparse).apply(
+        [DocumentEvent(doc_id=f"real-{i}", version=1, op="upsert", text=t) for i, t in enumerate(real_docs)])
+    rng = np.random.default_rng(11)
+    filler = max(0, chunks - store.count_chunks())
+    for start in range(0, filler, 2_000):
+        count = min(filler, start + 2_000) - start
+        vectors = rng.normal(size=(count, encoder.dim)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        texts = [" ".join(rng.choice(vocabulary, 60)) for _ in range(count)]
+        points = []
+        for j, (text, terms) in enumerate(zip(texts, sparse.embed_documents(texts), strict=True)):
+            metadata, acl = labels(start + j, principals, rng)
+            points.append(ChunkPoint(f"filler-{(start + j) // 4}", (start + j) % 4, text, 1, "filler",
+                                     encoder.version, vectors[j], None, None, terms, metadata, acl))
+        store.upsert_chunks(points)
+
+
+def round_robin(calls: Mapping[str, Callable[[str], object]], queries: list[str]) -> dict[str, list[float]]:
+    """Each query asked in every phase in turn (ms each, per phase)."""
+    out: dict[str, list[float]] = {name: [] for name in calls}
+    for query in queries:
+        for name, call in calls.items():
+            started = time.perf_counter()
+            call(query)
+            out[name].append((time.perf_counter() - started) * 1000)
+    return out
+
+
+def access_rows(settings: Settings, encoder: OnnxEncoder, chunks: int, principals: int, queries: list[str],
+                real_docs: list[str], vocabulary: list[str], console: Console) -> list[Row]:
+    """Filtered and permission-restricted hybrid searches beside unrestricted ones: p50 within 1.3x end to end."""
+    caller = Access.of([f"user:{u}" for u in (7, principals // 2, principals - 1)])
+    with tempfile.TemporaryDirectory(prefix="gristmill-bench-access-") as tmp:
+        console.print(f"building a {chunks:,}-chunk index with metadata and acls over {principals:,} principals...")
+        store = EdgeVectorStore(Path(tmp) / "qdrant", "access", encoder.dim)
+        try:
+            store.index_metadata({"year": "integer", "lang": "keyword"})
+            build_labelled_index(store, encoder, settings, chunks, principals, real_docs, vocabulary)
+            searcher = Searcher(encoder, store, cache_size=0, sparse=bm25(settings), fusion=settings.search_fusion,
+                                candidates=settings.search_candidates, rrf_k=settings.rrf_k)
+            phases = {name: (filter_, access or caller) for name, (filter_, access) in PHASES.items()}
+
+            def served(name: str) -> Callable[[str], object]:
+                filter_, access = phases[name]
+
+                return lambda query: searcher.search_many([SearchRequest(query, 10, filter_ or {}, "hybrid", "chunk",
+                                                                         access)])
+
+
+            vectors = dict(zip(queries, encoder.encode(queries), strict=True))
+            sparse = bm25(settings)
+            lexical = {query: sparse.embed_query(query) for query in queries}
+
+            def stored(name: str) -> Callable[[str], object]:
+                filter_, access = phases[name]
+                return lambda query: store.search(VectorQuery(vectors[query], lexical[query], "hybrid",
+                                                              settings.search_fusion, settings.search_candidates,
+                                                              settings.rrf_k), 10, filter_, access)
+
+            console.print("hybrid searches: unrestricted, filtered, restricted, both (round-robin)...")
+            round_robin({name: served(name) for name in phases}, queries[:20])  # warm-up
+            end_to_end = round_robin({name: served(name) for name in phases}, queries[:300])
+            store_only = round_robin({name: stored(name) for name in phases}, queries[:300])
+            hits = {name: len(stored(name)(queries[0])) for name in phases}  # type: ignore[arg-type]
+            console.print(f"hits of one query per phase (10 asked): {hits}")
+        finally:
+            store.close()
+    return rows_of(chunks, principals, end_to_end, store_only)
+
+
+def rows_of(chunks: int, principals: int, end_to_end: dict[str, list[float]], store_only: dict[str, list[float]]
+            ) -> list[Row]:
+    base_name = next(iter(PHASES))
+    rows = []
+    for label, measured in (("encode + search", end_to_end), ("store search alone", store_only)):
+        base = measured[base_name]
+        for name, values in measured.items():
+            ratio = percentile(values, 50) / percentile(base, 50)
+            check = label == "encode + search" and name != base_name
+            rows.append(Row(f"{chunks:,} chunks, {principals:,} principals, {label}: hybrid p50 / p99, {name} "
+                            "(ms)",
+                            f"{percentile(values, 50):.1f} / {percentile(values, 99):.1f}",
+                            f"{percentile(base, 50):.1f}" if name != base_name else "",
+                            None if name == base_name else 1 / ratio, "p50 <= 1.3x unrestricted" if check else "",
+                            ratio <= 1.3 if check else None))
+    return rows
