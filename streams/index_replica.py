@@ -93,9 +93,10 @@ class IndexReplica(Service):
             raise
         except Exception:
             if len(events) == 1:  # as the ingest agent does: its chunks back to what its ledger entry says
-                doc_id = events[0].doc_id
-                log.warning("document %r not applied to the index copy", doc_id, exc_info=True)
-                await self.threads.write(lambda: self.serving.restore_document(doc_id), f"restoring {doc_id!r}")
+                failed = events[0]
+                log.warning("document %r not applied to the index copy", failed.doc_id, exc_info=True)
+                await self.threads.write(lambda: self.serving.restore_document(failed.doc_id, failed),
+                                         f"restoring {failed.doc_id!r}")
                 return
         for event in events:
             await self.apply([event])

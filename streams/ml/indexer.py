@@ -77,7 +77,9 @@ class DocumentIndexer:
         # chunks get BM25 vectors in the same upsert as the dense ones, where the collection holds them
         self.sparse = sparse if sparse is not None and "sparse" in store.modes else None
 
-    def apply(self, events: Sequence[DocumentEvent]) -> IndexOutcome:
+    def apply(self, events: Sequence[DocumentEvent], resync: bool = False) -> IndexOutcome:
+        """Apply newer versions; with `resync` (a copy from another collection's ledger, which is the truth) an equal
+        version whose acl differs is re-stamped too (a failed write narrowed it there)."""
         outcome = IndexOutcome()
         latest: dict[str, DocumentEvent] = {}
         for event in events:
@@ -93,7 +95,7 @@ class DocumentIndexer:
         with outcome.timing("write"):
             for doc_id, event in latest.items():
                 previous = ledger.get(doc_id)
-                if previous is not None and event.version <= previous.version:
+                if previous is not None and not self._newer(event, previous, resync):
                     outcome.stale += 1
                 elif event.op == "delete":
                     self.store.delete_chunks(doc_id)  # the tombstone keeps the acl: who may learn of the delete
@@ -147,24 +149,34 @@ class DocumentIndexer:
     def restore(self, doc_id: str, failed: DocumentEvent | None = None) -> None:
         """Make the document's chunks what its ledger entry says again (after a write of it failed half-way): the
         ledger's text re-embedded, or no chunks when it is deleted or was never indexed. When the `failed` event is
-        newer than the ledger, they are readable only by whom both acls allow: a revocation in an event that could
-        not be applied still holds."""
+        newer than the ledger, they are readable only by whom both acls allow (by nobody for a failed delete): a
+        revocation in an event that could not be applied still holds."""
         state = self.store.get_documents([doc_id]).get(doc_id)
         if state is None or state.deleted:
             self.store.delete_chunks(doc_id)
             return
-        if failed is not None and failed.version > state.version:
-            state = replace(state, acl=narrowest(state.acl, failed.acl))
-            self.store.put_documents([state])  # the next event compares its acl with this one
+        narrowed = failed is not None and failed.version > state.version
+        if narrowed:  # a failed delete leaves its document to nobody
+            assert failed is not None
+            state = replace(state, acl=[] if failed.op == "delete" else narrowest(state.acl, failed.acl))
         chunks = self.chunker.split(document_content(state.title, state.text))
         texts = [chunk.text for chunk in chunks]
         vectors = self.encoder.encode(texts)
         lexical = self.sparse.embed_documents(texts) if self.sparse is not None else [None] * len(texts)
+        self.store.delete_chunks(doc_id, from_chunk=len(chunks))
         self.store.upsert_chunks([ChunkPoint(doc_id, chunk.number, chunk.text, state.version,
                                              state.content_hash or "", self.encoder.version, vector, state.source,
                                              state.title, terms, state.metadata, state.acl)
                                   for chunk, vector, terms in zip(chunks, vectors, lexical, strict=True)])
-        self.store.delete_chunks(doc_id, from_chunk=len(chunks))
+        if narrowed:
+            self.store.put_documents([state])  # last, as in `apply`: the next event compares its acl with this one
+
+    @staticmethod
+    def _newer(event: DocumentEvent, previous: DocumentState, resync: bool) -> bool:
+        """Whether `event` changes what `previous` says: a newer version, or in a `resync` the same version with
+        another acl."""
+        return event.version > previous.version or (resync and event.version == previous.version
+                                                    and readers_of(previous.acl) != readers_of(event.acl))
 
     def _state(self, event: DocumentEvent, digest: str, chunks: int) -> DocumentState:
         return DocumentState(

@@ -36,8 +36,9 @@ def replay_event(state: DocumentState) -> DocumentEvent:
 
 
 def copy_documents(states: Sequence[DocumentState], target: Serving) -> int:
-    """Bring `target` up to `states`; returns how many documents were (re-)embedded."""
-    return target.indexer().apply([replay_event(s) for s in states]).embedded
+    """Bring `target` up to `states` (acls a failed write narrowed included); returns how many documents were
+    (re-)embedded."""
+    return target.indexer().apply([replay_event(s) for s in states], resync=True).embedded
 
 
 #: Called on the store-writer thread just before the switch; raising aborts it (nothing switches, the current pair

@@ -276,15 +276,17 @@ class ServingSlot:
     def apply_documents(self, events: Sequence[DocumentEvent]) -> IndexOutcome:
         """Apply document events to the serving index (call it on the store-writer thread)."""
         pair = self.current
-        outcome = pair.indexer().apply(events)
-        if outcome.replaced:
-            pair.searcher.invalidate()  # no answer may show the replaced or deleted chunks
-            metrics.CACHE_INVALIDATIONS.labels("local").inc()
-        challenger = self.challenger
-        if challenger is not None and challenger.indexer().apply(events).replaced:  # kept exactly as fresh
-            challenger.searcher.invalidate()
-        if self.written_during_rollout is not None:
-            self.written_during_rollout.update(event.doc_id for event in events)
+        try:
+            outcome = pair.indexer().apply(events)
+            if outcome.replaced:
+                pair.searcher.invalidate()  # no answer may show the replaced or deleted chunks
+                metrics.CACHE_INVALIDATIONS.labels("local").inc()
+            challenger = self.challenger
+            if challenger is not None and challenger.indexer().apply(events).replaced:  # kept exactly as fresh
+                challenger.searcher.invalidate()
+        finally:  # written or half-written: a rollout copies them again
+            if self.written_during_rollout is not None:
+                self.written_during_rollout.update(event.doc_id for event in events)
         return outcome
 
     def restore_document(self, doc_id: str, failed: DocumentEvent | None = None) -> None:
@@ -294,6 +296,8 @@ class ServingSlot:
             if pair is not None:
                 pair.indexer().restore(doc_id, failed)
                 pair.searcher.invalidate()
+        if self.written_during_rollout is not None:
+            self.written_during_rollout.add(doc_id)
 
     def publish_model_info(self) -> None:
         encoder = self.current.encoder

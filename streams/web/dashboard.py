@@ -14,6 +14,7 @@ from prometheus_client import REGISTRY
 
 from streams.ml.evaluation import summarize
 from streams.shared import Shared
+from streams.state.store import PUBLIC, Access
 from streams.topics import TopicNames
 
 
@@ -68,24 +69,31 @@ def shown(text: object, limit: int = SHOWN_CHARS) -> str:
     return value if len(value) <= limit else value[:limit] + "…"
 
 
-def dashboard_state(shared: Shared, trains: bool, recent: int = 20, documents_shown: bool = False) -> dict[str, Any]:
-    """Everything the page shows, as JSON-ready data (`trains`: this worker runs the trainer agent). A dead-lettered
-    document's value (its text, whoever its acl names) is shown only when `documents_shown` (an admin caller)."""
+def dashboard_state(shared: Shared, trains: bool, recent: int = 20, documents_shown: bool = False,
+                    reader: Access = PUBLIC) -> dict[str, Any]:
+    """Everything the page shows, as JSON-ready data (`trains`: this worker runs the trainer agent). Unless
+    `documents_shown` (an admin caller), a dead-lettered document's value (its text, whoever its acl names) is
+    withheld, and the recent queries' top hits and judged documents are shown only where `reader` may read them."""
     cache = counter_by("gristmill_query_cache", "result")
     withheld = set() if documents_shown else {"documents", TopicNames(shared.settings.namespace).documents}
     lookups = sum(cache.values())
     alerts = [{"topic": labels["topic"], "kind": labels["kind"]}
               for _, labels, value in _samples("gristmill_alert") if value > 0]
+    entries = [(entry, entry.response.get("hits") or [], [p for p in shared.pairs.for_query(entry.query_id)
+                                                           if p.source == "feedback"])
+               for entry in shared.query_log.recent(recent)]
+    named = {hits[0]["doc_id"] for _, hits, _ in entries if hits} | {p.doc_id for *_, judged in entries for p in judged}
+    states = {} if documents_shown or not named else shared.serving.current.store.get_documents(sorted(named))
+    readable = named if documents_shown else {doc for doc, state in states.items() if reader.may_read(state.acl)}
     queries = []
-    for entry in shared.query_log.recent(recent):
-        hits = entry.response.get("hits") or []
-        judged = shared.pairs.for_query(entry.query_id)
+    for entry, hits, judged in entries:
+        top = hits[0] if hits and hits[0]["doc_id"] in readable else None
         queries.append({"query_id": shown(entry.query_id), "text": shown(entry.query.get("text")), "via": entry.via,
-                        "answered_at": entry.answered_at, "top_hit": shown(hits[0]["doc_id"]) if hits else None,
-                        "score": hits[0]["score"] if hits else None, "hits": len(hits),
+                        "answered_at": entry.answered_at, "top_hit": shown(top["doc_id"]) if top else None,
+                        "score": top["score"] if top else None, "hits": len(hits),
                         "latency_ms": entry.response.get("latency_ms"), "cached": entry.response.get("cached"),
                         "feedback": [f"{'+' if p.kind == 'positive' else '-'}{p.doc_id}" for p in judged
-                                     if p.source == "feedback"]})
+                                     if p.doc_id in readable]})
     registry_versions = shared.registry.versions()
     current = shared.registry.current()
     serving = shared.serving.current

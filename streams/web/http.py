@@ -217,7 +217,8 @@ def build_http_app(worker: AgentHost) -> web.Application:
     async def dashboard_data(request: web.Request) -> web.Response:
         trains, caller = "trainer" in worker.agents, caller_of(request)
         state = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: dashboard_state(shared, trains, documents_shown=caller is not None and caller.may("admin")))
+            None, lambda: dashboard_state(shared, trains, documents_shown=caller is not None and caller.may("admin"),
+                                          reader=access_of(request)))
         state["caller"] = {"name": caller.name, "roles": sorted(caller.roles)} if caller else None
         return web.json_response(state, dumps=lambda value: json.dumps(value, default=str))
 

@@ -38,10 +38,10 @@ def test_a_write_that_fails_alone_is_skipped_and_its_neighbours_applied(tmp_path
             return applied(events)
 
         serving.apply_documents = apply_documents  # type: ignore[method-assign]
-        serving.restore_document = restored.append  # type: ignore[method-assign]
+        serving.restore_document = lambda doc_id, failed: restored.append((doc_id, failed.version))  # type: ignore[method-assign]
         replica = IndexReplica(harness.settings, serving, threads)
         events = [DocumentEvent(doc_id=d, version=1, op="upsert", text=f"note {d}") for d in ("a", "poison", "b")]
         asyncio.run(replica.apply([*events, DocumentEvent(doc_id="a", version=2, op="delete")]))
         states = serving.current.store.get_documents(["a", "b", "poison"])
         assert states["a"].deleted and states["a"].version == 2 and not states["b"].deleted
-        assert "poison" not in states and restored == ["poison"]
+        assert "poison" not in states and restored == [("poison", 1)]  # told which event failed: its acl counts

@@ -139,6 +139,8 @@ def test_a_write_that_failed_leaves_its_document_to_whom_both_acls_allow(indexer
     assert {who for who, access in readers.items() if store.search(query, 5, None, access)} == {"group:eng"}
     indexer.restore("plan", upsert("plan", 5, LONG))  # a redelivered event, not newer: the ledger's acl
     assert {who for who, access in readers.items() if store.search(query, 5, None, access)} == {"group:eng"}
+    indexer.restore("plan", delete("plan", 6))  # a delete that failed: nobody reads what it meant to remove
+    assert store.chunks("plan") and not any(store.search(query, 5, None, a) for a in readers.values())
 
 
 def test_unchanged_content_is_not_re_embedded(indexer: DocumentIndexer, store: EdgeVectorStore) -> None:

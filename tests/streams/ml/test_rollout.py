@@ -54,3 +54,17 @@ def test_copy_reproduces_the_index_and_resumes_without_re_embedding(pair: tuple[
     DocumentIndexer(source.store, source.encoder, source.chunker).apply([event("a", 3, "oolong at 90 degrees")])
     assert copy_documents(list(source.store.get_documents(["a", "b"]).values()), target) == 1
     assert view(target) == view(source)
+
+
+def test_a_copy_carries_an_acl_that_a_failed_write_narrowed(pair: tuple[Serving, Serving]) -> None:
+    """The target already holds the version, with the wider acl: the source's ledger (narrowed at the same version
+    after a failed write) wins, as a rollback to a collection kept from before must show."""
+    source, target = pair
+    wide = DocumentEvent(doc_id="plan", version=1, op="upsert", text="the plan", acl=["group:eng", "group:hr"])
+    for pair_ in (source, target):
+        DocumentIndexer(pair_.store, pair_.encoder, pair_.chunker).apply([wide])
+    DocumentIndexer(source.store, source.encoder, source.chunker).restore(
+        "plan", DocumentEvent(doc_id="plan", version=2, op="upsert", text="a failed edit", acl=["group:hr"]))
+    assert copy_documents(source.store.all_documents(), target) == 0  # re-stamped, not re-embedded
+    assert {c.acl for c in target.store.chunks("plan")} == {("group:hr",)}
+    assert target.store.get_documents(["plan"])["plan"].acl == ["group:hr"]

@@ -5,6 +5,7 @@ where they are not; an acl change reaches every answer at once."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -120,3 +121,23 @@ def test_without_keys_every_caller_sees_public_documents_only(tmp_path: Path) ->
                 (await client.get("/documents/roadmap")).status, (await client.get("/documents/menu")).status]
 
     assert serve(tmp_path, scenario, keys=False) == [{"menu"}, {"menu"}, 404, 200]
+
+
+def test_the_dashboard_shows_every_callers_queries_but_only_the_hits_its_reader_may_read(tmp_path: Path) -> None:
+    async def scenario(client: TestClient, running: Harness) -> dict[str, Any]:
+        response = await client.post("/search", json={"q": "the engine roadmap", "k": 1}, headers=bearer(ALICE))
+        assert (await response.json())["hits"][0]["doc_id"] == "roadmap"
+        seen: dict[str, Any] = {}
+        for key in (ALICE, CAROL, ADMIN_TOKEN):
+            for _ in range(200):  # the answer is logged just after it is sent
+                body = await (await client.get("/api/dashboard", headers=bearer(key))).json()
+                if body["recent_queries"]:
+                    break
+                await asyncio.sleep(0.01)
+            (query,) = body["recent_queries"]
+            seen[key] = (query["text"], query["top_hit"], query["hits"])
+        return seen
+
+    assert serve(tmp_path, scenario) == {ALICE: ("the engine roadmap", "roadmap", 1),
+                                         CAROL: ("the engine roadmap", None, 1),  # the log's query, not its document
+                                         ADMIN_TOKEN: ("the engine roadmap", "roadmap", 1)}
