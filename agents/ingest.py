@@ -32,12 +32,11 @@ def register(worker: AgentHost) -> None:
 async def index(batch: Sequence[Accepted[DocumentEvent]], *, serving: ServingSlot, threads: StoreThreads,
                 announce: Announce | None = None) -> None:
     """Apply a batch of document events to the serving index, on the writer thread, and observe it; when indexed
-    chunks were rewritten or deleted, tell the other workers (their cached answers may show them) — and when events
-    were stale too: a redelivery after a crash between the write and its announcement announces it again."""
+    chunks were rewritten or deleted, tell the other workers (their cached answers may show them)."""
     metrics.BATCH_RECORDS.labels("ingest").observe(len(batch))
     records = [a.record for a in batch]
     outcome = await threads.write(lambda: serving.apply_documents(records), "index write")
-    if (outcome.replaced or outcome.stale) and announce is not None:
+    if outcome.replaced and announce is not None:
         await announce([r.doc_id for r in records])
     now = time.time()
     for accepted in batch:
