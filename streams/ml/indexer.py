@@ -78,8 +78,9 @@ class DocumentIndexer:
         self.sparse = sparse if sparse is not None and "sparse" in store.modes else None
 
     def apply(self, events: Sequence[DocumentEvent], resync: bool = False) -> IndexOutcome:
-        """Apply newer versions; with `resync` (a copy from another collection's ledger, which is the truth) an equal
-        version whose acl differs is re-stamped too (a failed write narrowed it there)."""
+        """Apply newer versions; with `resync` (a copy from another collection's ledger) an equal version is
+        re-stamped with whom both acls allow, when that is narrower (a failed write narrowed it there): a copy never
+        widens who may read a version."""
         outcome = IndexOutcome()
         latest: dict[str, DocumentEvent] = {}
         for event in events:
@@ -95,6 +96,8 @@ class DocumentIndexer:
         with outcome.timing("write"):
             for doc_id, event in latest.items():
                 previous = ledger.get(doc_id)
+                if resync and previous is not None and event.version == previous.version:
+                    event = event.model_copy(update={"acl": narrowest(previous.acl, event.acl)})
                 if previous is not None and not self._newer(event, previous, resync):
                     outcome.stale += 1
                 elif event.op == "delete":

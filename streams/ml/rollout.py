@@ -36,9 +36,13 @@ def replay_event(state: DocumentState) -> DocumentEvent:
 
 
 def copy_documents(states: Sequence[DocumentState], target: Serving) -> int:
-    """Bring `target` up to `states` (acls a failed write narrowed included); returns how many documents were
+    """Bring `target` up to `states` (acls a failed write narrowed included), dropping its cached answers when that
+    changed what it holds (a retired pair brought back keeps its cache); returns how many documents were
     (re-)embedded."""
-    return target.indexer().apply([replay_event(s) for s in states], resync=True).embedded
+    outcome = target.indexer().apply([replay_event(s) for s in states], resync=True)
+    if outcome.replaced:
+        target.searcher.invalidate()
+    return outcome.embedded
 
 
 #: Called on the store-writer thread just before the switch; raising aborts it (nothing switches, the current pair

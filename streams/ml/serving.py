@@ -292,12 +292,16 @@ class ServingSlot:
     def restore_document(self, doc_id: str, failed: DocumentEvent | None = None) -> None:
         """After a failed write of `doc_id` (by `failed`): its chunks as its ledger entry says, readable only by
         whom both acls allow (on the store-writer thread)."""
-        for pair in (self.current, self.challenger):
-            if pair is not None:
-                pair.indexer().restore(doc_id, failed)
-                pair.searcher.invalidate()
-        if self.written_during_rollout is not None:
-            self.written_during_rollout.add(doc_id)
+        try:
+            for pair in (self.current, self.challenger):
+                if pair is not None:
+                    try:
+                        pair.indexer().restore(doc_id, failed)
+                    finally:  # one pair's failure leaves the other restored all the same
+                        pair.searcher.invalidate()
+        finally:
+            if self.written_during_rollout is not None:
+                self.written_during_rollout.add(doc_id)
 
     def publish_model_info(self) -> None:
         encoder = self.current.encoder

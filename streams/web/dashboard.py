@@ -72,8 +72,9 @@ def shown(text: object, limit: int = SHOWN_CHARS) -> str:
 def dashboard_state(shared: Shared, trains: bool, recent: int = 20, documents_shown: bool = False,
                     reader: Access = PUBLIC) -> dict[str, Any]:
     """Everything the page shows, as JSON-ready data (`trains`: this worker runs the trainer agent). Unless
-    `documents_shown` (an admin caller), a dead-lettered document's value (its text, whoever its acl names) is
-    withheld, and the recent queries' top hits and judged documents are shown only where `reader` may read them."""
+    `documents_shown` (an admin caller), a dead-lettered document's key and value (its id and text, whoever its acl
+    names) are withheld, and the recent queries' top hits and judged documents are shown only where `reader` may
+    read them."""
     cache = counter_by("gristmill_query_cache", "result")
     withheld = set() if documents_shown else {"documents", TopicNames(shared.settings.namespace).documents}
     lookups = sum(cache.values())
@@ -112,7 +113,8 @@ def dashboard_state(shared: Shared, trains: bool, recent: int = 20, documents_sh
         "agent_crashes": counter_by("gristmill_agent_crashes", "agent"),
         "degraded_agents": shared.health.degraded(),
         "alerts": alerts,
-        "dead_letters": [{"topic": d.topic, "partition": d.partition, "offset": d.offset, "key": shown(d.key, 80),
+        "dead_letters": [{"topic": d.topic, "partition": d.partition, "offset": d.offset,
+                          "key": None if d.topic in withheld else shown(d.key, 80),  # a document's key is its id
                           "value": None if d.topic in withheld else shown(d.value, 160),
                           "value_withheld": d.topic in withheld,
                           "value_encoding": d.value_encoding,

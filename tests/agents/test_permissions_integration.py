@@ -59,7 +59,7 @@ def call(worker: WorkerProcess, path: str, key: str | None, **params: Any) -> tu
 
 
 def found(worker: WorkerProcess, key: str) -> tuple[set[str], bool]:
-    status, body = call(worker, "/search", key, q="the quarterly plan", k=50, group="doc")
+    status, body = call(worker, "/search", key, q="the quarterly plan", k=1000, group="doc")
     assert status == 200, status
     return {hit["doc_id"] for hit in body["hits"]}, body["cached"]
 
@@ -85,7 +85,7 @@ def test_no_answer_over_kafka_or_http_holds_a_document_its_caller_may_not_read(
         produce_documents(broker, DOCS)
         workers[0].wait_for(lambda: all(held for held in holders(workers, docs).values()), 90,
                             "every document indexed by one worker or the other")
-        assert all(len(held) == 1 for held in holders(workers, docs).values())  # each index its own partitions
+        assert all(len(held) == 1 for held in holders(workers, DOCS).values())  # each index its own partitions
 
         assert {call(w, "/search", None, q="plan")[0] for w in workers} == {401}  # keys configured: no key, no answer
         for key, principals in PRINCIPALS.items():
@@ -99,7 +99,7 @@ def test_no_answer_over_kafka_or_http_holds_a_document_its_caller_may_not_read(
             for principals in (None, *PRINCIPALS.values()):
                 for mode in ("dense", "sparse", "hybrid"):
                     for n in range(3):  # several query ids: partitions of both workers
-                        asked[roundtrip.send(f"the quarterly plan {n}", 50, mode=mode, principals=principals,
+                        asked[roundtrip.send(f"the quarterly plan {n}", 1000, mode=mode, principals=principals,
                                              query_id=f"q-{mode}-{n}-{len(asked)}")] = principals
             answers = roundtrip.wait(asked, 90)
         shown = {query_id: {hit["doc_id"] for hit in answers[query_id].response["hits"]} for query_id in asked}

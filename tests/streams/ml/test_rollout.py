@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from streams.ml.search import Searcher
 from streams.ml.serving import Serving
 from streams.state.edge_store import EdgeVectorStore
 from streams.state.encoder import OnnxEncoder
+from streams.state.store import Access
 
 
 def serving(path: Path, encoder: OnnxEncoder) -> Serving:
@@ -65,6 +67,24 @@ def test_a_copy_carries_an_acl_that_a_failed_write_narrowed(pair: tuple[Serving,
         DocumentIndexer(pair_.store, pair_.encoder, pair_.chunker).apply([wide])
     DocumentIndexer(source.store, source.encoder, source.chunker).restore(
         "plan", DocumentEvent(doc_id="plan", version=2, op="upsert", text="a failed edit", acl=["group:hr"]))
+    hr = Access.of(["group:hr"])
+    target = replace(target, searcher=Searcher(target.encoder, target.store))  # caching, as serving does
+    target.searcher.search("the plan", 1, access=hr)
+    assert target.searcher.search("the plan", 1, access=hr).cached
     assert copy_documents(source.store.all_documents(), target) == 0  # re-stamped, not re-embedded
+    assert {c.acl for c in target.store.chunks("plan")} == {("group:hr",)}
+    assert target.store.get_documents(["plan"])["plan"].acl == ["group:hr"]
+    assert not target.searcher.search("the plan", 1, access=hr).cached  # what it held changed: its cache went
+
+
+def test_a_copy_never_widens_who_may_read_a_version(pair: tuple[Serving, Serving]) -> None:
+    """The target narrowed (its own failed write) while the source was not: the copy keeps the narrower acl."""
+    source, target = pair
+    wide = DocumentEvent(doc_id="plan", version=1, op="upsert", text="the plan", acl=["group:eng", "group:hr"])
+    for pair_ in (source, target):
+        DocumentIndexer(pair_.store, pair_.encoder, pair_.chunker).apply([wide])
+    DocumentIndexer(target.store, target.encoder, target.chunker).restore(
+        "plan", DocumentEvent(doc_id="plan", version=2, op="upsert", text="a failed edit", acl=["group:hr"]))
+    copy_documents(source.store.all_documents(), target)
     assert {c.acl for c in target.store.chunks("plan")} == {("group:hr",)}
     assert target.store.get_documents(["plan"])["plan"].acl == ["group:hr"]
