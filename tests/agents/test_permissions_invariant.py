@@ -56,7 +56,7 @@ experiment = st.tuples(st.just("experiment"), st.sampled_from(("shadow", "split"
                        st.sampled_from(VERSIONS), st.sampled_from((0.5, 1.0)))
 promote = st.tuples(st.just("promote"), st.sampled_from(VERSIONS))
 steps = st.lists(st.one_of(put, put, fail, delete, ask_kafka, ask_kafka, ask_http, ask_http, experiment, promote,
-                           st.just(("rollback",)), st.just(("settle",))), min_size=4, max_size=30)
+                           st.just(("rollback",)), st.just(("settle",)), st.just(("look",))), min_size=4, max_size=30)
 #: Documents first (most of them restricted), then anything, then every caller asks in every mode and grouping.
 programs = st.tuples(st.lists(st.tuples(st.just("put"), st.sampled_from(DOCS), texts, acls | restricted),
                               min_size=3, max_size=6), steps).map(lambda parts: parts[0] + parts[1])
@@ -67,6 +67,9 @@ DURING = [("ask_http", {"text": "plan budget", "k": 8, "mode": "hybrid", "group"
           ("ask_kafka", {"text": "roadmap salary", "k": 8, "mode": "dense", "group": "doc", "user": "u2"},
            ["user:ann"])]
 FAILS = "unstorable"  # a text holding it is refused by the store (`RefusingStore`)
+LOOK = [("ask_http", {"text": EVERYTHING, "k": 8, "mode": "hybrid", "group": "doc", "user": "u1"}, key, "GET")
+        for key in KEYS] + [("ask_kafka", {"text": EVERYTHING, "k": 8, "mode": "dense", "group": "chunk", "user": "u3"},
+                             ["group:eng"])]
 SWEEP = [step for mode in ("dense", "sparse", "hybrid") for group in ("chunk", "doc") for step in (
     *[("ask_http", {"text": EVERYTHING, "k": 8, "mode": mode, "group": group, "user": user}, key, "POST")
       for key in (*KEYS, SETTINGS["admin_token"]) for user in ("u1", "u2")],
@@ -209,6 +212,9 @@ async def scenario(client: TestClient, harness: Harness, program: list[tuple[Any
                     return
             case ("settle",):
                 await settle()
+            case ("look",):  # everything, as a few callers: cached, and must be exact whenever asked again
+                for look in LOOK:
+                    await run(look, n)
 
     for n, step in enumerate(program):
         await run(step, n)
@@ -219,15 +225,16 @@ async def scenario(client: TestClient, harness: Harness, program: list[tuple[Any
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True,
           print_blob=True)
-@given(program=programs)
-def test_no_answer_ever_holds_a_document_its_caller_may_not_read(program: list[tuple[Any, ...]]) -> None:
+@given(program=programs, retire_after_s=st.sampled_from((0.0, 3600.0)))  # a retired pair closed, or kept warm
+def test_no_answer_ever_holds_a_document_its_caller_may_not_read(program: list[tuple[Any, ...]],
+                                                                 retire_after_s: float) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (root / "keys.json").write_text(json.dumps({"keys": [
             {"key": key, "name": key.split("-")[1], "principals": principals, "roles": ["search", "read"]}
             for key, principals in KEYS.items()]}), encoding="utf-8")
         registry = double_registry(root / "models", versions=VERSIONS, dim=DIM)
-        options = {**SETTINGS, "api_keys_file": root / "keys.json"}
+        options = {**SETTINGS, "api_keys_file": root / "keys.json", "rollout_retire_after_s": retire_after_s}
         harness = Harness(root, registry=registry, opener=edge_pairs(Settings(data_dir=root, **options)), **options)
         with harness.register("ingest", "query", "rollout", "experiment") as running:
             async def main() -> Truth:
