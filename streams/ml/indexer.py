@@ -162,6 +162,7 @@ class DocumentIndexer:
         if narrowed:  # a failed delete leaves its document to nobody
             assert failed is not None
             state = replace(state, acl=[] if failed.op == "delete" else narrowest(state.acl, failed.acl))
+            self.store.set_chunk_version(doc_id, state.version, acl=state.acl)  # first, needing no encoder
         chunks = self.chunker.split(document_content(state.title, state.text))
         texts = [chunk.text for chunk in chunks]
         vectors = self.encoder.encode(texts)

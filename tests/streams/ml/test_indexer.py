@@ -176,3 +176,26 @@ def test_equal_versions_apply_once_whatever_the_batching(indexer: DocumentIndexe
     indexer.apply([upsert("b", 2, "first")])
     indexer.apply([upsert("b", 2, "second")])
     assert [c.text for c in store.chunks("a")] == [c.text for c in store.chunks("b")] == ["first"]
+
+
+class EncoderDown:
+    """The encoder, unable to encode (an outage while a failed write is restored)."""
+
+    def __init__(self, encoder: OnnxEncoder) -> None:
+        self._encoder = encoder
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._encoder, name)
+
+    def encode(self, texts: list[str]) -> object:
+        raise RuntimeError("the encoder is down")
+
+
+def test_a_revocation_holds_even_when_restoring_cannot_encode(indexer: DocumentIndexer, store: EdgeVectorStore) -> None:
+    indexer.apply([upsert("plan", 1, LONG, acl=["group:eng", "group:hr"])])
+    query = VectorQuery(indexer.encoder.encode(["consumers commit offsets"])[0])
+    down = DocumentIndexer(store, EncoderDown(indexer.encoder), indexer.chunker)  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError):
+        down.restore("plan", upsert("plan", 2, "the edit that failed", acl=["group:hr"]))
+    assert store.search(query, 5, None, Access.of(["group:eng"])) == []
+    assert store.search(query, 5, None, Access.of(["group:hr"]))
