@@ -18,17 +18,15 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from schemas import DocumentEvent
 from streams.devtools.bench_ingest import Row
-from streams.ml.chunking import Chunker
-from streams.ml.indexer import DocumentIndexer
+from streams.devtools.bench_query import build_index
 from streams.ml.ranking import percentile
 from streams.ml.search import Searcher, SearchRequest
 from streams.ml.serving import bm25
 from streams.settings import Settings
 from streams.state.edge_store import EdgeVectorStore
 from streams.state.encoder import OnnxEncoder
-from streams.state.store import INTERNAL, PUBLIC, Access, ChunkPoint, VectorQuery
+from streams.state.store import INTERNAL, PUBLIC, Access, VectorQuery
 
 LANGUAGES = ("en", "de", "fr", "es")
 #: What each phase searches with: (filter, access); the first is the baseline. The filter keeps 40% of the chunks
@@ -51,30 +49,6 @@ def labels(principals: int, rng: np.random.Generator) -> tuple[dict[str, Any], l
     if rng.random() < 0.1:
         return metadata, None
     return metadata, [f"user:{u}" for u in rng.choice(principals, int(rng.integers(1, 4)), replace=False)]
-
-
-def build_labelled_index(store: EdgeVectorStore, encoder: OnnxEncoder, settings: Settings, chunks: int,
-                         principals: int, real_docs: list[str], vocabulary: list[str]) -> None:
-    """Real documents indexed as ingest does, plus filler up to `chunks` points, all labelled (`labels`)."""
-    sparse = bm25(settings)
-    chunker = Chunker(encoder.tokenizer, settings.chunk_tokens, settings.chunk_overlap, encoder.max_tokens)
-    rng = np.random.default_rng(11)
-    real = [(text, *labels(principals, rng)) for text in real_docs]
-    DocumentIndexer(store, encoder, chunker, sparse).apply(
-        [DocumentEvent(doc_id=f"real-{i}", version=1, op="upsert", text=text, metadata=metadata, acl=acl)
-         for i, (text, metadata, acl) in enumerate(real)])
-    filler = max(0, chunks - store.count_chunks())
-    for start in range(0, filler, 2_000):
-        count = min(filler, start + 2_000) - start
-        vectors = rng.normal(size=(count, encoder.dim)).astype(np.float32)
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        texts = [" ".join(rng.choice(vocabulary, 60)) for _ in range(count)]
-        points = []
-        for j, (text, terms) in enumerate(zip(texts, sparse.embed_documents(texts), strict=True)):
-            metadata, acl = labels(principals, rng)
-            points.append(ChunkPoint(f"filler-{(start + j) // 4}", (start + j) % 4, text, 1, "filler",
-                                     encoder.version, vectors[j], None, None, terms, metadata, acl))
-        store.upsert_chunks(points)
 
 
 class TooFewHits(AssertionError):
@@ -106,7 +80,8 @@ def access_rows(settings: Settings, encoder: OnnxEncoder, chunks: int, principal
         store = EdgeVectorStore(Path(tmp) / "qdrant", "access", encoder.dim)
         try:
             store.index_metadata({"year": "integer", "lang": "keyword"})
-            build_labelled_index(store, encoder, settings, chunks, principals, real_docs, vocabulary)
+            rng = np.random.default_rng(11)
+            build_index(store, encoder, settings, chunks, real_docs, vocabulary, lambda: labels(principals, rng))
             searcher = Searcher(encoder, store, cache_size=0, sparse=bm25(settings), fusion=settings.search_fusion,
                                 candidates=settings.search_candidates, rrf_k=settings.rrf_k)
             phases = {name: (filter_, access or caller) for name, (filter_, access) in PHASES.items()}
