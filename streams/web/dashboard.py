@@ -69,14 +69,12 @@ def shown(text: object, limit: int = SHOWN_CHARS) -> str:
     return value if len(value) <= limit else value[:limit] + "…"
 
 
-def dashboard_state(shared: Shared, trains: bool, recent: int = 20, documents_shown: bool = False,
-                    reader: Access = PUBLIC) -> dict[str, Any]:
-    """Everything the page shows, as JSON-ready data (`trains`: this worker runs the trainer agent). Unless
-    `documents_shown` (an admin caller), a dead-lettered document's key and value (its id and text, whoever its acl
-    names) are withheld, and the recent queries' top hits and judged documents are shown only where `reader` may
-    read them."""
+def dashboard_state(shared: Shared, trains: bool, recent: int = 20, reader: Access = PUBLIC) -> dict[str, Any]:
+    """Everything the page shows, as JSON-ready data (`trains`: this worker runs the trainer agent). The recent
+    queries' top hits and judged documents are shown only where `reader` may read them, and a dead-lettered
+    document's key and value (its id and text, whoever its acl names) only to an internal reader (an admin)."""
     cache = counter_by("gristmill_query_cache", "result")
-    withheld = set() if documents_shown else {"documents", TopicNames(shared.settings.namespace).documents}
+    withheld = set() if reader.internal else {"documents", TopicNames(shared.settings.namespace).documents}
     lookups = sum(cache.values())
     alerts = [{"topic": labels["topic"], "kind": labels["kind"]}
               for _, labels, value in _samples("gristmill_alert") if value > 0]
@@ -84,8 +82,8 @@ def dashboard_state(shared: Shared, trains: bool, recent: int = 20, documents_sh
                                                            if p.source == "feedback"])
                for entry in shared.query_log.recent(recent)]
     named = {hits[0]["doc_id"] for _, hits, _ in entries if hits} | {p.doc_id for *_, judged in entries for p in judged}
-    states = {} if documents_shown or not named else shared.serving.current.store.get_documents(sorted(named))
-    readable = named if documents_shown else {doc for doc, state in states.items() if reader.may_read(state.acl)}
+    states = {} if reader.internal or not named else shared.serving.current.store.get_documents(sorted(named))
+    readable = named if reader.internal else {doc for doc, state in states.items() if reader.may_read(state.acl)}
     queries = []
     for entry, hits, judged in entries:
         top = hits[0] if hits and hits[0]["doc_id"] in readable else None

@@ -37,7 +37,7 @@ from streams.state.errors import (
     UnknownModelVersion,
 )
 from streams.state.query_log import LoggedQuery
-from streams.state.store import Access
+from streams.state.store import INTERNAL, Access
 from streams.store_threads import WriteAborted
 from streams.web.api_keys import ApiKeys
 from streams.web.dashboard import PAGE, dashboard_state
@@ -216,9 +216,9 @@ def build_http_app(worker: AgentHost) -> web.Application:
     @routes.get("/api/dashboard")
     async def dashboard_data(request: web.Request) -> web.Response:
         trains, caller = "trainer" in worker.agents, caller_of(request)
-        state = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: dashboard_state(shared, trains, documents_shown=caller is not None and caller.may("admin"),
-                                          reader=access_of(request)))
+        reader = INTERNAL if caller is not None and caller.may("admin") else access_of(request)  # admins: all of it
+        state = await asyncio.get_running_loop().run_in_executor(None, lambda: dashboard_state(shared, trains,
+                                                                                              reader=reader))
         state["caller"] = {"name": caller.name, "roles": sorted(caller.roles)} if caller else None
         return web.json_response(state, dumps=lambda value: json.dumps(value, default=str))
 
