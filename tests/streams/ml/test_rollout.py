@@ -58,15 +58,21 @@ def test_copy_reproduces_the_index_and_resumes_without_re_embedding(pair: tuple[
     assert view(target) == view(source)
 
 
+def both_hold_plan_then_one_narrows(pair: tuple[Serving, Serving], narrowed: Serving) -> None:
+    """`plan` at version 1 for eng and hr in both collections; then, in `narrowed` only, a write of version 2 for hr
+    alone fails half-way (restored to version 1, readable by hr only)."""
+    wide = DocumentEvent(doc_id="plan", version=1, op="upsert", text="the plan", acl=["group:eng", "group:hr"])
+    for serving_ in pair:
+        DocumentIndexer(serving_.store, serving_.encoder, serving_.chunker).apply([wide])
+    DocumentIndexer(narrowed.store, narrowed.encoder, narrowed.chunker).restore(
+        "plan", DocumentEvent(doc_id="plan", version=2, op="upsert", text="a failed edit", acl=["group:hr"]))
+
+
 def test_a_copy_carries_an_acl_that_a_failed_write_narrowed(pair: tuple[Serving, Serving]) -> None:
     """The target already holds the version, with the wider acl: the source's ledger (narrowed at the same version
     after a failed write) wins, as a rollback to a collection kept from before must show."""
     source, target = pair
-    wide = DocumentEvent(doc_id="plan", version=1, op="upsert", text="the plan", acl=["group:eng", "group:hr"])
-    for pair_ in (source, target):
-        DocumentIndexer(pair_.store, pair_.encoder, pair_.chunker).apply([wide])
-    DocumentIndexer(source.store, source.encoder, source.chunker).restore(
-        "plan", DocumentEvent(doc_id="plan", version=2, op="upsert", text="a failed edit", acl=["group:hr"]))
+    both_hold_plan_then_one_narrows(pair, narrowed=source)
     hr = Access.of(["group:hr"])
     target = replace(target, searcher=Searcher(target.encoder, target.store))  # caching, as serving does
     target.searcher.search("the plan", 1, access=hr)
@@ -80,11 +86,7 @@ def test_a_copy_carries_an_acl_that_a_failed_write_narrowed(pair: tuple[Serving,
 def test_a_copy_never_widens_who_may_read_a_version(pair: tuple[Serving, Serving]) -> None:
     """The target narrowed (its own failed write) while the source was not: the copy keeps the narrower acl."""
     source, target = pair
-    wide = DocumentEvent(doc_id="plan", version=1, op="upsert", text="the plan", acl=["group:eng", "group:hr"])
-    for pair_ in (source, target):
-        DocumentIndexer(pair_.store, pair_.encoder, pair_.chunker).apply([wide])
-    DocumentIndexer(target.store, target.encoder, target.chunker).restore(
-        "plan", DocumentEvent(doc_id="plan", version=2, op="upsert", text="a failed edit", acl=["group:hr"]))
+    both_hold_plan_then_one_narrows(pair, narrowed=target)
     copy_documents(source.store.all_documents(), target)
     assert {c.acl for c in target.store.chunks("plan")} == {("group:hr",)}
     assert target.store.get_documents(["plan"])["plan"].acl == ["group:hr"]
