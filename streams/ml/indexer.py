@@ -158,10 +158,9 @@ class DocumentIndexer:
         if state is None or state.deleted:
             self.store.delete_chunks(doc_id)
             return
-        narrowed = failed is not None and failed.version > state.version
-        if narrowed:  # a failed delete leaves its document to nobody
-            assert failed is not None
-            state = replace(state, acl=[] if failed.op == "delete" else narrowest(state.acl, failed.acl))
+        narrowing = failed if failed is not None and failed.version > state.version else None
+        if narrowing is not None:  # a failed delete leaves its document to nobody
+            state = replace(state, acl=[] if narrowing.op == "delete" else narrowest(state.acl, narrowing.acl))
             self.store.set_chunk_version(doc_id, state.version, acl=state.acl)  # first, needing no encoder
         chunks = self.chunker.split(document_content(state.title, state.text))
         texts = [chunk.text for chunk in chunks]
@@ -172,7 +171,7 @@ class DocumentIndexer:
                                              state.content_hash or "", self.encoder.version, vector, state.source,
                                              state.title, terms, state.metadata, state.acl)
                                   for chunk, vector, terms in zip(chunks, vectors, lexical, strict=True)])
-        if narrowed:
+        if narrowing is not None:
             self.store.put_documents([state])  # last, as in `apply`: the next event compares its acl with this one
 
     @staticmethod
