@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
+from streams.devtools.bench_index import build_index
 from streams.devtools.bench_ingest import Row
-from streams.devtools.bench_query import build_index
 from streams.ml.ranking import percentile
 from streams.ml.search import Searcher, SearchRequest
 from streams.ml.serving import bm25

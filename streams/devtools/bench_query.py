@@ -13,22 +13,19 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import aiohttp
-import numpy as np
 from rich.console import Console
 
-from schemas import DocumentEvent
 from streams.broker import EmbeddedBroker
+from streams.devtools.bench_access import access_rows
+from streams.devtools.bench_index import build_index
 from streams.devtools.bench_ingest import Row, bench_texts, print_rows
 from streams.devtools.bench_state import run_state_backends
 from streams.devtools.ingest_rig import NAMESPACE
 from streams.devtools.worker_process import WorkerProcess
-from streams.ml.chunking import Chunker
-from streams.ml.indexer import DocumentIndexer
 from streams.ml.ranking import percentile
-from streams.ml.serving import bm25, collection_name, open_encoder, open_registry
+from streams.ml.serving import collection_name, open_encoder, open_registry
 from streams.roundtrip import QueryRoundTrip
 from streams.settings import Settings
 from streams.state.edge_store import EdgeVectorStore
@@ -36,37 +33,6 @@ from streams.state.encoder import OnnxEncoder
 from streams.state.registry import LocalModelRegistry, ModelVersion, ensure_base_model
 from streams.state.store import ChunkPoint
 from streams.topics import create_topics
-
-#: A document's or filler chunk's metadata and acl (None: public), drawn per document or chunk.
-Label = Callable[[], tuple[dict[str, Any], list[str] | None]]
-
-
-def unlabelled() -> tuple[dict[str, Any], list[str] | None]:
-    return {}, None
-
-
-def build_index(store: EdgeVectorStore, encoder: OnnxEncoder, settings: Settings, chunks: int,
-                real_docs: list[str], vocabulary: list[str], label: Label = unlabelled) -> list[ChunkPoint]:
-    """Real documents indexed as ingest indexes them, plus filler up to `chunks` points: random unit vectors and
-    texts of random corpus words with their BM25 vectors (search cost depends on the count, not the content); each
-    document and filler chunk with the metadata and acl `label` draws. Returns the points with their vectors up to
-    20,000 chunks (none above)."""
-    sparse = bm25(settings)
-    chunker = Chunker(encoder.tokenizer, settings.chunk_tokens, settings.chunk_overlap, encoder.max_tokens)
-    DocumentIndexer(store, encoder, chunker, sparse).apply(
-        [DocumentEvent(doc_id=f"real-{i}", version=1, op="upsert", text=t, metadata=metadata, acl=acl)
-         for i, t in enumerate(real_docs) for metadata, acl in [label()]])
-    rng = np.random.default_rng(5)
-    filler_count = max(0, chunks - store.count_chunks())
-    vectors = rng.normal(size=(filler_count, encoder.dim)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    for start in range(0, filler_count, 2_000):
-        texts = [" ".join(rng.choice(vocabulary, 60)) for _ in range(start, min(filler_count, start + 2_000))]
-        store.upsert_chunks([ChunkPoint(f"filler-{(start + j) // 4}", (start + j) % 4, text, 1, "filler",
-                                        encoder.version, vectors[start + j], None, None, terms, *label())
-                             for j, (text, terms) in enumerate(zip(texts, sparse.embed_documents(texts),
-                                                                   strict=True))])
-    return store.all_chunks(with_vectors=True) if chunks <= 20_000 else []
 
 
 def latencies(call: Callable[[str], object], queries: list[str]) -> list[float]:
@@ -155,8 +121,6 @@ def run_query_bench(settings: Settings, sizes: Sequence[int], console: Console, 
                     rows += experiment_rows(settings, model, encoder, data_dir, Path(tmp) / "registry", broker,
                                             queries, long[:100], vocabulary, chunks, console)
             rows += mode_rows(chunks, http_ms, qps, base_ms, check=chunks >= 100_000)
-    from streams.devtools.bench_access import access_rows  # it builds its index with `build_index`
-
     rows += access_rows(settings, encoder, max(sizes), principals, queries, long[:100], vocabulary, console)
     print_rows("gristmill bench query", rows, console)
     return rows
