@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     search_candidates: int = Field(default=100, ge=1, le=10_000, description="Chunks each side of a hybrid search "
                                                                              "prefetches for the fusion.")
     rrf_k: int = Field(default=60, ge=1, description="Reciprocal rank fusion constant.")
+    search_exact_first: bool = Field(default=True, description="A sparse or hybrid query holding identifier-like "
+                                     "tokens (codes, error numbers, function names) ranks the fused candidates "
+                                     "containing them verbatim first.")
     group_candidates: int = Field(default=4, ge=1, le=100, description="Chunks fetched per document asked for by "
                                                                         "a document-level search (more when needed).")
     bm25_k1: float = Field(default=1.2, gt=0, description="BM25 term-frequency saturation.")

@@ -22,11 +22,13 @@ bench_app = typer.Typer(help="Benchmarks, each against a baseline measured in th
 deadletter_app = typer.Typer(help="Inspect dead letters and replay fixed records.", no_args_is_help=True)
 experiment_app = typer.Typer(help="Live experiments of a candidate version: shadow, split, interleave.",
                              no_args_is_help=True)
+dataset_app = typer.Typer(help="Write evaluation sets in BEIR format for `gristmill eval`.", no_args_is_help=True)
 app.add_typer(produce_app, name="produce")
 app.add_typer(bench_app, name="bench")
 app.add_typer(deadletter_app, name="deadletter")
 app.add_typer(experiment_app, name="experiment")
 app.add_typer(state.state_app, name="state")
+app.add_typer(dataset_app, name="dataset")
 
 for command in (stack.up, stack.demo, stack.status, query.search, query.ask, models.retrain, models.rollback,
                 models.promote, models.reindex, models.models):
@@ -35,6 +37,7 @@ app.command("eval")(query.evaluate)
 app.command("evaluation")(experiments.evaluation)
 for command in (experiments.start, experiments.stop, experiments.promote, experiments.status):
     experiment_app.command()(command)
+dataset_app.command("identifiers")(query.dataset_identifiers)
 produce_app.command("documents")(produce.produce_documents)
 produce_app.command("feedback")(produce.produce_feedback)
 deadletter_app.command("inspect")(deadletter.deadletter_inspect)

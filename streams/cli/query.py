@@ -139,3 +139,17 @@ def evaluate(
     console.print(table)
     if ref and "dense" in runs and runs["dense"].scores["nDCG@10"] < ref["nDCG@10"] - 0.01:
         raise fail("the pipeline's dense nDCG@10 is more than 0.01 below the reference", status=3)
+
+
+def dataset_identifiers(
+    out: Annotated[Path, typer.Argument(help="Folder to write the BEIR-format set into (created).")],
+    seed: Annotated[int, typer.Option(help="Another seed, another set (tune on one, report another).")] = 0,
+) -> None:
+    """Write the exact-identifier set: 200 maintenance notes, 40 queries that are each one code, error number or
+    function name; `gristmill eval OUT` scores it (Success@1: the note holding it first)."""
+    from streams.devtools.identifier_set import write_identifier_set
+
+    if out.exists() and any(out.iterdir()):
+        raise fail("cannot write the set: ", f"{out} is not empty", status=2)
+    documents, queries = write_identifier_set(out, seed)
+    console.print(untrusted(f"{documents} documents, {queries} queries -> {out}"))

@@ -47,6 +47,7 @@ class Ranking:
     threads: int = 2  # ONNX Runtime threads of the candidate's encoder
     batch_size: int = 32
     batch_tokens: int = 1024
+    exact_first: bool = True
 
     @classmethod
     def of(cls, settings: Settings, modes: frozenset[str]) -> Ranking:
@@ -55,7 +56,7 @@ class Ranking:
         s = settings
         return cls(s.search_mode if s.search_mode in modes else "dense", s.search_fusion, s.search_candidates,
                    s.rrf_k, s.group_candidates, Bm25Parameters(s.bm25_k1, s.bm25_b, s.bm25_avg_len), s.onnx_threads,
-                   s.encode_batch_size, s.encode_batch_tokens)
+                   s.encode_batch_size, s.encode_batch_tokens, s.search_exact_first)
 
     def encoder(self, model: ModelVersion) -> OnnxEncoder:
         """An ONNX Runtime encoder of `model` with serving's threads and batch bounds."""
@@ -133,7 +134,7 @@ class HeldOutIndex:
             r = self.ranking
             searcher = Searcher(encoder, store, cache_size=0, sparse=self.sparse, default_mode=r.mode,
                                 fusion=r.fusion, candidates=r.candidates, rrf_k=r.rrf_k,
-                                group_candidates=r.group_candidates)
+                                group_candidates=r.group_candidates, exact_first=r.exact_first)
             query_ids = list(judged)
             rankings: dict[str, list[SearchHit]] = {}
             for start in range(0, len(query_ids), EVAL_BATCH):

@@ -30,12 +30,14 @@ def mrr_at(ranking: Sequence[str], judged: Mapping[str, int], k: int) -> float:
 
 
 def score_rankings(rankings: Mapping[str, Sequence[str]], qrels: Qrels) -> dict[str, float]:
-    """Mean nDCG@10, Recall@100 and MRR@10 over the judged queries that were ranked."""
+    """Mean nDCG@10, Recall@100, MRR@10 and Success@1 (a relevant document first) over the judged queries that
+    were ranked."""
     judged = [q for q in qrels if q in rankings]
     return {
         "nDCG@10": statistics.fmean(ndcg_at(rankings[q], qrels[q], 10) for q in judged),
         "Recall@100": statistics.fmean(recall_at(rankings[q], qrels[q], 100) for q in judged),
         "MRR@10": statistics.fmean(mrr_at(rankings[q], qrels[q], 10) for q in judged),
+        "Success@1": statistics.fmean(mrr_at(rankings[q], qrels[q], 1) for q in judged),
     }
 
 

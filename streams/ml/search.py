@@ -12,6 +12,7 @@ from cachetools import TTLCache
 
 from schemas.records import FilterValue, filter_cache_key, validate_filter
 from streams import metrics
+from streams.ml.exact import exact_first, identifier_tokens
 from streams.state.encoder import Encoder
 from streams.state.sparse import SparseEncoder
 from streams.state.store import PUBLIC, Access, Fusion, Mode, SearchHit, VectorQuery, VectorStore
@@ -62,7 +63,9 @@ class Searcher:
 
     Dense, sparse (BM25) and hybrid searches all run inside the store (hybrid: both rankings prefetched and fused
     by Qdrant); a mode the collection cannot answer (one made before chunks carried sparse vectors) is answered
-    dense, and the result says so. Document-level searches read chunks until they have `limit` documents.
+    dense, and the result says so. Document-level searches read chunks until they have `limit` documents. With
+    `exact_first`, a sparse or hybrid query holding identifier-like tokens reads at least `candidates` fused
+    chunks and ranks those containing the tokens verbatim first (`streams.ml.exact`).
 
     Repeated queries within the same versions and access come from a TTL cache, bounded by entries and by bytes. The TTL
     bounds how long a cached answer can miss documents indexed after it; an index write that replaces or deletes
@@ -73,7 +76,7 @@ class Searcher:
     def __init__(self, encoder: Encoder, store: VectorStore, index_version: str | None = None,
                  cache_size: int = 10_000, cache_ttl_s: float = 30.0, cache_bytes: int = 64 * 2**20,
                  sparse: SparseEncoder | None = None, default_mode: Mode = "hybrid", fusion: Fusion = "rrf",
-                 candidates: int = 100, rrf_k: int = 60, group_candidates: int = 4) -> None:
+                 candidates: int = 100, rrf_k: int = 60, group_candidates: int = 4, exact_first: bool = True) -> None:
         self.encoder = encoder
         self.store = store
         self.sparse = sparse
@@ -82,6 +85,7 @@ class Searcher:
         self.candidates = candidates
         self.rrf_k = rrf_k
         self.group_candidates = group_candidates
+        self.exact_first = exact_first
         self.index_version = index_version or encoder.version
         # every entry costs at least `cache_bytes / cache_size`: at most `cache_size` entries, `cache_bytes` bytes
         least = max(1, cache_bytes // max(1, cache_size))
@@ -152,16 +156,21 @@ class Searcher:
         return results  # type: ignore[return-value]
 
     def _find(self, query: VectorQuery, request: SearchRequest) -> list[SearchHit]:
-        """Chunk hits, or one hit per document (its best chunk, scored as fused for the document)."""
+        """Chunk hits, or one hit per document (its best chunk, scored as fused for the document); exact matches
+        of the query's identifiers first where the mode is lexical."""
+        tokens = identifier_tokens(request.text) if self.exact_first and query.mode != "dense" else ()
+        least = query.candidates if tokens else 0  # enough fused candidates for an exact match to be among them
         if request.group == "chunk":
-            return self.store.search(replace(query, candidates=max(query.candidates, request.limit)), request.limit,
-                                     request.filter, request.access)
-        fetch = min(MAX_CANDIDATES, request.limit * self.group_candidates)
+            fetch = max(request.limit, least)
+            chunks = self.store.search(replace(query, candidates=max(query.candidates, fetch)), fetch,
+                                       request.filter, request.access)
+            return exact_first(chunks, tokens)[:request.limit]
+        fetch = min(MAX_CANDIDATES, max(request.limit * self.group_candidates, least))
         while True:
             chunks = self.store.search(replace(query, candidates=max(query.candidates, fetch)), fetch, request.filter,
                                        request.access)
             best: dict[str, SearchHit] = {}
-            for hit in chunks:
+            for hit in exact_first(chunks, tokens):
                 best.setdefault(hit.doc_id, hit)
             if len(best) >= request.limit or len(chunks) < fetch or fetch >= MAX_CANDIDATES:
                 return list(best.values())[:request.limit]

@@ -104,7 +104,7 @@ def serving_pair(settings: Settings, model: ModelVersion, encoder: Encoder, stor
     searcher = Searcher(encoder, store, cache_size=settings.query_cache_size, cache_ttl_s=settings.query_cache_ttl_s,
                         cache_bytes=settings.query_cache_bytes, sparse=sparse, default_mode=settings.search_mode,
                         fusion=settings.search_fusion, candidates=settings.search_candidates, rrf_k=settings.rrf_k,
-                        group_candidates=settings.group_candidates)
+                        group_candidates=settings.group_candidates, exact_first=settings.search_exact_first)
     return Serving(model, encoder, chunker, store, searcher, sparse)
 
 

@@ -9,6 +9,8 @@ import pytest
 
 from schemas import DocumentEvent
 from streams.batching import MicroBatcher
+from streams.devtools.beir import BeirDataset, load_beir
+from streams.devtools.identifier_set import write_identifier_set
 from streams.ml.chunking import Chunker
 from streams.ml.indexer import DocumentIndexer
 from streams.ml.search import Searcher, SearchRequest, normalize_query
@@ -167,3 +169,41 @@ def test_the_cache_key_holds_the_mode_and_the_grouping(encoder: OnnxEncoder, sto
     assert not searcher.search("tea", 2, mode="sparse").cached
     assert not searcher.search("tea", 2, mode="dense", group="doc").cached
     assert searcher.search("tea", 2, mode="sparse").cached
+
+
+@pytest.fixture(scope="module")
+def identifier_notes(tmp_path_factory: pytest.TempPathFactory, encoder: OnnxEncoder
+                     ) -> Iterator[tuple[EdgeVectorStore, BeirDataset]]:
+    """The exact-identifier set (200 notes, 40 identifiers and their look-alikes) indexed with both vectors."""
+    folder = tmp_path_factory.mktemp("identifiers")
+    write_identifier_set(folder, seed=3)
+    dataset = load_beir(folder)
+    store = EdgeVectorStore(folder / "q", "chunks", encoder.dim)
+    DocumentIndexer(store, encoder, Chunker(encoder.tokenizer, 128, 16, encoder.max_tokens), Bm25Encoder()).apply(
+        [DocumentEvent(doc_id=d, version=1, op="upsert", text=text) for d, (_, text) in dataset.corpus.items()])
+    yield store, dataset
+    store.close()
+
+
+def firsts(searcher: Searcher, dataset: BeirDataset, mode: str, group: str = "chunk", limit: int = 1) -> int:
+    """How many identifier queries answer the note that holds the identifier first."""
+    results = searcher.search_many([SearchRequest(text, limit, mode=mode, group=group)  # type: ignore[arg-type]
+                                    for text in dataset.queries.values()])
+    return sum(1 for q, result in zip(dataset.queries, results, strict=True)
+               if result.hits and dataset.qrels[q].get(result.hits[0].doc_id))
+
+
+def test_exact_identifiers_are_answered_first_in_lexical_modes(
+        encoder: OnnxEncoder, identifier_notes: tuple[EdgeVectorStore, BeirDataset]) -> None:
+    store, dataset = identifier_notes
+    exact = Searcher(encoder, store, sparse=Bm25Encoder(), cache_size=0)
+    fused = Searcher(encoder, store, sparse=Bm25Encoder(), cache_size=0, exact_first=False)
+    assert len(dataset.queries) == 40
+    for group in ("chunk", "doc"):
+        assert firsts(exact, dataset, "hybrid", group) >= 39  # k=1: found among the candidates, not the top k
+        assert firsts(exact, dataset, "sparse", group) >= 39
+    assert firsts(fused, dataset, "hybrid") < firsts(exact, dataset, "hybrid")  # what the boost is for
+    text = next(iter(dataset.queries.values()))
+    assert exact.search(text, 10, mode="dense").hits == fused.search(text, 10, mode="dense").hits  # dense as is
+    question = "the controller logged an alarm and the unit refused to restart"
+    assert exact.search(question, 10).hits == fused.search(question, 10).hits  # no identifiers: fused as is
