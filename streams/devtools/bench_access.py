@@ -83,7 +83,8 @@ def access_rows(settings: Settings, encoder: OnnxEncoder, chunks: int, principal
             rng = np.random.default_rng(11)
             build_index(store, encoder, settings, chunks, real_docs, vocabulary, lambda: labels(principals, rng))
             searcher = Searcher(encoder, store, cache_size=0, sparse=bm25(settings), fusion=settings.search_fusion,
-                                candidates=settings.search_candidates, rrf_k=settings.rrf_k)
+                                candidates=settings.search_candidates, rrf_k=settings.rrf_k,
+                                exact_first=settings.search_exact_first)
             phases = {name: (filter_, access or caller) for name, (filter_, access) in PHASES.items()}
 
             def served(name: str) -> Callable[[str], object]:

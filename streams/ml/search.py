@@ -65,7 +65,7 @@ class Searcher:
     by Qdrant); a mode the collection cannot answer (one made before chunks carried sparse vectors) is answered
     dense, and the result says so. Document-level searches read chunks until they have `limit` documents. With
     `exact_first`, a sparse or hybrid query holding identifier-like tokens reads at least `candidates` fused
-    chunks and ranks those containing the tokens verbatim first (`streams.ml.exact`).
+    chunks and ranks those among them containing its rare tokens verbatim first (`streams.ml.exact`).
 
     Repeated queries within the same versions and access come from a TTL cache, bounded by entries and by bytes. The TTL
     bounds how long a cached answer can miss documents indexed after it; an index write that replaces or deletes
@@ -111,9 +111,12 @@ class Searcher:
         return mode
 
     def _key(self, request: SearchRequest, generation: int) -> tuple[object, ...]:
-        return (normalize_query(request.text), request.limit, filter_cache_key(request.filter),
-                self.mode_of(request), request.group, request.access, self.fusion, self.encoder.version,
-                self.index_version, generation)
+        """Requests answered alike share a key: the identifiers keep their case (`readSensorFrame` is one, a
+        lower-cased `readsensorframe` is not)."""
+        mode = self.mode_of(request)
+        identifiers = tuple(t.casefold() for t in self._identifiers(request, mode))
+        return (normalize_query(request.text), identifiers, request.limit, filter_cache_key(request.filter), mode,
+                request.group, request.access, self.fusion, self.encoder.version, self.index_version, generation)
 
     def search(self, text: str, limit: int = 10, filter_: Mapping[str, FilterValue] | None = None,
                mode: Mode | None = None, group: Group = "chunk", access: Access = PUBLIC) -> SearchResult:
@@ -157,21 +160,25 @@ class Searcher:
 
     def _find(self, query: VectorQuery, request: SearchRequest) -> list[SearchHit]:
         """Chunk hits, or one hit per document (its best chunk, scored as fused for the document); exact matches
-        of the query's identifiers first where the mode is lexical."""
-        tokens = identifier_tokens(request.text) if self.exact_first and query.mode != "dense" else ()
-        least = query.candidates if tokens else 0  # enough fused candidates for an exact match to be among them
+        of the query's rare identifiers first among the first `candidates` fused chunks where the mode is lexical."""
+        tokens = self._identifiers(request, query.mode)
+        least = query.candidates if tokens else 0  # the window exact matches are looked for in, read in full
         if request.group == "chunk":
             fetch = max(request.limit, least)
             chunks = self.store.search(replace(query, candidates=max(query.candidates, fetch)), fetch,
                                        request.filter, request.access)
-            return exact_first(chunks, tokens)[:request.limit]
+            return exact_first(chunks, tokens, query.candidates)[:request.limit]
         fetch = min(MAX_CANDIDATES, max(request.limit * self.group_candidates, least))
         while True:
             chunks = self.store.search(replace(query, candidates=max(query.candidates, fetch)), fetch, request.filter,
                                        request.access)
             best: dict[str, SearchHit] = {}
-            for hit in exact_first(chunks, tokens):
+            for hit in exact_first(chunks, tokens, query.candidates):
                 best.setdefault(hit.doc_id, hit)
             if len(best) >= request.limit or len(chunks) < fetch or fetch >= MAX_CANDIDATES:
                 return list(best.values())[:request.limit]
             fetch = min(MAX_CANDIDATES, fetch * 4)
+
+    def _identifiers(self, request: SearchRequest, mode: Mode) -> tuple[str, ...]:
+        """The identifier-like tokens `request` is reordered by: none in dense mode or with `exact_first` off."""
+        return identifier_tokens(request.text) if self.exact_first and mode != "dense" else ()

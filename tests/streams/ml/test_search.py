@@ -17,6 +17,7 @@ from streams.ml.search import Searcher, SearchRequest, normalize_query
 from streams.state.edge_store import EdgeVectorStore
 from streams.state.encoder import OnnxEncoder
 from streams.state.sparse import Bm25Encoder
+from streams.state.store import PUBLIC, Access, SearchHit, VectorQuery
 
 DOCS = {
     "tea": "Green tea is steeped at about 80 degrees Celsius for two minutes.",
@@ -207,3 +208,58 @@ def test_exact_identifiers_are_answered_first_in_lexical_modes(
     assert exact.search(text, 10, mode="dense").hits == fused.search(text, 10, mode="dense").hits  # dense as is
     question = "the controller logged an alarm and the unit refused to restart"
     assert exact.search(question, 10).hits == fused.search(question, 10).hits  # no identifiers: fused as is
+
+
+class CountingStore:
+    """A store that records how many hits each search asked for."""
+
+    def __init__(self, inner: EdgeVectorStore) -> None:
+        self.inner = inner
+        self.asked: list[int] = []
+        self.modes = inner.modes
+
+    def search(self, query: VectorQuery, limit: int, filter_: object = None, access: Access = PUBLIC
+               ) -> list[SearchHit]:
+        self.asked.append(limit)
+        return self.inner.search(query, limit, filter_, access)  # type: ignore[arg-type]
+
+
+def test_only_a_query_with_identifiers_reads_the_whole_window(
+        encoder: OnnxEncoder, identifier_notes: tuple[EdgeVectorStore, BeirDataset]) -> None:
+    store = CountingStore(identifier_notes[0])
+    searcher = Searcher(encoder, store, sparse=Bm25Encoder(), cache_size=0, candidates=50)  # type: ignore[arg-type]
+    searcher.search("the controller logged an alarm", 3)
+    searcher.search("E4821", 3, mode="dense")
+    searcher.search("E4821", 3)
+    searcher.search("E4821", 3, group="doc")
+    assert store.asked == [3, 3, 50, 50]
+
+
+def test_identifiers_keep_their_case_in_the_cache_key(encoder: OnnxEncoder,
+                                                      identifier_notes: tuple[EdgeVectorStore, BeirDataset]) -> None:
+    store, dataset = identifier_notes
+    camel = next(text for text in dataset.queries.values() if text[0].islower() and "_" not in text)
+    searcher = Searcher(encoder, store, sparse=Bm25Encoder())
+    lower = searcher.search(camel.lower(), 1)  # not an identifier: fused order
+    exact = searcher.search(camel, 1)
+    assert not exact.cached and camel in exact.hits[0].text
+    assert searcher.search(camel.upper(), 1).cached and searcher.search(camel, 1).cached  # neither/both alike
+    assert lower.hits == searcher.search(camel.lower(), 1).hits
+
+
+def test_an_exact_match_the_caller_may_not_read_stays_hidden(encoder: OnnxEncoder, tmp_path: Path) -> None:
+    store = EdgeVectorStore(tmp_path / "acl", "chunks", encoder.dim)
+    try:
+        DocumentIndexer(store, encoder, Chunker(encoder.tokenizer, 128, 16, encoder.max_tokens), Bm25Encoder()).apply([
+            DocumentEvent(doc_id="secret", version=1, op="upsert", text="The panel showed E4821 twice.",
+                          acl=["group:ops"]),
+            DocumentEvent(doc_id="alike", version=1, op="upsert", text="The panel showed E4812 twice."),
+            DocumentEvent(doc_id="other", version=1, op="upsert", text="Bearings were greased.")])
+        searcher = Searcher(encoder, store, sparse=Bm25Encoder())
+        for group in ("chunk", "doc"):
+            public = searcher.search("E4821", 3, group=group)  # type: ignore[arg-type]
+            assert "secret" not in {h.doc_id for h in public.hits} and public.hits
+            ops = searcher.search("E4821", 3, group=group, access=Access.of(["group:ops"]))  # type: ignore[arg-type]
+            assert ops.hits[0].doc_id == "secret"
+    finally:
+        store.close()
