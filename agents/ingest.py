@@ -1,4 +1,5 @@
-"""Ingest agent: `documents` -> validate -> chunk -> embed -> upsert into the index (offsets after the write)."""
+"""Ingest agent: `documents` -> validate -> chunk -> embed -> upsert into the index (offsets after the write); each
+configured source topic -> map to document events -> the same index writes."""
 
 from __future__ import annotations
 
@@ -6,13 +7,14 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 
-from schemas import DocumentEvent
+from schemas import DocumentEvent, FieldError
 from streams import metrics
 from streams.host import AgentHost
 from streams.ml.serving import ServingSlot
-from streams.processing import Contract
+from streams.processing import Contract, DeadLetterSink
+from streams.sources.mapper import SourceContract
 from streams.store_threads import StoreThreads
-from streams.validation import Accepted
+from streams.validation import Accepted, Rejected
 
 DOCUMENTS = Contract("documents", DocumentEvent, "doc_id")
 Announce = Callable[[Sequence[str]], Awaitable[None]]  # `IndexChanges.announce` with the outbox bound
@@ -24,6 +26,13 @@ def register(worker: AgentHost) -> None:
     worker.batch_agent(DOCUMENTS, "ingest", s.ingest_batch_records, s.ingest_batch_seconds,
                        partial(index, serving=shared.serving, threads=shared.threads, announce=changes),
                        on_failure=partial(restore, serving=shared.serving, threads=shared.threads, announce=changes))
+    for source in shared.sources:
+        worker.batch_agent(source, f"ingest-{source.topic.removeprefix('source:')}", s.ingest_batch_records,
+                           s.ingest_batch_seconds,
+                           partial(index_source, source=source, serving=shared.serving, threads=shared.threads,
+                                   dead_letters=shared.dead_letters, announce=changes),
+                           on_failure=partial(restore, serving=shared.serving, threads=shared.threads,
+                                              announce=changes))
     if s.store_compact_interval_s:  # updates and deletes leave replaced points; the WAL needs flushes
         worker.timer(s.store_compact_interval_s, partial(compact, shared.serving, shared.threads,
                                                          s.store_compact_interval_s))
@@ -49,6 +58,24 @@ async def index(batch: Sequence[Accepted[DocumentEvent]], *, serving: ServingSlo
     metrics.CHUNKS_UPSERTED.inc(outcome.chunks)
     for kind in ("embedded", "deleted", "unchanged", "stale"):
         metrics.DOCS_APPLIED.labels(kind).inc(getattr(outcome, kind))
+
+
+async def index_source(batch: Sequence[Accepted[DocumentEvent]], *, source: SourceContract, serving: ServingSlot,
+                       threads: StoreThreads, dead_letters: DeadLetterSink, announce: Announce | None = None) -> None:
+    """A source's document events: those older than what the index holds are dead letters (a source's versions
+    must grow per row; an equal one is a re-delivery, applied as a no-op), the rest are indexed."""
+    ids = list({a.record.doc_id for a in batch})
+    ledger = await threads.write(lambda: serving.current.store.get_documents(ids), "reading versions")
+    older = [a for a in batch if (held := ledger.get(a.record.doc_id)) is not None and a.record.version < held.version]
+    if older:
+        source.counts.deadlettered += len(older)
+        await dead_letters.send([Rejected(a.message, (FieldError(
+            loc="version", msg=f"{source.topic}: version {a.record.version} does not grow: the index holds "
+                               f"{ledger[a.record.doc_id].version} for {a.record.doc_id!r}"),)) for a in older],
+            source.topic)
+    stale = {id(a) for a in older}
+    if fresh := [a for a in batch if id(a) not in stale]:
+        await index(fresh, serving=serving, threads=threads, announce=announce)
 
 
 async def restore(failed: Accepted[DocumentEvent], exc: BaseException, *, serving: ServingSlot,

@@ -72,6 +72,14 @@ class KafkaOutbox:
                                                     value_serializer="raw", allow_empty=True)
         return self._topics[logical]
 
+    def external(self, name: str) -> TopicT:
+        """A topic outside gristmill's namespace (a source's), consumed as raw bytes; never produced to."""
+        key = f"external:{name}"
+        if key not in self._topics:
+            self._topics[key] = self._app.topic(name, key_serializer="raw", value_serializer="raw",
+                                                allow_empty=True)
+        return self._topics[key]
+
     async def publish_many(self, topic: str, items: Sequence[tuple[bytes | None, Record]]) -> None:
         encoded = [(key, record.model_dump_json().encode()) for key, record in items]
         for key, value in encoded:
@@ -150,7 +158,7 @@ class Worker:
         """
         runner = BatchRunner(contract, name, handler, self.shared.dead_letters, self.shared.health, on_failure)
 
-        topic = self.outbox.topic(contract.topic)
+        topic = self.outbox.external(contract.consumes) if contract.consumes else self.outbox.topic(contract.topic)
 
         @self.app.agent(topic, name=name)
         async def run(stream: Any) -> None:

@@ -11,6 +11,8 @@ RECORDS_IN = Counter("gristmill_records_in_total", "Records consumed", ["topic"]
 RECORDS_VALID = Counter("gristmill_records_valid_total", "Records that passed validation", ["topic"])
 RECORDS_INVALID = Counter("gristmill_records_invalid_total", "Records dead-lettered, by first reason",
                           ["topic", "reason"])
+SOURCE_RECORDS = Counter("gristmill_source_records_total", "Records of a source topic: mapped to a document event, "
+                         "skipped (a tombstone after a delete), or dead-lettered", ["source", "outcome"])
 DEADLETTERS_OUT = Counter("gristmill_deadletters_total", "Records written to the dead-letter topic", ["topic"])
 RECORDS_FAILED = Counter("gristmill_records_failed_total", "Valid records whose processing raised (dead-lettered "
                          "alone, their batch-mates applied), by exception type", ["topic", "exception"])

@@ -33,13 +33,16 @@ R = TypeVar("R", bound=Record)
 
 @dataclass(frozen=True)
 class Contract(Generic[R]):
-    """A public topic (logical name), the record its values must be, and the field its keys must equal."""
+    """A public topic (logical name), the record its values must be, and the field its keys must equal. `consumes`
+    names a topic outside gristmill's namespace read instead (a source's); `topic` then labels it."""
 
     topic: str
     model: type[R]
     key_field: str | None
+    consumes: str | None = None
 
-    def check(self, message: RawMessage) -> Accepted[R] | Rejected:
+    def check(self, message: RawMessage) -> Accepted[R] | Rejected | None:
+        """The record, or why it is a dead letter; None: skipped quietly (nothing to apply, nothing wrong)."""
         return validate_message(message, self.model, self.key_field)
 
 

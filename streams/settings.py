@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     broker_port: int = Field(default=0, ge=0, le=65535, description="Embedded broker port; 0 picks a free one.")
     namespace: str = Field(default="", pattern=r"^[A-Za-z0-9._-]*$", description="Topic name prefix.")
     partitions: int = Field(default=4, ge=1, description="Partitions of every topic gristmill creates.")
+    sources_file: Path | None = Field(default=None, description="YAML file of source mappings: topics of other "
+                                      "shapes (Debezium, JSON rows) the ingest agent turns into documents.")
     replication_factor: int = Field(default=1, ge=1)
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"

@@ -7,7 +7,7 @@ import os
 import socket
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from streams.answering import ActiveExperiment, Answering, ShadowRunner
 from streams.index_changes import IndexChanges
@@ -22,6 +22,8 @@ from streams.ml.serving import (
 from streams.ml.trainer import ServingIndex, Trainer
 from streams.processing import AgentHealth, DeadLetterSink, Outbox
 from streams.settings import Settings
+from streams.sources.mapper import SourceContract
+from streams.sources.mapping import configured_sources
 from streams.state.evaluation_store import EvaluationStore
 from streams.state.query_log import QueryLog
 from streams.state.registry import ModelRegistry, ensure_base_model
@@ -44,6 +46,7 @@ class Shared:
     evaluation: EvaluationStore  # answers per arm, judgements, offline metrics, experiments
     answering: Answering  # answers queries as the live experiment routes them
     index_changes: IndexChanges  # this worker's index writes told to the others, theirs applied to its caches
+    sources: list[SourceContract] = field(default_factory=list)  # topics of other shapes, mapped to documents
 
     @classmethod
     def open(cls, settings: Settings, outbox: Outbox, *, stopping: Callable[[], bool] = lambda: False,
@@ -53,6 +56,7 @@ class Shared:
         the query log and feedback databases. `registry` and `opener` default to the configured registry and
         ONNX + Qdrant pairs (tests pass doubles)."""
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        sources = configured_sources(settings.sources_file, settings.namespace)  # a bad file stops the start here
         threads = StoreThreads(settings.store_retry_max_s, stopping)
         if registry is None:
             local = open_registry(settings)
@@ -90,7 +94,7 @@ class Shared:
         worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         return cls(settings, registry, slot, threads, query_log, pairs, trainer,
                    DeadLetterSink(outbox, settings.deadletter_max_bytes), AgentHealth(), evaluation, answering,
-                   IndexChanges(worker_id, slot))
+                   IndexChanges(worker_id, slot), [SourceContract.of(m) for m in sources])
 
     def close(self) -> None:
         self.threads.close()

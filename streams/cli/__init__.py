@@ -12,7 +12,7 @@ import typer
 from confluent_kafka import KafkaException
 
 from schemas.errors import GristmillError
-from streams.cli import bench, deadletter, experiments, models, produce, query, stack, state
+from streams.cli import bench, deadletter, experiments, models, produce, query, sources, stack, state
 from streams.cli.context import console, styled
 
 app = typer.Typer(help="gristmill: a streaming pipeline that keeps a semantic-search index fresh.",
@@ -29,6 +29,10 @@ app.add_typer(deadletter_app, name="deadletter")
 app.add_typer(experiment_app, name="experiment")
 app.add_typer(state.state_app, name="state")
 app.add_typer(dataset_app, name="dataset")
+sources_app = typer.Typer(help="Topics of other shapes (Debezium, JSON rows) mapped to documents.",
+                          no_args_is_help=True)
+app.add_typer(sources_app, name="sources")
+sources_app.command("check")(sources.check)
 
 for command in (stack.up, stack.demo, stack.status, query.search, query.ask, models.retrain, models.rollback,
                 models.promote, models.reindex, models.models):

@@ -74,7 +74,8 @@ def dashboard_state(shared: Shared, trains: bool, recent: int = 20, reader: Acce
     queries' top hits and judged documents are shown only where `reader` may read them, and a dead-lettered
     document's key and value (its id and text, whoever its acl names) only to an internal reader (an admin)."""
     cache = counter_by("gristmill_query_cache", "result")
-    withheld = set() if reader.internal else {"documents", TopicNames(shared.settings.namespace).documents}
+    withheld = set() if reader.internal else {"documents", TopicNames(shared.settings.namespace).documents,
+                                              *(c.consumes for c in shared.sources)}  # a source's rows too
     lookups = sum(cache.values())
     alerts = [{"topic": labels["topic"], "kind": labels["kind"]}
               for _, labels, value in _samples("gristmill_alert") if value > 0]
@@ -101,6 +102,7 @@ def dashboard_state(shared: Shared, trains: bool, recent: int = 20, reader: Acce
     return {
         "records_in": counter_by("gristmill_records_in", "topic"),
         "records_invalid": counter_by("gristmill_records_invalid", "topic"),
+        "sources": {c.topic.removeprefix("source:"): c.counts.as_dict() for c in shared.sources},
         "index": {"documents": serving.store.count_documents(), "chunks": serving.store.count_chunks()},
         "queries": counter_by("gristmill_queries", "via"),
         "query_latency_ms": {q: (None if (v := histogram_quantile("gristmill_query_latency_seconds", q / 100))
@@ -232,6 +234,8 @@ async function refresh() {
     card("documents in", num(r.documents), `${num((s.records_invalid || {}).documents)} dead-lettered`),
     card("queries in", num(r.queries), `${num(sum(s.queries))} answered`),
     card("feedback in", num(r.feedback), `${num((s.records_invalid || {}).feedback)} dead-lettered`),
+    ...Object.entries(s.sources || {}).map(([name, c]) => card(`source ${name} in`, num(c.records),
+      `${num(c.mapped)} mapped · ${num(c.skipped)} skipped · ${num(c.deadlettered)} dead-lettered`)),
     card("indexed documents", num(s.index.documents), `${num(s.index.chunks)} chunks`),
     card("query latency p50", `${num(s.query_latency_ms["50"], 1)} ms`, `p99 ${num(s.query_latency_ms["99"], 1)} ms`),
     card("freshness p50", `${num(s.freshness_s["50"], 2)} s`, `p99 ${num(s.freshness_s["99"], 2)} s`),

@@ -252,6 +252,8 @@ def build_http_app(worker: AgentHost) -> web.Application:
             "rollout": rollout.as_dict() if rollout else None,
             "challenger_build": build.as_dict() if (build := shared.serving.challenger_build) else None,
             "trainer": shared.trainer.snapshot() if "trainer" in worker.agents else None,
+            "sources": {c.topic.removeprefix("source:"): {"topic": c.consumes, **c.counts.as_dict()}
+                        for c in shared.sources} if "ingest" in worker.agents else {},
             "kafka": worker.settings.kafka_bootstrap_servers,
             "namespace": worker.settings.namespace,
         })

@@ -1,0 +1,246 @@
+"""A source's records -> document events: decode (`streams.sources.changes`), filter, render the templates, version.
+
+`SourceContract` is the validation gate of a source topic: each record becomes an accepted `DocumentEvent`, a
+dead letter naming the source and the reason, or nothing (a tombstone after a Debezium delete, a logical decoding
+message). What it accepts goes through the same indexer as `documents`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from schemas import DocumentEvent, FieldError
+from schemas.errors import GristmillError
+from streams import metrics
+from streams.processing import Contract
+from streams.sources.changes import RowChange, Undecodable, binlog_version, decode_debezium, decode_json
+from streams.sources.mapping import SourceMapping, Template
+from streams.validation import Accepted, RawMessage, Rejected
+
+_MISSING = object()
+_PRINCIPAL_SEPARATORS = re.compile(r"[,\s]+")
+
+
+class Unmappable(GristmillError, ValueError):
+    """A row the mapping cannot render: a missing field, a value of the wrong type, no version."""
+
+    def __init__(self, loc: str, reason: str) -> None:
+        super().__init__(reason)
+        self.loc = loc
+
+
+class Truncated(GristmillError):
+    """A Debezium truncate: every row of the table is gone."""
+
+    loc = "value.op"
+
+
+def field_value(row: Mapping[str, Any], path: str) -> Any:
+    """`row[path]`, dots reaching into nested objects; `_MISSING` where there is no such field."""
+    value: Any = row
+    for part in path.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
+def _as_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False, sort_keys=True)
+    return str(value)
+
+
+def render(template: Template, row: Mapping[str, Any], what: str) -> str:
+    """The template over the row; a missing field is `Unmappable` (a null one renders empty)."""
+    out = []
+    for literal, path in template.parts:
+        out.append(literal)
+        if path is not None:
+            value = field_value(row, path)
+            if value is _MISSING:
+                raise Unmappable(f"row.{path}", f"{what}: the row has no field {path!r}")
+            out.append(_as_text(value))
+    return "".join(out)
+
+
+def typed_value(template: Template, row: Mapping[str, Any], what: str) -> Any:
+    """A metadata value: the field's own type for a one-field template (`"{year}"` keeps an integer), else text;
+    None (a null field) leaves the key out."""
+    path = template.single_field
+    if path is None:
+        return render(template, row, what)
+    value = field_value(row, path)
+    if value is _MISSING:
+        raise Unmappable(f"row.{path}", f"{what}: the row has no field {path!r}")
+    if isinstance(value, dict | list):
+        raise Unmappable(f"row.{path}", f"{what}: {path!r} holds a {type(value).__name__}, not a single value")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise Unmappable(f"row.{path}", f"{what}: {path!r} is {value}, not a finite number")
+    return value
+
+
+def _version_of(value: Any, path: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            pass
+        else:  # microseconds since the epoch: a later time, a higher version
+            moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+            return int(moment.timestamp() * 1_000_000)
+    raise Unmappable(f"row.{path}", f"version: {path!r} is {value!r}: an integer or an ISO-8601 time is needed")
+
+
+@dataclass
+class SourceCounts:
+    """Records of one source so far: in, mapped to a document event, skipped quietly, dead-lettered."""
+
+    records: int = 0
+    mapped: int = 0
+    skipped: int = 0
+    deadlettered: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"records": self.records, "mapped": self.mapped, "skipped": self.skipped,
+                "deadlettered": self.deadlettered}
+
+
+@dataclass(frozen=True)
+class SourceMapper:
+    """Turns one source's records into document events."""
+
+    mapping: SourceMapping
+
+    def change(self, message: RawMessage) -> RowChange:
+        decode = decode_debezium if self.mapping.format == "debezium-json" else decode_json
+        return decode(message.key, message.value)
+
+    def document(self, message: RawMessage) -> DocumentEvent | None:
+        """The document event of a record; None for a record skipped quietly. Raises `Undecodable`, `Unmappable`,
+        `Truncated` or pydantic's `ValidationError` (the event the row renders is not a valid document)."""
+        change = self.change(message)
+        if change.kind == "skip":
+            return None
+        if change.kind == "truncate":
+            raise Truncated("a truncate removes every row of the table; gristmill does not delete the source's "
+                            "documents on its own (delete them, or re-snapshot)")
+        m = self.mapping
+        doc_id = render(m.doc_id, change.row, "doc_id")
+        version = self.version(change, message)
+        if change.kind == "delete" or not self.admits(change.row):
+            return DocumentEvent.model_validate({"doc_id": doc_id, "version": version, "op": "delete",
+                                                 "source": m.name})
+        metadata = {}
+        for key, template in m.metadata.items():
+            value = typed_value(template, change.row, f"metadata.{key}")
+            if value is not None:
+                metadata[key] = value
+        event: dict[str, Any] = {"doc_id": doc_id, "version": version, "op": "upsert", "source": m.name,
+                                 "text": render(m.text, change.row, "text"), "metadata": metadata}
+        if m.title is not None:
+            title = render(m.title, change.row, "title").strip()
+            if title:
+                event["title"] = title
+        if m.acl is not None:
+            event["acl"] = self.principals(change.row)
+        return DocumentEvent.model_validate(event)
+
+    def admits(self, row: Mapping[str, Any]) -> bool:
+        """Whether the row passes the source's filter (every `where` field equal to its value, or to one of its
+        list)."""
+        for path, allowed in self.mapping.where.items():
+            value = field_value(row, path)
+            options = allowed if isinstance(allowed, list) else [allowed]
+            if value is _MISSING or not any(value == option and type(value) is type(option) for option in options):
+                return False
+        return True
+
+    def principals(self, row: Mapping[str, Any]) -> list[str]:
+        path = self.mapping.acl
+        assert path is not None
+        value = field_value(row, path)
+        if isinstance(value, str):
+            value = [p for p in _PRINCIPAL_SEPARATORS.split(value) if p]
+        if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+            raise Unmappable(f"row.{path}", f"acl: {path!r} must hold principals (a list of strings, or one string "
+                                            "of them separated by commas)")
+        if not value:  # fail closed: a row meant to carry its readers never becomes public by leaving them out
+            raise Unmappable(f"row.{path}", f"acl: {path!r} is empty; a document of this source needs principals")
+        return value
+
+    def version(self, change: RowChange, message: RawMessage) -> int:
+        origin = self.mapping.version
+        if origin == "kafka.offset":
+            return message.offset
+        if origin == "kafka.timestamp":
+            if message.timestamp is None:
+                raise Unmappable("timestamp", "version: the record has no timestamp")
+            return int(message.timestamp * 1000)
+        if origin == "source.binlog":
+            return binlog_version(change.source)
+        if origin in ("source.lsn", "source.ts_ms"):
+            value = change.source.get(origin.removeprefix("source."))
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise Unmappable(f"value.{origin}", f"version: the event has no integer {origin}")
+            return value
+        value = field_value(change.row, origin)
+        if value is _MISSING or value is None:
+            hint = (" (a delete's `before` holds only the key unless the table has REPLICA IDENTITY FULL: version "
+                    "by source.lsn or source.ts_ms)" if change.kind == "delete" else "")
+            raise Unmappable(f"row.{origin}", f"version: the row has no {origin!r}{hint}")
+        return _version_of(value, origin)
+
+
+def _errors(exc: Exception, source: str) -> tuple[FieldError, ...]:
+    if isinstance(exc, ValidationError):
+        return tuple(FieldError(loc=".".join(str(p) for p in e["loc"]) or "document",
+                                msg=f"source {source}: the document is invalid: {e['msg']}")
+                     for e in exc.errors(include_url=False))
+    loc = getattr(exc, "loc", "value")
+    return (FieldError(loc=loc, msg=f"source {source}: {exc}"),)
+
+
+@dataclass(frozen=True)
+class SourceContract(Contract[DocumentEvent]):
+    """The gate of a source topic (consumed by its own name, outside gristmill's namespace)."""
+
+    mapper: SourceMapper | None = None
+    counts: SourceCounts = field(default_factory=SourceCounts)
+
+    @classmethod
+    def of(cls, mapping: SourceMapping) -> SourceContract:
+        return cls(f"source:{mapping.name}", DocumentEvent, None, consumes=mapping.topic,
+                   mapper=SourceMapper(mapping))
+
+    def check(self, message: RawMessage) -> Accepted[DocumentEvent] | Rejected | None:
+        assert self.mapper is not None
+        name = self.mapper.mapping.name
+        self.counts.records += 1
+        try:
+            event = self.mapper.document(message)
+        except (Undecodable, Unmappable, Truncated, ValidationError) as exc:
+            self.counts.deadlettered += 1
+            metrics.SOURCE_RECORDS.labels(name, "deadlettered").inc()
+            return Rejected(message, _errors(exc, name))
+        if event is None:
+            self.counts.skipped += 1
+            metrics.SOURCE_RECORDS.labels(name, "skipped").inc()
+            return None
+        self.counts.mapped += 1
+        metrics.SOURCE_RECORDS.labels(name, "mapped").inc()
+        return Accepted(message, event)
