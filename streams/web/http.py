@@ -189,9 +189,9 @@ def build_http_app(worker: AgentHost) -> web.Application:
         chunks = [c for c in await shared.threads.peek(lambda: store.chunks(doc_id)) if access.may_read(c.acl)]
         state = states[doc_id]
         return web.json_response({
-            "doc_id": doc_id, "version": state.version, "deleted": state.deleted,
-            "content_hash": state.content_hash, "model_version": state.model_version,
-            "indexed_at": state.indexed_at,
+            "doc_id": doc_id, "version": state.version, "deleted": state.deleted, "source": state.source,
+            "title": state.title, "metadata": state.metadata, "content_hash": state.content_hash,
+            "model_version": state.model_version, "indexed_at": state.indexed_at,
             "chunks": [{"chunk": c.chunk, "version": c.version, "text": c.text} for c in chunks],
         })
 

@@ -110,7 +110,9 @@ OPENAPI: dict[str, Any] = {
             "summary": "Ledger entry and chunks of one document",
             "description": "404, as for a document never indexed, when the key's principals may not read it.",
             "parameters": [{"name": "doc_id", "in": "path", "required": True, "schema": {"type": "string"}}],
-            "responses": {"200": {"description": "The document as indexed"}, "404": _json("Error", "Never indexed")},
+            "responses": {"200": {"description": "The document as indexed: version, deleted, source, title, metadata, "
+                                                 "content_hash, model_version, indexed_at, chunks"},
+                          "404": _json("Error", "Never indexed")},
         }},
         "/documents/versions": {"post": {
             "summary": "Indexed versions of many documents (null when never indexed, or not the key's to read)",

@@ -1,0 +1,100 @@
+"""Source topics through the ingest agent, in process (harness: hashing encoder, in-memory store, no broker)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from schemas import DeadLetter
+from streams.devtools.harness import Harness
+from streams.sources.mapping import InvalidSources
+from streams.validation import RawMessage
+from tests.streams.sources.debezium_events import encode, enveloped, pg_event, row
+
+TOPIC = "dbserver1.public.articles"
+SOURCES = f"""
+sources:
+  - name: articles
+    topic: {TOPIC}
+    format: debezium-json
+    doc_id: "article-{{id}}"
+    title: "{{title}}"
+    text: "{{body}}"
+    metadata: {{author: "{{author}}", year: "{{year}}"}}
+    version: source.lsn
+    where: {{status: published}}
+"""
+
+
+class Topic:
+    """Records of the source topic with growing offsets."""
+
+    def __init__(self) -> None:
+        self.offset = 0
+
+    def __call__(self, value: Any, key: Any = None, raw: bytes | None = None) -> RawMessage:
+        self.offset += 1
+        return RawMessage(TOPIC, 0, self.offset, encode(key), raw if raw is not None else encode(value), 1.0)
+
+
+@pytest.fixture
+def sources_file(tmp_path: Path) -> Path:
+    path = tmp_path / "sources.yaml"
+    path.write_text(SOURCES)
+    return path
+
+
+def test_debezium_changes_keep_the_index_as_the_table(tmp_path: Path, sources_file: Path) -> None:
+    topic = Topic()
+    with Harness(tmp_path, sources_file=sources_file).register("ingest") as harness:
+        store = harness.shared.serving.current.store
+        created = [topic(enveloped(pg_event("r", 100, after=row(i, f"Title {i}", f"Body of article {i}.")),
+                                   {"type": "struct"}), {"id": i}) for i in (1, 2, 3)]
+        harness.send("source:articles", created)
+        harness.send("source:articles", [
+            topic(pg_event("u", 110, after=row(1, "Title 1", "Edited body."))),
+            topic(pg_event("d", 120, before={"id": 2}), {"id": 2}),
+            topic(None, {"id": 2}),  # its tombstone
+            topic(pg_event("u", 130, after=row(3, "Title 3", "Unpublished.", status="draft"))),
+        ])
+        ledger = store.get_documents(["article-1", "article-2", "article-3"])
+        assert {d: (s.version, s.deleted) for d, s in ledger.items()} == {
+            "article-1": (110, False), "article-2": (120, True), "article-3": (130, True)}
+        assert [c.text for c in store.chunks("article-1")] == ["Title 1\n\nEdited body."]
+        assert harness.published("deadletter") == []
+        harness.send("source:articles", [created[0]])  # re-delivered: an older version of article-1
+        (letter,) = harness.published("deadletter")
+        assert isinstance(letter, DeadLetter) and letter.topic == TOPIC and letter.errors[0].loc == "version"
+        assert "does not grow" in letter.errors[0].msg and "source:articles" in letter.errors[0].msg
+        again = topic(pg_event("u", 110, after=row(1, "Title 1", "Edited body.")))
+        harness.send("source:articles", [again])  # the same version again: nothing happens, nothing is wrong
+        assert len(harness.published("deadletter")) == 1
+        assert [c.text for c in store.chunks("article-1")] == ["Title 1\n\nEdited body."]
+        counts = harness.shared.sources[0].counts.as_dict()
+        assert counts == {"records": 9, "mapped": 8, "skipped": 1, "deadlettered": 1}
+
+
+def test_bad_records_cost_only_themselves(tmp_path: Path, sources_file: Path) -> None:
+    topic = Topic()
+    with Harness(tmp_path, sources_file=sources_file).register("ingest") as harness:
+        harness.send("source:articles", [
+            topic(pg_event("c", 10, after=row(1, "One", "Before the bad ones."))),
+            topic(None, raw=b"\x00not json"),
+            topic(pg_event("c", 11, after={"id": 9, "title": "no body", "status": "published"})),
+            topic(pg_event("t", 12)),
+            topic(pg_event("c", 13, after=row(2, "Two", "After the bad ones."))),
+        ])
+        letters = harness.published("deadletter")
+        assert [(d.offset, d.errors[0].loc) for d in letters] == [(2, "value"), (3, "row.author"), (4, "value.op")]
+        assert all("source articles" in d.errors[0].msg for d in letters)
+        ledger = harness.shared.serving.current.store.get_documents(["article-1", "article-2", "article-9"])
+        assert set(ledger) == {"article-1", "article-2"} and ledger["article-1"].source == "articles"
+
+
+def test_a_worker_does_not_start_with_a_mapping_that_cannot_work(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SOURCES.replace('"article-{id}"', '"article"'))
+    with pytest.raises(InvalidSources, match="doc_id must name at least one field"):
+        Harness(tmp_path, sources_file=bad)
