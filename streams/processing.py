@@ -41,6 +41,9 @@ class Contract(Generic[R]):
     key_field: str | None
     consumes: str | None = None
 
+    async def prepare(self, messages: Sequence[RawMessage]) -> None:
+        """Fetch what checking `messages` needs from elsewhere (a source's schemas), before they are checked."""
+
     def check(self, message: RawMessage) -> Accepted[R] | Rejected | None:
         """The record, or why it is a dead letter; None: skipped quietly (nothing to apply, nothing wrong)."""
         return validate_message(message, self.model, self.key_field)
@@ -163,6 +166,7 @@ class BatchRunner(Generic[R]):
 
     async def admit(self, messages: Sequence[RawMessage]) -> list[Accepted[R]]:
         """The validation gate: count the batch, dead-letter the rejects (delivered before this returns)."""
+        await self.contract.prepare(messages)
         started = time.perf_counter()
         checked = [self.contract.check(m) for m in messages]
         if self.contract.topic == "documents":

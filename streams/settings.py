@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     broker_port: int = Field(default=0, ge=0, le=65535, description="Embedded broker port; 0 picks a free one.")
     namespace: str = Field(default="", pattern=r"^[A-Za-z0-9._-]*$", description="Topic name prefix.")
     partitions: int = Field(default=4, ge=1, description="Partitions of every topic gristmill creates.")
+    schema_registry_url: str | None = Field(default=None, description="Confluent schema registry of the sources in "
+                                            "avro or json-schema format (mock:// is the in-memory one of tests).")
+    schema_registry_username: str | None = None
+    schema_registry_password: SecretStr | None = None
     sources_file: Path | None = Field(default=None, description="YAML file of source mappings: topics of other "
                                       "shapes (Debezium, JSON rows) the ingest agent turns into documents.")
     replication_factor: int = Field(default=1, ge=1)

@@ -24,6 +24,7 @@ from streams.processing import AgentHealth, DeadLetterSink, Outbox
 from streams.settings import Settings
 from streams.sources.mapper import SourceContract
 from streams.sources.mapping import configured_sources
+from streams.sources.registry import registry_client
 from streams.state.evaluation_store import EvaluationStore
 from streams.state.query_log import QueryLog
 from streams.state.registry import ModelRegistry, ensure_base_model
@@ -56,7 +57,9 @@ class Shared:
         the query log and feedback databases. `registry` and `opener` default to the configured registry and
         ONNX + Qdrant pairs (tests pass doubles)."""
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        sources = configured_sources(settings.sources_file, settings.namespace)  # a bad file stops the start here
+        registry_of_schemas = registry_client(settings)
+        sources = configured_sources(settings.sources_file, settings.namespace,  # a bad file stops the start here
+                                     registry=registry_of_schemas is not None)
         threads = StoreThreads(settings.store_retry_max_s, stopping)
         if registry is None:
             local = open_registry(settings)
@@ -94,7 +97,7 @@ class Shared:
         worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         return cls(settings, registry, slot, threads, query_log, pairs, trainer,
                    DeadLetterSink(outbox, settings.deadletter_max_bytes), AgentHealth(), evaluation, answering,
-                   IndexChanges(worker_id, slot), [SourceContract.of(m) for m in sources])
+                   IndexChanges(worker_id, slot), [SourceContract.of(m, registry_of_schemas) for m in sources])
 
     def close(self) -> None:
         self.threads.close()

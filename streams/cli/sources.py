@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Annotated
 
@@ -21,7 +22,8 @@ def _preview(text: str | None, chars: int = 80) -> str:
 def check(
     file: Annotated[Path, typer.Argument(help="The sources YAML file (what GRISTMILL_SOURCES_FILE would name).")],
     sample: Annotated[Path | None, typer.Option(help="Records to map, one per line: the JSON value (null: a "
-                                                     "tombstone), or {\"key\": ..., \"value\": ...}.")] = None,
+                                                     "tombstone), or {\"key\": ..., \"value\": ...}; for avro and "
+                                                     "json-schema sources, the records as decoded.")] = None,
     from_topic: Annotated[bool, typer.Option("--from-topic", help="Map records read from the source's topic "
                                                                     "(from its start; nothing is committed).")] = False,
     source: Annotated[str | None, typer.Option(help="Which source the records are for (needed when the file "
@@ -30,7 +32,8 @@ def check(
 ) -> None:
     """Check a sources file; with records, print the document event each one becomes, or why it is a dead letter."""
     from streams.sources.mapper import SourceContract
-    from streams.sources.mapping import InvalidSources, load_sources
+    from streams.sources.mapping import REGISTRY_FORMATS, InvalidSources, load_sources
+    from streams.sources.registry import registry_client
     from streams.sources.samples import InvalidSample, read_topic, sample_messages
     from streams.validation import Accepted, Rejected
 
@@ -59,7 +62,14 @@ def check(
                     else list(read_topic(require_kafka(settings), mapping.topic, limit)))
     except InvalidSample as exc:
         raise fail("invalid sample: ", exc, status=2) from None
-    contract = SourceContract.of(mapping)
+    registry = registry_client(settings)
+    if sample is not None and mapping.format in REGISTRY_FORMATS:  # sample lines are records as decoded: JSON
+        mapping = mapping.model_copy(update={
+            "format": "debezium-json" if mapping.changes == "debezium" else "json", "envelope": None})
+    elif mapping.format in REGISTRY_FORMATS and registry is None:
+        raise fail(f"source {mapping.name} is {mapping.format}: ", "set GRISTMILL_SCHEMA_REGISTRY_URL", status=2)
+    contract = SourceContract.of(mapping, registry)
+    asyncio.run(contract.prepare(messages))
     problems = 0
     for message in messages:
         where = f"line {message.offset}" if sample is not None else f"{message.partition}@{message.offset}"

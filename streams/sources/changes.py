@@ -69,12 +69,15 @@ def decode_key(raw: bytes | None) -> dict[str, Any]:
 
 def decode_debezium(key: bytes | None, value: bytes | None) -> RowChange:
     """One Debezium change event (JSON converter)."""
-    key_fields = decode_key(key)
-    if value is None:
+    return debezium_change(decode_key(key), None if value is None else _unwrapped(_json(value, "value")))
+
+
+def debezium_change(key_fields: dict[str, Any], event: Any) -> RowChange:
+    """A decoded Debezium change event (None: a tombstone), whatever converter it came through."""
+    if event is None:
         return RowChange("skip", key=key_fields, reason="tombstone (follows a delete, for log compaction)")
-    event = _unwrapped(_json(value, "value"))
     if not isinstance(event, dict):
-        raise Undecodable("value", "not a Debezium change event: expected a JSON object")
+        raise Undecodable("value", "not a Debezium change event: expected an object")
     op = event.get("op")
     source = event.get("source") if isinstance(event.get("source"), dict) else {}
     if op in ("c", "r", "u"):
@@ -94,19 +97,22 @@ def decode_debezium(key: bytes | None, value: bytes | None) -> RowChange:
         return RowChange("skip", key=key_fields, source=source, reason="a logical decoding message, not a row")
     if op is None:
         raise Undecodable("value.op", "not a Debezium change event: no `op` (is this topic in another format?)")
-    raise Undecodable("value.op", f"unknown Debezium op {op!r} (expected c, r, u, d, t or m)")
+    raise Undecodable("value.op", f"unknown Debezium op {str(op)[:40]!r} (expected c, r, u, d, t or m)")
 
 
 def decode_json(key: bytes | None, value: bytes | None) -> RowChange:
     """One plain JSON row (the JSON converter's envelope is unwrapped); a null value deletes the row its key names."""
-    key_fields = decode_key(key)
-    if value is None:
+    return row_change(decode_key(key), None if value is None else _unwrapped(_json(value, "value")))
+
+
+def row_change(key_fields: dict[str, Any], row: Any) -> RowChange:
+    """A decoded row (None: a tombstone, deleting the row its key names)."""
+    if row is None:
         if not key_fields:
             raise Undecodable("key", "a tombstone (null value) without a key: no row to delete")
         return RowChange("delete", dict(key_fields), key_fields)
-    row = _unwrapped(_json(value, "value"))
     if not isinstance(row, dict):
-        raise Undecodable("value", "expected a JSON object (one row)")
+        raise Undecodable("value", "expected an object (one row)")
     return RowChange("upsert", row, key_fields)
 
 

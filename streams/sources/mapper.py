@@ -10,19 +10,32 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time
+from decimal import Decimal
 from typing import Any
+from uuid import UUID
 
+from confluent_kafka.schema_registry import SchemaRegistryClient
 from pydantic import ValidationError
 
 from schemas import DocumentEvent, FieldError
 from schemas.errors import GristmillError
 from streams import metrics
 from streams.processing import Contract
-from streams.sources.changes import RowChange, Undecodable, binlog_version, decode_debezium, decode_json
-from streams.sources.mapping import SourceMapping, Template
+from streams.sources.changes import (
+    RowChange,
+    Undecodable,
+    binlog_version,
+    debezium_change,
+    decode_debezium,
+    decode_json,
+    decode_key,
+    row_change,
+)
+from streams.sources.mapping import REGISTRY_FORMATS, SourceMapping, Template
+from streams.sources.registry import RegistryDecoder, schema_id
 from streams.validation import Accepted, RawMessage, Rejected
 
 _MISSING = object()
@@ -53,13 +66,28 @@ def field_value(row: Mapping[str, Any], path: str) -> Any:
     return value
 
 
+def _plain(value: Any) -> Any:
+    """A decoded value as JSON would hold it: Avro's logical types (dates and times, decimals, UUIDs) as text or
+    numbers."""
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value) if value.is_finite() else str(value)
+    if isinstance(value, UUID):
+        return str(value)
+    return value
+
+
 def _as_text(value: Any) -> str:
+    value = _plain(value)
     if value is None:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, bytes):
+        raise TypeError("binary")
     if isinstance(value, dict | list):
-        return json.dumps(value, ensure_ascii=False, sort_keys=True)
+        return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
     return str(value)
 
 
@@ -72,7 +100,10 @@ def render(template: Template, row: Mapping[str, Any], what: str) -> str:
             value = field_value(row, path)
             if value is _MISSING:
                 raise Unmappable(f"row.{path}", f"{what}: the row has no field {path!r}")
-            out.append(_as_text(value))
+            try:
+                out.append(_as_text(value))
+            except TypeError:
+                raise Unmappable(f"row.{path}", f"{what}: {path!r} holds binary data, not text") from None
     return "".join(out)
 
 
@@ -85,7 +116,8 @@ def typed_value(template: Template, row: Mapping[str, Any], what: str) -> Any:
     value = field_value(row, path)
     if value is _MISSING:
         raise Unmappable(f"row.{path}", f"{what}: the row has no field {path!r}")
-    if isinstance(value, dict | list):
+    value = _plain(value)
+    if isinstance(value, dict | list | bytes):
         raise Unmappable(f"row.{path}", f"{what}: {path!r} holds a {type(value).__name__}, not a single value")
     if isinstance(value, float) and not math.isfinite(value):
         raise Unmappable(f"row.{path}", f"{what}: {path!r} is {value}, not a finite number")
@@ -95,6 +127,8 @@ def typed_value(template: Template, row: Mapping[str, Any], what: str) -> Any:
 def _version_of(value: Any, path: str) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
+    if isinstance(value, datetime):
+        value = value.isoformat()
     if isinstance(value, str):
         try:
             moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -122,13 +156,23 @@ class SourceCounts:
 
 @dataclass(frozen=True)
 class SourceMapper:
-    """Turns one source's records into document events."""
+    """Turns one source's records into document events (`registry`: the decoder of a registry-framed source)."""
 
     mapping: SourceMapping
+    registry: RegistryDecoder | None = None
 
     def change(self, message: RawMessage) -> RowChange:
-        decode = decode_debezium if self.mapping.format == "debezium-json" else decode_json
-        return decode(message.key, message.value)
+        if self.registry is None:
+            decode = decode_debezium if self.mapping.format == "debezium-json" else decode_json
+            return decode(message.key, message.value)
+        key = message.key
+        if schema_id(key) is None:
+            key_fields = decode_key(key)
+        else:
+            decoded = self.registry.decode(key, "key")
+            key_fields = decoded if isinstance(decoded, dict) else {"key": decoded}
+        value = self.registry.decode(message.value, "value")
+        return (debezium_change if self.mapping.changes == "debezium" else row_change)(key_fields, value)
 
     def document(self, message: RawMessage) -> DocumentEvent | None:
         """The document event of a record; None for a record skipped quietly. Raises `Undecodable`, `Unmappable`,
@@ -200,8 +244,10 @@ class SourceMapper:
             return value
         value = field_value(change.row, origin)
         if value is _MISSING or value is None:
-            hint = (" (a delete's `before` holds only the key unless the table has REPLICA IDENTITY FULL: version "
-                    "by source.lsn or source.ts_ms)" if change.kind == "delete" else "")
+            hint = "" if change.kind != "delete" else (
+                " (a delete's `before` holds only the key unless the table has REPLICA IDENTITY FULL: version by "
+                "source.lsn or source.ts_ms)" if self.mapping.changes == "debezium" else
+                " (a tombstone holds no row: version a topic with tombstones by kafka.offset or kafka.timestamp)")
             raise Unmappable(f"row.{origin}", f"version: the row has no {origin!r}{hint}")
         return _version_of(value, origin)
 
@@ -223,9 +269,20 @@ class SourceContract(Contract[DocumentEvent]):
     counts: SourceCounts = field(default_factory=SourceCounts)
 
     @classmethod
-    def of(cls, mapping: SourceMapping) -> SourceContract:
+    def of(cls, mapping: SourceMapping, registry: SchemaRegistryClient | None = None) -> SourceContract:
+        """The gate of `mapping`'s topic; a registry-framed source needs the `registry` client."""
+        decoder = None
+        if mapping.format in REGISTRY_FORMATS:
+            if registry is None:
+                raise ValueError(f"source {mapping.name} is {mapping.format}: it needs a schema registry client")
+            decoder = RegistryDecoder(registry, mapping.format, mapping.topic)  # type: ignore[arg-type]
         return cls(f"source:{mapping.name}", DocumentEvent, None, consumes=mapping.topic,
-                   mapper=SourceMapper(mapping))
+                   mapper=SourceMapper(mapping, decoder))
+
+    async def prepare(self, messages: Sequence[RawMessage]) -> None:
+        """The schemas a registry-framed batch names, fetched before it is checked."""
+        if self.mapper is not None and self.mapper.registry is not None:
+            await self.mapper.registry.fetch([m.value for m in messages] + [m.key for m in messages])
 
     def check(self, message: RawMessage) -> Accepted[DocumentEvent] | Rejected | None:
         assert self.mapper is not None

@@ -20,7 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from schemas.errors import GristmillError
 from streams.topics import TOPIC_RECORDS
 
-Format = Literal["debezium-json", "json"]
+Format = Literal["debezium-json", "json", "avro", "json-schema"]
+Envelope = Literal["row", "debezium"]
+REGISTRY_FORMATS = ("avro", "json-schema")  # framed by a schema registry
 #: Where a version comes from besides a row field: Debezium's source block, or the Kafka record itself.
 VERSION_ORIGINS = ("source.lsn", "source.ts_ms", "source.binlog", "kafka.offset", "kafka.timestamp")
 _FIELD_PATH = re.compile(r"^[A-Za-z_][\w\-]*(?:\.[A-Za-z_][\w\-]*)*$")
@@ -75,6 +77,9 @@ class SourceMapping(BaseModel):
         description="The source's name: lower-case letters, digits, _ and -; it is every document's `source`.")
     topic: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._\-]{1,249}$")]
     format: Format
+    envelope: Envelope | None = Field(default=None, description="avro and json-schema: `row` (the default: each "
+                                      "value is a row) or `debezium` (Debezium change events through the registry's "
+                                      "converter).")
     doc_id: Template
     text: Template
     title: Template | None = None
@@ -117,10 +122,18 @@ class SourceMapping(BaseModel):
                 raise ValueError(f"{key}: an empty list matches no row")
         return value
 
+    @property
+    def changes(self) -> Envelope:
+        """What each value is: a Debezium change event or a row."""
+        return "debezium" if self.format == "debezium-json" else self.envelope or "row"
+
     @model_validator(mode="after")
     def _fits_format(self) -> SourceMapping:
-        if self.format != "debezium-json" and self.version.startswith("source."):
-            raise ValueError(f"version {self.version} is Debezium's: the {self.format} format has no source block")
+        if self.envelope is not None and self.format not in REGISTRY_FORMATS:
+            raise ValueError(f"envelope is for the avro and json-schema formats; {self.format} says what it is")
+        if self.changes != "debezium" and self.version.startswith("source."):
+            raise ValueError(f"version {self.version} is Debezium's: rows of the {self.format} format have no "
+                             "source block")
         if not self.doc_id.fields:
             raise ValueError("doc_id must name at least one field (every row the same id would overwrite itself)")
         return self
@@ -177,6 +190,13 @@ def load_sources(path: Path, namespace: str = "") -> list[SourceMapping]:
     return parse_sources(text, str(path), namespace)
 
 
-def configured_sources(sources_file: Path | None, namespace: str = "") -> list[SourceMapping]:
-    """The sources `GRISTMILL_SOURCES_FILE` names; none when it is unset."""
-    return [] if sources_file is None else load_sources(sources_file, namespace)
+def configured_sources(sources_file: Path | None, namespace: str = "", registry: bool = False
+                       ) -> list[SourceMapping]:
+    """The sources `GRISTMILL_SOURCES_FILE` names; none when it is unset. Sources framed by a schema registry need
+    one configured (`registry`)."""
+    sources = [] if sources_file is None else load_sources(sources_file, namespace)
+    framed = [s.name for s in sources if s.format in REGISTRY_FORMATS]
+    if framed and not registry:
+        raise InvalidSources(f"{sources_file}: sources {', '.join(framed)} are read through a schema registry: set "
+                             "GRISTMILL_SCHEMA_REGISTRY_URL")
+    return sources

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
 
 from schemas import DeadLetter
 from streams.devtools.harness import Harness
@@ -98,3 +101,45 @@ def test_a_worker_does_not_start_with_a_mapping_that_cannot_work(tmp_path: Path)
     bad.write_text(SOURCES.replace('"article-{id}"', '"article"'))
     with pytest.raises(InvalidSources, match="doc_id must name at least one field"):
         Harness(tmp_path, sources_file=bad)
+
+
+AVRO_SOURCES = """
+sources:
+  - name: products
+    topic: shop.products
+    format: avro
+    doc_id: "product-{id}"
+    title: "{name}"
+    text: "{description}"
+    version: kafka.offset
+"""
+PRODUCT = json.dumps({"type": "record", "name": "Product", "fields": [
+    {"name": "id", "type": "long"}, {"name": "name", "type": "string"}, {"name": "description", "type": "string"}]})
+
+
+def test_a_registry_framed_topic_through_the_agent(tmp_path: Path) -> None:
+    path = tmp_path / "sources.yaml"
+    path.write_text(AVRO_SOURCES)
+    with Harness(tmp_path, sources_file=path, schema_registry_url="mock://agents").register("ingest") as harness:
+        (source,) = harness.shared.sources
+        assert source.mapper is not None and source.mapper.registry is not None
+        serializer = AvroSerializer(source.mapper.registry.client, PRODUCT)  # the worker's registry
+
+        def product(offset: int, value: bytes | None, key: bytes) -> RawMessage:
+            return RawMessage("shop.products", 0, offset, key, value, 1.0)
+
+        def framed(n: int, description: str) -> bytes:
+            return serializer({"id": n, "name": f"Product {n}", "description": description},
+                              SerializationContext("shop.products", MessageField.VALUE))
+
+        harness.send("source:products", [
+            product(1, framed(1, "A kettle that boils water."), b"1"),
+            product(2, b"\x00\x00\x00\x30\x39\x02", b"2"),  # schema id 12345: unknown to the registry
+            product(3, framed(3, "A lamp for the desk."), b"3"),
+            product(4, None, b'{"id": 1}'),  # a tombstone deletes the row its key names (versioned by offset)
+        ])
+        (letter,) = harness.published("deadletter")
+        assert letter.offset == 2 and "schema id 12345 is unknown" in letter.errors[0].msg
+        ledger = harness.shared.serving.current.store.get_documents(["product-1", "product-2", "product-3"])
+        assert {d: (s.version, s.deleted) for d, s in ledger.items()} == {"product-1": (4, True),
+                                                                          "product-3": (3, False)}

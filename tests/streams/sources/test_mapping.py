@@ -45,7 +45,7 @@ def test_a_file_with_two_sources() -> None:
     (('doc_id: "article-{id}"', 'doc_id: "{id!r}"'), "no format spec or conversion"),
     (('doc_id: "article-{id}"', 'doc_id: "{0}"'), "is not a field name"),
     (("version: source.lsn", "version: source.lsn\n    extra: 1"), "sources.0.extra"),
-    (("version: updated_at", "version: source.lsn"), "the json format has no source block"),
+    (("version: updated_at", "version: source.lsn"), "rows of the json format have no source block"),
     (("topic: notes", "topic: dbserver1.public.articles"), "two sources share the topic"),
     (("name: notes", "name: articles"), "two sources share the name"),
     (("where: {status: [published, featured]}", "where: {status: []}"), "an empty list matches no row"),
