@@ -77,6 +77,13 @@ def test_services_and_wiring(config: dict[str, Any]) -> None:
     for name in ("worker", "trainer"):  # the registry is shared on a volume; the state in PostgreSQL (below)
         targets = {v["target"] if isinstance(v, dict) else v.split(":")[1] for v in services[name]["volumes"]}
         assert "/models" in targets and "/shared" not in targets
+    registry = services["schema-registry"]
+    assert registry["environment"]["SCHEMA_REGISTRY_KAFKASTORE_BOOTSTRAP_SERVERS"] == "PLAINTEXT://kafka:9092"
+    assert worker["environment"]["GRISTMILL_SCHEMA_REGISTRY_URL"] == "http://schema-registry:8081"
+    for name in ("worker", "worker-gpu"):  # the sources files, read-only
+        (sources,) = [v for v in services[name]["volumes"] if isinstance(v, dict)
+                      and v["target"] == "/etc/gristmill/sources"]
+        assert sources["type"] == "bind" and sources["read_only"] and sources["source"].endswith("deploy/sources")
     reservation = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert reservation["capabilities"] == ["gpu"] and services["worker-gpu"]["profiles"] == ["gpu"]
 
@@ -460,6 +467,8 @@ THIRD_PARTY_STATE: dict[str, ImageState] = {
                                   lambda s: [s.get("environment", {}).get("GF_PATHS_DATA", "/var/lib/grafana")]),
     "postgres": ImageState("postgres (uid 999)", "/var/lib/postgresql/data",
                            lambda s: [s.get("environment", {}).get("PGDATA", "/var/lib/postgresql/data")]),
+    # schemas are kept in Kafka's _schemas topic (so in kafka-data): nothing of its own
+    "confluentinc/cp-schema-registry": ImageState("appuser (uid 1000)", "/", lambda s: []),
 }
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.sources.mapping import InvalidSources, Template, load_sources, parse_sources
+from streams.sources.mapping import InvalidSources, Template, configured_sources, load_sources, parse_sources
 
 ARTICLES = """
 sources:
@@ -72,3 +72,10 @@ def test_not_yaml_not_a_list_unreadable(tmp_path: Path) -> None:
 def test_templates() -> None:
     assert Template("{a}").single_field == "a" and Template("x{a}").single_field is None
     assert Template("{{literal}} {a.b}").fields == ["a.b"]
+
+
+def test_the_shipped_example_is_a_working_file() -> None:
+    example = Path(__file__).resolve().parents[3] / "deploy" / "sources" / "example.yaml"
+    assert [s.name for s in configured_sources(example, registry=True)] == ["articles", "products", "notes"]
+    with pytest.raises(InvalidSources, match="products are read through a schema registry"):
+        configured_sources(example)
