@@ -10,11 +10,13 @@ from functools import partial
 from schemas import DocumentEvent, FieldError
 from streams import metrics
 from streams.host import AgentHost
+from streams.ml.indexer import IndexOutcome
 from streams.ml.serving import ServingSlot
 from streams.processing import Contract, DeadLetterSink
 from streams.sources.mapper import SourceContract
+from streams.sources.ordering import refusals
 from streams.store_threads import StoreThreads
-from streams.validation import Accepted, Rejected
+from streams.validation import Accepted
 
 DOCUMENTS = Contract("documents", DocumentEvent, "doc_id")
 Announce = Callable[[Sequence[str]], Awaitable[None]]  # `IndexChanges.announce` with the outbox bound
@@ -42,11 +44,37 @@ async def index(batch: Sequence[Accepted[DocumentEvent]], *, serving: ServingSlo
                 announce: Announce | None = None) -> None:
     """Apply a batch of document events to the serving index, on the writer thread, and observe it; when indexed
     chunks were rewritten or deleted, tell the other workers (their cached answers may show them)."""
-    metrics.BATCH_RECORDS.labels("ingest").observe(len(batch))
     records = [a.record for a in batch]
     outcome = await threads.write(lambda: serving.apply_documents(records), "index write")
+    await applied(batch, outcome, announce)
+
+
+async def index_source(batch: Sequence[Accepted[DocumentEvent]], *, source: SourceContract, serving: ServingSlot,
+                       threads: StoreThreads, dead_letters: DeadLetterSink, announce: Announce | None = None) -> None:
+    """A source's document events, held to its version rules (`refusals`) against the index in the same writer
+    call that applies the rest; the refused become dead letters once the rest is written."""
+    name = source.topic.removeprefix("source:")
+
+    def write() -> tuple[IndexOutcome | None, dict[int, str]]:
+        records = [a.record for a in batch]
+        refused = refusals(name, records, serving.current.store.get_documents(list({r.doc_id for r in records})))
+        fresh = [r for i, r in enumerate(records) if i not in refused]
+        return (serving.apply_documents(fresh) if fresh else None), refused
+
+    outcome, refused = await threads.write(write, "index write")
+    if outcome is not None:
+        await applied([a for i, a in enumerate(batch) if i not in refused], outcome, announce)
+    await dead_letters.send([source.rejected(batch[i].message, (FieldError(loc="version", msg=f"source {name}: "
+                                                                           f"{why}"),), mapped=True)
+                             for i, why in refused.items()], source.topic)
+
+
+async def applied(batch: Sequence[Accepted[DocumentEvent]], outcome: IndexOutcome,
+                  announce: Announce | None) -> None:
+    """Observe an applied batch; announce rewritten or deleted chunks to the other workers."""
+    metrics.BATCH_RECORDS.labels("ingest").observe(len(batch))
     if outcome.replaced and announce is not None:
-        await announce([r.doc_id for r in records])
+        await announce([a.record.doc_id for a in batch])
     now = time.time()
     for accepted in batch:
         if accepted.message.timestamp:
@@ -58,24 +86,6 @@ async def index(batch: Sequence[Accepted[DocumentEvent]], *, serving: ServingSlo
     metrics.CHUNKS_UPSERTED.inc(outcome.chunks)
     for kind in ("embedded", "deleted", "unchanged", "stale"):
         metrics.DOCS_APPLIED.labels(kind).inc(getattr(outcome, kind))
-
-
-async def index_source(batch: Sequence[Accepted[DocumentEvent]], *, source: SourceContract, serving: ServingSlot,
-                       threads: StoreThreads, dead_letters: DeadLetterSink, announce: Announce | None = None) -> None:
-    """A source's document events: those older than what the index holds are dead letters (a source's versions
-    must grow per row; an equal one is a re-delivery, applied as a no-op), the rest are indexed."""
-    ids = list({a.record.doc_id for a in batch})
-    ledger = await threads.write(lambda: serving.current.store.get_documents(ids), "reading versions")
-    older = [a for a in batch if (held := ledger.get(a.record.doc_id)) is not None and a.record.version < held.version]
-    if older:
-        source.counts.deadlettered += len(older)
-        await dead_letters.send([Rejected(a.message, (FieldError(
-            loc="version", msg=f"{source.topic}: version {a.record.version} does not grow: the index holds "
-                               f"{ledger[a.record.doc_id].version} for {a.record.doc_id!r}"),)) for a in older],
-            source.topic)
-    stale = {id(a) for a in older}
-    if fresh := [a for a in batch if id(a) not in stale]:
-        await index(fresh, serving=serving, threads=threads, announce=announce)
 
 
 async def restore(failed: Accepted[DocumentEvent], exc: BaseException, *, serving: ServingSlot,

@@ -69,7 +69,10 @@ def check(
     elif mapping.format in REGISTRY_FORMATS and registry is None:
         raise fail(f"source {mapping.name} is {mapping.format}: ", "set GRISTMILL_SCHEMA_REGISTRY_URL", status=2)
     contract = SourceContract.of(mapping, registry)
-    asyncio.run(contract.prepare(messages))
+    try:
+        asyncio.run(asyncio.wait_for(contract.prepare(messages), 30))
+    except TimeoutError:
+        raise fail("the schema registry did not answer in 30 s: ", settings.schema_registry_url) from None
     problems = 0
     for message in messages:
         where = f"line {message.offset}" if sample is not None else f"{message.partition}@{message.offset}"

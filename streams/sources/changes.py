@@ -47,6 +47,10 @@ def _json(raw: bytes, loc: str) -> Any:
         raise Undecodable(loc, f"invalid UTF-8: {exc.reason} at byte {exc.start}") from None
     except json.JSONDecodeError as exc:
         raise Undecodable(loc, f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
+    except RecursionError:
+        raise Undecodable(loc, "not readable JSON: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise Undecodable(loc, f"not readable JSON: {str(exc)[:200]}") from None
 
 
 def _unwrapped(data: Any) -> Any:
@@ -120,13 +124,13 @@ _BINLOG_FILE = re.compile(r"\.(\d{1,9})$")
 
 
 def binlog_version(source: dict[str, Any]) -> int:
-    """MySQL's binlog coordinates as one growing integer: the file's sequence number, the position in it, the row
-    within the event (`mysql-bin.000003`, pos 154, row 1 -> 3 << 42 | 154 << 10 | 1)."""
+    """MySQL's binlog coordinates as one growing integer: the file's sequence number (20 bits), the position in it
+    (32 bits), the row within the event (11 bits): `mysql-bin.000003`, pos 154, row 1 -> 3 << 43 | 154 << 11 | 1."""
     file, pos, row = source.get("file"), source.get("pos"), source.get("row") or 0
     found = _BINLOG_FILE.search(file) if isinstance(file, str) else None
     if found is None or type(pos) is not int or type(row) is not int or pos < 0 or row < 0:
         raise Undecodable("value.source", "source.binlog needs source.file (such as mysql-bin.000003) and source.pos")
     sequence = int(found.group(1))
-    if pos >= 2**32 or row >= 2**10 or sequence >= 2**21:
+    if pos >= 2**32 or row >= 2**11 or sequence >= 2**20:
         raise Undecodable("value.source", f"binlog coordinates out of range: {file} {pos} row {row}")
-    return sequence << 42 | pos << 10 | row
+    return sequence << 43 | pos << 11 | row

@@ -35,7 +35,7 @@ from streams.sources.changes import (
     row_change,
 )
 from streams.sources.mapping import REGISTRY_FORMATS, SourceMapping, Template
-from streams.sources.registry import RegistryDecoder, schema_id
+from streams.sources.registry import RegistryDecoder, RegistryUnavailable, schema_id
 from streams.validation import Accepted, RawMessage, Rejected
 
 _MISSING = object()
@@ -79,6 +79,8 @@ def _plain(value: Any) -> Any:
 
 
 def _as_text(value: Any) -> str:
+    if isinstance(value, Decimal):  # exactly as written: 42 stays 42, not 42.0
+        return str(value)
     value = _plain(value)
     if value is None:
         return ""
@@ -91,8 +93,9 @@ def _as_text(value: Any) -> str:
     return str(value)
 
 
-def render(template: Template, row: Mapping[str, Any], what: str) -> str:
-    """The template over the row; a missing field is `Unmappable` (a null one renders empty)."""
+def render(template: Template, row: Mapping[str, Any], what: str, required: bool = False) -> str:
+    """The template over the row; a missing field is `Unmappable`, a null one renders empty (`required`: a null or
+    empty one is `Unmappable` too, as every part of an id must be there)."""
     out = []
     for literal, path in template.parts:
         out.append(literal)
@@ -100,6 +103,8 @@ def render(template: Template, row: Mapping[str, Any], what: str) -> str:
             value = field_value(row, path)
             if value is _MISSING:
                 raise Unmappable(f"row.{path}", f"{what}: the row has no field {path!r}")
+            if required and (value is None or value == ""):
+                raise Unmappable(f"row.{path}", f"{what}: {path!r} is {'null' if value is None else 'empty'}")
             try:
                 out.append(_as_text(value))
             except TypeError:
@@ -137,7 +142,8 @@ def _version_of(value: Any, path: str) -> int:
         else:  # microseconds since the epoch: a later time, a higher version
             moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
             return int(moment.timestamp() * 1_000_000)
-    raise Unmappable(f"row.{path}", f"version: {path!r} is {value!r}: an integer or an ISO-8601 time is needed")
+    raise Unmappable(f"row.{path}", f"version: {path!r} holds a {type(value).__name__} that is neither an integer "
+                                    "nor an ISO-8601 time")
 
 
 @dataclass
@@ -184,7 +190,7 @@ class SourceMapper:
             raise Truncated("a truncate removes every row of the table; gristmill does not delete the source's "
                             "documents on its own (delete them, or re-snapshot)")
         m = self.mapping
-        doc_id = render(m.doc_id, change.row, "doc_id")
+        doc_id = render(m.doc_id, change.row, "doc_id", required=True)
         version = self.version(change, message)
         if change.kind == "delete" or not self.admits(change.row):
             return DocumentEvent.model_validate({"doc_id": doc_id, "version": version, "op": "delete",
@@ -206,11 +212,20 @@ class SourceMapper:
 
     def admits(self, row: Mapping[str, Any]) -> bool:
         """Whether the row passes the source's filter (every `where` field equal to its value, or to one of its
-        list)."""
+        list). A row without the field, or whose field's type is none of the filter's (YAML reads an unquoted `off`
+        as false), is `Unmappable`: a renamed column must not delete every document of the source."""
         for path, allowed in self.mapping.where.items():
-            value = field_value(row, path)
+            value = _plain(field_value(row, path))
+            if value is _MISSING:
+                raise Unmappable(f"row.{path}", f"where: the row has no field {path!r}")
             options = allowed if isinstance(allowed, list) else [allowed]
-            if value is _MISSING or not any(value == option and type(value) is type(option) for option in options):
+            comparable = [o for o in options if type(o) is type(value) or (
+                type(value) in (int, float) and type(o) in (int, float))]
+            if not comparable and value is not None:
+                raise Unmappable(f"row.{path}", f"where: {path!r} holds a {type(value).__name__}, the filter "
+                                                f"{', '.join(sorted({type(o).__name__ for o in options}))} (quote a "
+                                                "text value in the sources file)")
+            if not any(value == option for option in comparable):
                 return False
         return True
 
@@ -291,9 +306,12 @@ class SourceContract(Contract[DocumentEvent]):
         try:
             event = self.mapper.document(message)
         except (Undecodable, Unmappable, Truncated, ValidationError) as exc:
-            self.counts.deadlettered += 1
-            metrics.SOURCE_RECORDS.labels(name, "deadlettered").inc()
-            return Rejected(message, _errors(exc, name))
+            return self.rejected(message, _errors(exc, name))
+        except RegistryUnavailable:
+            raise  # not the record's fault: the batch is read again once the registry answers
+        except Exception as exc:  # whatever else a record makes the decoding raise costs that record only
+            return self.rejected(message, (FieldError(loc="value", msg=f"source {name}: {type(exc).__name__}: "
+                                                                       f"{str(exc)[:300]}"),), type(exc).__name__)
         if event is None:
             self.counts.skipped += 1
             metrics.SOURCE_RECORDS.labels(name, "skipped").inc()
@@ -301,3 +319,14 @@ class SourceContract(Contract[DocumentEvent]):
         self.counts.mapped += 1
         metrics.SOURCE_RECORDS.labels(name, "mapped").inc()
         return Accepted(message, event)
+
+    def rejected(self, message: RawMessage, errors: tuple[FieldError, ...], exception: str | None = None,
+                 mapped: bool = False) -> Rejected:
+        """A dead letter of this source, counted (`mapped`: one that was counted as mapped, then refused)."""
+        assert self.mapper is not None
+        name = self.mapper.mapping.name
+        self.counts.deadlettered += 1
+        metrics.SOURCE_RECORDS.labels(name, "deadlettered").inc()
+        if mapped:
+            self.counts.mapped -= 1
+        return Rejected(message, errors, exception)

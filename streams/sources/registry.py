@@ -21,6 +21,7 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.schema_registry.json_schema import JSONDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext, SerializationError
 
+from schemas.errors import GristmillError
 from streams.settings import Settings
 from streams.sources.changes import Undecodable
 
@@ -48,8 +49,13 @@ def schema_id(raw: bytes | None) -> int | None:
     return int(struct.unpack(">I", raw[1:5])[0])
 
 
+class RegistryUnavailable(GristmillError):
+    """The schema registry did not answer (or refused gristmill's credentials): not the record's fault."""
+
+
 def _is_unknown(exc: SchemaRegistryError) -> bool:
-    return 400 <= (exc.http_status_code or 0) < 500
+    """The registry answered that it has no such schema (401/403/429 and 5xx are the registry's trouble)."""
+    return exc.http_status_code == 404
 
 
 class RegistryDecoder:
@@ -110,8 +116,10 @@ class RegistryDecoder:
         except SchemaRegistryError as exc:
             if _is_unknown(exc):
                 raise Undecodable(field, f"schema id {found} is unknown to the schema registry") from None
-            raise
+            raise RegistryUnavailable(f"schema registry: {exc}") from exc
         except (SerializationError, ValueError, TypeError, IndexError, KeyError, EOFError, OverflowError,
                 RecursionError) as exc:  # framing, a payload its schema cannot read, or one it does not allow
             raise Undecodable(field, f"the {self.kind} payload (schema id {found}) cannot be read: "
                                      f"{type(exc).__name__}: {str(exc)[:200]}") from None
+        except Exception as exc:  # the client's transport: a schema it fetches while decoding (a reference)
+            raise RegistryUnavailable(f"schema registry: {type(exc).__name__}: {exc}") from exc

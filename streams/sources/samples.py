@@ -40,6 +40,8 @@ def sample_messages(path: Path, topic: str) -> list[RawMessage]:
             data = json.loads(line)
         except json.JSONDecodeError as exc:
             raise InvalidSample(f"{path}:{number}: not JSON: {exc.msg}") from None
+        except (RecursionError, ValueError) as exc:
+            raise InvalidSample(f"{path}:{number}: not readable JSON: {type(exc).__name__}") from None
         keyed = isinstance(data, dict) and data.keys() == {"key", "value"}
         key, value = (data["key"], data["value"]) if keyed else (None, data)
         messages.append(RawMessage(topic, 0, number, _encoded(key), _encoded(value), time.time()))

@@ -186,11 +186,14 @@ def build_http_app(worker: AgentHost) -> web.Application:
         states = await shared.threads.peek(lambda: store.get_documents([doc_id]))
         if doc_id not in states or not access.may_read(states[doc_id].acl):
             return _error(404, f"document {doc_id!r} was never indexed")  # or is not the caller's to read
-        chunks = [c for c in await shared.threads.peek(lambda: store.chunks(doc_id)) if access.may_read(c.acl)]
+        stored = await shared.threads.peek(lambda: store.chunks(doc_id))
+        chunks = [c for c in stored if access.may_read(c.acl)]
         state = states[doc_id]
+        whole = len(chunks) == len(stored)  # a chunk narrowed (a write that failed half-way) hides the rest too
         return web.json_response({
             "doc_id": doc_id, "version": state.version, "deleted": state.deleted, "source": state.source,
-            "title": state.title, "metadata": state.metadata, "content_hash": state.content_hash,
+            "title": state.title if whole else None, "metadata": state.metadata if whole else {},
+            "content_hash": state.content_hash,
             "model_version": state.model_version, "indexed_at": state.indexed_at,
             "chunks": [{"chunk": c.chunk, "version": c.version, "text": c.text} for c in chunks],
         })

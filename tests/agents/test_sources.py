@@ -70,13 +70,18 @@ def test_debezium_changes_keep_the_index_as_the_table(tmp_path: Path, sources_fi
         harness.send("source:articles", [created[0]])  # re-delivered: an older version of article-1
         (letter,) = harness.published("deadletter")
         assert isinstance(letter, DeadLetter) and letter.topic == TOPIC and letter.errors[0].loc == "version"
-        assert "does not grow" in letter.errors[0].msg and "source:articles" in letter.errors[0].msg
+        assert letter.errors[0].msg.startswith("source articles: version 100 does not grow")
+        assert "article-1" not in letter.errors[0].msg  # reasons are shown to read keys: no document named
         again = topic(pg_event("u", 110, after=row(1, "Title 1", "Edited body.")))
         harness.send("source:articles", [again])  # the same version again: nothing happens, nothing is wrong
         assert len(harness.published("deadletter")) == 1
         assert [c.text for c in store.chunks("article-1")] == ["Title 1\n\nEdited body."]
         counts = harness.shared.sources[0].counts.as_dict()
-        assert counts == {"records": 9, "mapped": 8, "skipped": 1, "deadlettered": 1}
+        assert counts == {"records": 9, "mapped": 7, "skipped": 1, "deadlettered": 1}
+        changed = topic(pg_event("u", 110, after=row(1, "Title 1", "Other text, same version.")))
+        harness.send("source:articles", [changed])  # the same version saying something else
+        assert "that version with other content" in harness.published("deadletter")[-1].errors[0].msg
+        assert [c.text for c in store.chunks("article-1")] == ["Title 1\n\nEdited body."]
 
 
 def test_bad_records_cost_only_themselves(tmp_path: Path, sources_file: Path) -> None:
@@ -143,3 +148,28 @@ def test_a_registry_framed_topic_through_the_agent(tmp_path: Path) -> None:
         ledger = harness.shared.serving.current.store.get_documents(["product-1", "product-2", "product-3"])
         assert {d: (s.version, s.deleted) for d, s in ledger.items()} == {"product-1": (4, True),
                                                                           "product-3": (3, False)}
+
+
+def test_versions_must_grow_within_a_batch_and_a_source_changes_only_its_own(tmp_path: Path,
+                                                                             sources_file: Path) -> None:
+    topic = Topic()
+    with Harness(tmp_path, sources_file=sources_file).register("ingest") as harness:
+        harness.send("documents", [{"doc_id": "article-5", "version": 1, "op": "upsert", "text": "Written directly.",
+                                    "acl": ["group:hr"]}])
+        harness.send("source:articles", [
+            topic(pg_event("u", 300, after=row(4, "Four", "Newer first."))),
+            topic(pg_event("u", 200, after=row(4, "Four", "Older after it."))),  # in the same batch
+            topic(pg_event("u", 300, after=row(4, "Four", "Newer first."))),  # the same again: a re-delivery
+            topic(pg_event("u", 900, after=row(5, "Five", "Not this source's document."))),
+            topic(pg_event("u", 901, after=row(5, "Five", "A draft now.", status="draft"))),
+        ])
+        letters = harness.published("deadletter")
+        assert [(d.offset, d.errors[0].msg.split(": ", 1)[1][:40]) for d in letters] == [
+            (2, "version 200 does not grow: the index hol"), (4, "the document was written by another writ"),
+            (5, "the document was written by another writ")]
+        ledger = harness.shared.serving.current.store.get_documents(["article-4", "article-5"])
+        assert ledger["article-4"].version == 300 and harness.shared.serving.current.store.chunks("article-4")[
+            0].text == "Four\n\nNewer first."
+        assert (ledger["article-5"].version, ledger["article-5"].acl) == (1, ["group:hr"])  # untouched
+        assert harness.shared.sources[0].counts.as_dict() == {"records": 5, "mapped": 2, "skipped": 0,
+                                                              "deadlettered": 3}

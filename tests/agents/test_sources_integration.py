@@ -79,7 +79,6 @@ def test_a_debezium_topic_read_by_two_workers_keeps_the_index_as_the_table(
             ids += wave
             time.sleep(2)
         workers[0].wait_for(lambda: all(held(workers, f"article-{i}") for i in ids), 60, "every row indexed")
-        assert all(len(held(workers, f"article-{i}")) == 1 for i in ids)  # each worker its own partitions
 
         lsn = 5000
         produce(broker.bootstrap_servers, TOPIC, [

@@ -102,8 +102,14 @@ def test_mysql_rows_carry_their_acl_and_binlog_versions() -> None:
     ("shop", mysql_event("c", "mysql-bin.000001", 4, after=row(8, "T", "B", readers=[1])), "must hold principals"),
     ("shop", mysql_event("c", "mysql-bin.000001", 4, after=row(8, "T", "B")), "row.readers"),
     ("shop", mysql_event("c", "binlog", 4, after=row(8, "T", "B", readers="u:a")), "value.source: source shop"),
-    ("notes", {"note": {"id": 1, "text": "x"}, "updated_at": "yesterday"}, "an integer or an ISO-8601 time"),
+    ("notes", {"note": {"id": 1, "text": "x"}, "updated_at": "yesterday"}, "neither an integer nor an ISO-8601 time"),
     ("notes", {"note": {"id": 1, "text": "x"}}, "row.updated_at: source notes: version: the row has no"),
+    ("notes", {"note": {"id": None, "text": "x"}, "updated_at": 1}, "row.note.id: source notes: doc_id: 'note.id' is "
+                                                                    "null"),
+    ("notes", {"note": {"id": "", "text": "x"}, "updated_at": 1}, "doc_id: 'note.id' is empty"),
+    ("articles", pg_event("u", 6, after={k: v for k, v in row(1, "T", "B").items() if k != "status"}),
+     "row.status: source articles: where: the row has no field 'status'"),
+    ("articles", pg_event("u", 7, after=row(1, "T", "B", status=True)), "where: 'status' holds a bool, the filter str"),
 ])
 def test_a_row_that_cannot_be_mapped_is_a_dead_letter_naming_source_and_reason(name: str, value: Any,
                                                                                expected: str) -> None:
@@ -121,3 +127,10 @@ def test_json_rows_version_by_time_and_a_delete_needs_a_version() -> None:
     assert older.doc_id == "note-1" and older.version < newer.version < naive.version
     tombstone = reasons(check(notes, None, {"note": {"id": 1}}))
     assert any("version: the row has no 'updated_at'" in reason for reason in tombstone)
+
+
+@pytest.mark.parametrize("raw", [b"[" * 100_000, b'{"op": "c", "after": {"id": ' + b"9" * 5000 + b"}}"])
+def test_json_no_parser_can_hold_is_a_dead_letter_not_a_crash(raw: bytes) -> None:
+    articles = contract("articles")
+    checked = articles.check(RawMessage("t", 0, 0, raw, raw, None))
+    assert isinstance(checked, Rejected) and checked.errors[0].msg.startswith("source articles: not readable JSON")

@@ -1,0 +1,48 @@
+"""Which of a source's document events the index must refuse: the version rules a source is held to.
+
+A source's versions must grow per row. Against what the index holds (or an earlier event of the same batch): a
+lower version, or an equal one that says something else, is refused (a dead letter); an equal one that says the
+same is a re-delivery, applied as the no-op it is. A document another source (or the `documents` topic) wrote is
+not a source's to change. Reasons name no document and no value: dead-letter reasons are shown to `read` keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from schemas import DocumentEvent
+from streams.ml.indexer import content_hash
+from streams.state.store import DocumentState, readers_of
+
+
+def _same(event: DocumentEvent, held: DocumentEvent | DocumentState) -> bool:
+    """Whether `event` says what `held` (an earlier event, or the index's entry at the same version) says."""
+    if isinstance(held, DocumentEvent):
+        return event == held
+    if event.op == "delete" or held.deleted:
+        return event.op == "delete" and held.deleted
+    return (content_hash(event) == held.content_hash and dict(event.metadata) == dict(held.metadata)
+            and readers_of(event.acl) == readers_of(held.acl))
+
+
+def refusals(source: str, events: Sequence[DocumentEvent], ledger: Mapping[str, DocumentState]) -> dict[int, str]:
+    """Position in `events` (offset order per partition) -> why that event is refused."""
+    refused: dict[int, str] = {}
+    newest: dict[str, DocumentEvent] = {}  # the latest event of each document this batch applies
+    for i, event in enumerate(events):
+        indexed = ledger.get(event.doc_id)
+        if indexed is not None and indexed.source != source:
+            owner = f"source {indexed.source!r}" if indexed.source else "another writer"
+            refused[i] = f"the document was written by {owner}, not this source: a source changes only its own"
+            continue
+        held: DocumentEvent | DocumentState | None = newest.get(event.doc_id, indexed)
+        if held is not None and event.version < held.version:
+            refused[i] = (f"version {event.version} does not grow: the index holds version {held.version} (a row's "
+                          "versions must grow; a record re-delivered after its row changed again ends here too)")
+            continue
+        if held is not None and event.version == held.version and not _same(event, held):
+            refused[i] = (f"version {event.version} does not grow: the index holds that version with other "
+                          "content (two changes of a row must not share a version)")
+            continue
+        newest[event.doc_id] = event
+    return refused
