@@ -106,8 +106,7 @@ class RegistryDecoder:
             return None
         found = schema_id(raw)
         if found is None:
-            raise Undecodable(field, f"not in the schema registry's wire format (magic byte 0 and a schema id): "
-                                     f"starts with {raw[:5]!r}")
+            raise Undecodable(field, "not in the schema registry's wire format (magic byte 0 and a schema id)")
         if found in self._unknown:
             raise Undecodable(field, f"schema id {found} is unknown to the schema registry")
         context = SerializationContext(self.topic, MessageField.KEY if field == "key" else MessageField.VALUE)
