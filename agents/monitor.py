@@ -10,13 +10,14 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
-from schemas import DocumentEvent, FeedbackEvent, QueryEvent, Record
+from schemas import DocumentEvent, FeedbackEvent, QualityReport, QueryEvent, Record
 from streams import metrics
 from streams.host import AgentHost
 from streams.ml.monitoring import TOPICS, DriftThresholds, StreamMonitor, Window
 from streams.ml.quality import QualityGate
 from streams.processing import Contract, Outbox, publish
 from streams.settings import Settings
+from streams.sources.mapper import SourceContract
 from streams.state.encoder import Encoder
 from streams.validation import Accepted, RawMessage
 
@@ -29,18 +30,24 @@ CONTRACTS: dict[str, Contract[Record]] = {
 
 
 def register(worker: AgentHost) -> None:
+    sources = worker.shared.sources
     try:
-        gate = QualityGate()
+        gate = QualityGate(own_dir=worker.settings.quality_suites_dir, names={*TOPICS, *(s.topic for s in sources)})
     except ImportError:
         log.warning("monitor agent disabled: install gristmill[quality] for Great Expectations")
         return
     monitor = stream_monitor(gate, worker.shared.serving.current.encoder, worker.settings)
     evaluate = partial(publish_window, monitor=monitor, outbox=worker.outbox, model_key=worker.settings.model_name
                        .encode(), evaluator=ThreadPoolExecutor(1, thread_name_prefix="monitor"), running=set(),
-                       waiting=Counter(), max_pending=worker.settings.monitor_max_pending_windows)
+                       waiting=Counter(), max_pending=worker.settings.monitor_max_pending_windows,
+                       latest=worker.shared.quality)
     for topic in TOPICS:
         worker.observer(topic, f"monitor-{topic}", 500, 0.5, partial(observe, contract=CONTRACTS[topic],
                                                                    monitor=monitor, evaluate=evaluate))
+    for source in sources:  # a source's documents, as mapped, in windows of their own
+        worker.observer(source.topic, f"monitor-{source.topic.replace(':', '-')}", 500, 0.5,
+                        partial(observe_source, source=source, monitor=monitor, evaluate=evaluate),
+                        consumes=source.consumes)
     worker.timer(1.0, partial(close_due_windows, monitor=monitor, evaluate=evaluate))
 
 
@@ -71,6 +78,28 @@ def observe(messages: Sequence[RawMessage], *, contract: Contract[Record], monit
             evaluate(closed)
 
 
+def observe_source(messages: Sequence[RawMessage], *, source: SourceContract, monitor: StreamMonitor,
+                   evaluate: Callable[[Window], object]) -> None:
+    """A source's records as the ingest agent maps them (without counting them again): a document event, or an
+    invalid record; records skipped quietly, and those whose schema the ingest agent has not fetched yet, are not
+    judged."""
+    mapper = source.mapper
+    assert mapper is not None
+    for message in messages:
+        if mapper.registry is not None and not mapper.registry.ready(message.key, message.value):
+            continue
+        try:
+            record = mapper.document(message)
+        except Exception:  # a dead letter of the ingest agent's: an invalid record here
+            record = None
+        else:
+            if record is None:
+                continue
+        closed = monitor.observe(source.topic, record, message.timestamp)
+        if closed is not None:
+            evaluate(closed)
+
+
 async def close_due_windows(*, monitor: StreamMonitor, evaluate: Callable[[Window], object]) -> None:
     for window in monitor.due():
         evaluate(window)
@@ -80,7 +109,8 @@ async def close_due_windows(*, monitor: StreamMonitor, evaluate: Callable[[Windo
 
 def publish_window(window: Window, *, monitor: StreamMonitor, outbox: Outbox, model_key: bytes,
                    evaluator: ThreadPoolExecutor, running: set[asyncio.Task[None]], waiting: Counter[str],
-                   max_pending: int = 4) -> asyncio.Task[None] | None:
+                   max_pending: int = 4, latest: dict[str, QualityReport] | None = None
+                   ) -> asyncio.Task[None] | None:
     """Evaluate a window on the monitor's own thread (one at a time) and publish its report, in the background.
     While `max_pending` windows of the same topic wait for that thread, a window of that topic is skipped (counted,
     logged): a monitor that falls behind a busy stream must not pile up its windows in memory, nor starve the
@@ -102,6 +132,8 @@ def publish_window(window: Window, *, monitor: StreamMonitor, outbox: Outbox, mo
         finally:
             waiting[window.topic] -= 1
         await publish(outbox, "quality", window.topic.encode(), result.report)
+        if latest is not None:
+            latest[window.topic] = result.report  # what the dashboard's alerts show
         if result.retrain is not None:
             await publish(outbox, "retrain", model_key, result.retrain)
             metrics.RETRAIN_REQUESTS.labels("drift").inc()
@@ -121,6 +153,6 @@ def publish_window(window: Window, *, monitor: StreamMonitor, outbox: Outbox, mo
 
 
 def refresh_alerts(monitor: StreamMonitor) -> None:
-    for topic in TOPICS:
+    for topic in list(monitor.alerts):
         for kind in ("quality", "drift", "stale"):
             metrics.ALERT.labels(topic, kind).set(int(kind in monitor.alerts[topic]))

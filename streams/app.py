@@ -193,10 +193,10 @@ class Worker:
         return self.app.consumer  # type: ignore[no-any-return]
 
     def observer(self, topic: str, name: str, size: int, within: float,
-                 observe: Callable[[Sequence[RawMessage]], None]) -> None:
+                 observe: Callable[[Sequence[RawMessage]], None], consumes: str | None = None) -> None:
         """Watch a topic beside its agent: each batch is acknowledged as soon as it was observed, so an observer
         never holds an offset back (iterating events one by one would keep the last unacknowledged)."""
-        @self.app.agent(self.outbox.topic(topic), name=name)
+        @self.app.agent(self.outbox.external(consumes) if consumes else self.outbox.topic(topic), name=name)
         async def watch(stream: Any) -> None:
             async for events in stream.take_batches(size, within):
                 started = time.perf_counter()

@@ -28,8 +28,9 @@ class AgentHost(Protocol):
         ...
 
     def observer(self, topic: str, name: str, size: int, within: float,
-                 observe: Callable[[Sequence[RawMessage]], None]) -> None:
-        """Show every batch of `topic` to `observe` without holding its offsets back."""
+                 observe: Callable[[Sequence[RawMessage]], None], consumes: str | None = None) -> None:
+        """Show every batch of `topic` to `observe` without holding its offsets back (`consumes`: the topic outside
+        gristmill's namespace read instead, a source's; `topic` then labels it)."""
         ...
 
     def timer(self, interval_s: float, tick: Callable[[], Awaitable[None]]) -> None:

@@ -35,6 +35,8 @@ class Settings(BaseSettings):
                                             "avro or json-schema format (mock:// is the in-memory one of tests).")
     schema_registry_username: str | None = None
     schema_registry_password: SecretStr | None = None
+    quality_suites_dir: Path | None = Field(default=None, description="Your own Great Expectations suites (JSON): "
+                                            "one named as a topic replaces its default; `source:NAME` checks a source.")
     sources_file: Path | None = Field(default=None, description="YAML file of source mappings: topics of other "
                                       "shapes (Debezium, JSON rows) the ingest agent turns into documents.")
     replication_factor: int = Field(default=1, ge=1)

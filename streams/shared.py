@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from schemas import QualityReport
 from streams.answering import ActiveExperiment, Answering, ShadowRunner
 from streams.index_changes import IndexChanges
 from streams.ml.serving import (
@@ -48,6 +49,7 @@ class Shared:
     answering: Answering  # answers queries as the live experiment routes them
     index_changes: IndexChanges  # this worker's index writes told to the others, theirs applied to its caches
     sources: list[SourceContract] = field(default_factory=list)  # topics of other shapes, mapped to documents
+    quality: dict[str, QualityReport] = field(default_factory=dict)  # the latest quality report of each topic
 
     @classmethod
     def open(cls, settings: Settings, outbox: Outbox, *, stopping: Callable[[], bool] = lambda: False,

@@ -105,7 +105,7 @@ class Harness:
         return runner
 
     def observer(self, topic: str, name: str, size: int, within: float,
-                 observe: Callable[[Sequence[RawMessage]], None]) -> None:
+                 observe: Callable[[Sequence[RawMessage]], None], consumes: str | None = None) -> None:
         self.observers[topic].append(observe)
 
     def timer(self, interval_s: float, tick: Callable[[], Awaitable[None]]) -> None:

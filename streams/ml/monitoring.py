@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -83,7 +84,7 @@ class StreamMonitor:
         self._references: dict[str, Reference] = {}
         self._last_record: dict[str, float] = {}
         self._last_retrain: float | None = None
-        self.alerts: dict[str, set[str]] = {topic: set() for topic in TOPICS}
+        self.alerts: defaultdict[str, set[str]] = defaultdict(set, {topic: set() for topic in TOPICS})
 
     def observe(self, topic: str, record: Record | None, event_time: float | None = None) -> Window | None:
         """Add one record (None: it failed validation); return the window if this record closed it."""
@@ -122,7 +123,7 @@ class StreamMonitor:
             return stale
 
     def evaluate(self, window: Window) -> WindowReport:
-        outcome = self.gate.validate(window.topic, window.rows)
+        outcome = self.gate.validate(self.gate.suite_for(window.topic), window.rows)
         embeddings = None
         if window.texts and self.encoder is not None and len(window.rows) >= self.min_drift_records:
             embeddings = self.encoder.encode(window.texts)
@@ -148,7 +149,7 @@ class StreamMonitor:
         ended = datetime.fromtimestamp(window.last_event or now, UTC)
         report = QualityReport(
             window=QualityWindow(start=started, end=ended, records=window.size),
-            suite=window.topic, success=outcome.success,
+            suite=self.gate.suite_for(window.topic), success=outcome.success,
             failed=[FailedExpectation(expectation=f.expectation, column=f.column, observed=f.observed)
                     for f in outcome.failed],
             drift={**scores, "invalid_share": window.invalid / window.size if window.size else 0.0},
@@ -174,7 +175,7 @@ class StreamMonitor:
                 scores["query_mean_shift"] = drift.mean_cosine_shift(reference.embeddings, embeddings)
                 scores["query_mmd"] = drift.mmd_rbf(reference.embeddings, embeddings)
             return scores
-        if window.topic == "documents":
+        if window.topic == "documents" or window.topic.startswith("source:"):  # a source's mapped documents
             lengths = ([r["text_length"] for r in rows if r["text_length"] is not None] for rows in (then, now))
             return {"document_length_ks": drift.ks_statistic(*lengths),
                     "document_source_tv": drift.total_variation([r["source"] for r in then],

@@ -10,13 +10,14 @@ import json
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from schemas import DocumentEvent, FeedbackEvent, QueryEvent, Record
+from schemas.errors import GristmillError
 
 SUITES_DIR = Path(str(resources.files("schemas") / "suites"))
 log = logging.getLogger(__name__)
@@ -69,6 +70,8 @@ class QualityOutcome:
 
 
 def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", None) == 0:
+        value = value.item()  # a numpy scalar: the number it holds
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, (str, int, float, bool)) or value is None:
@@ -80,10 +83,42 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-class QualityGate:
-    """Loads every suite once into an ephemeral GX context and validates windows (pandas) against them."""
+class InvalidSuite(GristmillError, ValueError):
+    """A suite of `GRISTMILL_QUALITY_SUITES_DIR` that cannot be used: not JSON, no name or expectations, an
+    expectation GX does not know, or a name that is no topic or source."""
 
-    def __init__(self, suites_dir: Path = SUITES_DIR, min_records: int = 2) -> None:
+
+def suite_specs(suites_dir: Path, own_dir: Path | None = None,
+                names: Collection[str] | None = None) -> dict[str, dict[str, Any]]:
+    """The suites by name: the defaults, each replaced by one of `own_dir` with its name; `own_dir` may add
+    suites whose names are in `names` (a configured source's `source:NAME`)."""
+    specs: dict[str, dict[str, Any]] = {}
+    for folder, own in ((suites_dir, False), *(((own_dir, True),) if own_dir is not None else ())):
+        if own and not folder.is_dir():
+            raise InvalidSuite(f"GRISTMILL_QUALITY_SUITES_DIR {folder} is not a directory")
+        for path in sorted(folder.glob("*.json")):
+            try:
+                spec = json.loads(path.read_text(encoding="utf-8"))
+                name, expectations = spec["name"], spec["expectations"]
+            except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+                raise InvalidSuite(f"{path}: not a suite ({{\"name\": ..., \"expectations\": [...]}}): "
+                                   f"{type(exc).__name__}: {exc}") from None
+            if not isinstance(name, str) or not isinstance(expectations, list):
+                raise InvalidSuite(f"{path}: `name` must be a string and `expectations` a list")
+            if own and names is not None and name not in names and name not in specs:
+                raise InvalidSuite(f"{path}: suite {name!r} names no topic and no configured source (known: "
+                                   f"{', '.join(sorted({*specs, *names}))})")
+            specs[name] = {**spec, "origin": str(path)}
+    return specs
+
+
+class QualityGate:
+    """Loads every suite once into an ephemeral GX context and validates windows (pandas) against them: the
+    defaults of `schemas/suites`, each replaced by the suite of the same name in `own_dir`, which may add a suite
+    per source (`source:NAME`; a source without one is checked with `documents`)."""
+
+    def __init__(self, suites_dir: Path = SUITES_DIR, min_records: int = 2, own_dir: Path | None = None,
+                 names: Collection[str] | None = None) -> None:
         import great_expectations as gx
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -94,15 +129,25 @@ class QualityGate:
         source = self._context.data_sources.add_pandas("gristmill-windows")
         self._suites: dict[str, Any] = {}
         self._batches: dict[str, Any] = {}
-        for path in sorted(suites_dir.glob("*.json")):
-            spec = json.loads(path.read_text(encoding="utf-8"))
-            suite = self._context.suites.add(gx.ExpectationSuite(
-                name=spec["name"], expectations=spec["expectations"], meta=spec.get("meta", {})))
-            self._suites[spec["name"]] = suite
-            asset = source.add_dataframe_asset(name=spec["name"])
-            self._batches[spec["name"]] = asset.add_batch_definition_whole_dataframe(f"{spec['name']}-window")
+        from great_expectations.expectations.registry import get_expectation_impl
+
+        for name, spec in suite_specs(suites_dir, own_dir, names).items():
+            try:
+                for expectation in spec["expectations"]:  # each one GX knows, with arguments it takes
+                    get_expectation_impl(expectation["type"])(**expectation.get("kwargs", {}))
+                suite = self._context.suites.add(gx.ExpectationSuite(
+                    name=name, expectations=spec["expectations"], meta=spec.get("meta", {})))
+            except Exception as exc:  # GX's own errors for an expectation it does not know or cannot build
+                raise InvalidSuite(f"{spec['origin']}: {type(exc).__name__}: {str(exc)[:300]}") from None
+            self._suites[name] = suite
+            asset = source.add_dataframe_asset(name=name)
+            self._batches[name] = asset.add_batch_definition_whole_dataframe(f"{name}-window")
         if not self._suites:
             raise FileNotFoundError(f"no Great Expectations suites in {suites_dir}")
+
+    def suite_for(self, topic: str) -> str:
+        """The suite a topic's windows are checked with: its own, or (a source without one) `documents`."""
+        return topic if topic in self._suites or not topic.startswith("source:") else "documents"
 
     @property
     def suites(self) -> list[str]:

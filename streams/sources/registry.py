@@ -99,6 +99,11 @@ class RegistryDecoder:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, retry_max_s)
 
+    def ready(self, *raws: bytes | None) -> bool:
+        """Whether decoding `raws` needs nothing from the registry (every schema they name fetched, or known to be
+        unknown)."""
+        return all((i := schema_id(raw)) is None or i in self._known or i in self._unknown for raw in raws)
+
     def decode(self, raw: bytes | None, field: Literal["key", "value"]) -> Any:
         """The decoded key or value; None stays None (a tombstone). A key that is not wire-framed is read as JSON or
         as a plain string by the caller."""

@@ -12,6 +12,7 @@ from typing import Any
 
 from prometheus_client import REGISTRY
 
+from schemas import QualityReport
 from streams.ml.evaluation import summarize
 from streams.shared import Shared
 from streams.state.store import PUBLIC, Access
@@ -69,6 +70,16 @@ def shown(text: object, limit: int = SHOWN_CHARS) -> str:
     return value if len(value) <= limit else value[:limit] + "…"
 
 
+def failed_checks(report: QualityReport | None, reader: Access) -> list[dict[str, Any]]:
+    """The expectations the latest window of a topic failed, with what was observed: a number for anyone, other
+    values (a suite may observe ids or sources) only for an internal reader."""
+    if report is None:
+        return []
+    return [{"expectation": f.expectation, "column": f.column, "suite": report.suite,
+             "observed": f.observed if reader.internal or f.observed is None
+             or isinstance(f.observed, int | float | bool) else "withheld"} for f in report.failed[:5]]
+
+
 def dashboard_state(shared: Shared, trains: bool, recent: int = 20, reader: Access = PUBLIC) -> dict[str, Any]:
     """Everything the page shows, as JSON-ready data (`trains`: this worker runs the trainer agent). The recent
     queries' top hits and judged documents are shown only where `reader` may read them, and a dead-lettered
@@ -77,7 +88,9 @@ def dashboard_state(shared: Shared, trains: bool, recent: int = 20, reader: Acce
     withheld = set() if reader.internal else {"documents", TopicNames(shared.settings.namespace).documents,
                                               *(c.consumes for c in shared.sources)}  # a source's rows too
     lookups = sum(cache.values())
-    alerts = [{"topic": labels["topic"], "kind": labels["kind"]}
+    alerts = [{"topic": labels["topic"], "kind": labels["kind"],
+               "failed": failed_checks(shared.quality.get(labels["topic"]), reader) if labels["kind"] == "quality"
+               else []}
               for _, labels, value in _samples("gristmill_alert") if value > 0]
     entries = [(entry, entry.response.get("hits") or [], [p for p in shared.pairs.for_query(entry.query_id)
                                                            if p.source == "feedback"])
@@ -245,7 +258,9 @@ async function refresh() {
       ? `degraded: ${s.degraded_agents.join(", ")}` : "all agents healthy"),
   ].join("");
   document.getElementById("alerts").innerHTML = s.alerts.length
-    ? s.alerts.map(a => `<span class="alert">${esc(a.topic)}: ${esc(a.kind)}</span>`).join(" · ")
+    ? s.alerts.map(a => `<span class="alert">${esc(a.topic)}: ${esc(a.kind)}${(a.failed || []).map(f =>
+        ` — ${esc(f.expectation)}${f.column ? ` (${esc(f.column)})` : ""}: observed ${esc(JSON.stringify(f.observed))}`
+      ).join("")}</span>`).join(" · ")
     : '<span class="ok">no alerts</span>';
   rows("deadletters", s.dead_letters, d => `<tr><td>${esc(d.topic)}</td><td>${d.partition}@${d.offset}</td>
     <td>${esc(d.key)}</td><td>${d.reasons.map(esc).join("<br>")}</td>

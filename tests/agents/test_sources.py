@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,10 +12,11 @@ import pytest
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from schemas import DeadLetter
+from schemas import DeadLetter, QualityReport
 from streams.devtools.harness import Harness
 from streams.sources.mapping import InvalidSources
 from streams.validation import RawMessage
+from streams.web.dashboard import dashboard_state
 from tests.streams.sources.debezium_events import encode, enveloped, pg_event, row
 
 TOPIC = "dbserver1.public.articles"
@@ -173,3 +176,27 @@ def test_versions_must_grow_within_a_batch_and_a_source_changes_only_its_own(tmp
         assert (ledger["article-5"].version, ledger["article-5"].acl) == (1, ["group:hr"])  # untouched
         assert harness.shared.sources[0].counts.as_dict() == {"records": 5, "mapped": 2, "skipped": 0,
                                                               "deadlettered": 3}
+
+
+def test_a_source_is_checked_by_its_own_suite_and_the_dashboard_names_what_failed(tmp_path: Path,
+                                                                                  sources_file: Path) -> None:
+    suites = tmp_path / "suites"
+    suites.mkdir()
+    (suites / "articles.json").write_text(json.dumps({"name": "source:articles", "expectations": [
+        {"type": "expect_column_max_to_be_between", "kwargs": {"column": "text_length", "max_value": 10}}]}))
+    topic = Topic()
+    with Harness(tmp_path, sources_file=sources_file, quality_suites_dir=suites, monitor_window_records=20,
+                 ).register("ingest", "monitor") as harness:
+        harness.send("source:articles", [topic(pg_event("c", 10 + i, after=row(i, f"T{i}", f"A body of text {i}.")))
+                                         for i in range(20)])
+        deadline = time.monotonic() + 30
+        while not harness.published("quality"):
+            assert time.monotonic() < deadline, "no quality report for the source's window"
+            harness.run(asyncio.sleep(0.1))
+        (report,) = harness.published("quality")
+        assert isinstance(report, QualityReport) and report.suite == "source:articles" and not report.success
+        alerts = [a for a in dashboard_state(harness.shared, trains=False)["alerts"] if a["topic"] == "source:articles"]
+        assert alerts == [{"topic": "source:articles", "kind": "quality", "failed": [{
+            "expectation": "expect_column_max_to_be_between", "column": "text_length", "suite": "source:articles",
+            "observed": len("A body of text 10.")}]}]
+        assert len(harness.shared.serving.current.store.get_documents([f"article-{i}" for i in range(20)])) == 20
