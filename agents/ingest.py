@@ -13,10 +13,10 @@ from streams.host import AgentHost
 from streams.ml.indexer import IndexOutcome
 from streams.ml.serving import ServingSlot
 from streams.processing import Contract, DeadLetterSink
-from streams.sources.mapper import SourceContract
+from streams.sources.mapper import SourceContract, SourceTruncation
 from streams.sources.ordering import refusals
 from streams.store_threads import StoreThreads
-from streams.validation import Accepted
+from streams.validation import Accepted, RawMessage
 
 DOCUMENTS = Contract("documents", DocumentEvent, "doc_id")
 Announce = Callable[[Sequence[str]], Awaitable[None]]  # `IndexChanges.announce` with the outbox bound
@@ -33,7 +33,7 @@ def register(worker: AgentHost) -> None:
                            s.ingest_batch_seconds,
                            partial(index_source, source=source, serving=shared.serving, threads=shared.threads,
                                    dead_letters=shared.dead_letters, announce=changes),
-                           on_failure=partial(restore, serving=shared.serving, threads=shared.threads,
+                           on_failure=partial(restore_source, serving=shared.serving, threads=shared.threads,
                                               announce=changes))
     if s.store_compact_interval_s:  # updates and deletes leave replaced points; the WAL needs flushes
         worker.timer(s.store_compact_interval_s, partial(compact, shared.serving, shared.threads,
@@ -46,39 +46,63 @@ async def index(batch: Sequence[Accepted[DocumentEvent]], *, serving: ServingSlo
     chunks were rewritten or deleted, tell the other workers (their cached answers may show them)."""
     records = [a.record for a in batch]
     outcome = await threads.write(lambda: serving.apply_documents(records), "index write")
-    await applied(batch, outcome, announce)
+    await applied(records, [a.message for a in batch], outcome, announce)
 
 
-async def index_source(batch: Sequence[Accepted[DocumentEvent]], *, source: SourceContract, serving: ServingSlot,
-                       threads: StoreThreads, dead_letters: DeadLetterSink, announce: Announce | None = None) -> None:
+async def index_source(batch: Sequence[Accepted[DocumentEvent | SourceTruncation]], *, source: SourceContract,
+                       serving: ServingSlot, threads: StoreThreads, dead_letters: DeadLetterSink,
+                       announce: Announce | None = None) -> None:
     """A source's document events, held to its version rules (`refusals`) against the index in the same writer
-    call that applies the rest; the refused become dead letters once the rest is written."""
+    call that applies the rest, in order around its truncates (each deletes the source's older documents); the
+    refused become dead letters once the rest is written."""
     name = source.topic.removeprefix("source:")
+    store = serving.current.store
+    refused: dict[int, str] = {}
 
-    def write() -> tuple[IndexOutcome | None, dict[int, str]]:
-        records = [a.record for a in batch]
-        refused = refusals(name, records, serving.current.store.get_documents(list({r.doc_id for r in records})))
-        fresh = [r for i, r in enumerate(records) if i not in refused]
-        return (serving.apply_documents(fresh) if fresh else None), refused
+    def write() -> list[tuple[list[DocumentEvent], IndexOutcome]]:
+        done: list[tuple[list[DocumentEvent], IndexOutcome]] = []
+        pending: list[tuple[int, DocumentEvent]] = []
 
-    outcome, refused = await threads.write(write, "index write")
-    if outcome is not None:
-        await applied([a for i, a in enumerate(batch) if i not in refused], outcome, announce)
+        def apply(events: list[DocumentEvent]) -> None:
+            if events:
+                done.append((events, serving.apply_documents(events)))
+
+        def flush() -> None:
+            events = [event for _, event in pending]
+            held = store.get_documents(list({event.doc_id for event in events}))
+            refused.update({pending[i][0]: why for i, why in refusals(name, events, held).items()})
+            apply([event for i, event in pending if i not in refused])
+            pending.clear()
+
+        for i, accepted in enumerate(batch):
+            record = accepted.record
+            if isinstance(record, SourceTruncation):
+                flush()
+                apply([DocumentEvent(doc_id=s.doc_id, version=record.version, op="delete", source=name)
+                       for s in store.all_documents()
+                       if s.source == name and not s.deleted and s.version < record.version])
+            else:
+                pending.append((i, record))
+        flush()
+        return done
+
+    for events, outcome in await threads.write(write, "index write"):
+        await applied(events, [a.message for a in batch], outcome, announce)
     await dead_letters.send([source.rejected(batch[i].message, (FieldError(loc="version", msg=f"source {name}: "
                                                                            f"{why}"),), mapped=True)
                              for i, why in refused.items()], source.topic)
 
 
-async def applied(batch: Sequence[Accepted[DocumentEvent]], outcome: IndexOutcome,
+async def applied(events: Sequence[DocumentEvent], messages: Sequence[RawMessage], outcome: IndexOutcome,
                   announce: Announce | None) -> None:
-    """Observe an applied batch; announce rewritten or deleted chunks to the other workers."""
-    metrics.BATCH_RECORDS.labels("ingest").observe(len(batch))
+    """Observe applied events (from `messages`); announce rewritten or deleted chunks to the other workers."""
+    metrics.BATCH_RECORDS.labels("ingest").observe(len(events))
     if outcome.replaced and announce is not None:
-        await announce([a.record.doc_id for a in batch])
+        await announce([event.doc_id for event in events])
     now = time.time()
-    for accepted in batch:
-        if accepted.message.timestamp:
-            metrics.FRESHNESS_SECONDS.observe(max(0.0, now - accepted.message.timestamp))
+    for message in messages:
+        if message.timestamp:
+            metrics.FRESHNESS_SECONDS.observe(max(0.0, now - message.timestamp))
     for stage, seconds in outcome.stages.items():
         metrics.STAGE_SECONDS.labels(stage).inc(seconds)
     metrics.ENCODE_SECONDS.labels("ingest").observe(outcome.encode_s)
@@ -96,6 +120,14 @@ async def restore(failed: Accepted[DocumentEvent], exc: BaseException, *, servin
                         f"restoring {doc_id!r} after a failed write")
     if announce is not None:
         await announce([doc_id])
+
+
+async def restore_source(failed: Accepted[DocumentEvent | SourceTruncation], exc: BaseException, *,
+                         serving: ServingSlot, threads: StoreThreads, announce: Announce | None = None) -> None:
+    """A source's event whose write failed half-way: a document restored as from `documents`; a truncate's deletes
+    that were done stay done (each is whole), the dead letter says the rest were not."""
+    if isinstance(failed.record, DocumentEvent):
+        await restore(failed, exc, serving=serving, threads=threads, announce=announce)  # type: ignore[arg-type]
 
 
 async def compact(serving: ServingSlot, threads: StoreThreads, interval_s: float) -> None:

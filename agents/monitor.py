@@ -93,7 +93,7 @@ def observe_source(messages: Sequence[RawMessage], *, source: SourceContract, mo
         except Exception:  # a dead letter of the ingest agent's: an invalid record here
             record = None
         else:
-            if record is None:
+            if not isinstance(record, DocumentEvent):  # skipped quietly, or a truncate: no document to judge
                 continue
         closed = monitor.observe(source.topic, record, message.timestamp)
         if closed is not None:

@@ -31,6 +31,7 @@ def check(
     limit: Annotated[int, typer.Option(help="Records read with --from-topic at most.", min=1)] = 20,
 ) -> None:
     """Check a sources file; with records, print the document event each one becomes, or why it is a dead letter."""
+    from schemas import DocumentEvent
     from streams.sources.mapper import SourceContract
     from streams.sources.mapping import REGISTRY_FORMATS, InvalidSources, load_sources
     from streams.sources.registry import registry_client
@@ -77,7 +78,10 @@ def check(
     for message in messages:
         where = f"line {message.offset}" if sample is not None else f"{message.partition}@{message.offset}"
         checked = contract.check(message)
-        if isinstance(checked, Accepted):
+        if isinstance(checked, Accepted) and not isinstance(checked.record, DocumentEvent):
+            console.print(untrusted(f"{where}: truncate: every document of the source older than version "
+                                    f"{checked.record.version} is deleted"), soft_wrap=True)
+        elif isinstance(checked, Accepted):
             d = checked.record
             change = contract.mapper.change(message)  # type: ignore[union-attr]
             why = " (the row leaves the filter)" if d.op == "delete" and change.kind == "upsert" else ""

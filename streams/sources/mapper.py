@@ -20,8 +20,9 @@ from uuid import UUID
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from pydantic import ValidationError
 
-from schemas import DocumentEvent, FieldError
+from schemas import DocumentEvent, FieldError, Record
 from schemas.errors import GristmillError
+from schemas.records import DocumentVersion
 from streams import metrics
 from streams.processing import Contract
 from streams.sources.changes import (
@@ -51,7 +52,7 @@ class Unmappable(GristmillError, ValueError):
 
 
 class Truncated(GristmillError):
-    """A Debezium truncate: every row of the table is gone."""
+    """A Debezium truncate of a source that does not delete on truncates: every row of the table is gone."""
 
     loc = "value.op"
 
@@ -146,6 +147,12 @@ def _version_of(value: Any, path: str) -> int:
                                     "nor an ISO-8601 time")
 
 
+class SourceTruncation(Record):
+    """Every document of the source whose version is older than `version` is gone (a Debezium truncate)."""
+
+    version: DocumentVersion
+
+
 @dataclass
 class SourceCounts:
     """Records of one source so far: in, mapped to a document event, skipped quietly, dead-lettered."""
@@ -180,15 +187,18 @@ class SourceMapper:
         value = self.registry.decode(message.value, "value")
         return (debezium_change if self.mapping.changes == "debezium" else row_change)(key_fields, value)
 
-    def document(self, message: RawMessage) -> DocumentEvent | None:
-        """The document event of a record; None for a record skipped quietly. Raises `Undecodable`, `Unmappable`,
-        `Truncated` or pydantic's `ValidationError` (the event the row renders is not a valid document)."""
+    def document(self, message: RawMessage) -> DocumentEvent | SourceTruncation | None:
+        """The document event of a record (a truncate of a source that deletes on truncates: `SourceTruncation`);
+        None for a record skipped quietly. Raises `Undecodable`, `Unmappable`, `Truncated` or pydantic's
+        `ValidationError` (the event the row renders is not a valid document)."""
         change = self.change(message)
         if change.kind == "skip":
             return None
         if change.kind == "truncate":
-            raise Truncated("a truncate removes every row of the table; gristmill does not delete the source's "
-                            "documents on its own (delete them, or re-snapshot)")
+            if self.mapping.on_truncate == "delete-all":
+                return SourceTruncation(version=self.version(change, message))
+            raise Truncated("a truncate removes every row of the table; gristmill deletes the source's documents "
+                            "only with `on_truncate: delete-all` (delete them, or re-snapshot)")
         m = self.mapping
         doc_id = render(m.doc_id, change.row, "doc_id", required=True)
         version = self.version(change, message)
@@ -277,7 +287,7 @@ def _errors(exc: Exception, source: str) -> tuple[FieldError, ...]:
 
 
 @dataclass(frozen=True)
-class SourceContract(Contract[DocumentEvent]):
+class SourceContract(Contract[DocumentEvent | SourceTruncation]):  # type: ignore[type-var]
     """The gate of a source topic (consumed by its own name, outside gristmill's namespace)."""
 
     mapper: SourceMapper | None = None
@@ -299,7 +309,7 @@ class SourceContract(Contract[DocumentEvent]):
         if self.mapper is not None and self.mapper.registry is not None:
             await self.mapper.registry.fetch([m.value for m in messages] + [m.key for m in messages])
 
-    def check(self, message: RawMessage) -> Accepted[DocumentEvent] | Rejected | None:
+    def check(self, message: RawMessage) -> Accepted[DocumentEvent | SourceTruncation] | Rejected | None:
         assert self.mapper is not None
         name = self.mapper.mapping.name
         self.counts.records += 1

@@ -89,6 +89,9 @@ class SourceMapping(BaseModel):
                                      "kafka.timestamp, or a row field (an integer, or an ISO-8601 time).")
     acl: str | None = Field(default=None, description="A row field holding the document's principals (a list, or "
                                                       "one string of them separated by commas or spaces).")
+    on_truncate: Literal["deadletter", "delete-all"] = Field(
+        default="deadletter", description="A Debezium truncate: a dead letter saying so, or `delete-all`: delete "
+                                          "every document of this source older than the truncate.")
     where: dict[str, ScalarValue | list[ScalarValue]] = Field(
         default_factory=dict, description="Only rows whose fields equal these values (a list: any of them) are "
                                           "documents; a row that leaves the filter leaves the index.")

@@ -200,3 +200,23 @@ def test_a_source_is_checked_by_its_own_suite_and_the_dashboard_names_what_faile
             "expectation": "expect_column_max_to_be_between", "column": "text_length", "suite": "source:articles",
             "observed": len("A body of text 10.")}]}]
         assert len(harness.shared.serving.current.store.get_documents([f"article-{i}" for i in range(20)])) == 20
+
+
+def test_a_truncate_deletes_the_sources_older_documents_when_configured(tmp_path: Path, sources_file: Path) -> None:
+    sources_file.write_text(SOURCES + "    on_truncate: delete-all\n")
+    topic = Topic()
+    with Harness(tmp_path, sources_file=sources_file).register("ingest") as harness:
+        harness.send("documents", [{"doc_id": "elsewhere", "version": 1, "op": "upsert", "text": "Not the source's."}])
+        harness.send("source:articles", [topic(pg_event("c", 10 + i, after=row(i, f"T{i}", f"Body {i}.")))
+                                         for i in range(3)])
+        harness.send("source:articles", [
+            topic(pg_event("c", 20, after=row(7, "T7", "Before the truncate."))),
+            topic(pg_event("t", 30)),
+            topic(pg_event("c", 40, after=row(8, "T8", "After the truncate."))),
+        ])
+        store = harness.shared.serving.current.store
+        ledger = store.get_documents(["article-0", "article-1", "article-2", "article-7", "article-8", "elsewhere"])
+        assert {d: (s.version, s.deleted) for d, s in ledger.items()} == {
+            "article-0": (30, True), "article-1": (30, True), "article-2": (30, True), "article-7": (30, True),
+            "article-8": (40, False), "elsewhere": (1, False)}
+        assert harness.published("deadletter") == []
