@@ -24,11 +24,12 @@ def check(
     sample: Annotated[Path | None, typer.Option(help="Records to map, one per line: the JSON value (null: a "
                                                      "tombstone), or {\"key\": ..., \"value\": ...}; for avro and "
                                                      "json-schema sources, the records as decoded.")] = None,
-    from_topic: Annotated[bool, typer.Option("--from-topic", help="Map records read from the source's topic "
-                                                                    "(from its start; nothing is committed).")] = False,
+    from_topic: Annotated[str | None, typer.Option("--from", metavar="TOPIC", help="Map records read from TOPIC "
+                                                   "(the source's own, or a copy of it), from its start; nothing is "
+                                                   "committed.")] = None,
     source: Annotated[str | None, typer.Option(help="Which source the records are for (needed when the file "
                                                     "has several).")] = None,
-    limit: Annotated[int, typer.Option(help="Records read with --from-topic at most.", min=1)] = 20,
+    limit: Annotated[int, typer.Option(help="Records read with --from at most.", min=1)] = 20,
 ) -> None:
     """Check a sources file; with records, print the document event each one becomes, or why it is a dead letter."""
     from schemas import DocumentEvent
@@ -47,10 +48,10 @@ def check(
         raise typer.Exit(2) from None
     console.print(untrusted(f"{file}: {len(sources)} source(s) OK: " + ", ".join(
         f"{s.name} ({s.format} from {s.topic})" for s in sources)), soft_wrap=True)
-    if sample is None and not from_topic:
+    if sample is None and from_topic is None:
         return
-    if sample is not None and from_topic:
-        raise fail("give --sample or --from-topic, not both", status=2)
+    if sample is not None and from_topic is not None:
+        raise fail("give --sample or --from, not both", status=2)
     chosen = [s for s in sources if source is None or s.name == source]
     names = ", ".join(s.name for s in sources)
     if not chosen:
@@ -60,7 +61,7 @@ def check(
     mapping = chosen[0]
     try:
         messages = (sample_messages(sample, mapping.topic) if sample is not None
-                    else list(read_topic(require_kafka(settings), mapping.topic, limit)))
+                    else list(read_topic(require_kafka(settings), from_topic or mapping.topic, limit)))
     except InvalidSample as exc:
         raise fail("invalid sample: ", exc, status=2) from None
     registry = registry_client(settings)

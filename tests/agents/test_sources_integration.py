@@ -7,6 +7,9 @@ holds the row's partition; bad records become dead letters naming the source; `/
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -126,3 +129,20 @@ def test_a_debezium_topic_read_by_two_workers_keeps_the_index_as_the_table(
     finally:
         for worker in workers:
             worker.stop()
+
+
+def test_sources_check_reads_records_from_a_topic(tmp_path: Path, broker: EmbeddedBroker) -> None:
+    copy = "sources-it-check.articles"
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap_servers})
+    admin.create_topics([NewTopic(copy, 1, 1)])[copy].result(30)
+    produce(broker.bootstrap_servers, copy, [change(1, pg_event("c", 7, after=row(1, "One", "The first."))),
+                                             change(2, pg_event("c", 8, after={"id": 2, "status": "published"}))])
+    sources = tmp_path / "sources.yaml"
+    sources.write_text(SOURCES)
+    out = subprocess.run([sys.executable, "-m", "streams", "sources", "check", str(sources), "--from", copy],
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers, "COLUMNS": "200"})
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stdout + out.stderr
+    assert "0@0: upsert 'article-1' version 7 title 'One' text 'The first.'" in out.stdout
+    assert "0@1: dead letter: row.author: source articles: metadata.author: the row has no field 'author'" in out.stdout
+    assert "2 record(s): 1 mapped, 0 skipped, 1 dead letter(s)" in out.stdout
