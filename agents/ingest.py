@@ -13,10 +13,10 @@ from streams.host import AgentHost
 from streams.ml.indexer import IndexOutcome
 from streams.ml.serving import ServingSlot
 from streams.processing import Contract, DeadLetterSink
+from streams.sources.applying import apply_source_batch
 from streams.sources.mapper import SourceContract, SourceTruncation
-from streams.sources.ordering import refusals
 from streams.store_threads import StoreThreads
-from streams.validation import Accepted, RawMessage
+from streams.validation import Accepted, RawMessage, Rejected
 
 DOCUMENTS = Contract("documents", DocumentEvent, "doc_id")
 Announce = Callable[[Sequence[str]], Awaitable[None]]  # `IndexChanges.announce` with the outbox bound
@@ -26,7 +26,9 @@ def register(worker: AgentHost) -> None:
     s, shared = worker.settings, worker.shared
     changes = partial(shared.index_changes.announce, worker.outbox)
     worker.batch_agent(DOCUMENTS, "ingest", s.ingest_batch_records, s.ingest_batch_seconds,
-                       partial(index, serving=shared.serving, threads=shared.threads, announce=changes),
+                       partial(index, serving=shared.serving, threads=shared.threads, announce=changes,
+                               reserved=frozenset(c.topic.removeprefix("source:") for c in shared.sources),
+                               dead_letters=shared.dead_letters),
                        on_failure=partial(restore, serving=shared.serving, threads=shared.threads, announce=changes))
     for source in shared.sources:
         worker.batch_agent(source, f"ingest-{source.topic.removeprefix('source:')}", s.ingest_batch_records,
@@ -41,9 +43,18 @@ def register(worker: AgentHost) -> None:
 
 
 async def index(batch: Sequence[Accepted[DocumentEvent]], *, serving: ServingSlot, threads: StoreThreads,
-                announce: Announce | None = None) -> None:
+                announce: Announce | None = None, reserved: frozenset[str] = frozenset(),
+                dead_letters: DeadLetterSink | None = None) -> None:
     """Apply a batch of document events to the serving index, on the writer thread, and observe it; when indexed
-    chunks were rewritten or deleted, tell the other workers (their cached answers may show them)."""
+    chunks were rewritten or deleted, tell the other workers (their cached answers may show them). A `source` that
+    names a configured source (`reserved`) is that source's alone: such an event is a dead letter."""
+    if reserved and dead_letters is not None and (taken := [a for a in batch if a.record.source in reserved]):
+        await dead_letters.send([Rejected(a.message, (FieldError(loc="source", msg=(
+            f"source {a.record.source!r} is a configured source's name: only that source writes documents in it")),))
+            for a in taken], "documents")
+        batch = [a for a in batch if a.record.source not in reserved]
+        if not batch:
+            return
     records = [a.record for a in batch]
     outcome = await threads.write(lambda: serving.apply_documents(records), "index write")
     await applied(records, [a.message for a in batch], outcome, announce)
@@ -52,45 +63,16 @@ async def index(batch: Sequence[Accepted[DocumentEvent]], *, serving: ServingSlo
 async def index_source(batch: Sequence[Accepted[DocumentEvent | SourceTruncation]], *, source: SourceContract,
                        serving: ServingSlot, threads: StoreThreads, dead_letters: DeadLetterSink,
                        announce: Announce | None = None) -> None:
-    """A source's document events, held to its version rules (`refusals`) against the index in the same writer
-    call that applies the rest, in order around its truncates (each deletes the source's older documents); the
-    refused become dead letters once the rest is written."""
+    """A source's events applied in one writer call that holds them to the source's version rules against the index
+    (`apply_source_batch`); the refused become dead letters once the rest is written."""
     name = source.topic.removeprefix("source:")
-    store = serving.current.store
-    refused: dict[int, str] = {}
-
-    def write() -> list[tuple[list[DocumentEvent], IndexOutcome]]:
-        done: list[tuple[list[DocumentEvent], IndexOutcome]] = []
-        pending: list[tuple[int, DocumentEvent]] = []
-
-        def apply(events: list[DocumentEvent]) -> None:
-            if events:
-                done.append((events, serving.apply_documents(events)))
-
-        def flush() -> None:
-            events = [event for _, event in pending]
-            held = store.get_documents(list({event.doc_id for event in events}))
-            refused.update({pending[i][0]: why for i, why in refusals(name, events, held).items()})
-            apply([event for i, event in pending if i not in refused])
-            pending.clear()
-
-        for i, accepted in enumerate(batch):
-            record = accepted.record
-            if isinstance(record, SourceTruncation):
-                flush()
-                apply([DocumentEvent(doc_id=s.doc_id, version=record.version, op="delete", source=name)
-                       for s in store.all_documents()
-                       if s.source == name and not s.deleted and s.version < record.version])
-            else:
-                pending.append((i, record))
-        flush()
-        return done
-
-    for events, outcome in await threads.write(write, "index write"):
-        await applied(events, [a.message for a in batch], outcome, announce)
+    records = [a.record for a in batch]
+    done = await threads.write(lambda: apply_source_batch(serving, name, records), "index write")
+    for events, positions, outcome in done.writes:
+        await applied(events, [batch[i].message for i in dict.fromkeys(positions)], outcome, announce)
     await dead_letters.send([source.rejected(batch[i].message, (FieldError(loc="version", msg=f"source {name}: "
                                                                            f"{why}"),), mapped=True)
-                             for i, why in refused.items()], source.topic)
+                             for i, why in done.refused.items()], source.topic)
 
 
 async def applied(events: Sequence[DocumentEvent], messages: Sequence[RawMessage], outcome: IndexOutcome,
@@ -124,8 +106,10 @@ async def restore(failed: Accepted[DocumentEvent], exc: BaseException, *, servin
 
 async def restore_source(failed: Accepted[DocumentEvent | SourceTruncation], exc: BaseException, *,
                          serving: ServingSlot, threads: StoreThreads, announce: Announce | None = None) -> None:
-    """A source's event whose write failed half-way: a document restored as from `documents`; a truncate's deletes
-    that were done stay done (each is whole), the dead letter says the rest were not."""
+    """A source's event whose write failed half-way: a document restored as from `documents`. A truncate is not
+    undone: the slices of deletes it wrote stay written (each with its ledger entries), the slice that failed may
+    have lost chunks its ledger still lists (a rollout or the next change of that row re-embeds it), and the dead
+    letter says the truncate did not finish."""
     if isinstance(failed.record, DocumentEvent):
         await restore(failed, exc, serving=serving, threads=threads, announce=announce)  # type: ignore[arg-type]
 

@@ -46,7 +46,7 @@ def register(worker: AgentHost) -> None:
                                                                    monitor=monitor, evaluate=evaluate))
     for source in sources:  # a source's documents, as mapped, in windows of their own
         worker.observer(source.topic, f"monitor-{source.topic.replace(':', '-')}", 500, 0.5,
-                        partial(observe_source, source=source, monitor=monitor, evaluate=evaluate),
+                        partial(observe_source, source=source, monitor=monitor, evaluate=evaluate, fetching=set()),
                         consumes=source.consumes)
     worker.timer(1.0, partial(close_due_windows, monitor=monitor, evaluate=evaluate))
 
@@ -79,21 +79,25 @@ def observe(messages: Sequence[RawMessage], *, contract: Contract[Record], monit
 
 
 def observe_source(messages: Sequence[RawMessage], *, source: SourceContract, monitor: StreamMonitor,
-                   evaluate: Callable[[Window], object]) -> None:
-    """A source's records as the ingest agent maps them (without counting them again): a document event, or an
-    invalid record; records skipped quietly, and those whose schema the ingest agent has not fetched yet, are not
-    judged."""
+                   evaluate: Callable[[Window], object], fetching: set[asyncio.Future[None]]) -> None:
+    """A source's records as the ingest agent maps them (without counting them again): a document change, or an
+    invalid record. Records skipped quietly, truncates and rows leaving the filter are no document change; a record
+    whose schema is not fetched yet is not judged (counted) and its schema is fetched in the background."""
     mapper = source.mapper
     assert mapper is not None
     for message in messages:
         if mapper.registry is not None and not mapper.registry.ready(message.key, message.value):
+            fetching.add(task := asyncio.ensure_future(mapper.registry.fetch([message.key, message.value])))
+            task.add_done_callback(fetching.discard)  # judged from the next record of that schema on
+            metrics.MONITOR_RECORDS_UNJUDGED.labels(source.topic).inc()
             continue
         try:
-            record = mapper.document(message)
+            change = mapper.change(message)
+            record = mapper.from_change(change, message)
         except Exception:  # a dead letter of the ingest agent's: an invalid record here
             record = None
-        else:
-            if not isinstance(record, DocumentEvent):  # skipped quietly, or a truncate: no document to judge
+        else:  # skipped quietly, a truncate, or a row leaving the filter: not a document change to judge
+            if not isinstance(record, DocumentEvent) or (change.kind == "upsert" and record.op == "delete"):
                 continue
         closed = monitor.observe(source.topic, record, message.timestamp)
         if closed is not None:

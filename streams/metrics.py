@@ -11,6 +11,8 @@ RECORDS_IN = Counter("gristmill_records_in_total", "Records consumed", ["topic"]
 RECORDS_VALID = Counter("gristmill_records_valid_total", "Records that passed validation", ["topic"])
 RECORDS_INVALID = Counter("gristmill_records_invalid_total", "Records dead-lettered, by first reason",
                           ["topic", "reason"])
+MONITOR_RECORDS_UNJUDGED = Counter("gristmill_monitor_records_unjudged_total", "Records the monitor could not judge "
+                                   "(a source's schema not fetched yet)", ["topic"])
 SOURCE_RECORDS = Counter("gristmill_source_records_total", "Records of a source topic: mapped to a document event, "
                          "skipped (a tombstone after a delete), or dead-lettered", ["source", "outcome"])
 DEADLETTERS_OUT = Counter("gristmill_deadletters_total", "Records written to the dead-letter topic", ["topic"])

@@ -103,7 +103,8 @@ class DocumentIndexer:
                 elif event.op == "delete":
                     self.store.delete_chunks(doc_id)  # the tombstone keeps the acl: who may learn of the delete
                     kept = event.acl if event.acl is not None else previous.acl if previous is not None else None
-                    states.append(DocumentState(doc_id, event.version, deleted=True,
+                    writer = event.source if event.source is not None else previous.source if previous else None
+                    states.append(DocumentState(doc_id, event.version, deleted=True, source=writer,
                                                 acl=None if kept is None else list(kept)))
                     outcome.deleted += 1
                     outcome.replaced += 1

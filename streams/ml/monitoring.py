@@ -7,7 +7,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,7 +16,7 @@ import numpy as np
 from schemas import QualityReport, QueryEvent, Record, RetrainRequest
 from schemas.records import FailedExpectation, QualityWindow
 from streams.ml import drift
-from streams.ml.quality import QualityGate, QualityOutcome, window_row
+from streams.ml.quality import FailedCheck, QualityGate, QualityOutcome, window_row
 from streams.state.encoder import Encoder
 
 TOPICS = ("documents", "queries", "feedback")
@@ -124,6 +124,9 @@ class StreamMonitor:
 
     def evaluate(self, window: Window) -> WindowReport:
         outcome = self.gate.validate(self.gate.suite_for(window.topic), window.rows)
+        if window.invalid and not window.rows:  # nothing valid to judge is itself the failure (a broken mapping)
+            outcome = replace(outcome, success=False, skipped=None, failed=[
+                FailedCheck("every_record_valid", None, window.invalid)])
         embeddings = None
         if window.texts and self.encoder is not None and len(window.rows) >= self.min_drift_records:
             embeddings = self.encoder.encode(window.texts)

@@ -69,18 +69,25 @@ class QualityOutcome:
     skipped: str | None = None  # why the suite did not run (e.g. an empty window)
 
 
-def _jsonable(value: Any) -> Any:
+def _scalar(value: Any) -> Any:
+    """A scalar as a quality record holds it: numbers, text, booleans, None; anything nested as (short) JSON text."""
     if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", None) == 0:
         value = value.item()  # a numpy scalar: the number it holds
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
+    return json.dumps(value, default=str)[:500]
+
+
+def _jsonable(value: Any) -> Any:
+    """What GX observed, in the shape `FailedExpectation.observed` takes: a scalar, a list of scalars or a mapping to
+    scalars (deeper levels become JSON text)."""
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in list(value.items())[:20]}
+        return {str(k): _scalar(v) for k, v in list(value.items())[:20]}
     if isinstance(value, (list, tuple, set)):
-        return [_jsonable(v) for v in list(value)[:20]]
-    return str(value)
+        return [_scalar(v) for v in list(value)[:20]]
+    return _scalar(value)
 
 
 class InvalidSuite(GristmillError, ValueError):

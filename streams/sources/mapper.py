@@ -191,7 +191,10 @@ class SourceMapper:
         """The document event of a record (a truncate of a source that deletes on truncates: `SourceTruncation`);
         None for a record skipped quietly. Raises `Undecodable`, `Unmappable`, `Truncated` or pydantic's
         `ValidationError` (the event the row renders is not a valid document)."""
-        change = self.change(message)
+        return self.from_change(self.change(message), message)
+
+    def from_change(self, change: RowChange, message: RawMessage) -> DocumentEvent | SourceTruncation | None:
+        """`document` of a change already decoded."""
         if change.kind == "skip":
             return None
         if change.kind == "truncate":

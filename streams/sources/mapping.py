@@ -134,6 +134,9 @@ class SourceMapping(BaseModel):
     def _fits_format(self) -> SourceMapping:
         if self.envelope is not None and self.format not in REGISTRY_FORMATS:
             raise ValueError(f"envelope is for the avro and json-schema formats; {self.format} says what it is")
+        if self.on_truncate == "delete-all" and not self.version.startswith("source."):
+            raise ValueError("on_truncate: delete-all needs a version of the change stream (source.lsn, "
+                             "source.binlog or source.ts_ms): a truncate has no row to take a version from")
         if self.changes != "debezium" and self.version.startswith("source."):
             raise ValueError(f"version {self.version} is Debezium's: rows of the {self.format} format have no "
                              "source block")

@@ -25,11 +25,16 @@ def _same(event: DocumentEvent, held: DocumentEvent | DocumentState) -> bool:
             and readers_of(event.acl) == readers_of(held.acl))
 
 
-def refusals(source: str, events: Sequence[DocumentEvent], ledger: Mapping[str, DocumentState]) -> dict[int, str]:
-    """Position in `events` (offset order per partition) -> why that event is refused."""
+def refusals(source: str, events: Sequence[DocumentEvent], ledger: Mapping[str, DocumentState],
+             truncated: int | None = None) -> dict[int, str]:
+    """Position in `events` (offset order per partition) -> why that event is refused (`truncated`: the version of
+    the source's latest truncate; an event older than it belongs to the truncated table)."""
     refused: dict[int, str] = {}
     newest: dict[str, DocumentEvent] = {}  # the latest event of each document this batch applies
     for i, event in enumerate(events):
+        if truncated is not None and event.version < truncated:
+            refused[i] = f"version {event.version} is older than the source's truncate at version {truncated}"
+            continue
         indexed = ledger.get(event.doc_id)
         if indexed is not None and indexed.source != source:
             owner = f"source {indexed.source!r}" if indexed.source else "another writer"

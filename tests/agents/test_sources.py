@@ -220,3 +220,25 @@ def test_a_truncate_deletes_the_sources_older_documents_when_configured(tmp_path
             "article-0": (30, True), "article-1": (30, True), "article-2": (30, True), "article-7": (30, True),
             "article-8": (40, False), "elsewhere": (1, False)}
         assert harness.published("deadletter") == []
+        harness.send("source:articles", [
+            topic(pg_event("c", 25, after=row(9, "T9", "From a partition that lags behind the truncate."))),
+            topic(pg_event("c", 50, after=row(1, "T1", "Reloaded after the truncate."))),  # the same id again
+            topic(pg_event("u", 60, after=row(2, "T2", "A draft.", status="draft"))),
+            topic(pg_event("u", 70, after=row(2, "T2", "Published again."))),  # back into the filter
+        ])
+        (lagging,) = harness.published("deadletter")
+        assert lagging.offset == 7 and "older than the source's truncate at version 30" in lagging.errors[0].msg
+        ledger = store.get_documents(["article-1", "article-2", "article-9"])
+        assert {d: (s.version, s.deleted) for d, s in ledger.items()} == {"article-1": (50, False),
+                                                                           "article-2": (70, False)}
+
+
+def test_a_documents_event_may_not_write_in_a_sources_name(tmp_path: Path, sources_file: Path) -> None:
+    with Harness(tmp_path, sources_file=sources_file).register("ingest") as harness:
+        harness.send("documents", [{"doc_id": "mine", "version": 1, "op": "upsert", "text": "Tagged as a source.",
+                                    "source": "articles"},
+                                   {"doc_id": "fine", "version": 1, "op": "upsert", "text": "Its own source.",
+                                    "source": "wiki"}])
+        (letter,) = harness.published("deadletter")
+        assert letter.errors[0].loc == "source" and "configured source's name" in letter.errors[0].msg
+        assert set(harness.shared.serving.current.store.get_documents(["mine", "fine"])) == {"fine"}

@@ -92,3 +92,28 @@ def test_an_expectation_gx_does_not_know_is_refused(tmp_path: Path) -> None:
     write(tmp_path, "documents", [{"type": "expect_the_moon", "kwargs": {}}])
     with pytest.raises(InvalidSuite, match=r"documents\.json: ExpectationNotFoundError"):
         QualityGate(own_dir=tmp_path, names={"documents"})
+
+
+def test_what_gx_observes_always_fits_a_quality_record(tmp_path: Path) -> None:
+    write(tmp_path, "documents", [{"type": "expect_column_quantile_values_to_be_between", "kwargs": {
+        "column": "text_length", "quantile_ranges": {"quantiles": [0.5, 0.9], "value_ranges": [[1, 2], [1, 2]]}}}])
+    gate = QualityGate(own_dir=tmp_path, names={"documents"})
+    monitor = StreamMonitor(gate, None, window_records=20)
+    closed = None
+    for event in plain(20):
+        closed = monitor.observe("documents", event) or closed
+    assert closed is not None
+    report = monitor.evaluate(closed).report  # a nested observation, flattened: a valid record
+    (failed,) = report.failed
+    assert isinstance(failed.observed, dict) and set(failed.observed) == {"quantiles", "values"}
+
+
+def test_a_window_of_nothing_but_invalid_records_is_a_quality_failure(gate: QualityGate) -> None:
+    monitor = StreamMonitor(gate, None, window_records=5)
+    closed = None
+    for _ in range(5):
+        closed = monitor.observe("source:articles", None) or closed
+    assert closed is not None
+    report = monitor.evaluate(closed).report
+    assert not report.success and report.failed[0].expectation == "every_record_valid"
+    assert "quality" in monitor.alerts["source:articles"]

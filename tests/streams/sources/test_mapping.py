@@ -50,6 +50,7 @@ def test_a_file_with_two_sources() -> None:
     (("name: notes", "name: articles"), "two sources share the name"),
     (("where: {status: [published, featured]}", "where: {status: []}"), "an empty list matches no row"),
     (("topic: notes", "topic: documents"), "is one of gristmill's own"),
+    (("version: updated_at", "version: updated_at\n    on_truncate: delete-all"), "a truncate has no row"),
     (("metadata: {", "metadata: {x: 3, "), "a template is a string"),
 ])
 def test_each_problem_is_named(change: tuple[str, str], problem: str) -> None:
