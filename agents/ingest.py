@@ -67,7 +67,8 @@ async def index_source(batch: Sequence[Accepted[DocumentEvent | SourceTruncation
     (`apply_source_batch`); the refused become dead letters once the rest is written."""
     name = source.topic.removeprefix("source:")
     records = [a.record for a in batch]
-    done = await threads.write(lambda: apply_source_batch(serving, name, records), "index write")
+    offsets = [(a.message.partition, a.message.offset) for a in batch]
+    done = await threads.write(lambda: apply_source_batch(serving, name, records, offsets), "index write")
     for events, positions, outcome in done.writes:
         await applied(events, [batch[i].message for i in dict.fromkeys(positions)], outcome, announce)
     await dead_letters.send([source.rejected(batch[i].message, (FieldError(loc="version", msg=f"source {name}: "

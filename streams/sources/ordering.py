@@ -26,9 +26,11 @@ def _same(event: DocumentEvent, held: DocumentEvent | DocumentState) -> bool:
 
 
 def refusals(source: str, events: Sequence[DocumentEvent], ledger: Mapping[str, DocumentState],
-             truncated: int | None = None) -> dict[int, str]:
+             truncated: int | None = None, redelivered: Sequence[bool] = ()) -> dict[int, str]:
     """Position in `events` (offset order per partition) -> why that event is refused (`truncated`: the version of
-    the source's latest truncate; an event older than it belongs to the truncated table)."""
+    the source's latest truncate; an event older than it belongs to the truncated table). An event `redelivered`
+    (its record was processed before: at least once) that is older than what the index holds is no refusal: the
+    index moved on past it, and the indexer ignores it as stale."""
     refused: dict[int, str] = {}
     newest: dict[str, DocumentEvent] = {}  # the latest event of each document this batch applies
     for i, event in enumerate(events):
@@ -42,8 +44,9 @@ def refusals(source: str, events: Sequence[DocumentEvent], ledger: Mapping[str, 
             continue
         held: DocumentEvent | DocumentState | None = newest.get(event.doc_id, indexed)
         if held is not None and event.version < held.version:
-            refused[i] = (f"version {event.version} does not grow: the index holds version {held.version} (a row's "
-                          "versions must grow; a record re-delivered after its row changed again ends here too)")
+            if not (i < len(redelivered) and redelivered[i]):
+                refused[i] = (f"version {event.version} does not grow: the index holds version {held.version} (a "
+                              "row's versions must grow)")
             continue
         if held is not None and event.version == held.version and not _same(event, held):
             refused[i] = (f"version {event.version} does not grow: the index holds that version with other "
