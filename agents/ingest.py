@@ -91,6 +91,7 @@ async def applied(events: Sequence[DocumentEvent], messages: Sequence[RawMessage
     metrics.ENCODE_SECONDS.labels("ingest").observe(outcome.encode_s)
     metrics.STORE_WRITE_SECONDS.observe(outcome.write_s)
     metrics.CHUNKS_UPSERTED.inc(outcome.chunks)
+    metrics.CHUNKS_EMBEDDED.inc(outcome.encoded)
     for kind in ("embedded", "deleted", "unchanged", "stale"):
         metrics.DOCS_APPLIED.labels(kind).inc(getattr(outcome, kind))
 

@@ -25,7 +25,9 @@ AGENTS = ("ingest", "query", "feedback", "monitor", "trainer", "rollout", "exper
 BATCH_RECORDS = Histogram("gristmill_batch_records", "Records per micro-batch", ["agent"],
                           buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
 DOCS_APPLIED = Counter("gristmill_documents_total", "Document events applied, by outcome", ["outcome"])
-CHUNKS_UPSERTED = Counter("gristmill_chunks_upserted_total", "Chunks embedded and written")
+CHUNKS_UPSERTED = Counter("gristmill_chunks_upserted_total", "Chunks written (embedded, or keeping their vectors)")
+CHUNKS_EMBEDDED = Counter("gristmill_chunks_embedded_total", "Chunks that went through the encoder to be indexed (an "
+                          "edit keeps the vectors of the chunks whose text it did not change)")
 ENCODE_SECONDS = Histogram("gristmill_encode_seconds", "Encoder time per batch", ["agent"],
                            buckets=LATENCY_BUCKETS)
 STORE_WRITE_SECONDS = Histogram("gristmill_store_write_seconds", "Vector store write time per batch",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
@@ -34,6 +34,7 @@ class IndexOutcome:
 
     embedded: int = 0
     chunks: int = 0
+    encoded: int = 0  # chunks that went through the encoder (the rest kept the vectors they had)
     deleted: int = 0
     unchanged: int = 0
     stale: int = 0
@@ -125,10 +126,16 @@ class DocumentIndexer:
             with outcome.timing("chunk"):
                 split = self.chunker.split_many([event.content for event, _ in to_embed])
                 texts = [chunk.text for chunks in split for chunk in chunks]
+            with outcome.timing("read"):
+                kept = self._embedded_before([event.doc_id for event, _ in to_embed], ledger)
+            fresh = [text for text in dict.fromkeys(texts) if text not in kept]
             with outcome.timing("encode"):
-                vectors = self.encoder.encode(texts)
-            if not np.isfinite(vectors).all():
+                encoded = self.encoder.encode(fresh) if fresh else np.zeros((0, self.encoder.dim), np.float32)
+            if not np.isfinite(encoded).all():
                 raise ValueError("the encoder returned non-finite vectors; nothing of this batch was written")
+            outcome.encoded += len(fresh)
+            by_text = {**kept, **dict(zip(fresh, encoded, strict=True))}
+            vectors = [by_text[text] for text in texts]
             with outcome.timing("sparse"):
                 lexical = self.sparse.embed_documents(texts) if self.sparse is not None else [None] * len(texts)
             with outcome.timing("write"):
@@ -174,6 +181,19 @@ class DocumentIndexer:
                                   for chunk, vector, terms in zip(chunks, vectors, lexical, strict=True)])
         if narrowing is not None:
             self.store.put_documents([state])  # last, as in `apply`: the next event compares its acl with this one
+
+    def _embedded_before(self, doc_ids: Sequence[str], ledger: Mapping[str, DocumentState]) -> dict[str, np.ndarray]:
+        """Chunk text -> the dense vector this model gave it, from the chunks of these documents that are indexed
+        now: an edit re-embeds only the chunks whose text changed (a chunk's text is all its vector depends on)."""
+        kept: dict[str, np.ndarray] = {}
+        for doc_id in doc_ids:
+            previous = ledger.get(doc_id)
+            if previous is None or previous.deleted or previous.model_version != self.encoder.version:
+                continue
+            for chunk in self.store.chunks(doc_id, with_vectors=True):
+                if chunk.vector is not None and chunk.model_version == self.encoder.version:
+                    kept.setdefault(chunk.text, chunk.vector)
+        return kept
 
     @staticmethod
     def _newer(event: DocumentEvent, previous: DocumentState, resync: bool) -> bool:

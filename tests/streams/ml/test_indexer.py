@@ -199,3 +199,47 @@ def test_a_revocation_holds_even_when_restoring_cannot_encode(indexer: DocumentI
         down.restore("plan", upsert("plan", 2, "the edit that failed", acl=["group:hr"]))
     assert store.search(query, 5, None, Access.of(["group:eng"])) == []
     assert store.search(query, 5, None, Access.of(["group:hr"]))
+
+
+class CountingEncoder:
+    """The real encoder, counting the texts it was asked to embed."""
+
+    def __init__(self, inner: OnnxEncoder) -> None:
+        self.inner = inner
+        self.texts: list[str] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def encode(self, texts: list[str]) -> object:
+        self.texts += texts
+        return self.inner.encode(texts)
+
+
+def test_an_edit_embeds_only_the_chunks_whose_text_changed(store: EdgeVectorStore, encoder: OnnxEncoder,
+                                                           tmp_path: Path) -> None:
+    counting = CountingEncoder(encoder)
+    indexer = DocumentIndexer(store, counting, Chunker(encoder.tokenizer, 32, 8, encoder.max_tokens))  # type: ignore[arg-type]
+    first = indexer.apply([upsert("a", 1, LONG)])
+    assert first.encoded == first.chunks == len(counting.texts) > 10
+    before = {c.chunk: (c.text, c.vector) for c in store.chunks("a", with_vectors=True)}
+    counting.texts.clear()
+    edited = LONG.replace("Paragraph 39 explains", "Paragraph 39 (edited) explains")  # the last sentence
+    outcome = indexer.apply([upsert("a", 2, edited)])
+    assert outcome.embedded == 1 and 1 <= outcome.encoded == len(counting.texts) <= 2
+    after = store.chunks("a", with_vectors=True)
+    assert [c.version for c in after] == [2] * len(after) and store.get_documents(["a"])["a"].version == 2
+    for chunk in after:  # every unchanged chunk kept exactly its vector; the changed ones were embedded
+        if chunk.text == before.get(chunk.chunk, (None,))[0]:
+            assert (chunk.vector == before[chunk.chunk][1]).all()
+        else:
+            assert chunk.text in counting.texts
+    fresh = EdgeVectorStore(tmp_path / "fresh", "chunks", encoder.dim)
+    try:
+        DocumentIndexer(fresh, encoder, Chunker(encoder.tokenizer, 32, 8, encoder.max_tokens)).apply(
+            [upsert("a", 2, edited)])
+        scratch = fresh.chunks("a", with_vectors=True)
+        assert [c.text for c in scratch] == [c.text for c in after]  # as if embedded from scratch (batching moves
+        assert all(float(a.vector @ b.vector) > 0.9999 for a, b in zip(scratch, after, strict=True))  # the 6th digit)
+    finally:
+        fresh.close()
