@@ -14,6 +14,7 @@ import numpy as np
 from schemas import DocumentEvent, document_content
 from streams.ml.chunking import Chunker
 from streams.state.encoder import Encoder
+from streams.state.known_vectors import KnownVectors
 from streams.state.sparse import SparseEncoder
 from streams.state.store import ChunkPoint, DocumentState, VectorStore, narrowest, readers_of
 
@@ -70,10 +71,11 @@ class DocumentIndexer:
     Writes go chunks first, ledger last, so a crash in between is repaired by re-delivery.
     """
 
-    def __init__(self, store: VectorStore, encoder: Encoder, chunker: Chunker, sparse: SparseEncoder | None = None
-                 ) -> None:
+    def __init__(self, store: VectorStore, encoder: Encoder, chunker: Chunker, sparse: SparseEncoder | None = None,
+                 known: KnownVectors | None = None) -> None:
         self.store = store
         self.encoder = encoder
+        self.known = known  # vectors this model computed before (the trainer's of its candidate), by chunk text
         self.chunker = chunker
         # chunks get BM25 vectors in the same upsert as the dense ones, where the collection holds them
         self.sparse = sparse if sparse is not None and "sparse" in store.modes else None
@@ -129,6 +131,9 @@ class DocumentIndexer:
             with outcome.timing("read"):
                 kept = self._embedded_before([event.doc_id for event, _ in to_embed], ledger)
             fresh = [text for text in dict.fromkeys(texts) if text not in kept]
+            if self.known is not None and fresh:
+                kept.update(self.known.lookup(fresh))
+                fresh = [text for text in fresh if text not in kept]
             with outcome.timing("encode"):
                 encoded = self.encoder.encode(fresh) if fresh else np.zeros((0, self.encoder.dim), np.float32)
             if not np.isfinite(encoded).all():

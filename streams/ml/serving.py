@@ -21,6 +21,7 @@ from streams.ml.indexer import DocumentIndexer, IndexOutcome
 from streams.ml.search import Searcher
 from streams.settings import Settings
 from streams.state.encoder import Encoder, OnnxEncoder
+from streams.state.known_vectors import KnownVectors
 from streams.state.registry import BASE_VERSION, LocalModelRegistry, ModelRegistry, ModelVersion
 from streams.state.sparse import Bm25Encoder, Bm25Parameters, SparseEncoder
 from streams.state.store import VectorStore
@@ -81,9 +82,10 @@ class Serving:
     store: VectorStore
     searcher: Searcher
     sparse: SparseEncoder | None = None  # BM25, where the collection holds sparse vectors
+    known: KnownVectors | None = None  # the vectors the version shipped with (its trainer's), by chunk text
 
     def indexer(self) -> DocumentIndexer:
-        return DocumentIndexer(self.store, self.encoder, self.chunker, self.sparse)
+        return DocumentIndexer(self.store, self.encoder, self.chunker, self.sparse, self.known)
 
     def close(self) -> None:
         self.store.close()
@@ -105,7 +107,9 @@ def serving_pair(settings: Settings, model: ModelVersion, encoder: Encoder, stor
                         cache_bytes=settings.query_cache_bytes, sparse=sparse, default_mode=settings.search_mode,
                         fusion=settings.search_fusion, candidates=settings.search_candidates, rrf_k=settings.rrf_k,
                         group_candidates=settings.group_candidates, exact_first=settings.search_exact_first)
-    return Serving(model, encoder, chunker, store, searcher, sparse)
+    known = KnownVectors.of(model.path)
+    return Serving(model, encoder, chunker, store, searcher, sparse,
+                   known if known is not None and known.dim == encoder.dim else None)
 
 
 def onnx_pairs(settings: Settings) -> PairOpener:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from streams.ml.held_out import HeldOutIndex, Ranking, embed_chunks, rank_metrics, read_snapshot
+from streams.state.known_vectors import write_known_vectors
 
 JOB_FILE = "job.json"
 RESULT_FILE = "result.json"
@@ -289,6 +290,7 @@ def run(job_dir: Path) -> TrainingResult:
     encoder = ranking.encoder(exported)
     progress.phase("embed-candidate", len(chunks))
     vectors = embed_chunks(encoder, chunks, progress.advance)
+    write_known_vectors(job_dir / CANDIDATE_DIR, [c.text for c in chunks], vectors)  # the rollout's, if promoted
     progress.phase("evaluate-candidate", len(judged))
     candidate = rank_metrics(index.rank(encoder, judged, progress.advance, vectors), judged)
     progress.finish()

@@ -12,6 +12,7 @@ from streams.ml.chunking import Chunker
 from streams.ml.indexer import DocumentIndexer
 from streams.state.edge_store import EdgeVectorStore
 from streams.state.encoder import OnnxEncoder
+from streams.state.known_vectors import KnownVectors, write_known_vectors
 from streams.state.store import Access, VectorQuery
 
 LONG = " ".join(f"Paragraph {i} explains how consumers commit offsets after the write." for i in range(40))
@@ -243,3 +244,15 @@ def test_an_edit_embeds_only_the_chunks_whose_text_changed(store: EdgeVectorStor
         assert all(float(a.vector @ b.vector) > 0.9999 for a, b in zip(scratch, after, strict=True))  # the 6th digit)
     finally:
         fresh.close()
+
+
+def test_vectors_the_version_shipped_with_are_not_computed_again(store: EdgeVectorStore, encoder: OnnxEncoder,
+                                                                 tmp_path: Path) -> None:
+    chunker = Chunker(encoder.tokenizer, 32, 8, encoder.max_tokens)
+    texts = [c.text for c in chunker.split(LONG)]
+    write_known_vectors(tmp_path, texts[:-1], encoder.encode(texts[:-1]))  # the trainer's, all but the last chunk
+    counting = CountingEncoder(encoder)
+    indexer = DocumentIndexer(store, counting, chunker, known=KnownVectors.of(tmp_path))  # type: ignore[arg-type]
+    outcome = indexer.apply([upsert("a", 1, LONG)])
+    assert outcome.chunks == len(texts) and outcome.encoded == 1 and counting.texts == texts[-1:]
+    assert store.search(VectorQuery(encoder.encode(["consumers commit offsets"])[0]), 1)[0].doc_id == "a"
