@@ -14,9 +14,20 @@ def bench_ingest(
     runs: Annotated[int, typer.Option(help="Pipeline runs (the median is reported, with min and max).")] = 3,
     profile: Annotated[bool, typer.Option(help="Also show time per stage and a py-spy profile of the worker.")] = False,
     naive: Annotated[bool, typer.Option(help="Also the loops a user writes by hand (per record, batched).")] = False,
+    edits: Annotated[bool, typer.Option(help="Only what edits cost: long documents ingested, then a one-sentence "
+                                             "edit in the middle of each (docs/s and chunks embedded per edit).")
+                     ] = False,
+    edit_documents: Annotated[int, typer.Option(help="Documents of the --edits run.", min=1)] = 120,
+    edit_words: Annotated[int, typer.Option(help="Words per document of the --edits run.", min=50)] = 1_500,
 ) -> None:
     """ONNX encoder vs sentence-transformers, and the end-to-end pipeline against the bare encoder on the same
-    chunks; idle CPU; with --naive, against hand-written consume-encode-upsert-commit loops."""
+    chunks; idle CPU; with --naive, against hand-written consume-encode-upsert-commit loops; with --edits, an edit
+    burst against the first ingest of the same documents."""
+    if edits:
+        from streams.devtools.bench_edits import run_edit_bench
+
+        run_edit_bench(load_settings(), edit_documents, edit_words, console)
+        return
     from streams.devtools.bench_ingest import run_ingest_bench
 
     run_ingest_bench(load_settings(), docs, console, runs=runs, profile=profile, naive=naive)
