@@ -167,14 +167,20 @@ class Answering:
     async def answer(self, queries: Sequence[RoutedQuery], *, retry: bool = True) -> list[Answer]:
         """Answer a batch from one serving pair (and the challenger where the experiment routes a query there);
         the shadow's share is queued, not awaited. `retry` False: one try (HTTP; the caller sees the error)."""
-        pair, challenger = self.serving.current, self.serving.challenger  # taken once for the batch
+        taken = [self.serving.current, self.serving.challenger]  # the pairs of the batch
         experiment = await asyncio.get_running_loop().run_in_executor(None, self.experiment.get, False)
 
         def search() -> tuple[list[Answer], list[RoutedQuery]]:
-            return answer(queries, pair, challenger, experiment)
+            try:
+                return answer(queries, taken[0], taken[1], experiment)
+            except StoreError:
+                if self.serving.current is taken[0] and self.serving.challenger is taken[1]:
+                    raise  # the store itself is away
+                taken[:] = [self.serving.current, self.serving.challenger]  # switched (and retired) under it:
+                return answer(queries, taken[0], taken[1], experiment)  # the batch again, on the pairs serving now
 
         answers, shadow = await (self.threads.read(search, "search") if retry else self.threads.peek(search))
-        self.shadow.submit(shadow, challenger, experiment)
+        self.shadow.submit(shadow, taken[1], experiment)
         return answers
 
     async def record(self, answers: Sequence[Answer], answered_at: float) -> None:

@@ -130,17 +130,8 @@ class DocumentIndexer:
                 texts = [chunk.text for chunks in split for chunk in chunks]
             with outcome.timing("read"):
                 kept = self._embedded_before([event.doc_id for event, _ in to_embed], ledger)
-            fresh = [text for text in dict.fromkeys(texts) if text not in kept]
-            if self.known is not None and fresh:
-                kept.update(self.known.lookup(fresh))
-                fresh = [text for text in fresh if text not in kept]
             with outcome.timing("encode"):
-                encoded = self.encoder.encode(fresh) if fresh else np.zeros((0, self.encoder.dim), np.float32)
-            if not np.isfinite(encoded).all():
-                raise ValueError("the encoder returned non-finite vectors; nothing of this batch was written")
-            outcome.encoded += len(fresh)
-            by_text = {**kept, **dict(zip(fresh, encoded, strict=True))}
-            vectors = [by_text[text] for text in texts]
+                vectors, outcome.encoded = self._vectors(texts, kept)
             with outcome.timing("sparse"):
                 lexical = self.sparse.embed_documents(texts) if self.sparse is not None else [None] * len(texts)
             with outcome.timing("write"):
@@ -177,7 +168,9 @@ class DocumentIndexer:
             self.store.set_chunk_version(doc_id, state.version, acl=state.acl)  # first, needing no encoder
         chunks = self.chunker.split(document_content(state.title, state.text))
         texts = [chunk.text for chunk in chunks]
-        vectors = self.encoder.encode(texts)
+        kept = {c.text: c.vector for c in self.store.chunks(doc_id, with_vectors=True)  # whatever the failed write
+                if c.vector is not None and c.model_version == self.encoder.version}  # left of this model's
+        vectors, _ = self._vectors(texts, kept)
         lexical = self.sparse.embed_documents(texts) if self.sparse is not None else [None] * len(texts)
         self.store.delete_chunks(doc_id, from_chunk=len(chunks))
         self.store.upsert_chunks([ChunkPoint(doc_id, chunk.number, chunk.text, state.version,
@@ -186,6 +179,19 @@ class DocumentIndexer:
                                   for chunk, vector, terms in zip(chunks, vectors, lexical, strict=True)])
         if narrowing is not None:
             self.store.put_documents([state])  # last, as in `apply`: the next event compares its acl with this one
+
+    def _vectors(self, texts: Sequence[str], kept: dict[str, np.ndarray]) -> tuple[list[np.ndarray], int]:
+        """The vector of each text: the one it already has (`kept`, then the version's known vectors), else from
+        the encoder, each distinct text once; and how many went through the encoder."""
+        fresh = [text for text in dict.fromkeys(texts) if text not in kept]
+        if self.known is not None and fresh:
+            kept = {**kept, **self.known.lookup(fresh)}
+            fresh = [text for text in fresh if text not in kept]
+        encoded = self.encoder.encode(fresh) if fresh else np.zeros((0, self.encoder.dim), np.float32)
+        if not np.isfinite(encoded).all():
+            raise ValueError("the encoder returned non-finite vectors; nothing of this batch was written")
+        by_text = {**kept, **dict(zip(fresh, encoded, strict=True))}
+        return [by_text[text] for text in texts], len(fresh)
 
     def _embedded_before(self, doc_ids: Sequence[str], ledger: Mapping[str, DocumentState]) -> dict[str, np.ndarray]:
         """Chunk text -> the dense vector this model gave it, from the chunks of these documents that are indexed

@@ -196,8 +196,12 @@ def test_a_revocation_holds_even_when_restoring_cannot_encode(indexer: DocumentI
     indexer.apply([upsert("plan", 1, LONG, acl=["group:eng", "group:hr"])])
     query = VectorQuery(indexer.encoder.encode(["consumers commit offsets"])[0])
     down = DocumentIndexer(store, EncoderDown(indexer.encoder), indexer.chunker)  # type: ignore[arg-type]
+    down.restore("plan", upsert("plan", 2, "the edit that failed", acl=["group:hr"]))  # every chunk still there:
+    assert store.search(query, 5, None, Access.of(["group:eng"])) == []  # restored with no encoder call at all
+    assert store.search(query, 5, None, Access.of(["group:hr"]))
+    store.delete_chunks("plan", from_chunk=2)  # a write that failed having lost chunks: they need the encoder
     with pytest.raises(RuntimeError):
-        down.restore("plan", upsert("plan", 2, "the edit that failed", acl=["group:hr"]))
+        down.restore("plan", upsert("plan", 3, "another edit that failed", acl=["group:hr"]))
     assert store.search(query, 5, None, Access.of(["group:eng"])) == []
     assert store.search(query, 5, None, Access.of(["group:hr"]))
 
