@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from streams import metrics
 from streams.ml.experiments import Answer, RoutedQuery, answer, answer_record
@@ -167,20 +168,21 @@ class Answering:
     async def answer(self, queries: Sequence[RoutedQuery], *, retry: bool = True) -> list[Answer]:
         """Answer a batch from one serving pair (and the challenger where the experiment routes a query there);
         the shadow's share is queued, not awaited. `retry` False: one try (HTTP; the caller sees the error)."""
-        taken = [self.serving.current, self.serving.challenger]  # the pairs of the batch
-        experiment = await asyncio.get_running_loop().run_in_executor(None, self.experiment.get, False)
+        taken: list[Any] = [self.serving.current, self.serving.challenger,  # the batch's pairs and experiment
+                            await asyncio.get_running_loop().run_in_executor(None, self.experiment.get, False)]
 
         def search() -> tuple[list[Answer], list[RoutedQuery]]:
             try:
-                return answer(queries, taken[0], taken[1], experiment)
+                return answer(queries, taken[0], taken[1], taken[2])
             except StoreError:
                 if self.serving.current is taken[0] and self.serving.challenger is taken[1]:
                     raise  # the store itself is away
-                taken[:] = [self.serving.current, self.serving.challenger]  # switched (and retired) under it:
-                return answer(queries, taken[0], taken[1], experiment)  # the batch again, on the pairs serving now
+                # switched (and retired) under it: the batch again, on the pairs (and experiment) of now
+                taken[:] = [self.serving.current, self.serving.challenger, self.experiment.get(False)]
+                return answer(queries, taken[0], taken[1], taken[2])
 
         answers, shadow = await (self.threads.read(search, "search") if retry else self.threads.peek(search))
-        self.shadow.submit(shadow, taken[1], experiment)
+        self.shadow.submit(shadow, taken[1], taken[2])
         return answers
 
     async def record(self, answers: Sequence[Answer], answered_at: float) -> None:

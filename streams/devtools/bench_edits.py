@@ -3,7 +3,9 @@
 Documents of about 1,500 words in sentences from the bundled corpus are indexed (the first ingest, the baseline),
 then each gets a one-sentence edit in its middle (a sentence replaced by another of its own length ±30%), through
 the indexer the ingest agent writes with, in micro-batches as it does: documents per second of each phase, chunks
-that went through the encoder per document, and the ratio of the two rates.
+that went through the encoder per document, and the ratio of the two rates; beside it, the same edits on a second
+index with chunk reuse off (every edited document embedded whole: what an edit cost before). The encoder is warmed
+up first, so neither phase pays for its first runs.
 """
 
 from __future__ import annotations
@@ -76,17 +78,24 @@ def run_edit_bench(settings: Settings, documents: int, words: int, console: Cons
     first = [DocumentEvent(doc_id=f"doc-{i}", version=1, op="upsert", text=" ".join(doc)) for i, doc in enumerate(docs)]
     edits = [DocumentEvent(doc_id=f"doc-{i}", version=2, op="upsert", text=" ".join(edited(doc, rng, pool)))
              for i, doc in enumerate(docs)]
+    encoder.encode([" ".join(docs[0])[:2000]] * 16)  # warm-up
     with tempfile.TemporaryDirectory(prefix="gristmill-bench-edits-") as tmp:
         store = EdgeVectorStore(Path(tmp) / "qdrant", "edits", encoder.dim)
+        whole = EdgeVectorStore(Path(tmp) / "qdrant-whole", "edits", encoder.dim)
         try:
             indexer = DocumentIndexer(store, encoder, chunker, bm25(settings))
             console.print(f"first ingest of {documents} documents of ~{words} words...")
             first_s, first_chunks, first_encoded = timed_apply(indexer, first)
             console.print(f"{first_chunks} chunks; a one-sentence edit in the middle of each...")
             edit_s, edit_chunks, edit_encoded = timed_apply(indexer, edits)
+            console.print("the same on an index with chunk reuse off...")
+            without = DocumentIndexer(whole, encoder, chunker, bm25(settings), reuse=False)
+            timed_apply(without, first)
+            whole_s, _, whole_encoded = timed_apply(without, edits)
         finally:
             store.close()
-    first_rate, edit_rate = documents / first_s, documents / edit_s
+            whole.close()
+    first_rate, edit_rate, whole_rate = documents / first_s, documents / edit_s, documents / whole_s
     per_edit = edit_encoded / documents
     rows = [
         Row("first ingest", f"{first_rate:.2f} docs/s ({first_s:.1f} s)", "",
@@ -97,6 +106,8 @@ def run_edit_bench(settings: Settings, documents: int, words: int, console: Cons
             edit_rate / first_rate, ">= 4x", edit_rate / first_rate >= 4),
         Row("chunks embedded per one-sentence edit", f"{per_edit:.1f}", f"{edit_chunks / documents:.1f} written",
             None, "<= 3", per_edit <= 3),
+        Row("edit burst, chunk reuse vs off", f"{edit_rate:.2f} docs/s", f"{whole_rate:.2f} docs/s "
+            f"({whole_encoded / documents:.1f} chunks embedded per edit)", edit_rate / whole_rate),
     ]
     print_rows("gristmill bench ingest --edits", rows, console)
     return rows

@@ -72,10 +72,11 @@ class DocumentIndexer:
     """
 
     def __init__(self, store: VectorStore, encoder: Encoder, chunker: Chunker, sparse: SparseEncoder | None = None,
-                 known: KnownVectors | None = None) -> None:
+                 known: KnownVectors | None = None, reuse: bool = True) -> None:
         self.store = store
         self.encoder = encoder
         self.known = known  # vectors this model computed before (the trainer's of its candidate), by chunk text
+        self.reuse = reuse  # keep the vectors of unchanged chunks (off: every changed document embedded whole)
         self.chunker = chunker
         # chunks get BM25 vectors in the same upsert as the dense ones, where the collection holds them
         self.sparse = sparse if sparse is not None and "sparse" in store.modes else None
@@ -129,7 +130,7 @@ class DocumentIndexer:
                 split = self.chunker.split_many([event.content for event, _ in to_embed])
                 texts = [chunk.text for chunks in split for chunk in chunks]
             with outcome.timing("read"):
-                kept = self._embedded_before([event.doc_id for event, _ in to_embed], ledger)
+                kept = self._embedded_before([event.doc_id for event, _ in to_embed], ledger) if self.reuse else {}
             with outcome.timing("encode"):
                 vectors, outcome.encoded = self._vectors(texts, kept)
             with outcome.timing("sparse"):
@@ -188,10 +189,11 @@ class DocumentIndexer:
             kept = {**kept, **self.known.lookup(fresh)}
             fresh = [text for text in fresh if text not in kept]
         encoded = self.encoder.encode(fresh) if fresh else np.zeros((0, self.encoder.dim), np.float32)
-        if not np.isfinite(encoded).all():
-            raise ValueError("the encoder returned non-finite vectors; nothing of this batch was written")
         by_text = {**kept, **dict(zip(fresh, encoded, strict=True))}
-        return [by_text[text] for text in texts], len(fresh)
+        vectors = [by_text[text] for text in texts]
+        if not all(np.isfinite(vector).all() for vector in vectors):
+            raise ValueError("non-finite vectors (the encoder's, or kept ones); nothing of this batch was written")
+        return vectors, len(fresh)
 
     def _embedded_before(self, doc_ids: Sequence[str], ledger: Mapping[str, DocumentState]) -> dict[str, np.ndarray]:
         """Chunk text -> the dense vector this model gave it, from the chunks of these documents that are indexed
@@ -199,7 +201,8 @@ class DocumentIndexer:
         kept: dict[str, np.ndarray] = {}
         for doc_id in doc_ids:
             previous = ledger.get(doc_id)
-            if previous is None or previous.deleted or previous.model_version != self.encoder.version:
+            if (previous is None or previous.deleted or previous.model_version != self.encoder.version
+                    or previous.chunks < 2):  # a one-chunk document's edit changed its only chunk: nothing to keep
                 continue
             for chunk in self.store.chunks(doc_id, with_vectors=True):
                 if chunk.vector is not None and chunk.model_version == self.encoder.version:

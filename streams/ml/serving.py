@@ -107,7 +107,7 @@ def serving_pair(settings: Settings, model: ModelVersion, encoder: Encoder, stor
                         cache_bytes=settings.query_cache_bytes, sparse=sparse, default_mode=settings.search_mode,
                         fusion=settings.search_fusion, candidates=settings.search_candidates, rrf_k=settings.rrf_k,
                         group_candidates=settings.group_candidates, exact_first=settings.search_exact_first)
-    known = KnownVectors.of(model.path)
+    known = KnownVectors.of(model.path, int8=settings.int8)
     return Serving(model, encoder, chunker, store, searcher, sparse,
                    known if known is not None and known.dim == encoder.dim else None)
 

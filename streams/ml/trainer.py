@@ -430,15 +430,16 @@ def promote_update(registry: ModelRegistry, version: str, reason: str) -> ModelU
 
 def reindex_update(registry: ModelRegistry, staging_root: Path) -> ModelUpdate:
     """The `model-updates` record that rebuilds the serving index into a new collection: the serving model is
-    registered again as the next version (same files, lineage `reindex_of`) and promoted, so the rollout re-embeds
-    every document into a collection with today's layout (dense and BM25 sparse vectors) while serving goes on."""
+    registered again as the next version (same files, lineage `reindex_of`; not the vectors its trainer shipped) and
+    promoted, so the rollout re-embeds every document into a collection with today's layout (dense and BM25 sparse
+    vectors) while serving goes on."""
     current = registry.current()
     if current is None:
         raise UnknownModelVersion("no model serves yet: nothing to reindex")
     staging = Path(tempfile.mkdtemp(prefix=".reindex-", dir=staging_root))
     try:
         shutil.copytree(current.path, staging, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("manifest.json", "model.int8.onnx"))
+                        ignore=shutil.ignore_patterns("manifest.json", "model.int8.onnx", "chunk-*"))
         model = registry.register(staging, source=current.source, facts={"dim": current.dim,
                                                                          "max_tokens": current.max_tokens},
                                   metrics=current.metrics, lineage={**current.lineage, "reindex_of": current.version})

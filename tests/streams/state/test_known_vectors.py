@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streams.state.known_vectors import KEYS_FILE, KnownVectors, write_known_vectors
+from streams.state.known_vectors import KEYS_FILE, VECTORS_FILE, KnownVectors, write_known_vectors
 
 
 def test_written_vectors_are_found_by_text_and_nothing_else(tmp_path: Path) -> None:
@@ -25,3 +25,19 @@ def test_a_folder_without_them_or_with_broken_ones_has_none(tmp_path: Path) -> N
     write_known_vectors(tmp_path, ["a", "b"], np.ones((2, 3), np.float32))
     np.save(tmp_path / KEYS_FILE, np.array([b"x" * 32], dtype="S32"))  # one key for two vectors
     assert KnownVectors.of(tmp_path) is None
+
+
+def test_vectors_of_another_kind_of_encoder_are_not_used(tmp_path: Path) -> None:
+    write_known_vectors(tmp_path, ["a"], np.ones((1, 3), np.float32))  # the trainer's: not quantized
+    assert KnownVectors.of(tmp_path) is not None and KnownVectors.of(tmp_path, int8=True) is None
+
+
+def test_non_finite_rows_are_left_out_and_a_failed_write_leaves_nothing(tmp_path: Path) -> None:
+    vectors = np.array([[1, 2, 3], [np.nan, 0, 0]], dtype=np.float32)
+    assert write_known_vectors(tmp_path, ["good", "bad"], vectors) == 1
+    assert set(KnownVectors.of(tmp_path).lookup(["good", "bad"])) == {"good"}  # type: ignore[union-attr]
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / VECTORS_FILE).mkdir()  # np.save cannot write there
+    assert write_known_vectors(blocked, ["a"], np.ones((1, 3), np.float32)) == 0
+    assert list(p.name for p in blocked.iterdir()) == [VECTORS_FILE] and KnownVectors.of(blocked) is None
