@@ -17,6 +17,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +119,9 @@ def run_flywheel(settings: Settings, pair_count: int, document_count: int, scrat
             updates = await shared.trainer.handle(RetrainRequest(reason="manual", pairs=len(pairs),
                                                                  requested_at=datetime.now(UTC)))
             trained = time.perf_counter()
-            await roll_out(shared.serving, updates[0].version, shared.threads.write, bench.rollout_step_documents)
+            version = updates[0].version  # promoted at the switch, as the worker applying the decision does
+            await roll_out(shared.serving, version, shared.threads.write, bench.rollout_step_documents,
+                           claim=partial(shared.serving.registry.promote, version, expected=base.version))
             return updates, trained - begun, time.perf_counter() - trained
 
         updates, retrain_s, rollout_s = asyncio.run(feedback_to_served())
