@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
-import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from pydantic import ValidationError
 
 from schemas import TOPIC_RECORDS, DeadLetter
-from streams.errors import TopicUnavailable
 from streams.produce import Outgoing, produce
 from streams.settings import Settings
-from streams.topics import TopicNames, kafka_config
+from streams.topics import TopicNames, read_from_start
 from streams.validation import RawMessage, Rejected, validate_message
 
 KEY_FIELDS = {"documents": "doc_id", "queries": "query_id", "feedback": "query_id"}
@@ -36,20 +33,14 @@ def read_dead_letters(settings: Settings, idle_s: float = 2.0, limit: int | None
     """Every dead letter from the start of the topic, until none arrives for `idle_s` (or `limit` are read);
     records that are not dead letters are skipped and counted in `foreign`."""
     foreign = foreign if foreign is not None else Foreign()
-    topic = TopicNames(settings.namespace).deadletter
-    consumer = Consumer({**kafka_config(settings), "group.id": f"gristmill-deadletter-{uuid.uuid4()}",
-                         "enable.auto.commit": False, "fetch.wait.max.ms": 50})
-    try:
-        metadata = consumer.list_topics(topic, timeout=10).topics[topic]
-        if metadata.error is not None:
-            raise TopicUnavailable(f"topic {topic}: {metadata.error}")
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in metadata.partitions])
-        read, last = 0, time.monotonic()
-        while time.monotonic() - last < idle_s and (limit is None or read < limit):
-            message = consumer.poll(0.2)
-            if message is None or message.error() or message.value() is None:
+    if limit is not None and limit <= 0:
+        return
+    read = 0
+    with contextlib.closing(read_from_start(settings, TopicNames(settings.namespace).deadletter, "deadletter",
+                                            idle_s)) as records:
+        for message in records:
+            if message.value() is None:
                 continue
-            last = time.monotonic()
             try:
                 letter = DeadLetter.model_validate_json(message.value())
             except ValidationError as exc:
@@ -60,8 +51,8 @@ def read_dead_letters(settings: Settings, idle_s: float = 2.0, limit: int | None
                 continue
             read += 1
             yield letter
-    finally:
-        consumer.close()
+            if limit is not None and read >= limit:
+                return
 
 
 def _raw(letter: DeadLetter, field: str) -> bytes | None:

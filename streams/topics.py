@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import ssl
 import time
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from schemas import TOPIC_RECORDS
-from streams.errors import NoKafka
+from streams.errors import NoKafka, TopicUnavailable
 from streams.settings import Settings
 
 #: Topics whose records are kept compacted (latest per key) instead of by time.
@@ -150,3 +152,24 @@ def create_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
     return created
+
+
+def read_from_start(settings: Settings, topic: str, reader: str, idle_s: float) -> Iterator[Message]:
+    """Every record of `topic` from the start of each partition, until none arrives for `idle_s`, read by a group of
+    its own (`gristmill-READER-…`) that commits nothing; close the iterator to stop early."""
+    consumer = Consumer({**kafka_config(settings), "group.id": f"gristmill-{reader}-{uuid.uuid4()}",
+                         "enable.auto.commit": False, "fetch.wait.max.ms": 50})
+    try:
+        metadata = consumer.list_topics(topic, timeout=10).topics[topic]
+        if metadata.error is not None:
+            raise TopicUnavailable(f"topic {topic}: {metadata.error}")
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in metadata.partitions])
+        last = time.monotonic()
+        while time.monotonic() - last < idle_s:
+            message = consumer.poll(0.2)
+            if message is None or message.error():
+                continue
+            last = time.monotonic()
+            yield message
+    finally:
+        consumer.close()

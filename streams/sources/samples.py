@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
 from schemas.errors import GristmillError
-from streams.errors import TopicUnavailable
 from streams.settings import Settings
-from streams.topics import kafka_config
+from streams.topics import read_from_start
 from streams.validation import RawMessage
 
 
@@ -51,22 +49,8 @@ def sample_messages(path: Path, topic: str) -> list[RawMessage]:
 def read_topic(settings: Settings, topic: str, limit: int, idle_s: float = 3.0) -> Iterator[RawMessage]:
     """Up to `limit` records from the start of `topic` (every partition), until none arrives for `idle_s`;
     nothing is committed."""
-    consumer = Consumer({**kafka_config(settings), "group.id": f"gristmill-sources-check-{uuid.uuid4()}",
-                         "enable.auto.commit": False, "fetch.wait.max.ms": 50})
-    try:
-        metadata = consumer.list_topics(topic, timeout=10).topics[topic]
-        if metadata.error is not None:
-            raise TopicUnavailable(f"topic {topic}: {metadata.error}")
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in metadata.partitions])
-        read, last = 0, time.monotonic()
-        while time.monotonic() - last < idle_s and read < limit:
-            message = consumer.poll(0.2)
-            if message is None or message.error():
-                continue
-            last = time.monotonic()
-            read += 1
+    with contextlib.closing(read_from_start(settings, topic, "sources-check", idle_s)) as records:
+        for message in itertools.islice(records, limit):
             stamp = message.timestamp()[1]
             yield RawMessage(topic, message.partition(), message.offset(), message.key(), message.value(),
                              stamp / 1000 if stamp and stamp > 0 else None)
-    finally:
-        consumer.close()

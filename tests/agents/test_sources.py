@@ -17,21 +17,10 @@ from streams.devtools.harness import Harness
 from streams.sources.mapping import InvalidSources
 from streams.validation import RawMessage
 from streams.web.dashboard import dashboard_state
-from tests.streams.sources.debezium_events import encode, enveloped, pg_event, row
+from tests.streams.sources.debezium_events import articles_sources, encode, enveloped, pg_event, row
 
 TOPIC = "dbserver1.public.articles"
-SOURCES = f"""
-sources:
-  - name: articles
-    topic: {TOPIC}
-    format: debezium-json
-    doc_id: "article-{{id}}"
-    title: "{{title}}"
-    text: "{{body}}"
-    metadata: {{author: "{{author}}", year: "{{year}}"}}
-    version: source.lsn
-    where: {{status: published}}
-"""
+SOURCES = articles_sources(TOPIC)
 
 
 class Topic:

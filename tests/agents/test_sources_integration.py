@@ -20,24 +20,21 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from streams.broker import EmbeddedBroker
 from streams.devtools.worker_process import WorkerProcess
 from tests.kafka_io import consume_all, produce
-from tests.streams.sources.debezium_events import KEY_SCHEMA, VALUE_SCHEMA, encode, enveloped, pg_event, row
+from tests.streams.sources.debezium_events import (
+    KEY_SCHEMA,
+    VALUE_SCHEMA,
+    articles_sources,
+    encode,
+    enveloped,
+    pg_event,
+    row,
+)
 
 pytestmark = pytest.mark.integration
 
 NAMESPACE = "sources-it"
 TOPIC = "sources-it-db.public.articles"
-SOURCES = f"""
-sources:
-  - name: articles
-    topic: {TOPIC}
-    format: debezium-json
-    doc_id: "article-{{id}}"
-    title: "{{title}}"
-    text: "{{body}}"
-    metadata: {{author: "{{author}}", year: "{{year}}"}}
-    version: source.lsn
-    where: {{status: published}}
-"""
+SOURCES = articles_sources(TOPIC)
 
 
 def change(article_id: int, event: dict[str, Any] | None) -> tuple[bytes | None, bytes | None]:

@@ -52,3 +52,19 @@ def enveloped(payload: Any, schema: dict[str, Any]) -> dict[str, Any]:
 
 def encode(value: Any) -> bytes | None:
     return None if value is None else json.dumps(value).encode()
+
+
+def articles_sources(topic: str) -> str:
+    """A sources file mapping a Debezium PostgreSQL `articles` table on `topic`: published rows are documents."""
+    return f"""
+sources:
+  - name: articles
+    topic: {topic}
+    format: debezium-json
+    doc_id: "article-{{id}}"
+    title: "{{title}}"
+    text: "{{body}}"
+    metadata: {{author: "{{author}}", year: "{{year}}"}}
+    version: source.lsn
+    where: {{status: published}}
+"""
