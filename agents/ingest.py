@@ -92,6 +92,7 @@ async def applied(events: Sequence[DocumentEvent], messages: Sequence[RawMessage
     metrics.STORE_WRITE_SECONDS.observe(outcome.write_s)
     metrics.CHUNKS_UPSERTED.inc(outcome.chunks)
     metrics.CHUNKS_EMBEDDED.inc(outcome.encoded)
+    metrics.EMBEDDING_CACHE_HITS.inc(outcome.cached)
     for kind in ("embedded", "deleted", "unchanged", "stale"):
         metrics.DOCS_APPLIED.labels(kind).inc(getattr(outcome, kind))
 

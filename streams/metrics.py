@@ -28,6 +28,8 @@ DOCS_APPLIED = Counter("gristmill_documents_total", "Document events applied, by
 CHUNKS_UPSERTED = Counter("gristmill_chunks_upserted_total", "Chunks written (embedded, or keeping their vectors)")
 CHUNKS_EMBEDDED = Counter("gristmill_chunks_embedded_total", "Chunks that went through the encoder to be indexed (an "
                           "edit keeps the vectors of the chunks whose text it did not change)")
+EMBEDDING_CACHE_HITS = Counter("gristmill_embedding_cache_hits_total", "Distinct chunk texts of an ingest batch "
+                               "whose vectors the process's embedding cache held (GRISTMILL_EMBEDDING_CACHE_BYTES)")
 ENCODE_SECONDS = Histogram("gristmill_encode_seconds", "Encoder time per batch", ["agent"],
                            buckets=LATENCY_BUCKETS)
 STORE_WRITE_SECONDS = Histogram("gristmill_store_write_seconds", "Vector store write time per batch",

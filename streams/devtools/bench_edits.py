@@ -72,7 +72,8 @@ def timed_apply(indexer: DocumentIndexer, events: Sequence[DocumentEvent]) -> tu
 def run_edit_bench(settings: Settings, documents: int, words: int, console: Console) -> list[Row]:
     model = ensure_base_model(open_registry(settings))
     encoder = open_encoder(settings, model)
-    chunker = Chunker(encoder.tokenizer, settings.chunk_tokens, settings.chunk_overlap, encoder.max_tokens)
+    chunker = Chunker(encoder.tokenizer, settings.chunk_tokens, settings.chunk_overlap, encoder.max_tokens,
+                      settings.chunk_boundary_every)
     docs = long_documents(documents, words)
     rng, pool = random.Random(9), corpus_sentences()
     first = [DocumentEvent(doc_id=f"doc-{i}", version=1, op="upsert", text=" ".join(doc)) for i, doc in enumerate(docs)]

@@ -32,7 +32,8 @@ def build_index(store: EdgeVectorStore, encoder: OnnxEncoder, settings: Settings
     document and filler chunk with the metadata and acl `label` draws. Returns the points with their vectors up to
     20,000 chunks (none above)."""
     sparse = bm25(settings)
-    chunker = Chunker(encoder.tokenizer, settings.chunk_tokens, settings.chunk_overlap, encoder.max_tokens)
+    chunker = Chunker(encoder.tokenizer, settings.chunk_tokens, settings.chunk_overlap, encoder.max_tokens,
+                      settings.chunk_boundary_every)
     DocumentIndexer(store, encoder, chunker, sparse).apply(
         [DocumentEvent(doc_id=f"real-{i}", version=1, op="upsert", text=t, metadata=metadata, acl=acl)
          for i, t in enumerate(real_docs) for metadata, acl in [label()]])

@@ -13,6 +13,7 @@ import numpy as np
 
 from schemas import DocumentEvent, document_content
 from streams.ml.chunking import Chunker
+from streams.state.embedding_cache import EmbeddingCache
 from streams.state.encoder import Encoder
 from streams.state.known_vectors import KnownVectors
 from streams.state.sparse import SparseEncoder
@@ -36,6 +37,7 @@ class IndexOutcome:
     embedded: int = 0
     chunks: int = 0
     encoded: int = 0  # chunks that went through the encoder (the rest kept the vectors they had)
+    cached: int = 0  # distinct chunk texts whose vectors the process's embedding cache held
     deleted: int = 0
     unchanged: int = 0
     stale: int = 0
@@ -72,10 +74,13 @@ class DocumentIndexer:
     """
 
     def __init__(self, store: VectorStore, encoder: Encoder, chunker: Chunker, sparse: SparseEncoder | None = None,
-                 known: KnownVectors | None = None, reuse: bool = True) -> None:
+                 known: KnownVectors | None = None, reuse: bool = True, cache: EmbeddingCache | None = None,
+                 weights: str | None = None) -> None:
         self.store = store
         self.encoder = encoder
         self.known = known  # vectors this model computed before (the trainer's of its candidate), by chunk text
+        self.cache = cache  # vectors this process's encoders computed lately, by (weights, text)
+        self.weights = weights or encoder.version  # what made this encoder's vectors: its weights and kind
         self.reuse = reuse  # keep the vectors of unchanged chunks (off: every changed document embedded whole)
         self.chunker = chunker
         # chunks get BM25 vectors in the same upsert as the dense ones, where the collection holds them
@@ -132,7 +137,7 @@ class DocumentIndexer:
             with outcome.timing("read"):
                 kept = self._embedded_before([event.doc_id for event, _ in to_embed], ledger) if self.reuse else {}
             with outcome.timing("encode"):
-                vectors, outcome.encoded = self._vectors(texts, kept)
+                vectors, outcome.encoded, outcome.cached = self._vectors(texts, kept)
             with outcome.timing("sparse"):
                 lexical = self.sparse.embed_documents(texts) if self.sparse is not None else [None] * len(texts)
             with outcome.timing("write"):
@@ -171,7 +176,7 @@ class DocumentIndexer:
         texts = [chunk.text for chunk in chunks]
         kept = {c.text: c.vector for c in self.store.chunks(doc_id, with_vectors=True)  # whatever the failed write
                 if c.vector is not None and c.model_version == self.encoder.version}  # left of this model's
-        vectors, _ = self._vectors(texts, kept)
+        vectors, _, _ = self._vectors(texts, kept)
         lexical = self.sparse.embed_documents(texts) if self.sparse is not None else [None] * len(texts)
         self.store.delete_chunks(doc_id, from_chunk=len(chunks))
         self.store.upsert_chunks([ChunkPoint(doc_id, chunk.number, chunk.text, state.version,
@@ -181,10 +186,16 @@ class DocumentIndexer:
         if narrowing is not None:
             self.store.put_documents([state])  # last, as in `apply`: the next event compares its acl with this one
 
-    def _vectors(self, texts: Sequence[str], kept: dict[str, np.ndarray]) -> tuple[list[np.ndarray], int]:
-        """The vector of each text: the one it already has (`kept`, then the version's known vectors), else from
-        the encoder, each distinct text once; and how many went through the encoder."""
+    def _vectors(self, texts: Sequence[str], kept: dict[str, np.ndarray]) -> tuple[list[np.ndarray], int, int]:
+        """The vector of each text: the one it already has (`kept`, then the process's cache, then the version's
+        known vectors), else from the encoder, each distinct text once; how many went through the encoder, and how
+        many the cache held."""
         fresh = [text for text in dict.fromkeys(texts) if text not in kept]
+        cached: dict[str, np.ndarray] = {}
+        if self.cache is not None and fresh:
+            cached = self.cache.lookup(self.weights, fresh)
+            kept = {**kept, **cached}
+            fresh = [text for text in fresh if text not in kept]
         if self.known is not None and fresh:
             kept = {**kept, **self.known.lookup(fresh)}
             fresh = [text for text in fresh if text not in kept]
@@ -193,7 +204,9 @@ class DocumentIndexer:
         vectors = [by_text[text] for text in texts]
         if not all(np.isfinite(vector).all() for vector in vectors):
             raise ValueError("non-finite vectors (the encoder's, or kept ones); nothing of this batch was written")
-        return vectors, len(fresh)
+        if self.cache is not None and fresh:
+            self.cache.store(self.weights, fresh, encoded)
+        return vectors, len(fresh), len(cached)
 
     def _embedded_before(self, doc_ids: Sequence[str], ledger: Mapping[str, DocumentState]) -> dict[str, np.ndarray]:
         """Chunk text -> the dense vector this model gave it, from the chunks of these documents that are indexed

@@ -20,6 +20,7 @@ from streams.ml.chunking import Chunker
 from streams.ml.indexer import DocumentIndexer, IndexOutcome
 from streams.ml.search import Searcher
 from streams.settings import Settings
+from streams.state.embedding_cache import EmbeddingCache, process_embedding_cache
 from streams.state.encoder import Encoder, OnnxEncoder
 from streams.state.known_vectors import KnownVectors
 from streams.state.registry import BASE_VERSION, LocalModelRegistry, ModelRegistry, ModelVersion
@@ -83,9 +84,12 @@ class Serving:
     searcher: Searcher
     sparse: SparseEncoder | None = None  # BM25, where the collection holds sparse vectors
     known: KnownVectors | None = None  # the vectors the version shipped with (its trainer's), by chunk text
+    cache: EmbeddingCache | None = None  # the process's vectors of late, by (weights, chunk text)
+    weights: str | None = None  # what makes this encoder's vectors (its files' digest): the cache's key
 
     def indexer(self) -> DocumentIndexer:
-        return DocumentIndexer(self.store, self.encoder, self.chunker, self.sparse, self.known)
+        return DocumentIndexer(self.store, self.encoder, self.chunker, self.sparse, self.known, cache=self.cache,
+                               weights=self.weights)
 
     def close(self) -> None:
         self.store.close()
@@ -101,15 +105,19 @@ def bm25(settings: Settings) -> Bm25Encoder:
 
 def serving_pair(settings: Settings, model: ModelVersion, encoder: Encoder, store: VectorStore) -> Serving:
     """The pair of `encoder` and `store`, chunked, searched and cached as `settings` say."""
-    chunker = Chunker(encoder.tokenizer, settings.chunk_tokens, settings.chunk_overlap, encoder.max_tokens)
+    chunker = Chunker(encoder.tokenizer, settings.chunk_tokens, settings.chunk_overlap, encoder.max_tokens,
+                      settings.chunk_boundary_every)
     sparse = bm25(settings) if "sparse" in store.modes else None
     searcher = Searcher(encoder, store, cache_size=settings.query_cache_size, cache_ttl_s=settings.query_cache_ttl_s,
                         cache_bytes=settings.query_cache_bytes, sparse=sparse, default_mode=settings.search_mode,
                         fusion=settings.search_fusion, candidates=settings.search_candidates, rrf_k=settings.rrf_k,
                         group_candidates=settings.group_candidates, exact_first=settings.search_exact_first)
     known = KnownVectors.of(model.path, int8=settings.int8)
+    weights = encoder.weights_digest if isinstance(encoder, OnnxEncoder) else None  # others: no cache
+    size = settings.embedding_cache_bytes
+    cache = process_embedding_cache(size) if weights and size else None
     return Serving(model, encoder, chunker, store, searcher, sparse,
-                   known if known is not None and known.dim == encoder.dim else None)
+                   known if known is not None and known.dim == encoder.dim else None, cache, weights)
 
 
 def onnx_pairs(settings: Settings) -> PairOpener:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Protocol
 
@@ -100,6 +102,7 @@ class OnnxEncoder:
             [CUDA, CPU] if CUDA in ort.get_available_providers() and not int8 else [CPU]
         )
         path = quantized_path(model) if int8 else model.onnx_path
+        self._path = path
         self._session = ort.InferenceSession(str(path), options, providers=chosen)
         self.provider = self._session.get_providers()[0]
         self.int8 = int8
@@ -112,6 +115,16 @@ class OnnxEncoder:
     @property
     def version(self) -> str:
         return self.model.version
+
+    @cached_property
+    def weights_digest(self) -> str:
+        """What makes this encoder's vectors: the SHA-256 of the ONNX file it runs and of its tokenizer (a reindex
+        copies both, byte for byte; an int8 file is another)."""
+        digest = hashlib.sha256()
+        for path in (self._path, self.model.tokenizer_path):
+            with path.open("rb") as file:
+                digest.update(hashlib.file_digest(file, "sha256").digest())
+        return digest.hexdigest()
 
     @property
     def dim(self) -> int:

@@ -3,11 +3,12 @@ from __future__ import annotations
 import base64
 import itertools
 import random
+import textwrap
 from bisect import bisect_left
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
@@ -40,7 +41,7 @@ def test_blank_text_has_no_chunks(tokenizer: Tokenizer) -> None:
     assert Chunker(tokenizer, 128, 32, 256).split(" \n ") == []
 
 
-def test_long_text_windows_respect_size_overlap_and_words(tokenizer: Tokenizer) -> None:
+def test_long_text_is_cut_between_whole_sentences_led_by_the_last_words_before(tokenizer: Tokenizer) -> None:
     text = " ".join(f"Sentence {i} mentions antidisestablishmentarianism and streams." for i in range(60))
     chunker = Chunker(tokenizer, 40, 10, 256)
     chunks = chunker.split(text)
@@ -49,12 +50,41 @@ def test_long_text_windows_respect_size_overlap_and_words(tokenizer: Tokenizer) 
     for chunk in chunks:
         assert len(content_tokens(tokenizer, chunk.text)) <= 40
         assert text[chunk.start:chunk.end] == chunk.text
-        assert not chunk.text.startswith("##")
-        assert text[chunk.start - 1:chunk.start] in ("", " ") or not text[chunk.start - 1].isalnum()
-    for before, after in itertools.pairwise(chunks):
-        assert after.start < before.end, "consecutive chunks overlap"
-        assert after.start > before.start, "chunking always advances"
+        assert chunk.text.endswith("streams."), "a chunk ends where a sentence does"
     assert chunks[0].start == 0 and chunks[-1].end == len(text)
+    for before, after in itertools.pairwise(chunks):
+        context = after.text.partition("Sentence ")[0]
+        assert text[before.end:before.end + 1 + len("Sentence ")] == " Sentence ", "the next sentence begins anew"
+        assert after.start + len(context) == before.end + 1, "whole sentences after the context"
+        assert 0 < len(content_tokens(tokenizer, context)) <= 10, "the context: at most `overlap` tokens"
+        assert before.text.endswith(context.strip()), "the context is the last words of the sentence before"
+
+
+def test_a_short_paragraph_joins_what_follows_and_a_long_one_ends_a_chunk(tokenizer: Tokenizer) -> None:
+    body = "Kafka keeps records in order within a partition. Consumers commit offsets as they go."
+    text = f"A title\n\n{body}\n\n{body} Brokers replicate partitions."
+    chunks = Chunker(tokenizer, 40, 10, 256).split(text)
+    assert [c.text for c in chunks] == [f"A title\n\n{body}", f"{body} Brokers replicate partitions."]
+
+
+def test_wrapped_prose_is_cut_as_the_same_prose_unwrapped(tokenizer: Tokenizer) -> None:
+    prose = " ".join(SENTENCES[:60])
+    wrapped = textwrap.fill(prose, width=60)
+    chunker = Chunker(tokenizer, 64, 16, 256)
+    assert "\n" in wrapped and len(chunker.split(prose)) > 5
+    assert [" ".join(c.text.split()) for c in chunker.split(wrapped)] == [c.text for c in chunker.split(prose)]
+
+
+def test_lines_without_full_stops_are_cut_at_line_ends(tokenizer: Tokenizer) -> None:
+    code = "\n".join(f"    total_{i} = compute(offsets[{i}], window={i % 7}) + total_{i - 1}" for i in range(1, 80))
+    chunks = Chunker(tokenizer, 64, 16, 256).split(code)
+    assert len(chunks) > 5
+    for chunk in chunks:
+        assert code[chunk.end:chunk.end + 1] in ("", "\n"), "a chunk ends with its line"
+    for before, after in itertools.pairwise(chunks):
+        line_start = code.rfind("\n", 0, after.start) + 1
+        assert after.start == line_start or line_start == code.rfind("\n", 0, before.end) + 1, (
+            "a chunk starts a line, or leads with the end of the line before it (its context)")
 
 
 def test_chunk_size_is_capped_by_the_model(tokenizer: Tokenizer) -> None:
@@ -197,3 +227,107 @@ def test_the_end_of_a_long_unspaced_document_is_found_in_dense_mode(encoder: Onn
         assert len(best.text) < 2_000, "a hit carries its chunk, not the whole document"
     finally:
         store.close()
+
+
+WORDS = ["kafka", "stream", "record", "offset", "broker", "topic", "index", "vector", "model", "query", "answer",
+         "chunk", "sentence", "paragraph", "document", "worker", "cache", "store", "ledger", "version", "edit",
+         "search", "dense", "sparse", "hybrid", "fusion", "token", "window"]
+_words = random.Random(25)
+SENTENCES = [" ".join(_words.choices(WORDS, k=_words.randint(6, 16))).capitalize() + "." for _ in range(600)]
+sentences = st.sampled_from(SENTENCES)  # drawn from a pool: 20-chunk documents stay within hypothesis' budget
+long_paragraphs = st.lists(sentences, min_size=36, max_size=48)
+
+
+def changed_chunks(before: list[Chunk], after: list[Chunk]) -> list[str]:
+    """Texts of `after`'s chunks that `before` did not have: what an edit sends through the encoder."""
+    old = {c.text for c in before}
+    return [c.text for c in after if c.text not in old]
+
+
+def joined(paragraphs: list[list[str]]) -> tuple[str, list[list[tuple[int, int]]]]:
+    """The document of `paragraphs` (sentences joined by spaces, paragraphs by blank lines) and each sentence's span."""
+    text, spans = "", []
+    for paragraph in paragraphs:
+        text += "\n\n" if text else ""
+        spans.append([])
+        for n, sentence in enumerate(paragraph):
+            text += " " if n else ""
+            spans[-1].append((len(text), len(text) + len(sentence)))
+            text += sentence
+    return text, spans
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
+                                                                     HealthCheck.data_too_large])
+@given(paragraphs=st.lists(long_paragraphs, min_size=5, max_size=6), where=st.floats(0.25, 0.75),
+       replacement=sentences)
+def test_replacing_a_sentence_changes_only_the_chunks_between_the_boundaries_around_it(
+        tokenizer: Tokenizer, counter: Tokenizer, paragraphs: list[list[str]], where: float, replacement: str) -> None:
+    chunker = Chunker(tokenizer, 128, 32, 256)
+    p, k = [(p, i) for p, paragraph in enumerate(paragraphs) for i in range(len(paragraph))][int(where * sum(
+        map(len, paragraphs)))]
+    edited = [list(paragraph) for paragraph in paragraphs]
+    edited[p][k] = replacement
+    (old_text, _), (new_text, spans) = joined(paragraphs), joined(edited)
+    before, after = chunker.split(old_text), chunker.split(new_text)
+    assume(len(before) >= 20)  # a 20-chunk document, or longer
+    # The run holding the edit: from the sentence after the last boundary before it to the first boundary after it
+    # (the edited sentence may end a chunk now, or no longer: both sides of it are in the run).
+    first = max((i + 1 for i in range(k) if chunker.ends_chunk(edited[p][i])), default=0)
+    last = next((i for i in range(k + 1, len(edited[p])) if chunker.ends_chunk(edited[p][i])), len(edited[p]) - 1)
+    run_start, run_end = spans[p][first][0], spans[p][last][1]
+    shift = len(new_text) - len(old_text)
+    assert [c.text for c in before if c.end <= run_start] == [c.text for c in after if c.end <= run_start]
+    assert [c.text for c in before if c.start >= run_end - shift] == [c.text for c in after if c.start >= run_end]
+    if len(counter.encode(new_text[run_start:run_end], add_special_tokens=False).ids) <= chunker.size:
+        assert len(changed_chunks(before, after)) <= 2
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
+                                                                     HealthCheck.data_too_large])
+@given(paragraphs=st.lists(long_paragraphs, min_size=5, max_size=6), added=st.lists(sentences, min_size=3, max_size=6))
+def test_adding_a_paragraph_at_the_top_changes_one_chunk(tokenizer: Tokenizer, counter: Tokenizer,
+                                                         paragraphs: list[list[str]], added: list[str]) -> None:
+    chunker = Chunker(tokenizer, 128, 32, 256)
+    body = "\n\n".join(" ".join(paragraph) for paragraph in paragraphs)
+    before, after = chunker.split(body), chunker.split(" ".join(added) + "\n\n" + body)
+    assume(len(before) >= 20)
+    # A paragraph that fits in a chunk and is not a short one (those join what follows: see above).
+    assume(chunker.size // 4 <= len(counter.encode(" ".join(added), add_special_tokens=False).ids) <= chunker.size)
+    assert [c.text for c in after] == [" ".join(added)] + [c.text for c in before]
+
+
+def test_a_one_sentence_chunk_is_no_context_of_the_next_and_list_numbers_end_no_sentence(tokenizer: Tokenizer) -> None:
+    chunker = Chunker(tokenizer, 16, 4, 256, boundary_every=1)  # every sentence ends a chunk
+    text = "1. Brokers keep records. Consumers commit offsets as they read them from partitions."
+    chunks = chunker.split(text)
+    assert [c.text for c in chunks] == ["1. Brokers keep records.",
+                                        "keep records. Consumers commit offsets as they read them from partitions."]
+    last = "Consumers commit offsets as they read them from the partitions of every topic."
+    assert [c.text for c in chunker.split(f"Brokers fail. {last}")] == ["Brokers fail.", last]
+
+
+ITEMS = [" ".join(_words.choices(WORDS, k=_words.randint(3, 6))).capitalize() for _ in range(300)]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
+                                                                     HealthCheck.data_too_large])
+@given(items=st.lists(st.sampled_from(ITEMS), min_size=150, max_size=220), where=st.floats(0.25, 0.75),
+       replacement=st.sampled_from(ITEMS))
+def test_replacing_a_list_item_changes_only_the_chunks_between_the_items_that_start_chunks_around_it(
+        tokenizer: Tokenizer, counter: Tokenizer, items: list[str], where: float, replacement: str) -> None:
+    chunker = Chunker(tokenizer, 128, 32, 256)
+    k = int(where * len(items))
+    edited = [*items[:k], replacement, *items[k + 1:]]
+    (old_text, _), (new_text, spans) = joined([[item] for item in items]), joined([[item] for item in edited])
+    before, after = chunker.split(old_text), chunker.split(new_text)
+    assume(len(before) >= 20)
+    # short paragraphs (list items, headings): an item's own hash decides whether it starts a chunk
+    first = max((i for i in range(1, k) if chunker.ends_chunk(edited[i])), default=0)
+    last = next((i for i in range(k + 1, len(edited)) if chunker.ends_chunk(edited[i])), len(edited)) - 1
+    run_start, run_end = spans[first][0][0], spans[last][0][1]
+    shift = len(new_text) - len(old_text)
+    assert [c.text for c in before if c.end <= run_start] == [c.text for c in after if c.end <= run_start]
+    assert [c.text for c in before if c.start >= run_end - shift] == [c.text for c in after if c.start >= run_end]
+    if len(counter.encode(new_text[run_start:run_end], add_special_tokens=False).ids) <= chunker.size:
+        assert len(changed_chunks(before, after)) <= 2

@@ -83,7 +83,7 @@ def test_held_out_rankings_are_the_served_document_rankings(mode: str, tmp_path:
     chunks = serving_index.all_chunks(with_vectors=True)
     assert len(chunks) > 2 * len(ROWS)  # several chunks per document: best chunk per document matters
     write_snapshot(tmp_path / "job", chunks)
-    ranking = Ranking.of(Settings(search_mode=mode, bm25_avg_len=90.0), serving_index.modes)  # type: ignore[arg-type]
+    ranking = Ranking.of(Settings(search_mode=mode, bm25_avg_len=BM25.avg_len), serving_index.modes)  # type: ignore[arg-type]
     index = HeldOutIndex(tmp_path / "held-out", read_snapshot(tmp_path / "job"), ranking)
     searched: list[int] = []
     rankings = index.rank(encoder, JUDGED, searched.append)

@@ -11,6 +11,7 @@ from schemas import DocumentEvent
 from streams.ml.chunking import Chunker
 from streams.ml.indexer import DocumentIndexer
 from streams.state.edge_store import EdgeVectorStore
+from streams.state.embedding_cache import EmbeddingCache
 from streams.state.encoder import OnnxEncoder
 from streams.state.known_vectors import KnownVectors, write_known_vectors
 from streams.state.store import Access, VectorQuery
@@ -260,3 +261,42 @@ def test_vectors_the_version_shipped_with_are_not_computed_again(store: EdgeVect
     outcome = indexer.apply([upsert("a", 1, LONG)])
     assert outcome.chunks == len(texts) and outcome.encoded == 1 and counting.texts == texts[-1:]
     assert store.search(VectorQuery(encoder.encode(["consumers commit offsets"])[0]), 1)[0].doc_id == "a"
+
+
+BOILERPLATE = ("This page is part of the operations handbook. Report mistakes to the platform team. "
+               "Do not copy it outside the company.")
+
+
+B_FIRST = "Consumers commit offsets once the write reached every replica."
+A_TEXT = f"Brokers keep the records of a partition in the order they came.\n\n{BOILERPLATE}"
+B_TEXT = f"{B_FIRST}\n\n{BOILERPLATE}"
+
+
+def test_a_chunk_the_process_embedded_lately_is_not_encoded_again(store: EdgeVectorStore, encoder: OnnxEncoder,
+                                                                  tmp_path: Path) -> None:
+    chunker = Chunker(encoder.tokenizer, 32, 8, encoder.max_tokens)
+    cache = EmbeddingCache(2**20)
+    counting = CountingEncoder(encoder)
+    indexer = DocumentIndexer(store, counting, chunker, cache=cache, weights="v1/fp32")  # type: ignore[arg-type]
+    indexer.apply([upsert("a", 1, A_TEXT)])
+    counting.texts.clear()
+    outcome = indexer.apply([upsert("b", 1, B_TEXT)])  # another batch
+    assert (outcome.chunks, outcome.encoded, outcome.cached) == (2, 1, 1)
+    assert counting.texts == [B_FIRST]
+    # A reindex with the same weights (another collection, the same process) finds every chunk in the cache; an
+    # encoder of other weights or kind finds none.
+    copy = EdgeVectorStore(tmp_path / "copy", "chunks", encoder.dim)
+    try:
+        counting.texts.clear()
+        same = DocumentIndexer(copy, counting, chunker, cache=cache, weights="v1/fp32")  # type: ignore[arg-type]
+        assert same.apply([upsert("b", 1, B_TEXT)]).encoded == 0
+        assert counting.texts == []
+        other = DocumentIndexer(copy, counting, chunker, cache=cache, weights="v1/int8")  # type: ignore[arg-type]
+        assert other.apply([upsert("a", 1, A_TEXT)]).encoded == 2
+    finally:
+        copy.close()
+    # Restoring a document whose chunks a failed write lost takes its vectors from the cache too.
+    store.delete_chunks("b")
+    counting.texts.clear()
+    indexer.restore("b")
+    assert counting.texts == [] and [c.text for c in store.chunks("b")] == [B_FIRST, BOILERPLATE]
