@@ -147,7 +147,8 @@ def run_soak_bench(settings: Settings, minutes: float, console: Console) -> None
     short, long = bench_texts(5)
     texts = short + long[:200]
     with tempfile.TemporaryDirectory(prefix="gristmill-bench-") as tmp, EmbeddedBroker() as broker:
-        worker = WorkerProcess(Path(tmp), registry_dir, broker.bootstrap_servers, NAMESPACE).start()
+        worker = WorkerProcess(Path(tmp), registry_dir, broker.bootstrap_servers, NAMESPACE,  # texts come again:
+                               GRISTMILL_EMBEDDING_CACHE_BYTES="0").start()  # the encoder's cost, every time
         assert worker.process is not None
         pid = worker.process.pid
         producer = Producer({"bootstrap.servers": broker.bootstrap_servers, "linger.ms": 5, "acks": "all"})

@@ -18,7 +18,9 @@ into windows of `size` tokens with `overlap` and is a boundary on both sides.
 
 So replacing a sentence changes the chunk that holds it and, when it ends a chunk, the one it leads; the chunks
 after those change only when the sentences between the two boundaries around the edit no longer fit the chunks they
-filled. Adding a paragraph that is not a short one changes its own chunks and nothing else.
+filled. Adding a paragraph that is not a short one changes its own chunks, and the chunk of a short paragraph just
+before it (a title, a heading) that joined what followed. An edit that moves a paragraph across "fits in a chunk" or
+"short", or a sentence across a chunk's size, re-cuts that paragraph.
 """
 
 from __future__ import annotations
@@ -106,7 +108,7 @@ class Chunker:
         ranges += self._packed(text, offsets, words, run)
         chunks: list[Chunk] = []
         for led, first, last in ranges:
-            # the lead never reaches the start of the chunk before (a one-sentence chunk is no context of its own)
+            # the lead never reaches the start of the chunk before (after a sentence's windows, say)
             start = offsets[led if not chunks or offsets[led][0] > chunks[-1].start else first][0]
             end = min(offsets[last - 1][1], start + self.max_chars)
             chunks.append(Chunk(len(chunks), text[start:end], start, end))
@@ -192,12 +194,14 @@ class Chunker:
 
     def _context_start(self, text: str, offsets: list[tuple[int, int]], words: list[int | None], lead: _Sentence,
                        last: int) -> int:
-        """Where the chunk starting with `lead` starts with its context: on a word that follows a space or a
-        punctuation mark (a piece of an unspaced run would re-tokenize as something else), holding a letter or
-        digit, within `size` tokens and `max_chars` characters; else at `lead` itself."""
+        """Where the chunk starting with `lead` starts with its context: after the first token of the sentence before
+        (which decides it alone), on a word that follows a space or a punctuation mark (a piece of an unspaced run
+        would re-tokenize as something else), holding a letter or digit, within `size` tokens and `max_chars`
+        characters; else at `lead` itself."""
         if lead.context is None or self.overlap == 0:
             return lead.first
-        start = max(lead.context, lead.first - self.overlap, last - self.size)
+        start = max(lead.context + 1, lead.first - self.overlap, last - self.size)  # never the whole sentence:
+        # a chunk never holds all of the one before, whatever that one's context was
         while start < lead.first and not self._begins_word(text, offsets, words, start):
             start += 1
         context = text[offsets[start][0]:offsets[lead.first][0]] if start < lead.first else ""

@@ -79,8 +79,10 @@ class DocumentIndexer:
         self.store = store
         self.encoder = encoder
         self.known = known  # vectors this model computed before (the trainer's of its candidate), by chunk text
+        if cache is not None and not weights:
+            raise ValueError("an embedding cache needs the digest of what makes the encoder's vectors (weights)")
         self.cache = cache  # vectors this process's encoders computed lately, by (weights, text)
-        self.weights = weights or encoder.version  # what made this encoder's vectors: its weights and kind
+        self.weights = weights or ""  # what makes this encoder's vectors: the digest of its files
         self.reuse = reuse  # keep the vectors of unchanged chunks (off: every changed document embedded whole)
         self.chunker = chunker
         # chunks get BM25 vectors in the same upsert as the dense ones, where the collection holds them

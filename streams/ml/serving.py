@@ -113,9 +113,9 @@ def serving_pair(settings: Settings, model: ModelVersion, encoder: Encoder, stor
                         fusion=settings.search_fusion, candidates=settings.search_candidates, rrf_k=settings.rrf_k,
                         group_candidates=settings.group_candidates, exact_first=settings.search_exact_first)
     known = KnownVectors.of(model.path, int8=settings.int8)
-    weights = encoder.weights_digest if isinstance(encoder, OnnxEncoder) else None  # others: no cache
-    size = settings.embedding_cache_bytes
-    cache = process_embedding_cache(size) if weights and size else None
+    size = settings.embedding_cache_bytes  # encoders other than ONNX Runtime's (test doubles): no cache
+    weights = encoder.weights_digest if size and isinstance(encoder, OnnxEncoder) else None
+    cache = process_embedding_cache(size) if weights else None
     return Serving(model, encoder, chunker, store, searcher, sparse,
                    known if known is not None and known.dim == encoder.dim else None, cache, weights)
 

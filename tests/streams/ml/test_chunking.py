@@ -297,14 +297,16 @@ def test_adding_a_paragraph_at_the_top_changes_one_chunk(tokenizer: Tokenizer, c
     assert [c.text for c in after] == [" ".join(added)] + [c.text for c in before]
 
 
-def test_a_one_sentence_chunk_is_no_context_of_the_next_and_list_numbers_end_no_sentence(tokenizer: Tokenizer) -> None:
+def test_the_context_is_never_a_whole_sentence_and_list_numbers_end_no_sentence(tokenizer: Tokenizer) -> None:
     chunker = Chunker(tokenizer, 16, 4, 256, boundary_every=1)  # every sentence ends a chunk
     text = "1. Brokers keep records. Consumers commit offsets as they read them from partitions."
     chunks = chunker.split(text)
-    assert [c.text for c in chunks] == ["1. Brokers keep records.",
+    assert [c.text for c in chunks] == ["1. Brokers keep records.",  # the lead: up to 4 tokens, from a word
                                         "keep records. Consumers commit offsets as they read them from partitions."]
     last = "Consumers commit offsets as they read them from the partitions of every topic."
-    assert [c.text for c in chunker.split(f"Brokers fail. {last}")] == ["Brokers fail.", last]
+    roomier = Chunker(tokenizer, 18, 4, 256, boundary_every=1)
+    assert [c.text for c in roomier.split(f"Brokers fail. {last}")] == ["Brokers fail.", f"fail. {last}"]
+    assert [c.text for c in roomier.split(f"Stop!! {last}")] == ["Stop!!", last], "a context holds a word"
 
 
 ITEMS = [" ".join(_words.choices(WORDS, k=_words.randint(3, 6))).capitalize() for _ in range(300)]
@@ -331,3 +333,14 @@ def test_replacing_a_list_item_changes_only_the_chunks_between_the_items_that_st
     assert [c.text for c in before if c.start >= run_end - shift] == [c.text for c in after if c.start >= run_end]
     if len(counter.encode(new_text[run_start:run_end], add_special_tokens=False).ids) <= chunker.size:
         assert len(changed_chunks(before, after)) <= 2
+
+
+def test_a_sentence_that_comes_to_end_a_chunk_changes_two_chunks_not_the_ones_after(tokenizer: Tokenizer) -> None:
+    chunker = Chunker(tokenizer, 128, 32, 256)
+    ending = [s for s in SENTENCES if chunker.ends_chunk(s)]
+    going_on = [s for s in SENTENCES if not chunker.ends_chunk(s)]
+    rest = " ".join(ending[:14])  # one-sentence chunks: each one's context must not depend on the chunk before
+    before, after = chunker.split(f"{going_on[0]} {rest}"), chunker.split(f"{ending[20]} {rest}")
+    assert len(before) >= 12
+    assert len(changed_chunks(before, after)) == 2
+    assert [c.text for c in before[1:]] == [c.text for c in after[2:]]  # one chunk more: the new sentence alone
