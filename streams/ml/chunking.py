@@ -14,8 +14,9 @@ inside a shorter sentence is wrapping). A chunk is a run of whole sentences betw
 A text that fits in one chunk is one chunk. A chunk after the first of its paragraph is led by the last words (up
 to `overlap` tokens, as room allows, never the first) of the sentence before it, the context a cut would otherwise
 lose. A paragraph that fits in one chunk is one piece (no hashed boundary inside it); a short one starts a chunk
-when its own hash says so (never the second: a title stays with what follows it). A sentence longer than a chunk (text without sentence ends, unspaced scripts) is cut
-into windows of `size` tokens with `overlap` and is a boundary on both sides.
+when its own hash says so (never the second: a title stays with what follows it). A sentence longer than a chunk
+(text without sentence ends, unspaced scripts) is cut into windows of `size` tokens with `overlap` and is a
+boundary on both sides.
 
 So replacing a sentence changes the chunk that holds it and, when it ends a chunk, the one it leads; the chunks
 after those change only when the sentences between the two boundaries around the edit no longer fit the chunks they
