@@ -11,7 +11,7 @@ inside a shorter sentence is wrapping). A chunk is a run of whole sentences betw
   sentence alone, never where it sits, so an edit moves no boundary but its own;
 * the size cap: between two boundaries, sentences are packed into chunks of at most `size` tokens.
 
-A text that fits in one chunk is one chunk. A chunk after the first of its paragraph is led by the last words (up
+A chunk after the first of its paragraph is led by the last words (up
 to `overlap` tokens, as room allows, never the first) of the sentence before it, the context a cut would otherwise
 lose. A paragraph that fits in one chunk is one piece (no hashed boundary inside it); a short one starts a chunk
 when its own hash says so (never the second: a title stays with what follows it). A sentence longer than a chunk
@@ -93,8 +93,6 @@ class Chunker:
     def _chunks(self, text: str, offsets: list[tuple[int, int]], words: list[int | None]) -> list[Chunk]:
         ranges: list[tuple[int, int, int]] = []  # (first token with context, first token, end) of each chunk
         run: list[_Sentence] = []  # sentences since the last boundary
-        if offsets and len(offsets) <= self.size and self._chars(offsets, 0, len(offsets)) <= self.max_chars:
-            return [Chunk(0, text[offsets[0][0]:offsets[-1][1]], offsets[0][0], offsets[-1][1])]  # fits: one chunk
         for number, piece in enumerate(self._pieces(text, offsets)):
             if piece.last - piece.first > self.size or self._chars(offsets, piece.first, piece.last) > self.max_chars:
                 ranges += self._packed(text, offsets, words, run)
